@@ -1,0 +1,48 @@
+"""Clocks: the only place logic learns the time.
+
+`RealClock` in production; `SimulatedClock` in tests and replay, where the clock decides what data exists.
+All clocks return timezone-aware UTC datetimes.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current instant, timezone-aware UTC."""
+        ...
+
+
+class RealClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class SimulatedClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = _utc(start)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        when = _utc(when)
+        if when < self._now:
+            raise ValueError(f"a simulated clock cannot go back: {when.isoformat()} < {self._now.isoformat()}")
+        self._now = when
+
+    def advance(self, delta: timedelta) -> datetime:
+        if delta < timedelta(0):
+            raise ValueError("a simulated clock cannot go back")
+        self._now += delta
+        return self._now
+
+
+def _utc(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError("naive datetime given to a clock; pass a timezone-aware datetime")
+    return when.astimezone(timezone.utc)

@@ -1,0 +1,317 @@
+"""Configuration: `config/trading_config.yaml` (typed, unknown keys refused) plus environment / `.env`.
+
+Errors name the file, the key path and the rule, e.g.
+``config/trading_config.yaml: trading.position_stop_loss_pct must be > 0 and < 1 (got 1.5)``.
+
+Environment variables that override YAML (documented in config/.env.example):
+  AGENT_ID -> agent.id, LOG_LEVEL -> logging.level, CATALYST_BROKER -> broker.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "trading_config.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration problem a person must fix; the message says where and how."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+_HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class AgentConfig(_Model):
+    id: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+
+
+class SessionHours(_Model):
+    open: str = Field(pattern=_HHMM)
+    close: str = Field(pattern=_HHMM)
+
+    @model_validator(mode="after")
+    def _open_before_close(self) -> "SessionHours":
+        if self.open >= self.close:
+            raise ValueError(f"open ({self.open}) must be before close ({self.close})")
+        return self
+
+
+class MarketConfig(_Model):
+    exchange: Literal["HKEX", "NYSE", "NASDAQ"]
+    timezone: str
+    currency: Literal["HKD", "USD"]
+    sessions: dict[Literal["morning", "afternoon", "regular"], SessionHours]
+    default_lot_size: int = Field(gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _valid_timezone(self) -> "MarketConfig":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone (e.g. Asia/Hong_Kong)")
+        return self
+
+
+class TradingConfig(_Model):
+    max_positions: int = Field(gt=0, le=500)
+    max_position_value: Decimal = Field(gt=0)
+    min_position_value: Decimal = Field(ge=0)
+    daily_loss_limit: Decimal = Field(gt=0)
+    position_stop_loss_pct: Decimal = Field(gt=0, lt=1)
+    trailing_stop_pct: Decimal = Field(gt=0, lt=1)
+    default_order_type: Literal["limit", "market"]
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "TradingConfig":
+        if self.min_position_value > self.max_position_value:
+            raise ValueError("min_position_value must not exceed max_position_value")
+        return self
+
+
+class AIConfig(_Model):
+    model: str = Field(min_length=1)
+    daily_budget_usd: Decimal = Field(ge=0, le=10_000)
+
+
+class SignalsConfig(_Model):
+    stop_loss_strong: Decimal = Field(lt=0, gt=-1)
+    stop_loss_moderate: Decimal = Field(lt=0, gt=-1)
+    take_profit_strong: Decimal = Field(gt=0, lt=10)
+    take_profit_moderate: Decimal = Field(gt=0, lt=10)
+    rsi_overbought: Decimal = Field(gt=50, le=100)
+    rsi_oversold: Decimal = Field(ge=0, lt=50)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SignalsConfig":
+        if self.stop_loss_strong > self.stop_loss_moderate:
+            raise ValueError("stop_loss_strong must be at or below stop_loss_moderate (it is the bigger loss)")
+        if self.take_profit_strong < self.take_profit_moderate:
+            raise ValueError("take_profit_strong must be at or above take_profit_moderate")
+        return self
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file_retention_days: int = Field(default=7, gt=0, le=365)
+    db_retention_days: int = Field(default=30, gt=0, le=3650)
+
+
+class TradingSystemConfig(_Model):
+    agent: AgentConfig
+    market: MarketConfig
+    trading: TradingConfig
+    ai: AIConfig
+    signals: SignalsConfig
+    logging: LoggingConfig = LoggingConfig()
+
+
+# ---------------------------------------------------------------- environment
+
+@dataclass(frozen=True)
+class Environment:
+    """Values from the process environment and `.env` (process environment wins)."""
+    values: dict[str, str] = field(default_factory=dict)
+    env_file: Path | None = None
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self.values.get(key)
+        return default if value in (None, "") else value
+
+    def flag(self, key: str) -> bool:
+        return (self.get(key) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value this environment carries, for redaction."""
+        found: list[str] = []
+        for key, value in self.values.items():
+            if value and any(word in key.upper() for word in SECRET_KEY_WORDS):
+                found.append(value)
+        url = self.get("DATABASE_URL")
+        if url:
+            password = urlsplit(url).password
+            if password:
+                found.append(password)
+        return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
+
+
+SECRET_KEY_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "PWD")
+
+ENV_KEYS = (
+    "DATABASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+    "MOOMOO_HOST", "MOOMOO_PORT", "MOOMOO_TRADE_PASSWORD",
+    "ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_BASE_URL",
+    "AGENT_ID", "LOG_LEVEL", "CATALYST_BROKER", "CATALYST_ALLOW_INSECURE_DB", "CATALYST_CONFIG",
+    "CATALYST_VAR_DIR", "CATALYST_LOG_DIR",
+)
+
+
+def load_environment(env_file: Path | None = None, environ: dict[str, str] | None = None) -> Environment:
+    """Read `.env` (refusing one readable by group or others) and overlay the process environment."""
+    environ = dict(os.environ if environ is None else environ)
+    if env_file is None:
+        named = environ.get("CATALYST_ENV_FILE")
+        env_file = Path(named) if named else PROJECT_ROOT / ".env"
+    values: dict[str, str] = {}
+    if env_file.exists():
+        mode = env_file.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{env_file}: refusing to read a secrets file that group or others can access "
+                f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {env_file}")
+        from dotenv import dotenv_values
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    else:
+        env_file = None
+    for key, value in environ.items():
+        if key in ENV_KEYS or key.startswith(("CATALYST_", "ALPACA_", "MOOMOO_", "ANTHROPIC_")):
+            values[key] = value
+    return Environment(values=values, env_file=env_file)
+
+
+# ---------------------------------------------------------------- loading
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to know, validated."""
+    config: TradingSystemConfig
+    env: Environment
+    config_path: Path
+
+    @property
+    def agent_id(self) -> str:
+        return self.config.agent.id
+
+    @property
+    def var_dir(self) -> Path:
+        return Path(self.env.get("CATALYST_VAR_DIR") or PROJECT_ROOT / "var")
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.env.get("CATALYST_LOG_DIR") or PROJECT_ROOT / "logs")
+
+
+def load_settings(config_path: Path | str | None = None, env: Environment | None = None) -> Settings:
+    env = env if env is not None else load_environment()
+    path = Path(config_path or env.get("CATALYST_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw = _read_yaml(path)
+    overrides = {("agent", "id"): env.get("AGENT_ID"), ("logging", "level"): env.get("LOG_LEVEL")}
+    for (section, key), value in overrides.items():
+        if value is not None:
+            if not isinstance(raw.get(section, {}), dict):
+                continue  # the validator reports the malformed section
+            raw.setdefault(section, {})[key] = value.upper() if key == "level" else value
+    try:
+        config = TradingSystemConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path, TradingSystemConfig)) from None
+    return Settings(config=config, env=env, config_path=path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found (copy config/trading_config.yaml from the repository)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where} invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (agent, market, trading, ...)")
+    return data
+
+
+def format_validation_error(exc: ValidationError, path: Path, root: type[BaseModel]) -> str:
+    """One line per problem: file: key.path rule (got value)."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        got = err.get("input")
+        if kind == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            known = ", ".join(parent.model_fields) if parent else ""
+            lines.append(f"{path}: {key} is not a known key" + (f" (known keys here: {known})" if known else ""))
+            continue
+        if kind == "missing":
+            lines.append(f"{path}: {key} is required")
+            continue
+        rule = _bounds_rule(root, loc) if kind in {"greater_than", "greater_than_equal", "less_than",
+                                                   "less_than_equal"} else None
+        if rule is None:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            rule = msg[:1].lower() + msg[1:]
+            rule = rule if rule.startswith("must") else f"is invalid: {rule}"
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {key} {rule}{shown}")
+    return "\n".join(lines)
+
+
+def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    model: Any = root
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _bounds_rule(root: type[BaseModel], loc: list[str]) -> str | None:
+    parent = _model_at(root, loc[:-1])
+    if parent is None or loc[-1] not in parent.model_fields:
+        return None
+    parts = []
+    for meta in parent.model_fields[loc[-1]].metadata:
+        for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{op} {value}")
+    return "must be " + " and ".join(parts) if parts else None
+
+
+# ---------------------------------------------------------------- database URL policy
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+SECURE_SSLMODES = {"require", "verify-ca", "verify-full"}
+
+
+def check_database_url(url: str, allow_insecure: bool) -> None:
+    """Refuse a remote database without TLS unless explicitly allowed (CATALYST_ALLOW_INSECURE_DB=1)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgresql", "postgres"}:
+        raise ConfigError(f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})")
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host", [""])[0])
+    if host.startswith("/") or host in LOCAL_HOSTS:
+        return
+    sslmode = query.get("sslmode", [""])[0]
+    if sslmode not in SECURE_SSLMODES and not allow_insecure:
+        raise ConfigError(
+            f"DATABASE_URL points at remote host {host!r} without TLS: add ?sslmode=require (or verify-full), "
+            f"or set CATALYST_ALLOW_INSECURE_DB=1 to accept an unencrypted connection")

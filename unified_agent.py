@@ -1,0 +1,115 @@
+"""Catalyst entry point: `python unified_agent.py --mode scan|trade|close|heartbeat`.
+
+Exit codes (also in the README):
+  0 done / healthy            2 configuration error        3 database unavailable
+  4 broker unavailable        75 another run of this agent is in progress
+  1 unexpected error (see agent_logs / logs/agent.log)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+EXIT_BROKER = 4
+
+MODES = ("heartbeat",)
+
+log = logging.getLogger("catalyst.agent")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="unified_agent.py", description="Catalyst trading agent")
+    parser.add_argument("--mode", required=True, choices=MODES, help="what this run does")
+    parser.add_argument("--config", default=None, help="path to trading_config.yaml (default: config/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from agent_lock import EXIT_LOCKED, AgentBusy, AgentLock
+    from config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    lock = AgentLock(settings.var_dir / "locks", settings.agent_id)
+    try:
+        lock.acquire(args.mode)
+    except AgentBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_LOCKED
+    try:
+        return asyncio.run(_run(settings, args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        lock.release()
+
+
+async def _run(settings, args: argparse.Namespace) -> int:
+    from config import ConfigError
+    from database import DatabaseUnavailable, create_pool, ensure_schema, resolve_target
+    from db_logger import bind_log_context, purge_old_logs, setup_logging
+
+    try:
+        target = await asyncio.to_thread(resolve_target, settings)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        target, target_error = None, str(exc)
+    else:
+        target_error = None
+
+    pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
+                             level=settings.config.logging.level, dsn=target.url if target else None,
+                             file_keep_days=settings.config.logging.file_retention_days)
+    bind_log_context(mode=args.mode)
+    pool = None
+    try:
+        db_error = target_error
+        if target is not None:
+            try:
+                pool = await create_pool(target.url)
+                await ensure_schema(pool)
+            except DatabaseUnavailable as exc:
+                db_error = str(exc)
+                if pool is not None:
+                    await pool.close()
+                pool = None
+
+        if args.mode == "heartbeat":
+            from heartbeat import run_heartbeat
+            report = await run_heartbeat(settings, database=(target, pool) if pool else None,
+                                         database_error=db_error, broker_check=None)
+            if pool is not None:
+                purged = await purge_old_logs(pool, agent_id=settings.agent_id,
+                                              days=settings.config.logging.db_retention_days)
+                if purged:
+                    log.info("retention: deleted %d agent_logs rows older than %d days", purged,
+                             settings.config.logging.db_retention_days)
+            print(report.render())
+            return report.exit_code
+        raise AssertionError(f"unhandled mode {args.mode}")
+    except Exception:
+        log.exception("run failed")
+        print("unexpected error; details in agent_logs and logs/agent.log", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    finally:
+        if pool is not None:
+            await pool.close()
+        pipeline.close(timeout=5.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
