@@ -266,6 +266,9 @@ def format_validation_error(exc: ValidationError, path: Path, root: type[BaseMod
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
+            if kind == "value_error" and isinstance(got, dict):  # a rule across keys of one section
+                lines.append(f"{path}: {key}: {msg}")
+                continue
             rule = msg[:1].lower() + msg[1:]
             rule = rule if rule.startswith("must") else f"is invalid: {rule}"
         shown = "" if isinstance(got, dict) else f" (got {got!r})"

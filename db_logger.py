@@ -213,7 +213,7 @@ class LogWriter:
         self.flush_interval = flush_interval
         self.retry_max = retry_max
         self._make_id = _IdMaker()
-        self._spool_path = self.spool_dir / f"agent_logs.{os.getpid()}.{int(time.time())}.jsonl"
+        self._spool_path = self.spool_dir / f"agent_logs.{os.getpid()}.{uuid.uuid4().hex[:12]}.jsonl"
         self._spool_fh = None
         self._conn = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -361,8 +361,10 @@ class LogWriter:
         try:
             import asyncpg
             self._conn = self._run_coro(asyncpg.connect(self.dsn, timeout=2))
-            self._run_coro(self._conn.set_type_codec("jsonb", encoder=lambda v: json.dumps(v, default=str),
-                                                     decoder=json.loads, schema="pg_catalog"))
+            self._run_coro(self._conn.set_type_codec(
+                "jsonb", schema="pg_catalog", format="binary",       # COPY speaks binary: version byte 1 + text
+                encoder=lambda v: b"\x01" + json.dumps(v, default=str).encode(),
+                decoder=lambda b: json.loads(b[1:])))
             self._backoff = 0.25
             self._replay_spools()
             return True

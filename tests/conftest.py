@@ -1,0 +1,77 @@
+"""Shared fixtures: a real embedded PostgreSQL for the whole session, settings, unique agent ids."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import database  # noqa: E402
+from config import Environment, load_settings  # noqa: E402
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def pg_root():
+    root = Path(tempfile.mkdtemp(prefix="catalyst-pg-"))
+    yield root
+    for pgdata in root.glob("*"):
+        try:
+            database.stop_embedded(pgdata)
+        except Exception:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_root) -> str:
+    """URL of the session's embedded server, database `catalyst`."""
+    return database.start_embedded(pg_root / "main")
+
+
+@pytest.fixture(scope="session")
+async def pool(pg_url):
+    p = await database.create_pool(pg_url, max_size=8)
+    await database.ensure_schema(p)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def agent_id() -> str:
+    """A fresh agent id per test: every row carries agent_id, so tests never see each other's rows."""
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_env(tmp_path, pg_url):
+    def _make(**extra: str) -> Environment:
+        values = {"DATABASE_URL": pg_url, "CATALYST_VAR_DIR": str(tmp_path / "var"),
+                  "CATALYST_LOG_DIR": str(tmp_path / "logs")}
+        values.update(extra)
+        return Environment(values={k: v for k, v in values.items() if v is not None})
+    return _make
+
+
+@pytest.fixture
+def settings(make_env, agent_id):
+    return load_settings(env=make_env(AGENT_ID=agent_id))
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for running the agent as a separate process against test resources."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CATALYST_", "DATABASE_URL", "ANTHROPIC_",
+                                                                    "ALPACA_", "MOOMOO_", "AGENT_ID"))}
+    env.update({"CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_LOG_DIR": str(tmp_path / "logs"),
+                "CATALYST_ENV_FILE": str(tmp_path / "no.env"), "PYTHONDONTWRITEBYTECODE": "1"})
+    env.update(extra)
+    return env
