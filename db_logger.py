@@ -39,6 +39,7 @@ _context: ContextVar[Mapping[str, Any]] = ContextVar("catalyst_log_context", def
 
 COLUMNS = ("id", "timestamp", "agent_id", "level", "logger", "message", "context", "exception")
 _STOP = object()
+_EMPTY_JSONB = b"\x01{}"
 
 
 # ---------------------------------------------------------------- context
@@ -176,6 +177,13 @@ class DailyFile:
 _LEVELS = ((50, "CRITICAL"), (40, "ERROR"), (30, "WARNING"), (20, "INFO"), (0, "DEBUG"))
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    """Rows carry context already encoded (bytes); spool replays carry dicts."""
+    if isinstance(value, bytes):
+        return value
+    return b"\x01" + json.dumps(value, default=str).encode()
+
+
 def _level_name(levelno: int) -> str:
     for floor, name in _LEVELS:
         if levelno >= floor:
@@ -308,7 +316,20 @@ class LogWriter:
         rows: list[tuple] = []
         lines: list[str] = []
         agent_id = self.agent_id
+        make_id = self._make_id
+        fromtimestamp = datetime.fromtimestamp
+        utc = timezone.utc
+        # Records logged inside one log_context share one context object: redact and encode it once.
+        last_ctx: object = None
+        ctx_agent, ctx_json, ctx_tail = agent_id, _EMPTY_JSONB, ""
         for record, ctx in items:
+            if ctx is not last_ctx:
+                last_ctx = ctx
+                context = red.value(ctx) if ctx else {}
+                ctx_agent = context.pop("agent_id", None) or agent_id
+                text = json.dumps(context, default=str) if context else ""
+                ctx_json = b"\x01" + (text or "{}").encode()
+                ctx_tail = f" {text}" if text else ""
             try:
                 message = red.text(record.getMessage())
             except Exception as exc:  # a bad format string must not lose the record
@@ -318,14 +339,10 @@ class LogWriter:
                 exc_text = red.text("".join(traceback.format_exception(*record.exc_info)).rstrip())
             elif record.exc_text:
                 exc_text = red.text(record.exc_text)
-            context = red.value(ctx) if ctx else {}
-            row_agent = context.pop("agent_id", None) or agent_id
             level = _level_name(record.levelno)
-            ts = datetime.fromtimestamp(record.created, timezone.utc)
-            rows.append((self._make_id(record.created), ts, row_agent, level, record.name, message,
-                         context, exc_text))
-            tail = f" {json.dumps(context, default=str)}" if context else ""
-            lines.append(f"{ts.isoformat(timespec='milliseconds')} {level:<8} {record.name}: {message}{tail}\n")
+            ts = fromtimestamp(record.created, utc)
+            rows.append((make_id(record.created), ts, ctx_agent, level, record.name, message, ctx_json, exc_text))
+            lines.append(f"{ts.isoformat(timespec='milliseconds')} {level:<8} {record.name}: {message}{ctx_tail}\n")
             if exc_text:
                 lines.append(exc_text + "\n")
         return rows, lines
@@ -363,7 +380,7 @@ class LogWriter:
             self._conn = self._run_coro(asyncpg.connect(self.dsn, timeout=2))
             self._run_coro(self._conn.set_type_codec(
                 "jsonb", schema="pg_catalog", format="binary",       # COPY speaks binary: version byte 1 + text
-                encoder=lambda v: b"\x01" + json.dumps(v, default=str).encode(),
+                encoder=_encode_jsonb,
                 decoder=lambda b: json.loads(b[1:])))
             self._backoff = 0.25
             self._replay_spools()
@@ -394,7 +411,8 @@ class LogWriter:
             fcntl.flock(self._spool_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         out = []
         for r in rows:
-            out.append(json.dumps([str(r[0]), r[1].isoformat(), r[2], r[3], r[4], r[5], r[6], r[7]],
+            context = json.loads(r[6][1:]) if isinstance(r[6], bytes) else r[6]
+            out.append(json.dumps([str(r[0]), r[1].isoformat(), r[2], r[3], r[4], r[5], context, r[7]],
                                   default=str) + "\n")
         self._spool_fh.write("".join(out))
         self._spool_fh.flush()
