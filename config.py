@@ -111,12 +111,50 @@ class LoggingConfig(_Model):
     db_retention_days: int = Field(default=30, gt=0, le=3650)
 
 
+class FeeSchedule(_Model):
+    """Per-trade charges. Rates are fractions of the trade value; `*_min`/`*_max` in account currency."""
+    commission_rate: Decimal = Field(ge=0, lt=Decimal("0.05"))
+    commission_min: Decimal = Field(ge=0)
+    stamp_duty_rate: Decimal = Field(ge=0, lt=Decimal("0.05"))
+    stamp_duty_round_up: bool = True
+    trading_fee_rate: Decimal = Field(ge=0, lt=Decimal("0.01"))
+    sfc_levy_rate: Decimal = Field(ge=0, lt=Decimal("0.01"))
+    afrc_levy_rate: Decimal = Field(default=Decimal(0), ge=0, lt=Decimal("0.01"))
+    settlement_fee_rate: Decimal = Field(ge=0, lt=Decimal("0.01"))
+    settlement_fee_min: Decimal = Field(ge=0)
+    settlement_fee_max: Decimal = Field(ge=0)
+    sell_only_rate: Decimal = Field(default=Decimal(0), ge=0, lt=Decimal("0.01"))
+
+
+class PaperConfig(_Model):
+    initial_cash: Decimal = Field(gt=0)
+    slippage_bps: Decimal = Field(ge=0, le=500)
+    max_volume_participation: Decimal = Field(gt=0, le=1)
+    fees: FeeSchedule
+
+
+class MarketDataConfig(_Model):
+    source: Literal["simulated", "files"] = "simulated"
+    seed: int = Field(default=7, ge=0)
+    universe_size: int = Field(default=240, ge=10, le=5000)
+    directory: str | None = None
+
+    @model_validator(mode="after")
+    def _files_need_directory(self) -> "MarketDataConfig":
+        if self.source == "files" and not self.directory:
+            raise ValueError("source 'files' needs directory: the folder of per-symbol bar files")
+        return self
+
+
 class TradingSystemConfig(_Model):
     agent: AgentConfig
     market: MarketConfig
     trading: TradingConfig
     ai: AIConfig
     signals: SignalsConfig
+    broker: Literal["paper", "alpaca", "moomoo"] = "paper"
+    paper: PaperConfig
+    market_data: MarketDataConfig = MarketDataConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -211,6 +249,8 @@ def load_settings(config_path: Path | str | None = None, env: Environment | None
     path = Path(config_path or env.get("CATALYST_CONFIG") or DEFAULT_CONFIG_PATH)
     raw = _read_yaml(path)
     overrides = {("agent", "id"): env.get("AGENT_ID"), ("logging", "level"): env.get("LOG_LEVEL")}
+    if env.get("CATALYST_BROKER"):
+        raw["broker"] = env.get("CATALYST_BROKER")
     for (section, key), value in overrides.items():
         if value is not None:
             if not isinstance(raw.get(section, {}), dict):

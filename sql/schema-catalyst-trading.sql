@@ -225,3 +225,66 @@ CREATE INDEX IF NOT EXISTS position_monitor_status_agent ON position_monitor_sta
 INSERT INTO schema_version (version, description)
 VALUES (1, 'core tables: securities, positions, orders, fills, decisions, scan_results, trading_cycles, patterns, agent_logs, service_health, position_monitor_status')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v2: the paper broker's own account
+-- The paper broker is a broker like any other: it keeps its state in tables of its own, never in
+-- orders/positions (which are the agent's view). Several processes share one account through these rows;
+-- every change happens in a transaction holding the account row lock.
+CREATE TABLE IF NOT EXISTS paper_accounts (
+    agent_id     text        PRIMARY KEY,
+    currency     text        NOT NULL,
+    cash         numeric     NOT NULL,
+    initial_cash numeric     NOT NULL CHECK (initial_cash > 0),
+    order_seq    bigint      NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS paper_orders (
+    agent_id        text        NOT NULL REFERENCES paper_accounts (agent_id),
+    client_order_id text        NOT NULL,
+    broker_order_id text        NOT NULL UNIQUE,
+    symbol          text        NOT NULL,
+    side            text        NOT NULL CHECK (side IN ('buy', 'sell')),
+    order_type      text        NOT NULL CHECK (order_type IN ('market', 'limit')),
+    quantity        integer     NOT NULL CHECK (quantity > 0),
+    limit_price     numeric     CHECK (limit_price > 0),
+    status          text        NOT NULL CHECK (status IN ('submitted', 'partially_filled', 'filled',
+                                                          'cancelled', 'rejected', 'expired')),
+    filled_quantity integer     NOT NULL DEFAULT 0 CHECK (filled_quantity >= 0),
+    avg_fill_price  numeric,
+    fees            numeric     NOT NULL DEFAULT 0,
+    reason          text,
+    submitted_at    timestamptz NOT NULL,
+    matched_until   timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (agent_id, client_order_id),
+    CHECK (filled_quantity <= quantity)
+);
+CREATE INDEX IF NOT EXISTS paper_orders_open ON paper_orders (agent_id) WHERE status IN ('submitted', 'partially_filled');
+
+CREATE TABLE IF NOT EXISTS paper_fills (
+    fill_id         text        PRIMARY KEY,
+    agent_id        text        NOT NULL REFERENCES paper_accounts (agent_id),
+    client_order_id text        NOT NULL,
+    symbol          text        NOT NULL,
+    side            text        NOT NULL CHECK (side IN ('buy', 'sell')),
+    quantity        integer     NOT NULL CHECK (quantity > 0),
+    price           numeric     NOT NULL CHECK (price > 0),
+    fee             numeric     NOT NULL CHECK (fee >= 0),
+    filled_at       timestamptz NOT NULL,
+    FOREIGN KEY (agent_id, client_order_id) REFERENCES paper_orders (agent_id, client_order_id)
+);
+CREATE INDEX IF NOT EXISTS paper_fills_order ON paper_fills (agent_id, client_order_id);
+
+CREATE TABLE IF NOT EXISTS paper_positions (
+    agent_id  text    NOT NULL REFERENCES paper_accounts (agent_id),
+    symbol    text    NOT NULL,
+    quantity  integer NOT NULL CHECK (quantity > 0),
+    avg_price numeric NOT NULL CHECK (avg_price > 0),
+    PRIMARY KEY (agent_id, symbol)
+);
+
+INSERT INTO schema_version (version, description)
+VALUES (2, 'paper broker account: paper_accounts, paper_orders, paper_fills, paper_positions')
+ON CONFLICT (version) DO NOTHING;

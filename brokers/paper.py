@@ -1,0 +1,394 @@
+"""The paper broker: a simulated exchange account, a peer of the live brokers behind `BrokerClient`.
+
+State (cash, orders, fills, positions) lives in the `paper_*` tables, so cron runs, the monitor daemon and a
+person with psql all see one account, and it survives restarts. Every change runs in a transaction holding
+the account row lock, which serialises concurrent processes.
+
+Matching is driven by the injected clock: whenever the broker is called, resting orders are matched against
+the completed one-minute bars since they were last matched.
+- Market orders fill at once at the quote (ask for buys, bid for sells) worsened by `slippage_bps`; outside
+  trading hours they are rejected (no surprise fill at tomorrow's open).
+- Limit orders are day orders: they rest and fill when a bar trades through the limit (at the limit, or at the
+  bar's open when it opens through it), and expire at the session's close.
+- No order takes more than `max_volume_participation` of a bar's volume; the rest waits for later bars
+  (partial fills).
+- Lot size and tick size are enforced; fees come from `paper.fees`; resubmitting a client_order_id returns the
+  first order, never a second one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Sequence
+
+from brokers.base import (Account, Bar, BrokerClient, BrokerUnavailable, Fill, Instrument, InvalidRequest,
+                          OrderRejected, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, Position,
+                          Quote, Timeframe)
+from brokers.fees import fill_fees
+from clock import Clock
+from config import PaperConfig
+from data.ticks import is_on_tick, round_to_tick
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from data.calendar import MarketCalendar
+    from data.source import MarketDataSource
+
+MINUTE = timedelta(minutes=1)
+BPS = Decimal("0.0001")
+PRICE_Q = Decimal("0.000001")
+OPEN_STATUSES = ("submitted", "partially_filled")
+
+
+@dataclass
+class _Fill:
+    quantity: int
+    price: Decimal
+    at: datetime
+
+
+class PaperBroker(BrokerClient):
+    name = "paper"
+    environment = "paper"
+
+    def __init__(self, pool: "asyncpg.Pool", market: "MarketDataSource", clock: Clock,
+                 calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig) -> None:
+        self.pool = pool
+        self.market = market
+        self.clock = clock
+        self.calendar = calendar
+        self.account_id = account_id
+        self.currency = currency
+        self.config = config
+
+    # ------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        try:
+            await self.pool.execute(
+                "INSERT INTO paper_accounts (agent_id, currency, cash, initial_cash) VALUES ($1, $2, $3, $3) "
+                "ON CONFLICT (agent_id) DO NOTHING", self.account_id, self.currency, self.config.initial_cash)
+        except OSError as exc:
+            raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
+
+    async def disconnect(self) -> None:
+        return None  # the pool belongs to the caller
+
+    # ------------------------------------------------------------ market data
+    async def get_instrument(self, symbol: str) -> Instrument:
+        try:
+            return self.market.instrument(symbol)
+        except KeyError:
+            raise InvalidRequest(f"unknown symbol {symbol!r}") from None
+
+    async def get_quote(self, symbol: str) -> Quote:
+        await self.get_instrument(symbol)
+        return self.market.quote(symbol, self.clock.now())
+
+    async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        await self.get_instrument(symbol)
+        return self.market.bars(symbol, timeframe, start, min(end, self.clock.now()))
+
+    # ------------------------------------------------------------ account
+    async def get_account(self) -> Account:
+        async with self._locked() as (conn, now):
+            cash = await conn.fetchval("SELECT cash FROM paper_accounts WHERE agent_id = $1", self.account_id)
+            reserved = await self._reserved_cash(conn, now)
+            rows = await conn.fetch("SELECT symbol, quantity FROM paper_positions WHERE agent_id = $1",
+                                    self.account_id)
+        value = sum((self.market.quote(r["symbol"], now).last * r["quantity"] for r in rows), Decimal(0))
+        return Account(currency=self.currency, cash=cash, buying_power=cash - reserved, equity=cash + value)
+
+    async def get_positions(self) -> list[Position]:
+        async with self._locked() as (conn, now):
+            rows = await conn.fetch("SELECT symbol, quantity, avg_price FROM paper_positions WHERE agent_id = $1 "
+                                    "ORDER BY symbol", self.account_id)
+        return [Position(symbol=r["symbol"], quantity=r["quantity"], avg_price=r["avg_price"],
+                         market_price=self.market.quote(r["symbol"], now).last) for r in rows]
+
+    # ------------------------------------------------------------ orders
+    async def place_order(self, order: OrderRequest) -> OrderResult:
+        async with self._locked() as (conn, now):
+            existing = await self._order_row(conn, order.client_order_id)
+            if existing is None:
+                reason = await self._rejection(conn, order, now)
+                await self._insert_order(conn, order, now, reason)
+                if reason is None:
+                    await self._match_order(conn, await self._order_row(conn, order.client_order_id), now,
+                                            immediate=True)
+            result = await self._result(conn, order.client_order_id)
+        if result.status is OrderStatus.REJECTED:
+            raise OrderRejected(result.reason or "rejected", client_order_id=order.client_order_id)
+        return result
+
+    async def cancel_order(self, order_id: str) -> bool:
+        async with self._locked() as (conn, now):
+            row = await self._order_row(conn, order_id)
+            if row is None:
+                return False
+            if row["status"] in OPEN_STATUSES:
+                await conn.execute("UPDATE paper_orders SET status = 'cancelled', reason = 'cancelled by request', "
+                                   "updated_at = $3 WHERE agent_id = $1 AND client_order_id = $2",
+                                   self.account_id, order_id, now)
+                return True
+            return row["status"] == "cancelled"
+
+    async def get_orders(self, *, open_only: bool = False) -> list[OrderResult]:
+        async with self._locked() as (conn, _now):
+            ids = await conn.fetch(
+                "SELECT client_order_id FROM paper_orders WHERE agent_id = $1 "
+                + ("AND status IN ('submitted', 'partially_filled') " if open_only else "")
+                + "ORDER BY submitted_at, broker_order_id", self.account_id)
+            return [await self._result(conn, r["client_order_id"]) for r in ids]
+
+    async def get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
+        async with self._locked() as (conn, _now):
+            if await self._order_row(conn, client_order_id) is None:
+                return None
+            return await self._result(conn, client_order_id)
+
+    # ------------------------------------------------------------ internals
+    def _locked(self):
+        broker = self
+
+        class _Tx:
+            async def __aenter__(self):
+                try:
+                    self.conn = await broker.pool.acquire()
+                except OSError as exc:
+                    raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
+                self.tx = self.conn.transaction()
+                await self.tx.start()
+                try:
+                    found = await self.conn.fetchval("SELECT 1 FROM paper_accounts WHERE agent_id = $1 FOR UPDATE",
+                                                     broker.account_id)
+                    if not found:
+                        raise InvalidRequest("paper account does not exist: call connect() first")
+                    now = broker.clock.now()
+                    await broker._match_all(self.conn, now)
+                except BaseException:
+                    await self.tx.rollback()
+                    await broker.pool.release(self.conn)
+                    raise
+                return self.conn, now
+
+            async def __aexit__(self, exc_type, exc, tb):
+                try:
+                    if exc_type is None:
+                        await self.tx.commit()
+                    else:
+                        await self.tx.rollback()
+                finally:
+                    await broker.pool.release(self.conn)
+                return False
+
+        return _Tx()
+
+    async def _order_row(self, conn, client_order_id: str):
+        return await conn.fetchrow("SELECT * FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2",
+                                   self.account_id, client_order_id)
+
+    async def _reserved_cash(self, conn, now: datetime) -> Decimal:
+        rows = await conn.fetch("SELECT symbol, quantity - filled_quantity AS left, limit_price FROM paper_orders "
+                                "WHERE agent_id = $1 AND side = 'buy' AND status IN ('submitted', 'partially_filled')",
+                                self.account_id)
+        total = Decimal(0)
+        for r in rows:
+            price = r["limit_price"] or self.market.quote(r["symbol"], now).ask
+            value = price * r["left"]
+            total += value + fill_fees(self.config.fees, value=value, is_sell=False)
+        return total
+
+    async def _rejection(self, conn, order: OrderRequest, now: datetime) -> str | None:
+        """Why the exchange / broker would refuse this order, or None."""
+        try:
+            inst = self.market.instrument(order.symbol)
+        except KeyError:
+            return f"unknown symbol {order.symbol!r}"
+        if order.quantity % inst.lot_size:
+            return (f"quantity {order.quantity} is not a multiple of the board lot {inst.lot_size} for "
+                    f"{order.symbol}")
+        if order.limit_price is not None and not is_on_tick(order.limit_price, inst.tick_scheme):
+            return (f"limit price {order.limit_price} is not on the tick grid for {order.symbol} (nearest valid: "
+                    f"{round_to_tick(order.limit_price, inst.tick_scheme, 'down')} or "
+                    f"{round_to_tick(order.limit_price, inst.tick_scheme, 'up')})")
+        if order.order_type is OrderType.MARKET and not self.calendar.is_open(now):
+            state = self.calendar.state(now)
+            return (f"market closed ({state.status}); market orders are accepted only during trading hours; "
+                    f"next open {state.next_open.isoformat()}")
+        quote = self.market.quote(order.symbol, now)
+        if order.side is OrderSide.BUY:
+            price = order.limit_price or self._slipped(quote.ask, inst, OrderSide.BUY)
+            value = price * order.quantity
+            need = value + fill_fees(self.config.fees, value=value, is_sell=False)
+            cash = await conn.fetchval("SELECT cash FROM paper_accounts WHERE agent_id = $1", self.account_id)
+            available = cash - await self._reserved_cash(conn, now)
+            if need > available:
+                return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "
+                        f"{available:.2f} available")
+        else:
+            held = await conn.fetchval("SELECT quantity FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
+                                       self.account_id, order.symbol) or 0
+            pending = await conn.fetchval(
+                "SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1 "
+                "AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled')",
+                self.account_id, order.symbol)
+            if order.quantity > held - pending:
+                return (f"cannot sell {order.quantity} {order.symbol}: {held} held, {pending} already in open "
+                        f"sell orders (short selling is not supported)")
+        return None
+
+    async def _insert_order(self, conn, order: OrderRequest, now: datetime, reason: str | None) -> None:
+        seq = await conn.fetchval("UPDATE paper_accounts SET order_seq = order_seq + 1, updated_at = now() "
+                                  "WHERE agent_id = $1 RETURNING order_seq", self.account_id)
+        await conn.execute(
+            """INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type,
+                   quantity, limit_price, status, reason, submitted_at, matched_until, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11)""",
+            self.account_id, order.client_order_id, f"PAPER-{self.account_id}-{seq}", order.symbol,
+            order.side.value, order.order_type.value, order.quantity, order.limit_price,
+            "rejected" if reason else "submitted", reason, now, _next_minute(now))
+
+    async def _match_all(self, conn, now: datetime) -> None:
+        rows = await conn.fetch("SELECT * FROM paper_orders WHERE agent_id = $1 AND status IN "
+                                "('submitted', 'partially_filled') ORDER BY submitted_at, broker_order_id",
+                                self.account_id)
+        for row in rows:
+            await self._match_order(conn, row, now, immediate=False)
+
+    async def _match_order(self, conn, row, now: datetime, *, immediate: bool) -> None:
+        inst = self.market.instrument(row["symbol"])
+        side = OrderSide(row["side"])
+        limit = row["limit_price"]
+        remaining = row["quantity"] - row["filled_quantity"]
+        participation = self.config.max_volume_participation
+        fills: list[_Fill] = []
+        matched_until = row["matched_until"]
+
+        if immediate:
+            # At placement: a market order, or a limit order that is marketable against the quote, takes
+            # liquidity now (capped by the last minute's volume); the rest works against later bars.
+            quote = self.market.quote(row["symbol"], now)
+            touch = quote.ask if side is OrderSide.BUY else quote.bid
+            if limit is None:
+                price = self._slipped(touch, inst, side)
+            elif (side is OrderSide.BUY and limit >= touch) or (side is OrderSide.SELL and limit <= touch):
+                price = touch
+            else:
+                price = None
+            if price is not None and self.calendar.is_open(now):
+                last_bar = self.market.bars(row["symbol"], "1m", now - timedelta(minutes=5), now)
+                qty = min(remaining, self._cap(last_bar[-1].volume if last_bar else 0, participation, inst.lot_size))
+                if qty > 0:
+                    fills.append(_Fill(qty, price, now))
+                    remaining -= qty
+        else:
+            end = min(now, self._expiry(row["submitted_at"]))
+            bars = self.market.bars(row["symbol"], "1m", matched_until, end) if end > matched_until else []
+            for bar in bars:
+                if remaining <= 0:
+                    break
+                price = self._bar_price(bar, side, limit, inst)
+                if price is None:
+                    continue
+                qty = min(remaining, self._cap(bar.volume, participation, inst.lot_size))
+                if qty > 0:
+                    fills.append(_Fill(qty, price, bar.start + MINUTE))
+                    remaining -= qty
+            if bars:
+                matched_until = bars[-1].start + MINUTE
+
+        for fill in fills:
+            await self._apply_fill(conn, row, fill, inst)
+        status = row["status"]
+        filled_now = row["quantity"] - remaining
+        if remaining == 0:
+            status = "filled"
+        elif filled_now > 0:
+            status = "partially_filled"
+        reason = row["reason"]
+        if remaining > 0 and not immediate and now >= self._expiry(row["submitted_at"]):
+            status, reason = "expired", "day order expired at the session close"
+        await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6 "
+                           "WHERE agent_id = $1 AND client_order_id = $2", self.account_id,
+                           row["client_order_id"], status, matched_until, reason, now)
+
+    def _expiry(self, submitted_at: datetime) -> datetime:
+        """Day orders end at the close of the session they were placed in (or the next one, if placed off-hours)."""
+        state = self.calendar.state(submitted_at)
+        if state.next_close is not None:
+            return state.next_close
+        return self.calendar.state(state.next_open).next_close or state.next_open
+
+    @staticmethod
+    def _cap(volume: int, participation: Decimal, lot: int) -> int:
+        shares = int((Decimal(volume) * participation).to_integral_value(rounding=ROUND_DOWN))
+        return shares - shares % lot
+
+    def _slipped(self, price: Decimal, inst: Instrument, side: OrderSide) -> Decimal:
+        factor = self.config.slippage_bps * BPS
+        raw = price * (1 + factor) if side is OrderSide.BUY else price * (1 - factor)
+        return round_to_tick(raw, inst.tick_scheme, "up" if side is OrderSide.BUY else "down")
+
+    def _bar_price(self, bar: Bar, side: OrderSide, limit: Decimal | None, inst: Instrument) -> Decimal | None:
+        if limit is None:  # a market order still working after a partial fill: the bar's open, slipped
+            return self._slipped(bar.open, inst, side)
+        if side is OrderSide.BUY:
+            return min(limit, bar.open) if bar.low <= limit else None
+        return max(limit, bar.open) if bar.high >= limit else None
+
+    async def _apply_fill(self, conn, row, fill: _Fill, inst: Instrument) -> None:
+        side = row["side"]
+        value = fill.price * fill.quantity
+        fee = fill_fees(self.config.fees, value=value, is_sell=side == "sell")
+        n = await conn.fetchval("SELECT count(*) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2",
+                                self.account_id, row["client_order_id"])
+        await conn.execute(
+            """INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee, filled_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            f"{row['broker_order_id']}-F{n + 1}", self.account_id, row["client_order_id"], row["symbol"], side,
+            fill.quantity, fill.price, fee, fill.at)
+        await conn.execute(
+            """UPDATE paper_orders SET filled_quantity = filled_quantity + $3, fees = fees + $4,
+                   avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $5::numeric * $3)
+                                          / (filled_quantity + $3), 6)
+               WHERE agent_id = $1 AND client_order_id = $2""",
+            self.account_id, row["client_order_id"], fill.quantity, fee, fill.price)
+        cash_delta = -(value + fee) if side == "buy" else value - fee
+        await conn.execute("UPDATE paper_accounts SET cash = cash + $2, updated_at = now() WHERE agent_id = $1",
+                           self.account_id, cash_delta)
+        if side == "buy":
+            await conn.execute(
+                """INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (agent_id, symbol) DO UPDATE SET
+                     avg_price = round((paper_positions.avg_price * paper_positions.quantity + $4 * $3)
+                                       / (paper_positions.quantity + $3), 6),
+                     quantity = paper_positions.quantity + $3""",
+                self.account_id, row["symbol"], fill.quantity, fill.price)
+        else:
+            await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 AND symbol = $2 "
+                               "AND quantity > $3", self.account_id, row["symbol"], fill.quantity)
+            await conn.execute("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 AND quantity <= $3",
+                               self.account_id, row["symbol"], fill.quantity)
+
+    async def _result(self, conn, client_order_id: str) -> OrderResult:
+        row = await self._order_row(conn, client_order_id)
+        fills = await conn.fetch("SELECT * FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
+                                 "ORDER BY filled_at, fill_id", self.account_id, client_order_id)
+        side = OrderSide(row["side"])
+        return OrderResult(
+            client_order_id=row["client_order_id"], broker_order_id=row["broker_order_id"], symbol=row["symbol"],
+            side=side, order_type=OrderType(row["order_type"]), quantity=row["quantity"],
+            limit_price=row["limit_price"], status=OrderStatus(row["status"]), filled_quantity=row["filled_quantity"],
+            avg_fill_price=row["avg_fill_price"], fees=row["fees"], reason=row["reason"],
+            submitted_at=row["submitted_at"], updated_at=row["updated_at"],
+            fills=tuple(Fill(fill_id=f["fill_id"], client_order_id=client_order_id, symbol=f["symbol"], side=side,
+                             quantity=f["quantity"], price=f["price"], fee=f["fee"], timestamp=f["filled_at"])
+                        for f in fills))
+
+
+def _next_minute(when: datetime) -> datetime:
+    """Resting orders match bars that start after they were placed."""
+    floor = when.replace(second=0, microsecond=0)
+    return floor if floor == when else floor + MINUTE

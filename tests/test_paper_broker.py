@@ -1,0 +1,161 @@
+"""The paper broker: the conformance suite, plus what only a simulated exchange can show (fees, expiry, processes)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from brokers.base import OrderRequest, OrderSide, OrderStatus, OrderType
+from brokers.fees import fill_fees
+from brokers.paper import PaperBroker
+from clock import SimulatedClock
+from config import load_settings, Environment
+from data.calendar import MarketCalendar
+from data.simulated import SimulatedMarket
+from tests.broker_conformance import BrokerConformance, Venue
+from tests.conftest import PYTHON, ROOT
+
+# Tuesday 2026-11-24 10:30 Hong Kong time: the market is open.
+OPEN_AT = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)
+SEED = 7
+
+_market = None
+
+
+def shared_market() -> SimulatedMarket:
+    global _market
+    if _market is None:
+        _market = SimulatedMarket(seed=SEED, exchange="HKEX")
+    return _market
+
+
+def paper_config(**changes):
+    cfg = load_settings(env=Environment()).config.paper
+    return cfg.model_copy(update=changes)
+
+
+async def make_broker(pool, account_id: str, clock, **changes) -> PaperBroker:
+    broker = PaperBroker(pool, shared_market(), clock, MarketCalendar("HKEX"), account_id=account_id,
+                         currency="HKD", config=paper_config(**changes))
+    await broker.connect()
+    return broker
+
+
+async def advance_trading_minutes(clock: SimulatedClock, calendar: MarketCalendar, minutes: int) -> None:
+    left = minutes
+    while left > 0:
+        if calendar.is_open(clock.now()):
+            clock.advance(timedelta(minutes=1))
+            left -= 1
+        else:
+            clock.set(calendar.state(clock.now()).next_open)
+
+
+def liquid_symbols(market: SimulatedMarket, at: datetime) -> list[str]:
+    """Symbols priced 5..60 HKD with a lot worth < 10,000 HKD, cheapest lot first."""
+    picks = []
+    for inst in market.instruments():
+        q = market.quote(inst.symbol, at)
+        if Decimal(5) <= q.last <= Decimal(60) and q.last * inst.lot_size < 10_000:
+            picks.append((q.last * inst.lot_size, inst.symbol))
+    return [s for _, s in sorted(picks)][:5]
+
+
+class TestPaperConformance(BrokerConformance):
+    @pytest.fixture
+    async def venue(self, pool, agent_id):
+        clock = SimulatedClock(OPEN_AT)
+        calendar = MarketCalendar("HKEX")
+        broker = await make_broker(pool, agent_id, clock)
+
+        async def advance(minutes: int) -> None:
+            await advance_trading_minutes(clock, calendar, minutes)
+
+        async def reopen():
+            return await make_broker(pool, agent_id, clock)
+
+        return Venue(broker=broker, advance=advance, reopen=reopen, symbols=liquid_symbols(shared_market(), OPEN_AT),
+                     coid=lambda label: f"{agent_id}-{label}-{uuid.uuid4().hex[:6]}")
+
+
+async def test_fees_follow_the_hkex_schedule():
+    fees = paper_config().fees
+    # 100,000 HKD buy: commission 30, stamp duty 100, trading fee 5.65, SFC 2.7, AFRC 0.15, settlement 2
+    assert fill_fees(fees, value=Decimal("100000"), is_sell=False) == Decimal("140.50")
+    # small trade: commission minimum 3, stamp duty rounded up to 1, settlement minimum 2
+    assert fill_fees(fees, value=Decimal("500"), is_sell=True) == Decimal("6.04")
+
+
+async def test_cash_moves_by_value_plus_fees(pool, agent_id):
+    clock = SimulatedClock(OPEN_AT)
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await broker.get_instrument(symbol)
+    before = (await broker.get_account()).cash
+    r = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-1", symbol=symbol, side=OrderSide.BUY,
+                                              quantity=inst.lot_size, order_type=OrderType.MARKET))
+    after = (await broker.get_account()).cash
+    assert before - after == r.avg_fill_price * r.filled_quantity + r.fees
+
+
+async def test_market_order_outside_hours_is_rejected_with_next_open(pool, agent_id):
+    from brokers.base import OrderRejected
+    lunch = datetime(2026, 11, 24, 4, 30, tzinfo=timezone.utc)   # 12:30 HKT
+    broker = await make_broker(pool, agent_id, SimulatedClock(lunch))
+    symbol = liquid_symbols(shared_market(), lunch)[0]
+    inst = await broker.get_instrument(symbol)
+    with pytest.raises(OrderRejected, match="market closed.*next open 2026-11-24T05:00"):
+        await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-l", symbol=symbol, side=OrderSide.BUY,
+                                              quantity=inst.lot_size, order_type=OrderType.MARKET))
+
+
+async def test_unfilled_day_order_expires_at_the_close(pool, agent_id):
+    clock = SimulatedClock(OPEN_AT)
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await broker.get_instrument(symbol)
+    q = await broker.get_quote(symbol)
+    from data.ticks import round_to_tick
+    far = round_to_tick(q.bid * Decimal("0.5"), inst.tick_scheme, "down")
+    await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-far", symbol=symbol, side=OrderSide.BUY,
+                                          quantity=inst.lot_size, order_type=OrderType.LIMIT, limit_price=far))
+    assert (await broker.get_account()).buying_power < (await broker.get_account()).cash   # cash reserved
+    clock.set(datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc))                           # 17:00 HKT
+    r = await broker.get_order_by_client_id(f"{agent_id}-far")
+    assert r.status is OrderStatus.EXPIRED and "expired" in r.reason
+    acct = await broker.get_account()
+    assert acct.buying_power == acct.cash
+
+
+async def test_account_is_shared_with_another_process(pool, pg_url, agent_id, tmp_path):
+    clock = SimulatedClock(OPEN_AT)
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await broker.get_instrument(symbol)
+    await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-x", symbol=symbol, side=OrderSide.BUY,
+                                          quantity=inst.lot_size * 2, order_type=OrderType.MARKET))
+    script = f"""
+import asyncio, json, sys
+sys.path.insert(0, {str(ROOT)!r})
+from datetime import datetime, timezone
+import database
+from tests.test_paper_broker import make_broker, OPEN_AT
+from clock import SimulatedClock
+async def main():
+    pool = await database.create_pool({pg_url!r})
+    b = await make_broker(pool, {agent_id!r}, SimulatedClock(OPEN_AT))
+    pos = await b.get_positions()
+    acct = await b.get_account()
+    print(json.dumps({{"positions": {{p.symbol: p.quantity for p in pos}}, "cash": str(acct.cash)}}))
+    await pool.close()
+asyncio.run(main())
+"""
+    out = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["positions"] == {symbol: inst.lot_size * 2}
+    assert Decimal(seen["cash"]) == (await broker.get_account()).cash
