@@ -75,6 +75,11 @@ class TradingConfig(_Model):
     position_stop_loss_pct: Decimal = Field(gt=0, lt=1)
     trailing_stop_pct: Decimal = Field(gt=0, lt=1)
     default_order_type: Literal["limit", "market"]
+    price_collar_pct: Decimal = Field(default=Decimal("0.05"), gt=0, lt=1)
+    max_orders_per_cycle: int = Field(default=5, gt=0, le=100)
+    allow_reentry_same_day: bool = False
+    max_stop_distance_pct: Decimal = Field(default=Decimal("0.10"), gt=0, lt=1)
+    intraday_only: bool = False
 
     @model_validator(mode="after")
     def _min_below_max(self) -> "TradingConfig":
@@ -146,6 +151,24 @@ class MarketDataConfig(_Model):
         return self
 
 
+class RulesConfig(_Model):
+    """The offline rules engine (rules_engine.py documents how each key is used)."""
+    watchlist_size: int = Field(default=10, ge=1, le=50)
+    candidates_per_cycle: int = Field(default=8, ge=1, le=50)
+    max_new_entries_per_cycle: int = Field(default=2, ge=0, le=20)
+    entry_value: Decimal = Field(default=Decimal(9000), gt=0)
+    limit_offset_pct: Decimal = Field(default=Decimal("0.002"), ge=0, lt=Decimal("0.05"))
+    rsi_min: Decimal = Field(default=Decimal(45), ge=0, le=100)
+    rsi_max: Decimal = Field(default=Decimal(70), ge=0, le=100)
+    require_above_sma20: bool = True
+
+    @model_validator(mode="after")
+    def _rsi_band(self) -> "RulesConfig":
+        if self.rsi_min >= self.rsi_max:
+            raise ValueError("rsi_min must be below rsi_max")
+        return self
+
+
 class TradingSystemConfig(_Model):
     agent: AgentConfig
     market: MarketConfig
@@ -155,6 +178,7 @@ class TradingSystemConfig(_Model):
     broker: Literal["paper", "alpaca", "moomoo"] = "paper"
     paper: PaperConfig
     market_data: MarketDataConfig = MarketDataConfig()
+    rules: RulesConfig = RulesConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

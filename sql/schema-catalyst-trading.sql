@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS orders (
                                                           'end_of_day', 'reconcile')),
     quantity        integer     NOT NULL CHECK (quantity > 0),
     limit_price     numeric     CHECK (limit_price > 0),
+    stop_loss       numeric     CHECK (stop_loss > 0),          -- for entries: carried to the position
+    take_profit     numeric     CHECK (take_profit > 0),
     status          text        NOT NULL DEFAULT 'pending_submit'
                                 CHECK (status IN ('pending_submit', 'submitted', 'partially_filled', 'filled',
                                                   'cancel_pending', 'cancelled', 'rejected', 'expired')),
@@ -285,6 +287,39 @@ CREATE TABLE IF NOT EXISTS paper_positions (
     PRIMARY KEY (agent_id, symbol)
 );
 
+-- ================================================================== agent state and AI spend
+-- Trading state: ACTIVE, or REDUCING / HALTED with the reason (set by reconciliation, cleared by a person or
+-- by a clean reconciliation). The latest row per agent is the state.
+CREATE TABLE IF NOT EXISTS agent_state (
+    state_id   bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id   text        NOT NULL,
+    state      text        NOT NULL CHECK (state IN ('ACTIVE', 'REDUCING', 'HALTED')),
+    reason     text        NOT NULL,
+    set_by     text        NOT NULL,
+    set_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS agent_state_latest ON agent_state (agent_id, set_at DESC, state_id DESC);
+
+-- Every AI call: reserved before the call (under an advisory lock, so concurrent processes share one daily
+-- budget), settled with the real usage after it.
+CREATE TABLE IF NOT EXISTS ai_usage (
+    usage_id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id           text        NOT NULL,
+    cycle_id           uuid,
+    purpose            text        NOT NULL CHECK (purpose IN ('trade', 'monitor')),
+    model              text        NOT NULL,
+    status             text        NOT NULL CHECK (status IN ('reserved', 'settled', 'failed')),
+    reserved_usd       numeric     NOT NULL CHECK (reserved_usd >= 0),
+    cost_usd           numeric     NOT NULL DEFAULT 0 CHECK (cost_usd >= 0),
+    input_tokens       bigint      NOT NULL DEFAULT 0,
+    output_tokens      bigint      NOT NULL DEFAULT 0,
+    cache_write_tokens bigint      NOT NULL DEFAULT 0,
+    cache_read_tokens  bigint      NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    settled_at         timestamptz
+);
+CREATE INDEX IF NOT EXISTS ai_usage_agent_day ON ai_usage (agent_id, purpose, created_at);
+
 INSERT INTO schema_version (version, description)
-VALUES (2, 'paper broker account: paper_accounts, paper_orders, paper_fills, paper_positions')
+VALUES (2, 'paper broker account (paper_*), agent_state, ai_usage')
 ON CONFLICT (version) DO NOTHING;

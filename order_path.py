@@ -1,0 +1,229 @@
+"""The one order path, used by Claude's tools, the rules engine, the position monitor and replay.
+
+1. A write-ahead `orders` row (status pending_submit) with a deterministic client_order_id is committed
+   before the broker is called.
+2. The broker's answer updates that row; a broker that cannot be reached leaves it pending_submit, and
+   reconciliation later asks the broker by client_order_id instead of sending it again.
+3. Positions change only from fills (`fills` rows, unique per broker fill id), in the same transaction.
+   `positions.realized_pnl` is net of every fee, entry fees included (they are charged when the buy fills).
+
+Safety is not here: callers obtain a `safety` verdict first (execute_trade always does, itself).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from brokers.base import (BrokerClient, BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected,
+                          OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition)
+from clock import Clock
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("catalyst.orders")
+
+PRICE_Q = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What happened to one order, compact enough to hand to the model."""
+    client_order_id: str
+    status: str
+    symbol: str
+    side: str
+    quantity: int
+    filled_quantity: int = 0
+    avg_fill_price: Decimal | None = None
+    fees: Decimal = Decimal(0)
+    reason: str | None = None
+    position_id: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status not in {"rejected", "pending_submit"}
+
+    def to_dict(self) -> dict:
+        d = {"client_order_id": self.client_order_id, "status": self.status, "symbol": self.symbol,
+             "side": self.side, "quantity": self.quantity, "filled_quantity": self.filled_quantity}
+        if self.avg_fill_price is not None:
+            d["avg_fill_price"] = str(self.avg_fill_price)
+        if self.fees:
+            d["fees"] = str(self.fees)
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+def make_client_order_id(agent_id: str, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide, seq: int) -> str:
+    """Deterministic: (agent, cycle, symbol, side, sequence) -> at most 48 characters."""
+    agent = re.sub(r"[^A-Za-z0-9]", "", agent_id)[:12] or "agent"
+    cycle = cycle_id.hex[:10] if cycle_id else "nocycle"
+    sym = re.sub(r"[^A-Za-z0-9]", "", symbol)[:10]
+    return f"{agent}-{cycle}-{sym}-{side.value[0]}{seq}"
+
+
+class OrderPath:
+    def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.clock = clock
+        self.agent_id = agent_id
+
+    async def next_client_order_id(self, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide) -> str:
+        prefix = make_client_order_id(self.agent_id, cycle_id, symbol, side, 0)[:-1]
+        n = await self.pool.fetchval("SELECT count(*) FROM orders WHERE client_order_id LIKE $1 || '%'", prefix)
+        return f"{prefix}{n + 1}"
+
+    async def submit(self, *, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide, quantity: int,
+                     order_type: OrderType, intent: str, limit_price: Decimal | None = None,
+                     stop_loss: Decimal | None = None, take_profit: Decimal | None = None,
+                     client_order_id: str | None = None) -> OrderOutcome:
+        coid = client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
+        try:
+            request = OrderRequest(client_order_id=coid, symbol=symbol, side=side, quantity=quantity,
+                                   order_type=order_type, limit_price=limit_price)
+        except InvalidRequest as exc:
+            return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
+        position_id = None
+        if side is OrderSide.SELL:
+            position_id = await self.pool.fetchval(
+                "SELECT position_id FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open'",
+                self.agent_id, symbol)
+        # 1. write-ahead
+        await self.pool.execute(
+            """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
+                   quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending_submit', $13, $13)
+               ON CONFLICT (client_order_id) DO NOTHING""",
+            self.agent_id, coid, cycle_id, position_id, symbol, side.value, order_type.value, intent, quantity,
+            limit_price, stop_loss, take_profit, self.clock.now())
+        log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,
+                 extra={})
+        # 2. the broker
+        try:
+            result = await self.broker.place_order(request)
+        except OrderRejected as exc:
+            await self._set_status(coid, "rejected", reason=exc.reason)
+            log.warning("order %s rejected by broker: %s", coid, exc.reason)
+            return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=exc.reason)
+        except BrokerUnavailable as exc:
+            log.error("order %s: broker unavailable (%s); left pending for reconciliation", coid, exc)
+            return OrderOutcome(coid, "pending_submit", symbol, side.value, quantity,
+                                reason=f"broker unavailable: {exc}; the order will be reconciled by client id")
+        except InvalidRequest as exc:
+            await self._set_status(coid, "rejected", reason=f"invalid request: {exc}")
+            log.error("order %s invalid: %s", coid, exc)
+            return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=str(exc))
+        # 3. the answer, and any fills
+        return await self.record_result(result)
+
+    async def sync(self, client_order_id: str) -> OrderOutcome | None:
+        """Ask the broker about an order we know and record what changed (status, new fills)."""
+        try:
+            result = await self.broker.get_order_by_client_id(client_order_id)
+        except BrokerError as exc:
+            log.warning("sync %s: %s", client_order_id, exc)
+            return None
+        if result is None:
+            return None
+        return await self.record_result(result)
+
+    async def sync_open_orders(self) -> list[OrderOutcome]:
+        rows = await self.pool.fetch(
+            "SELECT client_order_id FROM orders WHERE agent_id = $1 AND status IN "
+            "('submitted', 'partially_filled', 'cancel_pending') ORDER BY order_id", self.agent_id)
+        out = []
+        for r in rows:
+            o = await self.sync(r["client_order_id"])
+            if o is not None:
+                out.append(o)
+        return out
+
+    async def cancel(self, client_order_id: str) -> bool:
+        ok = await self.broker.cancel_order(client_order_id)
+        await self.sync(client_order_id)
+        return ok
+
+    async def record_result(self, result: OrderResult) -> OrderOutcome:
+        """Bring our orders row and positions in line with the broker's view of one order."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE",
+                                      result.client_order_id)
+            if row is None:
+                raise KeyError(f"no orders row for {result.client_order_id}")
+            for fill in result.fills:
+                inserted = await conn.fetchval(
+                    """INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
+                       RETURNING fill_row_id""",
+                    self.agent_id, row["order_id"], fill.fill_id, fill.symbol, fill.side.value, fill.quantity,
+                    fill.price, fill.fee, fill.timestamp)
+                if inserted is not None:
+                    await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee, fill.timestamp)
+            old = OrderStatus(row["status"])
+            new = result.status
+            if not can_transition(old, new):
+                log.error("order %s: broker reports %s after %s; keeping the broker's view", result.client_order_id,
+                          new.value, old.value)
+            position_id = await conn.fetchval("SELECT position_id FROM orders WHERE order_id = $1", row["order_id"])
+            await conn.execute(
+                """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
+                       fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8),
+                       updated_at = $9 WHERE order_id = $1""",
+                row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
+                result.fees, result.reason, result.submitted_at, self.clock.now())
+        if result.fills and result.filled_quantity:
+            log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,
+                     result.quantity, result.avg_fill_price)
+        return OrderOutcome(result.client_order_id, new.value, result.symbol, result.side.value, result.quantity,
+                            result.filled_quantity, result.avg_fill_price, result.fees, result.reason, position_id)
+
+    async def _apply_fill(self, conn, order, side: OrderSide, qty: int, price: Decimal, fee: Decimal, at) -> None:
+        pos = await conn.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open' "
+                                  "FOR UPDATE", self.agent_id, order["symbol"])
+        if side is OrderSide.BUY:
+            if pos is None:
+                pid = await conn.fetchval(
+                    """INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, take_profit,
+                           high_water_mark, fees, realized_pnl, opened_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $4, $7, -$7::numeric, $8)
+                       RETURNING position_id""",
+                    self.agent_id, order["symbol"], qty, price, order["stop_loss"], order["take_profit"], fee, at)
+            else:
+                pid = pos["position_id"]
+                new_qty = pos["quantity"] + qty
+                avg = ((pos["avg_entry_price"] * pos["quantity"] + price * qty) / new_qty).quantize(PRICE_Q)
+                await conn.execute(
+                    """UPDATE positions SET quantity = $2, avg_entry_price = $3, fees = fees + $4,
+                           realized_pnl = realized_pnl - $4,
+                           stop_loss = coalesce($5, stop_loss), take_profit = coalesce($6, take_profit)
+                       WHERE position_id = $1""", pid, new_qty, avg, fee, order["stop_loss"], order["take_profit"])
+            await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"], pid)
+            return
+        if pos is None:
+            log.error("sell fill for %s with no open position recorded; reconciliation will correct positions",
+                      order["symbol"])
+            return
+        sold = min(qty, pos["quantity"])
+        remaining = pos["quantity"] - sold
+        pnl = (price - pos["avg_entry_price"]) * sold - fee
+        if remaining > 0:
+            await conn.execute("UPDATE positions SET quantity = $2, realized_pnl = realized_pnl + $3, fees = fees + $4 "
+                               "WHERE position_id = $1", pos["position_id"], remaining, pnl, fee)
+        else:
+            await conn.execute(
+                """UPDATE positions SET quantity = 0, status = 'closed', closed_at = $2, realized_pnl = realized_pnl + $3,
+                       fees = fees + $4, exit_reason = $5 WHERE position_id = $1""",
+                pos["position_id"], at, pnl, fee, order["intent"])
+        await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"],
+                           pos["position_id"])
+
+    async def _set_status(self, coid: str, status: str, *, reason: str | None = None) -> None:
+        await self.pool.execute("UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = $4 "
+                                "WHERE client_order_id = $1", coid, status, reason, self.clock.now())

@@ -1,0 +1,200 @@
+"""The offline decision engine: deterministic rules (config `rules`) acting only through the tool executor.
+
+It calls the same tools Claude would, so an offline run exercises the same validation, safety gate, order path
+and audit trail. It runs when no ANTHROPIC_API_KEY is set or the AI budget is spent.
+
+trade:  1. get_portfolio; for each position: get_quote + get_technicals, and close_position when the loss reaches
+           signals.stop_loss_strong, the gain reaches signals.take_profit_strong, the price is at or below the
+           position's stop, or RSI(14) is above signals.rsi_overbought.
+        2. when the trading state is ACTIVE and there is room: scan_market, then for each candidate not held and
+           not entered today, get_technicals + detect_patterns; enter when RSI(14) is within
+           [rules.rsi_min, rules.rsi_max], the close is above SMA(20) (if rules.require_above_sma20), MACD's
+           histogram is positive or a bullish pattern is present, and no bearish pattern is present. The entry is a
+           limit order at the ask plus rules.limit_offset_pct, for rules.entry_value of money, with a take profit
+           at signals.take_profit_strong. At most rules.max_new_entries_per_cycle entries.
+scan:   scan_market; log_decision 'watch' for the top candidates.
+close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions past a stop or
+        take-profit threshold; log_decision with the day's summary.
+Every skip and every refusal is recorded with its reason.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tool_executor import ToolExecutor
+
+log = logging.getLogger("catalyst.rules")
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    status: str = "completed"
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class RulesEngine:
+    name = "rules"
+
+    def __init__(self, settings) -> None:
+        self.cfg = settings.config
+        self.rules = settings.config.rules
+
+    async def run(self, mode: str, ex: "ToolExecutor") -> EngineResult:
+        result = EngineResult(engine=self.name)
+        self._ex = ex
+        self._calls = 0
+        if mode == "scan":
+            result.summary = await self._scan()
+        elif mode == "trade":
+            result.summary = await self._trade()
+        elif mode == "close":
+            result.summary = await self._close()
+        result.turns = self._calls
+        return result
+
+    async def _call(self, name: str, args: dict) -> tuple[Any, bool]:
+        self._calls += 1
+        r = await self._ex.execute(name, args)
+        return r.data, r.is_error
+
+    # ------------------------------------------------------------------ modes
+    async def _scan(self) -> dict:
+        data, err = await self._call("scan_market", {"limit": self.rules.watchlist_size})
+        if err:
+            return {"error": data["error"]}
+        picks = data["candidates"]
+        for c in picks:
+            await self._call("log_decision", {"action": "watch", "symbol": c["symbol"],
+                                              "reasoning": f"scan rank {c['rank']}, score {c['score']}: "
+                                                           f"{'; '.join(c.get('reasons', []))[:400]}"})
+        return {"candidates": [c["symbol"] for c in picks]}
+
+    async def _trade(self) -> dict:
+        exits = await self._review_positions(end_of_day=False)
+        portfolio, err = await self._call("get_portfolio", {})
+        if err:
+            return {"exits": exits, "error": portfolio["error"]}
+        entries: list[str] = []
+        skipped: dict[str, str] = {}
+        if portfolio["trading_state"] != "ACTIVE":
+            await self._call("log_decision", {"action": "no_trade", "reasoning":
+                                              f"trading state {portfolio['trading_state']}: no new entries"})
+            return {"exits": exits, "entries": entries, "state": portfolio["trading_state"]}
+        room = self.cfg.trading.max_positions - len(portfolio["positions"])
+        held = {p["symbol"] for p in portfolio["positions"]} | set(portfolio["entries_today"])
+        held |= {o["symbol"] for o in portfolio["open_orders"]}
+        if room <= 0:
+            return {"exits": exits, "entries": entries, "note": "at max_positions"}
+        scan, err = await self._call("scan_market", {"limit": self.rules.candidates_per_cycle})
+        if err:
+            return {"exits": exits, "error": scan["error"]}
+        for cand in scan["candidates"]:
+            if len(entries) >= min(room, self.rules.max_new_entries_per_cycle):
+                break
+            symbol = cand["symbol"]
+            if symbol in held:
+                continue
+            why_not = await self._entry_check(symbol)
+            if why_not:
+                skipped[symbol] = why_not
+                await self._call("log_decision", {"action": "skip", "symbol": symbol, "reasoning": why_not})
+                continue
+            quote, err = await self._call("get_quote", {"symbol": symbol})
+            if err:
+                continue
+            ask = Decimal(str(quote["ask"]))
+            limit = ask * (1 + self.rules.limit_offset_pct)
+            take_profit = ask * (1 + self.cfg.signals.take_profit_strong)
+            order, err = await self._call("execute_trade", {
+                "symbol": symbol, "value": float(self.rules.entry_value), "order_type": "limit",
+                "limit_price": float(round(limit, 4)), "take_profit": float(round(take_profit, 4)),
+                "reasoning": f"rules entry: scan rank {cand['rank']} score {cand['score']}; {self._last_reason}"})
+            if not err and order.get("status") not in {"refused", "rejected"}:
+                entries.append(symbol)
+            elif not err:
+                failed = order.get("failed") or order.get("order", {}).get("reason")
+                skipped[symbol] = f"refused: {failed}"
+        return {"exits": exits, "entries": entries, "skipped": skipped}
+
+    async def _close(self) -> dict:
+        exits = await self._review_positions(end_of_day=True)
+        portfolio, err = await self._call("get_portfolio", {})
+        if not err:
+            await self._call("log_decision", {
+                "action": "hold" if portfolio["positions"] else "no_trade",
+                "reasoning": (f"end of day: equity {portfolio['equity']} {portfolio['currency']}, realized today "
+                              f"{portfolio['pnl_today']['realized']}, unrealized {portfolio['pnl_today']['unrealized']}, "
+                              f"{len(portfolio['positions'])} positions held overnight, exits {exits or 'none'}")})
+        return {"exits": exits, "positions_overnight": [p["symbol"] for p in portfolio.get("positions", [])]
+                if not err else None}
+
+    # ------------------------------------------------------------------ rules
+    async def _review_positions(self, *, end_of_day: bool) -> list[str]:
+        portfolio, err = await self._call("get_portfolio", {})
+        if err:
+            return []
+        exits = []
+        s = self.cfg.signals
+        for p in portfolio["positions"]:
+            symbol = p["symbol"]
+            price = Decimal(p["price"]) if "price" in p else None
+            avg = Decimal(p["avg_price"])
+            reason = None
+            if price is not None and avg > 0:
+                change = price / avg - 1
+                stop = Decimal(p["stop_loss"]) if "stop_loss" in p else None
+                if stop is not None and price <= stop:
+                    reason = f"price {price} at or below stop {stop}"
+                elif change <= s.stop_loss_strong:
+                    reason = f"loss {change:.2%} beyond stop_loss_strong {s.stop_loss_strong:.2%}"
+                elif change >= s.take_profit_strong:
+                    reason = f"gain {change:.2%} beyond take_profit_strong {s.take_profit_strong:.2%}"
+            if reason is None and not end_of_day:
+                tech, terr = await self._call("get_technicals", {"symbol": symbol})
+                rsi = None if terr else tech.get("rsi14")
+                if rsi is not None and rsi > float(s.rsi_overbought):
+                    reason = f"RSI(14) {rsi:.1f} above overbought {s.rsi_overbought}"
+            if reason is None and end_of_day and self.cfg.trading.intraday_only:
+                reason = "trading.intraday_only: no position is held overnight"
+            if reason:
+                out, cerr = await self._call("close_position", {"symbol": symbol, "reason": f"rules exit: {reason}"})
+                if not cerr and out.get("status") not in {"refused", "rejected"}:
+                    exits.append(symbol)
+        return exits
+
+    async def _entry_check(self, symbol: str) -> str | None:
+        """None when the entry rules pass (with self._last_reason set), else why not."""
+        r = self.rules
+        tech, err = await self._call("get_technicals", {"symbol": symbol})
+        if err:
+            return f"no technicals: {tech['error']}"
+        rsi, close, sma20, hist = tech.get("rsi14"), tech.get("close"), tech.get("sma20"), tech.get("macd_hist")
+        if rsi is None or close is None:
+            return "not enough history for RSI(14)"
+        if not (float(r.rsi_min) <= rsi <= float(r.rsi_max)):
+            return f"RSI(14) {rsi:.1f} outside [{r.rsi_min}, {r.rsi_max}]"
+        if r.require_above_sma20 and (sma20 is None or close <= sma20):
+            return f"close {close} not above SMA(20) {sma20}"
+        pats, perr = await self._call("detect_patterns", {"symbol": symbol})
+        found = [] if perr else pats["patterns"]
+        bearish = [p["name"] for p in found if p["direction"] == "bearish"]
+        bullish = [p["name"] for p in found if p["direction"] == "bullish"]
+        if bearish:
+            return f"bearish pattern(s): {', '.join(bearish)}"
+        if not bullish and (hist is None or hist <= 0):
+            return "no bullish pattern and MACD histogram not positive"
+        self._last_reason = (f"RSI {rsi:.1f}, close {close} > SMA20 {sma20}, MACD hist {hist}, "
+                             f"patterns: {', '.join(bullish) or 'none'}")
+        return None

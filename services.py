@@ -1,0 +1,79 @@
+"""Wiring: build the broker, market data, news and order path for a process from its settings.
+
+This is the only module that knows broker names; everything else talks to `BrokerClient`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from clock import Clock
+from config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from brokers.base import BrokerClient
+    from data.calendar import MarketCalendar
+    from data.market import MarketData
+    from data.news import NewsProvider
+    from order_path import OrderPath
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: "asyncpg.Pool"
+    clock: Clock
+    calendar: "MarketCalendar"
+    broker: "BrokerClient"
+    market: "MarketData"
+    news: "NewsProvider"
+    orders: "OrderPath"
+
+    @property
+    def agent_id(self) -> str:
+        return self.settings.agent_id
+
+
+def build_source(settings: Settings, calendar: "MarketCalendar"):
+    """The market data source the paper broker fills against and the scan reads."""
+    md = settings.config.market_data
+    if md.source == "files":
+        from data.bar_files import BarFileSource
+        return BarFileSource(md.directory, settings.config.market.exchange)
+    from data.simulated import SimulatedMarket
+    return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
+                           calendar=calendar)
+
+
+def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: "MarketCalendar", source):
+    name = settings.config.broker
+    if name == "paper":
+        from brokers.paper import PaperBroker
+        return PaperBroker(pool, source, clock, calendar, account_id=settings.agent_id,
+                           currency=settings.config.market.currency, config=settings.config.paper)
+    raise ConfigError(f"{settings.config_path}: broker {name!r} is not available yet in this build "
+                      f"(only 'paper'); see README status")
+
+
+def build_news(settings: Settings) -> "NewsProvider":
+    from data.news import AlpacaNewsProvider, NoNewsProvider
+    key, secret = settings.env.get("ALPACA_API_KEY"), settings.env.get("ALPACA_SECRET_KEY")
+    if key and secret and settings.config.market.exchange in {"NYSE", "NASDAQ"}:
+        return AlpacaNewsProvider(key, secret)
+    return NoNewsProvider()
+
+
+async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock) -> Services:
+    from data.calendar import MarketCalendar
+    from data.market import MarketData
+    from order_path import OrderPath
+
+    calendar = MarketCalendar(settings.config.market.exchange)
+    source = build_source(settings, calendar)
+    broker = build_broker(settings, pool, clock, calendar, source)
+    await broker.connect()
+    market = MarketData(broker=broker, source=source, clock=clock, calendar=calendar)
+    return Services(settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, market=market,
+                    news=build_news(settings), orders=OrderPath(pool, broker, clock, settings.agent_id))
