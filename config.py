@@ -88,9 +88,30 @@ class TradingConfig(_Model):
         return self
 
 
+class ModelPrice(_Model):
+    """USD per million tokens."""
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cache_write: Decimal = Field(ge=0)
+    cache_read: Decimal = Field(ge=0)
+
+
 class AIConfig(_Model):
     model: str = Field(min_length=1)
     daily_budget_usd: Decimal = Field(ge=0, le=10_000)
+    max_turns: int = Field(default=12, ge=1, le=100)
+    max_tokens: int = Field(default=1024, ge=64, le=32_000)
+    monitor_model: str = Field(default="claude-haiku-4-5", min_length=1)
+    monitor_daily_budget_usd: Decimal = Field(default=Decimal("0.05"), ge=0, le=1_000)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _priced(self) -> "AIConfig":
+        for name in (self.model, self.monitor_model):
+            if name not in self.prices:
+                raise ValueError(f"prices has no entry for model {name!r}: the budget needs its price per "
+                                 f"million tokens (input, output, cache_write, cache_read)")
+        return self
 
 
 class SignalsConfig(_Model):

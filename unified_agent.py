@@ -18,7 +18,7 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 EXIT_BROKER = 4
 
-MODES = ("heartbeat",)
+MODES = ("heartbeat", "scan", "trade", "close", "day")
 
 log = logging.getLogger("catalyst.agent")
 
@@ -100,7 +100,28 @@ async def _run(settings, args: argparse.Namespace) -> int:
                              settings.config.logging.db_retention_days)
             print(report.render())
             return report.exit_code
-        raise AssertionError(f"unhandled mode {args.mode}")
+        if pool is None:
+            print(f"database unavailable: {db_error}", file=sys.stderr)
+            return EXIT_DATABASE
+        if args.mode == "day":
+            from demo_day import run_day
+            print(f"Catalyst day on the simulated market (simulated clock, paper broker, "
+                  f"{'Claude' if settings.env.get('ANTHROPIC_API_KEY') else 'offline rules engine'}):")
+            summary = await run_day(settings, pool)
+            print(_day_summary(summary))
+            return EXIT_OK
+        from clock import RealClock
+        from cycle import run_cycle
+        from services import build_services
+        from brokers.base import BrokerUnavailable
+        try:
+            services = await build_services(settings, pool, RealClock())
+        except BrokerUnavailable as exc:
+            print(f"broker unavailable: {exc}", file=sys.stderr)
+            return EXIT_BROKER
+        outcome = await run_cycle(services, args.mode)
+        print(outcome.message)
+        return EXIT_OK
     except Exception:
         log.exception("run failed")
         print("unexpected error; details in agent_logs and logs/agent.log", file=sys.stderr)
@@ -109,6 +130,16 @@ async def _run(settings, args: argparse.Namespace) -> int:
         if pool is not None:
             await pool.close()
         pipeline.close(timeout=5.0)
+
+
+def _day_summary(s: dict) -> str:
+    change = s["equity"] - s["initial_cash"]
+    held = ", ".join(f"{k} x{v}" for k, v in s["open_positions"].items()) or "none"
+    return (f"Simulated session {s['session']} done (agent id {s['agent_id']}): {s['cycles']} cycles, "
+            f"{s['orders']} orders, {s['fills']} fills; equity {s['equity']:.2f} ({change:+.2f}), "
+            f"realized P&L {s['realized_pnl']:.2f}; held overnight: {held}.\n"
+            f"Everything is in PostgreSQL: trading_cycles, orders, fills, positions, decisions, scan_results, "
+            f"agent_logs (agent_id = '{s['agent_id']}').")
 
 
 if __name__ == "__main__":
