@@ -172,6 +172,23 @@ class MarketDataConfig(_Model):
         return self
 
 
+class ScanConfig(_Model):
+    """The universe scan (data/scan.py documents the score)."""
+    min_price: Decimal = Field(default=Decimal(1), ge=0)
+    max_price: Decimal = Field(default=Decimal(500), gt=0)
+    min_turnover: Decimal = Field(default=Decimal(2_000_000), ge=0)
+    min_history_bars: int = Field(default=60, ge=20, le=2000)
+    rsi_max: Decimal = Field(default=Decimal(80), gt=0, le=100)
+    lookback_days: int = Field(default=120, ge=60, le=2000)
+    top_n: int = Field(default=30, ge=1, le=500)
+
+    @model_validator(mode="after")
+    def _price_band(self) -> "ScanConfig":
+        if self.min_price >= self.max_price:
+            raise ValueError("min_price must be below max_price")
+        return self
+
+
 class RulesConfig(_Model):
     """The offline rules engine (rules_engine.py documents how each key is used)."""
     watchlist_size: int = Field(default=10, ge=1, le=50)
@@ -199,6 +216,7 @@ class TradingSystemConfig(_Model):
     broker: Literal["paper", "alpaca", "moomoo"] = "paper"
     paper: PaperConfig
     market_data: MarketDataConfig = MarketDataConfig()
+    scan: ScanConfig = ScanConfig()
     rules: RulesConfig = RulesConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -74,6 +74,8 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock)
     source = build_source(settings, calendar)
     broker = build_broker(settings, pool, clock, calendar, source)
     await broker.connect()
-    market = MarketData(broker=broker, source=source, clock=clock, calendar=calendar)
+    signals = settings.config.signals
+    market = MarketData(broker=broker, source=source, clock=clock, calendar=calendar,
+                        rsi_overbought=float(signals.rsi_overbought), rsi_oversold=float(signals.rsi_oversold))
     return Services(settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, market=market,
                     news=build_news(settings), orders=OrderPath(pool, broker, clock, settings.agent_id))

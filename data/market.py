@@ -1,0 +1,65 @@
+"""Market data for the tools: quotes and bars from the broker, technicals and patterns computed on them.
+
+Decimal prices from the broker become floats only here, inside analytics (technicals, patterns).
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from brokers.base import Bar, BrokerClient, Quote
+from clock import Clock
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from data.calendar import MarketCalendar
+
+# How far back to ask for bars so the slowest indicator (SMA 50, MACD 26+9) has history.
+LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelta(days=10),
+            "5m": timedelta(days=5), "1m": timedelta(days=2)}
+
+
+def bars_to_frame(bars: list[Bar]) -> "pd.DataFrame":
+    import pandas as pd
+    frame = pd.DataFrame({
+        "open": [float(b.open) for b in bars], "high": [float(b.high) for b in bars],
+        "low": [float(b.low) for b in bars], "close": [float(b.close) for b in bars],
+        "volume": [float(b.volume) for b in bars]},
+        index=pd.DatetimeIndex([b.start for b in bars], name="timestamp"))
+    return frame
+
+
+class MarketData:
+    def __init__(self, *, broker: BrokerClient, source: Any, clock: Clock, calendar: "MarketCalendar",
+                 rsi_overbought: float = 75, rsi_oversold: float = 30) -> None:
+        self.broker = broker
+        self.source = source            # whole-universe frames for the scan
+        self.clock = clock
+        self.calendar = calendar
+        self.rsi_overbought = rsi_overbought
+        self.rsi_oversold = rsi_oversold
+
+    async def quote(self, symbol: str) -> Quote:
+        return await self.broker.get_quote(symbol)
+
+    async def bars_frame(self, symbol: str, timeframe: str) -> "pd.DataFrame":
+        now = self.clock.now()
+        bars = await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
+        return bars_to_frame(list(bars))
+
+    async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
+        from data.technicals import compute_technicals
+        frame = await self.bars_frame(symbol, timeframe)
+        if frame.empty:
+            return {"symbol": symbol, "timeframe": timeframe, "bars_used": 0, "note": "no bars yet"}
+        values = compute_technicals(frame, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
+        return {"symbol": symbol, "timeframe": timeframe, "as_of": frame.index[-1].isoformat(),
+                "close": float(frame["close"].iloc[-1]), **values}
+
+    async def patterns(self, symbol: str, timeframe: str = "1d") -> list:
+        from data.patterns import detect_patterns
+        frame = await self.bars_frame(symbol, timeframe)
+        if len(frame) < 5:
+            return []
+        return detect_patterns(frame)
