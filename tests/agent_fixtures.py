@@ -1,0 +1,29 @@
+"""Fixtures for tests that need the whole agent: settings for a fresh agent id, services on a simulated clock."""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from clock import SimulatedClock
+from config import Environment, load_settings
+
+# Tuesday 2026-11-24 10:30 Hong Kong time: the market is open.
+OPEN_AT = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)
+
+
+def agent_settings(agent_id: str, *, env: dict | None = None, **config_changes):
+    settings = load_settings(env=Environment(values={"AGENT_ID": agent_id, **(env or {})}))
+    if config_changes:
+        cfg = settings.config
+        for section, changes in config_changes.items():
+            cfg = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=changes)})
+        settings = replace(settings, config=cfg)
+    return settings
+
+
+@pytest.fixture
+async def services(pool, agent_id):
+    from services import build_services
+    return await build_services(agent_settings(agent_id), pool, SimulatedClock(OPEN_AT))

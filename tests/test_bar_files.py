@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.bar_files import BarFileError, BarFileSource
+from data.source import MarketDataSource, UnknownSymbol
+
+HKT = ZoneInfo("Asia/Hong_Kong")
+ET = ZoneInfo("America/New_York")
+
+DAILY = """timestamp,open,high,low,close,volume
+2026-11-17,380.0,384.2,378.6,383.0,1000000
+2026-11-18,383.0,385.0,381.0,381.4,900000
+2026-11-20,381.4,390.0,381.0,389.8,1500000
+2026-11-19,381.4,382.0,379.0,381.4,800000
+2026-11-23,389.8,391.0,385.2,386.0,1100000
+"""
+
+
+def minute_rows(day: date, tz=HKT, with_offset: bool = True) -> list[tuple]:
+    """1m bars 09:30-12:00 and 13:00-16:00 local, price walking up one tick a minute."""
+    rows, price = [], Decimal("10.00")
+    for a, b in (((9, 30), (12, 0)), ((13, 0), (16, 0))):
+        t = datetime(day.year, day.month, day.day, *a, tzinfo=tz)
+        stop = datetime(day.year, day.month, day.day, *b, tzinfo=tz)
+        while t < stop:
+            stamp = t.isoformat() if with_offset else t.replace(tzinfo=None).isoformat(sep=" ")
+            rows.append((stamp, price, price + Decimal("0.02"), price - Decimal("0.01"), price + Decimal("0.01"), 1000))
+            price += Decimal("0.01")
+            t += timedelta(minutes=1)
+    return rows
+
+
+def write_csv(path, rows) -> None:
+    path.write_text("timestamp,open,high,low,close,volume\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+
+
+@pytest.fixture
+def hk_dir(tmp_path):
+    (tmp_path / "0700.csv").write_text(DAILY)
+    (tmp_path / "0005.csv").write_text("\n".join(l for l in DAILY.splitlines() if not l.startswith("2026-11-20")))
+    write_csv(tmp_path / "9999.csv", minute_rows(date(2026, 11, 24)))
+    (tmp_path / "instruments.csv").write_text("symbol,name,lot_size,currency\n0700,Tencent,100,HKD\n0005,HSBC,400,\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    return tmp_path
+
+
+def test_daily_files_serve_bars_quotes_and_frames(hk_dir):
+    src = BarFileSource(hk_dir, "HKEX")
+    assert isinstance(src, MarketDataSource)
+    assert [i.symbol for i in src.instruments()] == ["0005", "0700", "9999"]
+    assert src.instrument("0005").lot_size == 400 and src.instrument("0005").currency == "HKD"
+    assert src.instrument("9999").lot_size == 100 and src.instrument("9999").name == "9999"
+
+    end = datetime(2026, 11, 20, 15, 0, tzinfo=HKT)            # the 20th has not closed yet
+    bars = src.bars("0700", "1d", end - timedelta(days=10), end)
+    assert [b.start.astimezone(HKT).date() for b in bars] == [date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)]
+    assert bars[0].start == datetime(2026, 11, 17, 9, 30, tzinfo=HKT)
+    assert bars[0].high == Decimal("384.2") and bars[0].volume == 1_000_000
+    q = src.quote("0700", end)
+    assert q.last == Decimal("381.4") and q.timestamp == datetime(2026, 11, 19, 16, 0, tzinfo=HKT)
+    assert q.bid == Decimal("381.2") and q.ask == Decimal("381.6")
+    assert src.quote("0700", datetime(2026, 11, 20, 16, 0, tzinfo=HKT)).last == Decimal("389.8")
+
+    frames = src.daily_frame(["0700", "0005"], datetime(2026, 11, 24, 8, 0, tzinfo=HKT), 4)
+    close = frames["close"]
+    assert list(close.index.date) == [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 23)]
+    assert close.loc["2026-11-20", "0700"] == 389.8
+    assert np.isnan(close.loc["2026-11-20", "0005"])           # no bar that day: NaN, not a made-up value
+    assert frames["volume"].loc["2026-11-23", "0700"] == 1_100_000
+
+
+def test_intraday_file_aggregates_and_never_leaks(hk_dir):
+    src = BarFileSource(hk_dir, "HKEX")
+    day = datetime(2026, 11, 24, tzinfo=HKT)
+    end = datetime(2026, 11, 24, 10, 47, 30, tzinfo=HKT)
+    minutes = src.bars("9999", "1m", day, end)
+    assert len(minutes) == 77 and minutes[-1].start == datetime(2026, 11, 24, 10, 46, tzinfo=HKT)
+    fives = src.bars("9999", "5m", day, end)
+    assert len(fives) == 15 and fives[-1].start == datetime(2026, 11, 24, 10, 40, tzinfo=HKT)
+    assert fives[0].open == Decimal("10.00") and fives[0].close == Decimal("10.05") and fives[0].volume == 5000
+    hours = src.bars("9999", "1h", day, datetime(2026, 11, 24, 12, 0, tzinfo=HKT))
+    assert [h.start.astimezone(HKT).strftime("%H:%M") for h in hours] == ["09:30", "10:30", "11:30"]
+    assert hours[-1].volume == 30_000                          # 11:30-12:00 is a short bar, complete at noon
+    assert src.bars("9999", "1d", day, datetime(2026, 11, 24, 15, 59, tzinfo=HKT)) == []
+    (daily,) = src.bars("9999", "1d", day, datetime(2026, 11, 24, 16, 0, tzinfo=HKT))
+    assert (daily.open, daily.close, daily.volume) == (Decimal("10.00"), Decimal("13.30"), 330_000)
+    assert daily.high == Decimal("13.31") and daily.low == Decimal("9.99")
+
+    lunch = src.quote("9999", datetime(2026, 11, 24, 12, 30, tzinfo=HKT))
+    assert lunch.last == minutes[0].close + Decimal("0.01") * 149
+    assert lunch.volume == 150_000 and lunch.timestamp == datetime(2026, 11, 24, 12, 0, tzinfo=HKT)
+    frame = src.daily_frame(["9999", "0700"], datetime(2026, 11, 24, 15, 0, tzinfo=HKT), 3)
+    assert frame["close"].index[-1].date() == date(2026, 11, 23)
+    assert np.isnan(frame["close"]["9999"]).all()
+
+
+def test_parquet_with_local_times_matches_csv_with_offsets(tmp_path):
+    rows = minute_rows(date(2026, 11, 24), tz=ET)[:390]
+    write_csv(tmp_path / "AAA.csv", rows)
+    naive = minute_rows(date(2026, 11, 24), tz=ET, with_offset=False)[:390]
+    frame = pd.DataFrame({"Timestamp": pd.to_datetime([r[0] for r in naive]),
+                          "open": [float(r[1]) for r in naive], "high": [float(r[2]) for r in naive],
+                          "low": [float(r[3]) for r in naive], "close": [float(r[4]) for r in naive],
+                          "volume": [r[5] for r in naive]})
+    frame.to_parquet(tmp_path / "BBB.parquet")
+    src = BarFileSource(tmp_path, "NYSE")
+    assert src.instrument("BBB").lot_size == 1 and src.instrument("BBB").currency == "USD"
+    span = (datetime(2026, 11, 24, tzinfo=ET), datetime(2026, 11, 25, tzinfo=ET))
+    a, b = src.bars("AAA", "15m", *span), src.bars("BBB", "15m", *span)
+    assert [(x.start, x.open, x.high, x.low, x.close, x.volume) for x in a] == \
+           [(x.start, x.open, x.high, x.low, x.close, x.volume) for x in b]
+    assert a[0].start == datetime(2026, 11, 24, 14, 30, tzinfo=timezone.utc)
+
+
+def test_naive_csv_time_is_exchange_local(tmp_path):
+    write_csv(tmp_path / "AAA.csv", [("2026-11-24 09:30", 10, 10, 10, 10, 5), ("2026-11-24 09:31", 10, 11, 10, 11, 5)])
+    src = BarFileSource(tmp_path, "US")
+    (bar, _) = src.bars("AAA", "1m", datetime(2026, 11, 24, tzinfo=timezone.utc), datetime(2026, 11, 25, tzinfo=timezone.utc))
+    assert bar.start == datetime(2026, 11, 24, 14, 30, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,10\n2026-11-18,1,2,abc,1.5,10\n",
+     r"line 3, column 'low': 'abc' is not a number"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,10\nyesterday,1,2,0.5,1.5,10\n",
+     r"line 3, column 'timestamp': 'yesterday' is not an ISO-8601"),
+    ("timestamp,open,high,close,volume\n2026-11-17,1,2,1.5,10\n", r"missing column\(s\) low"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,2.5,10\n", r"line 2: inconsistent bar"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,10\n2026-11-17,1,2,0.5,1.5,10\n",
+     r"line 3, column 'timestamp'.*line 2"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,-4\n", r"line 2, column 'volume'"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,\n", r"line 2, column 'volume': empty"),
+    ("", r"empty"),
+])
+def test_malformed_files_name_file_line_and_column(tmp_path, body, message):
+    (tmp_path / "BAD.csv").write_text(body)
+    src = BarFileSource(tmp_path, "HKEX")
+    with pytest.raises(BarFileError, match=message) as err:
+        src.validate()
+    assert "BAD.csv" in str(err.value)
+
+
+def test_other_mistakes_are_explained(tmp_path):
+    with pytest.raises(BarFileError, match="no SYMBOL.csv"):
+        BarFileSource(tmp_path, "HKEX")
+    (tmp_path / "0700.csv").write_text(DAILY)
+    (tmp_path / "instruments.csv").write_text("symbol,lot_size\n0700,ten\n")
+    with pytest.raises(BarFileError, match=r"instruments.csv line 2, column 'lot_size'"):
+        BarFileSource(tmp_path, "HKEX")
+    (tmp_path / "instruments.csv").unlink()
+    src = BarFileSource(tmp_path, "HKEX")
+    with pytest.raises(UnknownSymbol, match="0701"):
+        src.quote("0701", datetime(2026, 11, 24, tzinfo=HKT))
+    with pytest.raises(ValueError, match="daily bars"):
+        src.bars("0700", "5m", datetime(2026, 11, 17, tzinfo=HKT), datetime(2026, 11, 24, tzinfo=HKT))
+    with pytest.raises(ValueError, match="no bar of 0700 has completed"):
+        src.quote("0700", datetime(2026, 11, 17, 12, 0, tzinfo=HKT))
