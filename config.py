@@ -80,6 +80,7 @@ class TradingConfig(_Model):
     allow_reentry_same_day: bool = False
     max_stop_distance_pct: Decimal = Field(default=Decimal("0.10"), gt=0, lt=1)
     intraday_only: bool = False
+    max_quote_age_seconds: int = Field(default=300, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _min_below_max(self) -> "TradingConfig":

@@ -181,7 +181,8 @@ class ToolExecutor:
         from portfolio import snapshot
         snap = await snapshot(self.s)
         limits = self.limits()
-        state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits)
+        state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits,
+                                     await self._stored_trading_state())
         a = snap.account
         return {"currency": a.currency, "cash": a.cash, "buying_power": a.buying_power, "equity": a.equity,
                 "positions": [p.to_dict() for p in snap.positions], "open_orders": list(snap.open_orders),
@@ -198,7 +199,7 @@ class ToolExecutor:
             min_position_value=t.min_position_value, daily_loss_limit=t.daily_loss_limit,
             position_stop_loss_pct=t.position_stop_loss_pct, price_collar_pct=t.price_collar_pct,
             max_orders_per_cycle=t.max_orders_per_cycle, allow_reentry_same_day=t.allow_reentry_same_day,
-            max_stop_distance_pct=t.max_stop_distance_pct)
+            max_stop_distance_pct=t.max_stop_distance_pct, max_quote_age_seconds=t.max_quote_age_seconds)
 
     async def _risk_context(self, symbol: str):
         from portfolio import snapshot

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from data.calendar import MarketCalendar
     from data.source import MarketDataSource
 
+# Book depth at the touch, for an order that is marketable when placed: this many minutes of recent volume.
+DEPTH_MINUTES = 5
 MINUTE = timedelta(minutes=1)
 BPS = Decimal("0.0001")
 PRICE_Q = Decimal("0.000001")
@@ -278,26 +280,37 @@ class PaperBroker(BrokerClient):
             else:
                 price = None
             if price is not None and self.calendar.is_open(now):
-                last_bar = self.market.bars(row["symbol"], "1m", now - timedelta(minutes=5), now)
-                qty = min(remaining, self._cap(last_bar[-1].volume if last_bar else 0, participation, inst.lot_size))
+                # The depth resting at the touch is taken as the last DEPTH_MINUTES minutes of traded volume.
+                recent = self.market.bars(row["symbol"], "1m", now - timedelta(minutes=DEPTH_MINUTES), now)
+                qty = min(remaining, self._cap(sum(b.volume for b in recent), participation, inst.lot_size))
                 if qty > 0:
                     fills.append(_Fill(qty, price, now))
                     remaining -= qty
         else:
+            # A working order takes its share of the volume that trades at prices it accepts, accumulated
+            # since it was placed: over many small bars it fills a lot at a time, as a real working order does.
             end = min(now, self._expiry(row["submitted_at"]))
-            bars = self.market.bars(row["symbol"], "1m", matched_until, end) if end > matched_until else []
+            first = _next_minute(row["submitted_at"])
+            bars = self.market.bars(row["symbol"], "1m", first, end) if end > matched_until else []
+            immediate = await conn.fetchval(
+                "SELECT coalesce(sum(quantity), 0) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
+                "AND filled_at = $3", self.account_id, row["client_order_id"], row["submitted_at"])
+            worked = row["filled_quantity"] - immediate          # filled from bars so far
+            eligible_volume = 0
             for bar in bars:
-                if remaining <= 0:
-                    break
                 price = self._bar_price(bar, side, limit, inst)
                 if price is None:
                     continue
-                qty = min(remaining, self._cap(bar.volume, participation, inst.lot_size))
+                eligible_volume += bar.volume
+                if bar.start < matched_until or remaining <= 0:
+                    continue                                     # matched on an earlier call
+                qty = min(remaining, self._cap(eligible_volume, participation, inst.lot_size) - worked)
                 if qty > 0:
                     fills.append(_Fill(qty, price, bar.start + MINUTE))
                     remaining -= qty
+                    worked += qty
             if bars:
-                matched_until = bars[-1].start + MINUTE
+                matched_until = max(matched_until, bars[-1].start + MINUTE)
 
         for fill in fills:
             await self._apply_fill(conn, row, fill, inst)

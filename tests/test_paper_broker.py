@@ -56,11 +56,14 @@ async def advance_trading_minutes(clock: SimulatedClock, calendar: MarketCalenda
 
 
 def liquid_symbols(market: SimulatedMarket, at: datetime) -> list[str]:
-    """Symbols priced 5..60 HKD with a lot worth < 10,000 HKD, cheapest lot first."""
+    """Symbols priced 5..60 HKD with a lot worth < 10,000 HKD that traded at least 20 lots in the 5 minutes to OPEN_AT,
+    cheapest lot first."""
     picks = []
     for inst in market.instruments():
         q = market.quote(inst.symbol, at)
-        if Decimal(5) <= q.last <= Decimal(60) and q.last * inst.lot_size < 10_000:
+        recent = sum(b.volume for b in market.bars(inst.symbol, "1m", OPEN_AT - timedelta(minutes=5), OPEN_AT))
+        if (Decimal(5) <= q.last <= Decimal(60) and q.last * inst.lot_size < 10_000
+                and recent >= 20 * inst.lot_size):
             picks.append((q.last * inst.lot_size, inst.symbol))
     return [s for _, s in sorted(picks)][:5]
 
