@@ -56,6 +56,39 @@ def system_prompt(settings, mode: str) -> str:
         f"Be brief: every token costs the user money.\n\nTask: {MODE_TASKS[mode]}")
 
 
+# A 429/529 asking us to wait longer than this ends the cycle now (cron runs again soon) instead of sleeping.
+MAX_RETRY_WAIT_S = 30.0
+
+
+class RetryWaitTooLong(Exception):
+    """The API asked for a wait longer than MAX_RETRY_WAIT_S before a retry."""
+
+
+def _retry_after_seconds(headers) -> float | None:
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after"):
+            return float(headers["retry-after"])
+    except ValueError:
+        return None          # an HTTP date: rare; let the SDK handle it
+    return None
+
+
+async def _attempt_guard(request, call_next):
+    """Runs once per HTTP attempt (retries included): logs throttling and caps how long a retry may wait."""
+    response = await call_next(request)
+    status = response.status_code
+    if status == 429 or status >= 500:
+        wait = _retry_after_seconds(response.headers)
+        log.warning("Claude API answered %d on attempt %d (request-id %s, retry-after %s)", status,
+                    request.retries_taken + 1, response.headers.get("request-id"), wait)
+        if wait is not None and wait > MAX_RETRY_WAIT_S:
+            raise RetryWaitTooLong(f"the API answered {status} and asked to wait {wait:.0f}s "
+                                   f"(more than {MAX_RETRY_WAIT_S:.0f}s); giving up this cycle")
+    return response
+
+
 def _approx_tokens(payload: Any) -> int:
     return len(json.dumps(payload, default=str)) // 3 + 1
 
@@ -77,8 +110,13 @@ class ClaudeEngine:
             env = self.settings.env
             self._client = anthropic.AsyncAnthropic(api_key=env.get("ANTHROPIC_API_KEY"),
                                                     base_url=env.get("ANTHROPIC_BASE_URL"), max_retries=3,
-                                                    timeout=60.0)
+                                                    timeout=60.0, middleware=[_attempt_guard])
         return self._client
+
+    def first_call_estimate(self, mode: str, settings=None) -> Decimal:
+        """The most the first call of a cycle can cost: below this, a cycle should not start on Claude."""
+        prompt = [system_prompt(settings or self.settings, mode), anthropic_tools(mode)]
+        return self.prices.worst_case(prompt_tokens=_approx_tokens(prompt), max_tokens=self.ai.max_tokens)
 
     async def run(self, mode: str, ex: "ToolExecutor", *, prompt_caching: bool = True) -> EngineResult:
         import anthropic
@@ -107,7 +145,7 @@ class ClaudeEngine:
                 response = await self.client().messages.create(
                     model=self.ai.model, max_tokens=self.ai.max_tokens, system=system, tools=tools,
                     messages=_with_cache_breakpoint(messages) if prompt_caching else messages)
-            except anthropic.APIError as exc:
+            except (anthropic.APIError, RetryWaitTooLong) as exc:
                 await self.budget.release(reservation)
                 result.status, result.error = "ai_unavailable", f"{type(exc).__name__}: {exc}"[:500]
                 log.error("Claude API gave up after the SDK's retries: %s", result.error)

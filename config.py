@@ -173,6 +173,11 @@ class MarketDataConfig(_Model):
         return self
 
 
+class NewsConfig(_Model):
+    """Where get_news reads from (data/news.py documents the file format)."""
+    directory: str | None = None
+
+
 class ScanConfig(_Model):
     """The universe scan (data/scan.py documents the score)."""
     min_price: Decimal = Field(default=Decimal(1), ge=0)
@@ -218,6 +223,7 @@ class TradingSystemConfig(_Model):
     paper: PaperConfig
     market_data: MarketDataConfig = MarketDataConfig()
     scan: ScanConfig = ScanConfig()
+    news: NewsConfig = NewsConfig()
     rules: RulesConfig = RulesConfig()
     logging: LoggingConfig = LoggingConfig()
 

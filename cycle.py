@@ -42,9 +42,12 @@ async def choose_engine(services: "Services", mode: str):
     from ai_budget import AIBudget
     budget = AIBudget(services.pool, services.clock, services.agent_id,
                       daily_limit=services.settings.config.ai.daily_budget_usd, purpose="trade")
-    if await budget.remaining() <= 0:
-        return RulesEngine(services.settings), "AI budget for today is spent: the offline rules engine decides"
-    return ClaudeEngine(services.settings, budget=budget), f"Claude ({services.settings.config.ai.model}) decides"
+    engine = ClaudeEngine(services.settings, budget=budget)
+    remaining = await budget.remaining()
+    if remaining < engine.first_call_estimate(mode):
+        return RulesEngine(services.settings), (f"AI budget for today is spent ({remaining:.4f} USD left of "
+                                                f"{budget.daily_limit}): the offline rules engine decides")
+    return engine, f"Claude ({services.settings.config.ai.model}) decides"
 
 
 async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOutcome:

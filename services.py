@@ -5,10 +5,13 @@ This is the only module that knows broker names; everything else talks to `Broke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clock import Clock
 from config import ConfigError, Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent
 
 if TYPE_CHECKING:
     import asyncpg
@@ -36,12 +39,18 @@ class Services:
         return self.settings.agent_id
 
 
+def project_path(path: str) -> Path:
+    """Paths in the config are relative to the project root (where run.sh is), or absolute."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
 def build_source(settings: Settings, calendar: "MarketCalendar"):
     """The market data source the paper broker fills against and the scan reads."""
     md = settings.config.market_data
     if md.source == "files":
         from data.bar_files import BarFileSource
-        return BarFileSource(md.directory, settings.config.market.exchange)
+        return BarFileSource(project_path(md.directory), settings.config.market.exchange)
     from data.simulated import SimulatedMarket
     return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
                            calendar=calendar)
@@ -58,7 +67,9 @@ def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calenda
 
 
 def build_news(settings: Settings) -> "NewsProvider":
-    from data.news import AlpacaNewsProvider, NoNewsProvider
+    from data.news import AlpacaNewsProvider, FileNewsProvider, NoNewsProvider
+    if settings.config.news.directory:
+        return FileNewsProvider(project_path(settings.config.news.directory))
     key, secret = settings.env.get("ALPACA_API_KEY"), settings.env.get("ALPACA_SECRET_KEY")
     if key and secret and settings.config.market.exchange in {"NYSE", "NASDAQ"}:
         return AlpacaNewsProvider(key, secret)
