@@ -96,8 +96,9 @@ def _approx_tokens(payload: Any) -> int:
 class ClaudeEngine:
     name = "claude"
 
-    def __init__(self, settings, *, budget: AIBudget, client=None) -> None:
+    def __init__(self, settings, *, budget: AIBudget, client=None, prompt_caching: bool = True) -> None:
         self.settings = settings
+        self.prompt_caching = prompt_caching
         self.ai = settings.config.ai
         self.budget = budget
         p = self.ai.prices[self.ai.model]
@@ -118,9 +119,10 @@ class ClaudeEngine:
         prompt = [system_prompt(settings or self.settings, mode), anthropic_tools(mode)]
         return self.prices.worst_case(prompt_tokens=_approx_tokens(prompt), max_tokens=self.ai.max_tokens)
 
-    async def run(self, mode: str, ex: "ToolExecutor", *, prompt_caching: bool = True) -> EngineResult:
+    async def run(self, mode: str, ex: "ToolExecutor") -> EngineResult:
         import anthropic
 
+        prompt_caching = self.prompt_caching
         result = EngineResult(engine=self.name)
         tools = anthropic_tools(mode)
         system: list[dict[str, Any]] = [{"type": "text", "text": system_prompt(self.settings, mode)}]

@@ -58,9 +58,10 @@ async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOut
     with log_context(cycle_id=str(cycle_id), mode=mode):
         log.info("%s cycle started at %s", mode, now.isoformat())
         try:
-            synced = await services.orders.sync_open_orders()
-            if synced:
-                log.info("brought %d open orders up to date from the broker", len(synced))
+            from startup_monitor import reconcile
+            recon = await reconcile(services)
+            if not recon.clean or recon.corrections or recon.resolved:
+                log.warning(recon.render())
             state = services.calendar.state(now)
             if mode == "trade" and state.status != "open":
                 local = state.next_open.astimezone(services.calendar.tz)
@@ -77,6 +78,8 @@ async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOut
             executor = ToolExecutor(services, mode=mode, cycle_id=cycle_id, engine=engine.name)
             result = await engine.run(mode, executor)
             result.summary.setdefault("engine_reason", reason)
+            if recon.corrections or recon.resolved or recon.ambiguous:
+                result.summary["reconciliation"] = recon.to_dict()
             await _finish(services, cycle_id, result, executor.orders_placed)
             message = f"{mode} cycle {result.status} with the {engine.name} engine: {executor.orders_placed} orders"
             log.info(message)

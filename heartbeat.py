@@ -87,8 +87,9 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
             pool = None
 
     if broker_check is None:
-        report.checks.append(Check("broker", True, "no broker configured yet (the paper broker arrives with "
-                                                   "the market issue)", skipped=True))
+        report.checks.append(Check("broker", False, "not checked: the database is down (the paper broker keeps "
+                                                    "its account there; live brokers are checked after it)",
+                                   skipped=True))
     else:
         try:
             report.checks.append(Check("broker", True, await broker_check()))

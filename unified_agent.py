@@ -91,7 +91,8 @@ async def _run(settings, args: argparse.Namespace) -> int:
         if args.mode == "heartbeat":
             from heartbeat import run_heartbeat
             report = await run_heartbeat(settings, database=(target, pool) if pool else None,
-                                         database_error=db_error, broker_check=None)
+                                         database_error=db_error,
+                                         broker_check=_broker_check(settings, pool) if pool else None)
             if pool is not None:
                 purged = await purge_old_logs(pool, agent_id=settings.agent_id,
                                               days=settings.config.logging.db_retention_days)
@@ -130,6 +131,25 @@ async def _run(settings, args: argparse.Namespace) -> int:
         if pool is not None:
             await pool.close()
         pipeline.close(timeout=5.0)
+
+
+def _broker_check(settings, pool):
+    async def check() -> str:
+        import time
+
+        from clock import RealClock
+        from services import build_services
+        t0 = time.perf_counter()
+        services = await build_services(settings, pool, RealClock())
+        try:
+            acct = await services.broker.get_account()
+            positions = await services.broker.get_positions()
+        finally:
+            await services.broker.disconnect()
+        ms = (time.perf_counter() - t0) * 1000
+        return (f"{settings.config.broker}: {acct.currency} cash {acct.cash:,.2f}, equity {acct.equity:,.2f}, "
+                f"{len(positions)} positions, {ms:.0f} ms")
+    return check
 
 
 def _day_summary(s: dict) -> str:
