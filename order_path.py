@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from brokers.base import (BrokerClient, BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected,
                           OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition)
 from clock import Clock
+from faults import kill_point
 
 if TYPE_CHECKING:
     import asyncpg
@@ -96,6 +97,7 @@ class OrderPath:
                 "SELECT position_id FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open'",
                 self.agent_id, symbol)
         # 1. write-ahead
+        kill_point("before_write_ahead")
         await self.pool.execute(
             """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
                    quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at)
@@ -105,9 +107,11 @@ class OrderPath:
             limit_price, stop_loss, take_profit, self.clock.now())
         log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,
                  extra={})
+        kill_point("after_write_ahead")
         # 2. the broker
         try:
             result = await self.broker.place_order(request)
+            kill_point("after_broker_call")
         except OrderRejected as exc:
             await self._set_status(coid, "rejected", reason=exc.reason)
             log.warning("order %s rejected by broker: %s", coid, exc.reason)
@@ -121,7 +125,9 @@ class OrderPath:
             log.error("order %s invalid: %s", coid, exc)
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=str(exc))
         # 3. the answer, and any fills
-        return await self.record_result(result)
+        outcome = await self.record_result(result)
+        kill_point("after_fills_recorded")
+        return outcome
 
     async def sync(self, client_order_id: str) -> OrderOutcome | None:
         """Ask the broker about an order we know and record what changed (status, new fills)."""

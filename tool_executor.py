@@ -264,6 +264,31 @@ class ToolExecutor:
         if not verdict.approved:
             await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
             return {"status": "refused", **verdict.to_dict()}
+        # A closing position stops buying; an exit already working is not doubled.
+        working = await self.s.pool.fetch(
+            "SELECT client_order_id, side, quantity, filled_quantity FROM orders WHERE agent_id = $1 AND symbol = $2 "
+            "AND status IN ('pending_submit', 'submitted', 'partially_filled') ORDER BY order_id",
+            self.s.agent_id, symbol)
+        cancelled = []
+        for o in working:
+            if o["side"] == "buy" and await self.s.orders.cancel(o["client_order_id"]):
+                cancelled.append(o["client_order_id"])
+        sells = [o for o in working if o["side"] == "sell"]
+        if sells:
+            await self.s.orders.sync(sells[-1]["client_order_id"])
+            text = (f"an exit for {symbol} is already working ({sells[-1]['client_order_id']}, "
+                    f"{sells[-1]['filled_quantity']}/{sells[-1]['quantity']} filled); not sending another")
+            await self.record_decision(symbol, "exit_in_progress", reason, details={"working": sells[-1]["client_order_id"],
+                                                                                  "cancelled_buys": cancelled})
+            return {"status": "exit_in_progress", "detail": text, "cancelled_buy_orders": cancelled}
+        if cancelled:
+            snap = await snapshot(self.s)          # a cancelled entry may have filled more before it stopped
+            held = {p.symbol: p for p in snap.positions}
+            verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument,
+                                           safety.MarketStatus(status=state.status, next_open=state.next_open))
+            if not verdict.approved:
+                await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
+                return {"status": "refused", **verdict.to_dict(), "cancelled_buy_orders": cancelled}
         outcome = await self.s.orders.submit(cycle_id=self.cycle_id, symbol=symbol, side=OrderSide.SELL,
                                              quantity=verdict.adjusted_quantity, order_type=OrderType.MARKET,
                                              intent=intent)

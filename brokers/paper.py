@@ -380,10 +380,12 @@ class PaperBroker(BrokerClient):
                      quantity = paper_positions.quantity + $3""",
                 self.account_id, row["symbol"], fill.quantity, fill.price)
         else:
-            await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 AND symbol = $2 "
-                               "AND quantity > $3", self.account_id, row["symbol"], fill.quantity)
-            await conn.execute("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 AND quantity <= $3",
-                               self.account_id, row["symbol"], fill.quantity)
+            closed = await conn.fetchval("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 "
+                                         "AND quantity <= $3 RETURNING symbol", self.account_id, row["symbol"],
+                                         fill.quantity)
+            if closed is None:
+                await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 "
+                                   "AND symbol = $2", self.account_id, row["symbol"], fill.quantity)
 
     async def _result(self, conn, client_order_id: str) -> OrderResult:
         row = await self._order_row(conn, client_order_id)

@@ -162,3 +162,14 @@ asyncio.run(main())
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["positions"] == {symbol: inst.lot_size * 2}
     assert Decimal(seen["cash"]) == (await broker.get_account()).cash
+
+
+async def test_selling_most_of_a_position_keeps_the_rest(pool, agent_id):
+    """Regression: a sell of more than half a position once deleted the whole position row."""
+    broker = await make_broker(pool, agent_id, SimulatedClock(OPEN_AT), max_volume_participation=Decimal("1"))
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    lot = (await broker.get_instrument(symbol)).lot_size
+    bought = await broker.place_order(OrderRequest(f"{agent_id}-b", symbol, OrderSide.BUY, 3 * lot, OrderType.MARKET))
+    sold = await broker.place_order(OrderRequest(f"{agent_id}-s", symbol, OrderSide.SELL, 2 * lot, OrderType.MARKET))
+    assert bought.status is OrderStatus.FILLED and sold.status is OrderStatus.FILLED
+    assert {p.symbol: p.quantity for p in await broker.get_positions()} == {symbol: lot}
