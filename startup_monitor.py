@@ -12,8 +12,8 @@ Run pre-market (`python startup_monitor.py`, cron) and at the start of every sca
    ambiguous; held here but not at the broker -> closed (a stop filled at the broker, a manual close) and its open
    sell orders cancelled; quantity differs -> set to the broker's, ambiguous when the broker holds more.
    One `decisions` audit row (engine 'reconcile') per correction.
-5. Anything ambiguous sets the trading state to REDUCING (no new entries) with the exact reasons; a clean run
-   clears a REDUCING state that reconciliation itself set. HALTED (kill switch) is only cleared by a person.
+5. Anything ambiguous sets the trading state to REDUCING (no new entries) with the exact reasons. It stays so
+   until a person has looked and runs `python startup_monitor.py --resume "why it is fine"` (also clears HALTED).
 
 Exit codes of the command: 0 in sync (corrections, if any, were applied and audited), 5 action needed
 (ambiguous: entries stopped), 2 config, 3 database, 4 broker unreachable, 75 another run of this agent is busy.
@@ -197,9 +197,6 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         await set_trading_state(services, safety.TradingState.REDUCING,
                                 "reconciliation: " + "; ".join(report.ambiguous), "reconcile")
         state = safety.TradingState.REDUCING
-    elif state is safety.TradingState.REDUCING and await _set_by_reconcile(services):
-        await set_trading_state(services, safety.TradingState.ACTIVE, "clean reconciliation", "reconcile")
-        state = safety.TradingState.ACTIVE
     report.state = state.value
     level = logging.WARNING if report.ambiguous else logging.INFO
     log.log(level, "reconciliation: %d resolved, %d fills, %d corrections, %d cancelled, %d ambiguous; state %s",
@@ -212,16 +209,13 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
     return report
 
 
-async def _set_by_reconcile(services: "Services") -> bool:
-    return await services.pool.fetchval("SELECT set_by = 'reconcile' FROM agent_state WHERE agent_id = $1 "
-                                        "ORDER BY set_at DESC, state_id DESC LIMIT 1", services.agent_id) or False
-
-
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="startup_monitor.py", description="Reconcile records with the broker")
     parser.add_argument("--config", default=None)
+    parser.add_argument("--resume", metavar="REASON", default=None,
+                        help="after checking the reported discrepancies: set the trading state back to ACTIVE")
     args = parser.parse_args(argv)
     from agent_lock import EXIT_LOCKED, AgentBusy, AgentLock
     from config import ConfigError, load_settings
@@ -237,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_LOCKED
     try:
-        return asyncio.run(_main(settings))
+        return asyncio.run(_main(settings, args.resume))
     finally:
         lock.release()
 
 
-async def _main(settings) -> int:
+async def _main(settings, resume: str | None) -> int:
     from clock import RealClock
     from database import DatabaseUnavailable, open_database
     from db_logger import setup_logging
@@ -264,6 +258,11 @@ async def _main(settings) -> int:
             return 4
         report = await reconcile(services)
         print(report.render())
+        if resume is not None and report.exit_code in (0, EXIT_ACTION_NEEDED):
+            await set_trading_state(services, safety.TradingState.ACTIVE, f"resumed by operator: {resume}",
+                                    "operator")
+            print(f"trading state set to ACTIVE ({resume})")
+            return 0
         return report.exit_code
     finally:
         await pool.close()

@@ -308,6 +308,9 @@ class ToolExecutor:
                 self.s.agent_id):
             if await self.s.orders.cancel(o["client_order_id"]):
                 cancelled.append(o["client_order_id"])
+        from agent_state import set_trading_state
+        await set_trading_state(self.s, safety.TradingState.HALTED, f"kill switch (close_all): {args.reason}",
+                                self.engine)
         results = {}
         for p in await self.s.broker.get_positions():
             results[p.symbol] = await self.exit_position(p.symbol, None, args.reason, intent="kill_switch")
