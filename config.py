@@ -132,6 +132,14 @@ class SignalsConfig(_Model):
         return self
 
 
+class MonitorConfig(_Model):
+    """The position monitor daemon (position_monitor_service.py)."""
+    poll_interval_seconds: int = Field(default=30, ge=1, le=3600)
+    heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
+    max_backoff_seconds: int = Field(default=60, ge=1, le=3600)
+    indicator_refresh_minutes: int = Field(default=15, ge=1, le=1440)
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file_retention_days: int = Field(default=7, gt=0, le=365)
@@ -224,6 +232,7 @@ class TradingSystemConfig(_Model):
     market_data: MarketDataConfig = MarketDataConfig()
     scan: ScanConfig = ScanConfig()
     news: NewsConfig = NewsConfig()
+    monitor: MonitorConfig = MonitorConfig()
     rules: RulesConfig = RulesConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Catalyst launcher: ./run.sh MODE [args...]
 #   ./run.sh heartbeat|scan|trade|close|day|...   -> python unified_agent.py --mode MODE [args...]
+#   ./run.sh reconcile [--resume REASON]           -> python startup_monitor.py (reconciliation)
+#   ./run.sh monitor                               -> python position_monitor_service.py (the daemon)
 #   ./run.sh test [pytest args...]                 -> the whole test suite
 #   ./run.sh bench NAME                            -> python bench/bench_NAME.py
 # Finds Python >= 3.12, keeps .venv in step with the pinned requirements, and hands .env to the agent.
@@ -59,7 +61,7 @@ ensure_venv() {
 }
 
 if [ $# -lt 1 ]; then
-    echo "usage: ./run.sh heartbeat|scan|trade|close|day|test|bench NAME [args...]" >&2
+    echo "usage: ./run.sh heartbeat|scan|trade|close|day|reconcile|monitor|test|bench NAME [args...]" >&2
     exit 64
 fi
 
@@ -75,6 +77,12 @@ fi
 case "$MODE" in
     test)
         exec "$PY" -m pytest "$@"
+        ;;
+    reconcile)
+        exec "$PY" startup_monitor.py "$@"
+        ;;
+    monitor)
+        exec "$PY" position_monitor_service.py "$@"
         ;;
     bench)
         name="${1:?usage: ./run.sh bench NAME (e.g. logger)}"; shift
