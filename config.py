@@ -168,6 +168,22 @@ class PaperConfig(_Model):
     fees: FeeSchedule
 
 
+class AlpacaConfig(_Model):
+    """brokers/alpaca.py. Keys in .env (ALPACA_API_KEY, ALPACA_SECRET_KEY; ALPACA_BASE_URL overrides the endpoint)."""
+    paper: bool = True                                   # false = the live endpoint: real money (needs real_money)
+    data_feed: Literal["iex", "sip"] = "iex"             # market data feed (sip needs a paid subscription)
+    timeout_seconds: float = Field(default=15, gt=0, le=120)
+
+
+class MoomooConfig(_Model):
+    """brokers/moomoo.py through the OpenD gateway. Trade password in .env (MOOMOO_TRADE_PASSWORD)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=11111, gt=0, lt=65536)
+    trade_env: Literal["simulate", "real"] = "simulate"  # real = real money (needs real_money)
+    security_firm: Literal["FUTUSECURITIES", "FUTUINC", "FUTUSG", "FUTUAU"] = "FUTUSECURITIES"
+    connect_timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+
 class MarketDataConfig(_Model):
     source: Literal["simulated", "files"] = "simulated"
     seed: int = Field(default=7, ge=0)
@@ -228,11 +244,23 @@ class TradingSystemConfig(_Model):
     ai: AIConfig
     signals: SignalsConfig
     broker: Literal["paper", "alpaca", "moomoo"] = "paper"
+    real_money: bool = False
+    alpaca: AlpacaConfig = AlpacaConfig()
+    moomoo: MoomooConfig = MoomooConfig()
     paper: PaperConfig
     market_data: MarketDataConfig = MarketDataConfig()
     scan: ScanConfig = ScanConfig()
     news: NewsConfig = NewsConfig()
     monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _real_money_is_explicit(self) -> "TradingSystemConfig":
+        live = ((self.broker == "alpaca" and not self.alpaca.paper)
+                or (self.broker == "moomoo" and self.moomoo.trade_env == "real"))
+        if live and not self.real_money:
+            raise ValueError("this broker setting trades real money; set real_money: true to confirm "
+                             "(it is never a default)")
+        return self
     rules: RulesConfig = RulesConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -1,0 +1,132 @@
+"""position_monitor.py: one pass exits what the signals say through the one order path, holds the rest, and asks
+the cheap advisor only in the uncertain band, within its own budget."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from clock import SimulatedClock
+from position_monitor import PositionMonitor, _Cached
+from services import build_services
+from tests.agent_fixtures import OPEN_AT, agent_settings
+from tests.fakes.anthropic_server import FakeAnthropic, reply
+from tests.test_paper_broker import liquid_symbols
+from tests.test_tool_executor import executor
+
+
+async def make_services(pool, agent_id, env=None, **ai):
+    settings = agent_settings(agent_id, env=env, **({"ai": ai} if ai else {}))
+    return await build_services(settings, pool, SimulatedClock(OPEN_AT))
+
+
+async def entered(services) -> tuple[str, dict]:
+    symbol = liquid_symbols(services.market.source, services.clock.now())[0]
+    ex = await executor(services)
+    r = await ex.execute("execute_trade", {"symbol": symbol, "value": 3000, "order_type": "market",
+                                           "reasoning": "entry for the monitor test"})
+    assert r.data["status"] == "filled", r.data
+    row = await services.pool.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND status = 'open'",
+                                       services.agent_id)
+    return symbol, dict(row)
+
+
+def quiet_indicators(monitor: PositionMonitor, symbol: str, now) -> None:
+    """Pin RSI/patterns to 'nothing to say' so a test controls exactly which signals exist."""
+    monitor._cache[symbol] = _Cached(now, None, ())
+
+
+async def put_in_moderate_loss(services, symbol) -> None:
+    last = (await services.broker.get_quote(symbol)).last
+    entry = (last / Decimal("0.975")).quantize(Decimal("0.0001"))      # -2.5%: moderate, not strong
+    await services.pool.execute("UPDATE positions SET avg_entry_price = $3, high_water_mark = $3, stop_loss = $4 "
+                                "WHERE agent_id = $1 AND symbol = $2 AND status = 'open'", services.agent_id, symbol,
+                                entry, (last * Decimal("0.5")).quantize(Decimal("0.01")))
+
+
+async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    last = (await s.broker.get_quote(symbol)).last
+    await s.pool.execute("UPDATE positions SET stop_loss = $2 WHERE position_id = $1", pos["position_id"],
+                         last + Decimal("0.05"))                       # the price is now below the stop
+    result = await PositionMonitor(s).run_pass()
+    assert [e["intent"] for e in result.exits] == ["stop_loss"]
+    order = await s.pool.fetchrow("SELECT * FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id)
+    assert order["intent"] == "stop_loss" and order["status"] in ("filled", "partially_filled")
+    assert await s.pool.fetchval("SELECT engine FROM decisions WHERE agent_id = $1 AND action = 'close'",
+                                 agent_id) == "monitor"
+    status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
+    assert status["recommendation"].startswith("exit") and status["signal_strength"] == "strong"
+
+
+async def test_a_quiet_position_is_held_and_its_status_recorded(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    monitor = PositionMonitor(s)
+    quiet_indicators(monitor, symbol, s.clock.now())
+    result = await monitor.run_pass()
+    assert result.checked == 1 and not result.exits
+    status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
+    assert status["recommendation"] == "hold" and status["last_price"] > 0
+    assert await s.pool.fetchval("SELECT count(*) FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id) == 0
+
+
+async def test_uncertain_with_no_key_holds_and_says_why(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, _ = await entered(s)
+    await put_in_moderate_loss(s, symbol)
+    monitor = PositionMonitor(s)
+    quiet_indicators(monitor, symbol, s.clock.now())
+    result = await monitor.run_pass()
+    assert result.uncertain == [symbol] and not result.exits
+    d = await s.pool.fetchrow("SELECT * FROM decisions WHERE agent_id = $1 AND action = 'monitor_hold'", agent_id)
+    assert "no ANTHROPIC_API_KEY" in d["reasoning"] and d["engine"] == "monitor"
+
+
+@pytest.mark.parametrize("answer,action", [('{"action": "exit", "reason": "momentum gone"}', "exit"),
+                                           ('{"action": "hold", "reason": "dip on low volume"}', "hold"),
+                                           ("I think you should sell everything!", "hold")])
+async def test_uncertain_asks_the_cheap_model_and_records_its_cost(pool, agent_id, answer, action):
+    with FakeAnthropic([reply(answer)]) as fake:
+        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
+                                                     "ANTHROPIC_BASE_URL": fake.base_url})
+        symbol, _ = await entered(s)
+        await put_in_moderate_loss(s, symbol)
+        monitor = PositionMonitor(s)
+        quiet_indicators(monitor, symbol, s.clock.now())
+        result = await monitor.run_pass()
+        assert fake.message_requests[0].body["model"] == "claude-haiku-4-5"
+    assert (len(result.exits) == 1) == (action == "exit")
+    usage = await s.pool.fetchrow("SELECT * FROM ai_usage WHERE agent_id = $1", agent_id)
+    assert usage["purpose"] == "monitor" and usage["status"] == "settled" and usage["cost_usd"] > 0
+    assert await s.pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action = $2", agent_id,
+                                 f"monitor_{action}") == 1
+
+
+async def test_with_the_monitor_budget_spent_it_holds_without_calling(pool, agent_id):
+    with FakeAnthropic() as fake:
+        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
+                                                     "ANTHROPIC_BASE_URL": fake.base_url},
+                                monitor_daily_budget_usd=Decimal("0"))
+        symbol, _ = await entered(s)
+        await put_in_moderate_loss(s, symbol)
+        monitor = PositionMonitor(s)
+        quiet_indicators(monitor, symbol, s.clock.now())
+        await monitor.run_pass()
+        assert fake.message_requests == []
+    d = await s.pool.fetchrow("SELECT * FROM decisions WHERE agent_id = $1 AND action = 'monitor_hold'", agent_id)
+    assert "budget" in d["reasoning"]
+
+
+async def test_a_failing_quote_does_not_stop_the_pass(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, _ = await entered(s)
+    original = s.broker.get_quote
+
+    async def broken(sym):
+        raise RuntimeError("quote feed hiccup")
+    s.broker.get_quote = broken
+    result = await PositionMonitor(s).run_pass()
+    s.broker.get_quote = original
+    assert result.checked == 0 and "quote feed hiccup" in result.errors[0]
