@@ -80,6 +80,9 @@ async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOut
             result.summary.setdefault("engine_reason", reason)
             if recon.corrections or recon.resolved or recon.ambiguous:
                 result.summary["reconciliation"] = recon.to_dict()
+            if mode == "trade" and executor.orders_placed:
+                from position_monitor import monitor_once   # trade-triggered monitoring of what was just entered
+                await monitor_once(services)
             await _finish(services, cycle_id, result, executor.orders_placed)
             message = f"{mode} cycle {result.status} with the {engine.name} engine: {executor.orders_placed} orders"
             log.info(message)

@@ -17,8 +17,12 @@ from clock import RealClock, SimulatedClock
 from config import Settings
 from cycle import run_cycle
 from db_logger import log_context
+from position_monitor import PositionMonitor
 
 log = logging.getLogger("catalyst.day")
+
+# How often the position monitor checks between cycles in the simulated day (the daemon's poll is finer).
+MONITOR_EVERY = timedelta(minutes=5)
 
 # Local exchange times of the cycles (config/cron.d runs the same schedule in UTC for HKEX).
 HKEX_SCHEDULE = [("scan", time(9, 0))] + [("trade", t) for t in (
@@ -53,20 +57,32 @@ async def run_day(settings: Settings, pool, *, session: date | None = None) -> d
     clock = SimulatedClock(first)
     services = await build_services(day_settings, pool, clock)
     outcomes = []
+    monitor = PositionMonitor(services)
+    monitor_exits = 0
     with log_context(agent_id=agent_id):
-      for mode, at in schedule:
-        clock.set(datetime.combine(session, at, tzinfo=calendar.tz).astimezone(timezone.utc))
-        outcome = await run_cycle(services, mode)
-        outcomes.append(outcome)
-        print(f"  {at:%H:%M} {mode:<5} {outcome.status:<13} {outcome.orders_placed} orders  "
-              f"{_brief(outcome.summary)}")
+        for mode, at in schedule:
+            due = datetime.combine(session, at, tzinfo=calendar.tz).astimezone(timezone.utc)
+            # the position monitor's checks between cycles, as the daemon would make them
+            while clock.now() + MONITOR_EVERY < due:
+                clock.advance(MONITOR_EVERY)
+                if calendar.is_open(clock.now()):
+                    result = await monitor.run_pass()
+                    monitor_exits += len(result.exits)
+                    for e in result.exits:
+                        print(f"  {clock.now().astimezone(calendar.tz):%H:%M} monitor exit {e['symbol']} "
+                              f"({e['intent']}): {e['status']}")
+            clock.set(due)
+            outcome = await run_cycle(services, mode)
+            outcomes.append(outcome)
+            print(f"  {at:%H:%M} {mode:<5} {outcome.status:<13} {outcome.orders_placed} orders  "
+                  f"{_brief(outcome.summary)}")
     account = await services.broker.get_account()
     positions = await services.broker.get_positions()
     fills = await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1", agent_id)
     realized = await pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 "
                                    "AND status = 'closed'", agent_id)
     return {"agent_id": agent_id, "session": session.isoformat(), "cycles": len(outcomes),
-            "orders": sum(o.orders_placed for o in outcomes), "fills": fills, "cash": account.cash,
+            "orders": sum(o.orders_placed for o in outcomes) + monitor_exits, "fills": fills, "cash": account.cash,
             "equity": account.equity, "initial_cash": settings.config.paper.initial_cash,
             "realized_pnl": realized, "open_positions": {p.symbol: p.quantity for p in positions}}
 
