@@ -71,55 +71,75 @@ class PositionMonitor:
         if not rows:
             result.seconds = time.perf_counter() - t0
             return result
+        now = self.s.clock.now()
+        quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView]] = []
-        # 1. prices first
+        statuses: list[tuple] = []
+        raised: list[tuple] = []
+        # 1. prices first: a crossed stop is sent before anything slower happens
         for row in rows:
-            try:
-                quote = await self.s.broker.get_quote(row["symbol"])
-            except Exception as exc:                 # one bad quote never stops the pass
-                result.errors.append(f"{row['symbol']}: quote failed: {type(exc).__name__}: {exc}")
-                log.warning("monitor: quote for %s failed: %s", row["symbol"], exc)
+            quote = quotes.get(row["symbol"])
+            if quote is None:
                 continue
             if quote.last <= 0:
                 result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
                 continue
             hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)
             if hwm != row["high_water_mark"]:
-                await self.s.pool.execute("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1",
-                                          row["position_id"], hwm)
+                raised.append((row["position_id"], hwm))
             view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
                                         entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
                                         stop_loss=row["stop_loss"], take_profit=row["take_profit"],
                                         opened_at=row["opened_at"])
             result.checked += 1
-            report = signals.evaluate(view, self.thresholds, now=self.s.clock.now())
+            report = signals.evaluate(view, self.thresholds, now=now)
             if report.action == "exit":
-                await self._exit(row, view, report, result)
+                statuses.append(self._status_row(row, view, report, await self._exit(row, report, result)))
             else:
                 pending.append((row, view))
+        if raised:
+            await self.s.pool.executemany("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", raised)
         # 2. indicators for the rest
         for row, view in pending:
             rsi, patterns = await self._indicators(row["symbol"])
-            report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=self.s.clock.now())
+            report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
             recommendation = report.action
             if report.action == "exit":
-                await self._exit(row, view, report, result)
-                continue
-            if report.action == "uncertain":
+                recommendation = await self._exit(row, report, result)
+            elif report.action == "uncertain":
                 result.uncertain.append(row["symbol"])
                 advice = await self.advisor.advise(view, report)
                 recommendation = f"uncertain -> {advice.action}"
                 await self.executor.record_decision(row["symbol"], f"monitor_{advice.action}", advice.reason,
                                                     details={"signals": report.to_dict(), "advisor": advice.source})
                 if advice.action == "exit":
-                    await self._exit(row, view, report, result, advised=advice.reason)
-                    continue
-            await self._status(row, view, report, recommendation)
+                    recommendation = await self._exit(row, report, result, advised=advice.reason)
+            statuses.append(self._status_row(row, view, report, recommendation))
+        await self._write_statuses(statuses)
         result.seconds = time.perf_counter() - t0
         if result.exits or result.errors:
             log.info("monitor pass: %d checked, %d exits, %d uncertain, %d errors in %.0f ms", result.checked,
                      len(result.exits), len(result.uncertain), len(result.errors), result.seconds * 1000)
         return result
+
+    async def _quotes(self, symbols: list[str], result: PassResult) -> dict:
+        """One batch request; on failure, one by one so a single bad symbol costs only itself."""
+        failures: dict[str, str] = {}
+        try:
+            quotes = await self.s.broker.get_quotes(symbols)
+        except Exception as exc:
+            log.warning("monitor: batch quote failed (%s); asking one by one", exc)
+            quotes = {}
+            for symbol in symbols:
+                try:
+                    quotes[symbol] = await self.s.broker.get_quote(symbol)
+                except Exception as one:           # one bad quote never stops the pass
+                    failures[symbol] = f"{type(one).__name__}: {one}"
+                    log.warning("monitor: quote for %s failed: %s", symbol, one)
+        for symbol in symbols:
+            if symbol not in quotes:
+                result.errors.append(f"{symbol}: quote failed ({failures.get(symbol, 'no quote returned')})")
+        return quotes
 
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
         now = self.s.clock.now()
@@ -136,20 +156,33 @@ class PositionMonitor:
         self._cache[symbol] = _Cached(now, rsi, patterns)
         return rsi, patterns
 
-    async def _exit(self, row, view, report, result: PassResult, advised: str | None = None) -> None:
+    async def _exit(self, row, report, result: PassResult, advised: str | None = None) -> str:
         kinds = [s.kind for s in report.signals if s.strength == "strong"] or [s.kind for s in report.signals]
         intent = EXIT_INTENT.get(kinds[0], "signal_exit") if kinds else "signal_exit"
         reason = report.reason + (f"; advisor: {advised}" if advised else "")
         with log_context(symbol=row["symbol"]):
-            outcome = await self.executor.exit_position(row["symbol"], None, reason, intent=intent)
+            try:
+                outcome = await self.executor.exit_position(row["symbol"], None, reason, intent=intent)
+            except Exception as exc:   # the broker or database failed mid-exit: reported, retried next pass
+                result.errors.append(f"{row['symbol']}: exit failed: {type(exc).__name__}: {exc}")
+                log.error("monitor exit %s failed: %s", row["symbol"], exc)
+                return "exit (failed; retried next pass)"
         result.exits.append({"symbol": row["symbol"], "intent": intent, "status": outcome.get("status"),
                              "reason": reason})
         log.warning("monitor exit %s (%s): %s -> %s", row["symbol"], intent, reason, outcome.get("status"))
-        await self._status(row, view, report, f"exit ({outcome.get('status')})")
+        return f"exit ({outcome.get('status')})"
 
-    async def _status(self, row, view, report, recommendation: str) -> None:
+    def _status_row(self, row, view, report, recommendation: str) -> tuple:
         top = report.signals[0] if report.signals else None
-        await self.s.pool.execute(
+        return (row["position_id"], self.s.agent_id, row["symbol"], view.price,
+                (view.price - view.entry_price) * view.quantity, report.pnl_pct, view.high_water,
+                top.kind if top else None, top.strength if top else None, recommendation, report.reason[:1000],
+                self.s.clock.now())
+
+    async def _write_statuses(self, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        await self.s.pool.executemany(
             """INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
                    pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -157,11 +190,7 @@ class PositionMonitor:
                    unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
                    high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
                    signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
-                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at""",
-            row["position_id"], self.s.agent_id, row["symbol"], view.price,
-            (view.price - view.entry_price) * view.quantity, report.pnl_pct, view.high_water,
-            top.kind if top else None, top.strength if top else None, recommendation, report.reason[:1000],
-            self.s.clock.now())
+                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at""", rows)
 
 
 # ---------------------------------------------------------------- the advisor for the uncertain band

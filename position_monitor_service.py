@@ -159,7 +159,7 @@ class MonitorService:
                 await self._heartbeat("healthy" if not result.errors else "degraded",
                                       {"state": "monitoring", "checked": result.checked, "exits": len(result.exits),
                                        "errors": result.errors[:5], "pass_ms": round(result.seconds * 1000, 1)})
-                wait = float(self.cfg.poll_interval_seconds)
+                wait = max(float(self.cfg.poll_interval_seconds) - result.seconds, 0.0)   # keep the cadence
                 if state.interval_end is not None:
                     wait = min(wait, max((state.interval_end - now).total_seconds(), 0.0) + 0.001)
                 await self.time.sleep(wait)

@@ -253,11 +253,9 @@ class ToolExecutor:
 
     async def exit_position(self, symbol: str, quantity: int | None, reason: str, intent: str = "exit") -> dict:
         """Sell a position through the one order path. Used by close_position, close_all and the monitor."""
-        from portfolio import snapshot
-        snap = await snapshot(self.s)
         now = self.s.clock.now()
         state = self.s.calendar.state(now)
-        held = {p.symbol: p for p in snap.positions}
+        held = {p.symbol: p for p in await self.s.broker.get_positions()}
         instrument = await self.s.broker.get_instrument(symbol)
         verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument,
                                        safety.MarketStatus(status=state.status, next_open=state.next_open))
@@ -281,9 +279,8 @@ class ToolExecutor:
             await self.record_decision(symbol, "exit_in_progress", reason, details={"working": sells[-1]["client_order_id"],
                                                                                   "cancelled_buys": cancelled})
             return {"status": "exit_in_progress", "detail": text, "cancelled_buy_orders": cancelled}
-        if cancelled:
-            snap = await snapshot(self.s)          # a cancelled entry may have filled more before it stopped
-            held = {p.symbol: p for p in snap.positions}
+        if cancelled:                              # a cancelled entry may have filled more before it stopped
+            held = {p.symbol: p for p in await self.s.broker.get_positions()}
             verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument,
                                            safety.MarketStatus(status=state.status, next_open=state.next_open))
             if not verdict.approved:

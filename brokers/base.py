@@ -238,6 +238,17 @@ class BrokerClient(ABC):
     @abstractmethod
     async def get_quote(self, symbol: str) -> Quote: ...
 
+    async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Quotes for many symbols at once (the monitor's hot path). Brokers with a batch API override this;
+        the default asks one by one. A symbol whose quote fails is left out of the answer; the caller notices."""
+        out: dict[str, Quote] = {}
+        for symbol in symbols:
+            try:
+                out[symbol] = await self.get_quote(symbol)
+            except BrokerError:
+                continue
+        return out
+
     @abstractmethod
     async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
         """Bars whose start lies in [start, end), oldest first; never past the broker's notion of now."""
