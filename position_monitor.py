@@ -72,6 +72,9 @@ class PositionMonitor:
             result.seconds = time.perf_counter() - t0
             return result
         now = self.s.clock.now()
+        working = {r["symbol"] for r in await self.s.pool.fetch(
+            "SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND side = 'sell' AND status IN "
+            "('pending_submit', 'submitted', 'partially_filled')", self.s.agent_id)}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView]] = []
         statuses: list[tuple] = []
@@ -93,6 +96,9 @@ class PositionMonitor:
                                         opened_at=row["opened_at"])
             result.checked += 1
             report = signals.evaluate(view, self.thresholds, now=now)
+            if row["symbol"] in working:          # an exit is already at the broker: watch it, do not repeat it
+                statuses.append(self._status_row(row, view, report, "exit working"))
+                continue
             if report.action == "exit":
                 statuses.append(self._status_row(row, view, report, await self._exit(row, report, result)))
             else:

@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
+    if settings.config.market_data.source != "files" and "pandas" not in sys.modules:
+        # The daemon reads no Parquet; without this pandas loads pyarrow anyway (~35 MB of a small droplet's RAM).
+        sys.modules["pyarrow"] = None  # type: ignore[assignment]
     return asyncio.run(_main(settings))
 
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 EPOCH = date(2015, 1, 1)
 
 _BLOCK = 256                     # sessions per random block
+_CHUNK = 24                      # symbols computed together (bounds transient memory)
 _UNITS = 10_000                  # prices are held as integers of 0.0001
 _NS_MIN = 60_000_000_000
 _MIN_DAY_LOTS = 400              # >= minutes in any session, so every minute trades at least one lot
@@ -374,17 +375,32 @@ class SimulatedMarket:
         return daily
 
     def _compute(self, j: int) -> _Daily:
+        """The whole universe's daily bars through session `j`, computed CHUNK symbols at a time: the recursion is
+        elementwise per symbol, so chunking changes no number and caps the transient memory (the draws and the
+        float64 intermediates) at a few MB — it matters on a 1 GB droplet running the monitor daemon."""
         n_blocks = j // _BLOCK + 1
         t_len = min(n_blocks * _BLOCK, self._n_sessions)
-        tr = self._traits
+        market = _market_factor(self.seed, n_blocks, t_len)
+        n = len(self._instruments)
+        out = _Daily(open=np.empty((n, t_len), np.int32), high=np.empty((n, t_len), np.int32),
+                     low=np.empty((n, t_len), np.int32), close=np.empty((n, t_len), np.int32),
+                     lots=np.empty((n, t_len), np.int64), sigma_in=np.empty((n, t_len), np.float32))
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            part = self._compute_rows(a, b, n_blocks, t_len, market)
+            for name in ("open", "high", "low", "close", "lots", "sigma_in"):
+                getattr(out, name)[a:b] = getattr(part, name)
+        return out
+
+    def _compute_rows(self, a: int, b: int, n_blocks: int, t_len: int, market) -> _Daily:
+        tr = self._traits[a:b]
         draws = [np.empty((len(tr), t_len)) for _ in range(_N_DRAWS)]
-        for i, inst in enumerate(self._instruments):
+        for i, inst in enumerate(self._instruments[a:b]):
             _daily_draws(self.seed, inst.symbol, n_blocks, draws, i)
         vec = lambda f: np.array([getattr(x, f) for x in tr], dtype=np.float64)  # noqa: E731
         level, sigma, start = vec("level"), vec("sigma"), vec("start")
         floor, ceiling = (math.log(0.02), math.log(9000.0)) if self._scheme == "hkex" else (math.log(0.5), math.log(5000.0))
         bounds = (np.maximum(np.log(level) - 2.5, floor), np.minimum(np.log(level) + 2.5, ceiling))
-        market = _market_factor(self.seed, n_blocks, t_len)
         lo, lc, sig = _simulate(draws, level, start, sigma, vec("beta"), vec("jump_p"), 0.07, market, bounds)
         u_high, u_low, noise = draws[4], draws[5], draws[7]
         del draws
