@@ -130,9 +130,13 @@ async def _seed_logs(pool, agent_id, n=30_000):
         await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
                                   encoder=lambda v: b"\x01" + __import__("json").dumps(v).encode(),
                                   decoder=lambda b: b)
-        await conn.copy_records_to_table("agent_logs", records=rows,
-                                         columns=("id", "timestamp", "agent_id", "level", "logger", "message",
-                                                  "context", "exception"))
+        try:
+            await conn.copy_records_to_table("agent_logs", records=rows,
+                                             columns=("id", "timestamp", "agent_id", "level", "logger", "message",
+                                                      "context", "exception"))
+        finally:   # the connection goes back to the shared pool: give it back its usual codecs
+            await conn.reset_type_codec("jsonb", schema="pg_catalog")
+            await database._init_connection(conn)
     await pool.execute("ANALYZE agent_logs")
 
 

@@ -1,0 +1,356 @@
+"""The moomoo adapter with the real moomoo-api SDK against a fake OpenD backed by the paper exchange: the conformance
+suite (REAL and paper accounts), the gateway's failure modes, and what the SDK does that we had to contain."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from brokers.base import (BrokerUnavailable, InvalidRequest, OrderRejected, OrderRequest, OrderSide, OrderStatus,
+                          OrderType)
+from brokers.moomoo import (NOT_RUNNING, STATUS_MAP, MoomooBroker, from_moomoo_code, load_sdk, map_status,
+                            to_moomoo_code)
+from clock import SimulatedClock
+from config import ConfigError, MoomooConfig, Settings
+from data.calendar import MarketCalendar
+from tests.broker_conformance import BrokerConformance, Venue
+from tests.conftest import PYTHON, ROOT
+from tests.fakes.opend_server import FakeOpenD
+from tests.test_paper_broker import OPEN_AT, advance_trading_minutes, liquid_symbols, paper_config, shared_market
+
+PASSWORD = "fake-trade-pw-1234"
+CALENDAR = MarketCalendar("HKEX")
+P_PLACE_ORDER, P_INIT_CONNECT, P_ORDER_PUSH, P_SUB_ACC_PUSH = 2202, 1001, 2208, 2008
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class World:
+    """A fake OpenD on a simulated clock, and the brokers a test opened against it."""
+    fake: FakeOpenD
+    clock: SimulatedClock
+    log_dir: Path
+    agent_id: str
+    brokers: list[MoomooBroker] = field(default_factory=list)
+
+    def broker(self, trade_env: str = "simulate", *, password: str | None = PASSWORD, connect_timeout: float = 5,
+               request_timeout: float = 5, port: int | None = None) -> MoomooBroker:
+        config = MoomooConfig(host=self.fake.host, port=port or self.fake.port, trade_env=trade_env,
+                              connect_timeout_seconds=connect_timeout)
+        broker = MoomooBroker(config, log_dir=self.log_dir, clock=self.clock, calendar=CALENDAR,
+                              trade_password=password, request_timeout_seconds=request_timeout,
+                              reconnect_interval_seconds=0.3)
+        self.brokers.append(broker)
+        return broker
+
+    async def connect(self, trade_env: str = "simulate", **kw) -> MoomooBroker:
+        broker = self.broker(trade_env, **kw)
+        await broker.connect()
+        return broker
+
+    def coid(self, label: str) -> str:
+        return f"{self.agent_id}-{label}-{uuid.uuid4().hex[:6]}"
+
+    async def advance(self, minutes: int) -> None:
+        await advance_trading_minutes(self.clock, CALENDAR, minutes)
+
+
+@pytest.fixture
+async def world(pool, pg_url, agent_id, tmp_path):
+    log_dir = tmp_path / "logs"
+    load_sdk(log_dir)            # the fake builds its messages with the SDK's own protobuf classes
+    clock = SimulatedClock(OPEN_AT)
+    fake = FakeOpenD(pg_url=pg_url, market=shared_market(), clock=clock, account_id=agent_id,
+                     paper_config=paper_config(), calendar=CALENDAR, trade_password=PASSWORD)
+    await asyncio.to_thread(fake.start)
+    w = World(fake, clock, log_dir, agent_id)
+    yield w
+    for broker in w.brokers:
+        await broker.disconnect()
+    await asyncio.to_thread(fake.stop)
+
+
+def symbols() -> list[str]:
+    return liquid_symbols(shared_market(), OPEN_AT)
+
+
+async def buy(broker: MoomooBroker, world: World, symbol: str, lots: int, label: str):
+    inst = await broker.get_instrument(symbol)
+    return await broker.place_order(OrderRequest(world.coid(label), symbol, OrderSide.BUY, inst.lot_size * lots,
+                                                 OrderType.MARKET))
+
+
+# ---------------------------------------------------------------- the conformance suite
+
+class TestMoomooConformance(BrokerConformance):
+    """A REAL account at the fake: trade unlocked with the password, fills are OpenD deals, fees from OpenD."""
+    trade_env = "real"
+
+    @pytest.fixture
+    async def venue(self, world):
+        broker = await world.connect(self.trade_env)
+        return Venue(broker=broker, advance=world.advance, reopen=lambda: world.connect(self.trade_env),
+                     symbols=symbols(), coid=world.coid)
+
+
+class TestMoomooPaperAccountConformance(TestMoomooConformance):
+    """A moomoo paper (SIMULATE) account: OpenD answers no deals and no fees there, so fills come from the filled
+    quantity and fees are 0; everything else the suite asks holds."""
+    trade_env = "simulate"
+
+    async def test_market_order_fills_near_the_quote(self, venue: Venue):
+        symbol = venue.symbols[0]
+        q = await venue.broker.get_quote(symbol)
+        inst = await venue.broker.get_instrument(symbol)
+        result = await venue.broker.place_order(OrderRequest(venue.coid("mkt"), symbol, OrderSide.BUY,
+                                                             inst.lot_size, OrderType.MARKET))
+        assert result.status is OrderStatus.FILLED
+        assert q.ask <= result.avg_fill_price <= q.ask * Decimal("1.01")
+        assert result.fees == 0                      # the one difference: paper accounts report no fees
+        assert sum(f.quantity for f in result.fills) == result.filled_quantity
+        positions = {p.symbol: p for p in await venue.broker.get_positions()}
+        assert positions[symbol].quantity == result.quantity
+
+
+# ---------------------------------------------------------------- the gateway's failure modes
+
+async def test_connect_without_opend_fails_within_the_timeout_with_the_seed_message(tmp_path):
+    broker = MoomooBroker(MoomooConfig(port=closed_port(), connect_timeout_seconds=1), log_dir=tmp_path,
+                          clock=SimulatedClock(OPEN_AT), calendar=CALENDAR)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as err:
+        await broker.connect()
+    assert time.monotonic() - started < 3
+    assert str(err.value).startswith(NOT_RUNNING)
+    assert f"127.0.0.1:{broker.config.port}" in str(err.value)
+    stuck = [t for t in threading.enumerate() if t.name.startswith("moomoo-connect") and not t.daemon]
+    assert stuck == []
+
+
+def test_a_process_that_found_no_opend_exits_and_logs_only_under_our_log_dir(tmp_path):
+    """The SDK's constructor retries forever and its logger writes under $HOME: neither may leak out."""
+    home, logs = tmp_path / "home", tmp_path / "logs"
+    home.mkdir()
+    script = f"""
+import asyncio, sys
+sys.path.insert(0, {str(ROOT)!r})
+from brokers.base import BrokerUnavailable
+from brokers.moomoo import MoomooBroker
+from clock import RealClock
+from config import MoomooConfig
+from data.calendar import MarketCalendar
+async def main():
+    b = MoomooBroker(MoomooConfig(port={closed_port()}, connect_timeout_seconds=1), log_dir={str(logs)!r},
+                     clock=RealClock(), calendar=MarketCalendar("HKEX"))
+    try:
+        await b.connect()
+    except BrokerUnavailable as exc:
+        print("UNAVAILABLE", exc)
+asyncio.run(main())
+"""
+    started = time.monotonic()
+    out = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - started < 30
+    assert f"UNAVAILABLE {NOT_RUNNING}" in out.stdout
+    assert "Connect fail" not in out.stdout               # the SDK's console lines stay out of our stdout
+    assert list(home.rglob("*")) == []                    # nothing under $HOME
+    log_text = (logs / "moomoo" / "moomoo-sdk.log").read_text()
+    assert "Connect fail" in log_text
+
+
+async def test_sdk_log_lines_land_in_the_log_dir_we_chose(world):
+    await world.connect()
+    text = (world.log_dir / "moomoo" / "moomoo-sdk.log").read_text()
+    assert f"proto={P_INIT_CONNECT}" in text and "New connect ready" in text
+
+
+async def test_a_dropped_connection_is_survived_after_the_sdk_reconnects(world):
+    broker = await world.connect()
+    before = (await broker.get_account()).cash
+    world.fake.drop_connections()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            acct = await broker.get_account()
+            break
+        except BrokerUnavailable:
+            assert time.monotonic() < deadline, "no recovery after the drop"
+            await asyncio.sleep(0.2)
+    assert acct.cash == before
+    assert len(world.fake.requests_for(P_INIT_CONNECT)) >= 4       # both contexts connected twice
+    bought = await buy(broker, world, symbols()[0], 1, "after-drop")
+    assert bought.status is OrderStatus.FILLED
+
+
+async def test_an_opend_that_stays_down_gives_a_clear_broker_unavailable(world):
+    broker = await world.connect(connect_timeout=1, request_timeout=3)
+    await asyncio.to_thread(world.fake.stop)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=f"{world.fake.host}:{world.fake.port}"):
+        await broker.get_account()
+    assert time.monotonic() - started < 6
+
+
+async def test_a_refused_order_carries_opends_reason(world):
+    broker = await world.connect()
+    reason = "Order rejected by risk control: too many orders today"
+    world.fake.reject_next_order(reason)
+    coid, symbol = world.coid("refused"), symbols()[0]
+    lot = (await broker.get_instrument(symbol)).lot_size
+    with pytest.raises(OrderRejected) as err:
+        await broker.place_order(OrderRequest(coid, symbol, OrderSide.BUY, lot, OrderType.MARKET))
+    assert err.value.reason == reason and err.value.client_order_id == coid
+    assert await broker.get_order_by_client_id(coid) is None
+
+
+async def test_a_place_order_timeout_is_resolved_by_remark_and_never_sent_twice(world):
+    broker = await world.connect(request_timeout=1)
+    world.fake.delay_next_place_order(2.5)          # the order is at the exchange; its reply comes too late
+    symbol = symbols()[0]
+    inst = await broker.get_instrument(symbol)
+    req = OrderRequest(world.coid("slow"), symbol, OrderSide.BUY, inst.lot_size, OrderType.MARKET)
+    first = await broker.place_order(req)
+    assert first.status is OrderStatus.FILLED and first.client_order_id == req.client_order_id
+    found = await broker.get_order_by_client_id(req.client_order_id)
+    again = await broker.place_order(req)
+    assert found.broker_order_id == first.broker_order_id == again.broker_order_id
+    sent = [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"]["remark"] == req.client_order_id]
+    assert len(sent) == 1
+
+
+async def test_an_order_push_before_the_place_order_reply_wins_over_stale_lists_without_duplicates(world):
+    broker = await world.connect()
+    world.fake.pushes_before_reply = True
+    world.fake.stale_order_lists = True            # only the push tells the truth
+    result = await buy(broker, world, symbols()[0], 2, "pushed")
+    assert result.status is OrderStatus.FILLED and result.filled_quantity == result.quantity
+    assert sum(f.quantity for f in result.fills) == result.quantity
+    assert len({f.fill_id for f in result.fills}) == len(result.fills)
+    sent = [p for p, _ in world.fake.sent]
+    assert sent.index(P_ORDER_PUSH) < sent.index(P_PLACE_ORDER)
+    mine = [o for o in await broker.get_orders() if o.client_order_id == result.client_order_id]
+    assert len(mine) == 1 and mine[0].status is OrderStatus.FILLED
+    assert len(world.fake.requests_for(P_PLACE_ORDER)) == 1
+
+
+@pytest.mark.parametrize("trade_env", ["simulate", "real"])
+async def test_fill_ids_agree_between_processes_so_nothing_is_counted_twice(world, trade_env):
+    first = await world.connect(trade_env)
+    symbol = symbols()[0]
+    inst = await first.get_instrument(symbol)
+    acct = await first.get_account()
+    q = await first.get_quote(symbol)
+    lots = int(acct.buying_power * Decimal("0.5") / (q.ask * Decimal("1.01") * inst.lot_size))
+    early = await first.place_order(OrderRequest(world.coid("split"), symbol, OrderSide.BUY, lots * inst.lot_size,
+                                                 OrderType.MARKET))
+    assert early.status is OrderStatus.PARTIALLY_FILLED
+    await world.advance(30)
+    later = await (await world.connect(trade_env)).get_order_by_client_id(early.client_order_id)
+    recorded = {f.fill_id: f.quantity for f in early.fills}            # what an order path stored first
+    recorded.update({f.fill_id: f.quantity for f in later.fills if f.fill_id not in recorded})
+    assert sum(recorded.values()) == later.filled_quantity > early.filled_quantity
+    assert {f.fill_id: f.quantity for f in early.fills}.items() <= {f.fill_id: f.quantity for f in later.fills}.items()
+
+
+async def test_real_trading_with_a_wrong_password_is_refused_at_connect(world):
+    broker = world.broker("real", password="not-the-password")
+    with pytest.raises(BrokerUnavailable, match="(?i)password"):
+        await broker.connect()
+
+
+async def test_the_paper_stock_account_is_used_not_the_option_account_listed_first(world):
+    broker = await world.connect()
+    bought = await buy(broker, world, symbols()[0], 1, "acct")
+    assert await asyncio.to_thread(world.fake.positions, "SIMULATE") == {symbols()[0]: bought.filled_quantity}
+    assert await asyncio.to_thread(world.fake.positions, "REAL") == {}
+
+
+# ---------------------------------------------------------------- market data
+
+@pytest.mark.parametrize("timeframe", ["1m", "5m", "15m", "30m", "1h", "1d"])
+async def test_bars_match_the_simulated_market_for_every_timeframe(world, timeframe):
+    broker = await world.connect()
+    world.clock.set(datetime(2026, 11, 24, 7, 10, tzinfo=timezone.utc))          # 15:10 HKT
+    symbol = symbols()[1]
+    start = OPEN_AT - timedelta(days=6 if timeframe == "1d" else 0, hours=1)
+    end = world.clock.now()
+    got = await broker.get_bars(symbol, timeframe, start, end)
+    assert list(got) == shared_market().bars(symbol, timeframe, start, end)
+    assert got and all(start <= b.start < end for b in got)
+
+
+async def test_unknown_symbols_are_invalid_requests(world):
+    broker = await world.connect()
+    with pytest.raises(InvalidRequest):
+        await broker.get_instrument("S9999")
+    with pytest.raises(InvalidRequest):
+        await broker.get_quote("not a symbol")
+
+
+async def test_quotes_in_one_batch_match_single_quotes(world):
+    broker = await world.connect()
+    names = symbols()[:3]
+    batch = await broker.get_quotes(names + ["S9999"])
+    assert set(batch) == set(names)
+    for name in names:
+        assert batch[name] == await broker.get_quote(name)
+
+
+# ---------------------------------------------------------------- tables, mapping, config
+
+def test_the_status_table_covers_every_moomoo_order_status(tmp_path):
+    sdk = load_sdk(tmp_path)
+    keys = sdk.OrderStatus.get_all_key_list()
+    assert set(keys) == set(STATUS_MAP)
+    assert {k: map_status(k) for k in ("SUBMITTED", "FILLED_PART", "FILLED_ALL", "CANCELLED_PART", "FAILED",
+                                       "DISABLED", "CANCELLING_ALL", "WAITING_SUBMIT")} == {
+        "SUBMITTED": OrderStatus.SUBMITTED, "FILLED_PART": OrderStatus.PARTIALLY_FILLED,
+        "FILLED_ALL": OrderStatus.FILLED, "CANCELLED_PART": OrderStatus.CANCELLED, "FAILED": OrderStatus.REJECTED,
+        "DISABLED": OrderStatus.EXPIRED, "CANCELLING_ALL": OrderStatus.CANCEL_PENDING,
+        "WAITING_SUBMIT": OrderStatus.PENDING_SUBMIT}
+
+
+@pytest.mark.parametrize("ours, code, back", [
+    ("0700", "HK.00700", "0700"), ("00700", "HK.00700", "0700"), ("0700.HK", "HK.00700", "0700"),
+    ("HK.00700", "HK.00700", "0700"), ("9988", "HK.09988", "9988"), ("S0142", "HK.S0142", "S0142"),
+    ("s0142", "HK.S0142", "S0142"), ("80737", "HK.80737", "80737")])
+def test_symbols_map_to_opend_codes_and_back(ours, code, back):
+    assert to_moomoo_code(ours) == code
+    assert from_moomoo_code(code) == back
+
+
+@pytest.mark.parametrize("bad", ["", "123456", "AAPL.US", "S 01", "零"])
+def test_malformed_symbols_are_invalid_requests(bad):
+    with pytest.raises(InvalidRequest):
+        to_moomoo_code(bad)
+
+
+def test_from_settings_reads_config_environment_and_log_dir(settings, make_env):
+    env = make_env(MOOMOO_PORT="11222", MOOMOO_HOST="10.0.0.5")
+    settings = Settings(config=settings.config, env=env, config_path=settings.config_path)
+    broker = MoomooBroker.from_settings(settings)
+    assert (broker.config.host, broker.config.port, broker.environment) == ("10.0.0.5", 11222, "simulate")
+    assert broker.log_dir == settings.log_dir
+
+
+def test_real_trading_without_the_trade_password_is_a_config_error_naming_it(settings):
+    config = settings.config.model_copy(update={"moomoo": MoomooConfig(trade_env="real")})
+    with pytest.raises(ConfigError, match="MOOMOO_TRADE_PASSWORD"):
+        MoomooBroker.from_settings(Settings(config=config, env=settings.env, config_path=settings.config_path))
