@@ -62,8 +62,13 @@ def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calenda
         from brokers.paper import PaperBroker
         return PaperBroker(pool, source, clock, calendar, account_id=settings.agent_id,
                            currency=settings.config.market.currency, config=settings.config.paper)
-    raise ConfigError(f"{settings.config_path}: broker {name!r} is not available yet in this build "
-                      f"(only 'paper'); see README status")
+    if name == "alpaca":
+        from brokers.alpaca import AlpacaBroker
+        return AlpacaBroker.from_settings(settings)
+    if name == "moomoo":
+        from brokers.moomoo import MoomooBroker
+        return MoomooBroker.from_settings(settings)
+    raise ConfigError(f"{settings.config_path}: unknown broker {name!r}")
 
 
 def build_news(settings: Settings) -> "NewsProvider":

@@ -147,7 +147,8 @@ def _broker_check(settings, pool):
         finally:
             await services.broker.disconnect()
         ms = (time.perf_counter() - t0) * 1000
-        return (f"{settings.config.broker}: {acct.currency} cash {acct.cash:,.2f}, equity {acct.equity:,.2f}, "
+        return (f"{settings.config.broker} ({services.broker.environment}): {acct.currency} cash {acct.cash:,.2f}, "
+                f"equity {acct.equity:,.2f}, "
                 f"{len(positions)} positions, {ms:.0f} ms")
     return check
 
