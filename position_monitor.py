@@ -154,9 +154,11 @@ class PositionMonitor:
             return hit.rsi, hit.patterns
         rsi, patterns = None, ()
         try:
-            tech = await self.s.market.technicals(symbol, "1d")
-            rsi = tech.get("rsi14")
-            patterns = tuple(p.to_dict() for p in await self.s.market.patterns(symbol, "1d"))
+            frame = await self.s.market.bars_frame(symbol, "1d")
+            rsi = _rsi14(frame)
+            if len(frame) >= 5:
+                from data.patterns import detect_patterns
+                patterns = tuple(p.to_dict() for p in detect_patterns(frame))
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
         self._cache[symbol] = _Cached(now, rsi, patterns)
@@ -281,6 +283,17 @@ class Advisor:
         except (ValueError, KeyError, TypeError):
             return Advice("hold", f"uncertain ({report.reason}); the advisor's answer was not usable, holding",
                           "error")
+
+
+def _rsi14(frame) -> float | None:
+    """RSI(14) of the last bar by the scan's numpy path (identical to pandas-ta to 1e-9; see data/technicals.py),
+    which keeps pandas-ta and its ~55 MB of imports out of the long-running daemon."""
+    if frame.empty:
+        return None
+    from data.technicals import universe_indicators
+    one = lambda col: frame[[col]].rename(columns={col: "x"})  # noqa: E731
+    value = universe_indicators(one("close"), one("high"), one("low"), one("volume"))["rsi14"].iloc[-1, 0]
+    return None if value != value else float(value)
 
 
 async def monitor_once(services: "Services") -> PassResult:

@@ -86,7 +86,8 @@ ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
                              _S.EXPIRED, _S.REJECTED}),
     _S.PARTIALLY_FILLED: frozenset({_S.PARTIALLY_FILLED, _S.FILLED, _S.CANCEL_PENDING, _S.CANCELLED,
                                     _S.EXPIRED}),
-    _S.CANCEL_PENDING: frozenset({_S.CANCELLED, _S.PARTIALLY_FILLED, _S.FILLED, _S.EXPIRED}),
+    # a cancel the venue refuses puts the order back to working
+    _S.CANCEL_PENDING: frozenset({_S.CANCELLED, _S.PARTIALLY_FILLED, _S.FILLED, _S.EXPIRED, _S.SUBMITTED}),
     _S.FILLED: frozenset(),
     _S.CANCELLED: frozenset(),
     _S.REJECTED: frozenset(),

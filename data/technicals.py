@@ -1,0 +1,312 @@
+"""Technical indicators: one symbol for the tools (`compute_technicals`), every symbol at once for the scan
+(`universe_indicators`). Both follow pandas-ta's own implementation, always called with talib=False.
+
+Why pin it: TA-Lib (used by pandas-ta whenever it is installed, unless talib=False) seeds RSI and ATR differently and
+uses the population standard deviation for Bollinger, so the same bars would give other numbers on a machine that
+happens to have TA-Lib. The conventions, read from pandas-ta 0.4.71b0's source (a "bar" is a row where close is not
+NaN; a symbol's bars are taken in order and a suspension day is skipped, not filled; k counts bars from 0):
+
+  rsi14        Gains and losses of close.diff(), each smoothed by Wilder's RMA = ewm(alpha=1/14, adjust=False) with
+               no SMA seed and no min_periods: the RMA starts at the first change (bar 1) with that change itself.
+               RSI = 100 G / (G + L). So RSI exists from bar 1 once the series has >= 15 bars (with fewer, none at
+               all); the first values are unwarmed (bar 1 is 0 or 100) and it is NaN while no price has moved.
+               TA-Lib instead starts at bar 14 with the SMA of the first 14 changes.
+  ema20, ema50 presma: bar n-1 holds the SMA of the first n closes, then ewm(span=n, adjust=False), i.e. alpha =
+               2/(n+1). Needs >= n bars.
+  macd         EMA(12) - EMA(26) (same SMA seeds), from bar 25. macd_signal = EMA(9) of the MACD line started at its
+               first value with the same SMA seed, so from bar 33; macd_hist = macd - macd_signal. All three need
+               >= 34 bars (26 + 9 - 1), or there is none at all.
+  bb_*         Bollinger(20, 2): middle = SMA(20); std is the SAMPLE standard deviation (ddof=1) of the 20 closes
+               (TA-Lib: ddof=0); bands = middle +/- 2 std. Needs >= 20 bars.
+  atr14        True range TR_k = max(|h-l|, |h - c_prev|, |c_prev - l|) with TR_0 = h-l (prenan=False, drift=1).
+               Bar 13 is seeded with the mean of TR_0..TR_13 (TR_0 included; TA-Lib drops it and starts at bar 14),
+               then RMA alpha 1/14. In points, not percent. Needs >= 15 bars. (pandas-ta adds machine epsilon to
+               every high-low when any bar has high == low; that 2e-16 is below every tolerance here.)
+  sma20, sma50 Plain mean of the last n closes. Needs >= n bars.
+  volume_ratio20  (ours; pandas-ta has none) volume_k / mean(volume_{k-20} .. volume_{k-1}): the bar's volume over
+               the mean of the previous 20 bars' volumes, the bar itself excluded. Needs 21 bars; NaN when that mean
+               is 0.
+  vwap         (compute_technicals only, intraday frames only) the session VWAP of the last bar's session:
+               sum(hlc3 x volume) / sum(volume) over that session's bars, hlc3 = (high + low + close) / 3 as in
+               pandas-ta's vwap. A session is the trailing run of bars with no gap over 4 hours between neighbours
+               (an overnight close, never a lunch break), so it does not depend on where the UTC date changes.
+
+`symbol_indicators` is the per-symbol reference (pandas-ta itself); `universe_indicators` is a numpy
+re-implementation over the whole dates x symbols matrix that must agree with it on every bar (tests and
+bench/bench_scan.py check 1e-9). Its recursive filters are the same arithmetic as pandas' ewm(adjust=False), the
+divisor (1 - alpha) + alpha being exactly 1.0 for every alpha used here; the only departure is pandas' shortcut that
+keeps the average unchanged when the input equals it, worth at most one ulp.
+
+High, low and volume are expected wherever close is present; a NaN there propagates into the indicators using it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RSI_LEN = 14
+MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
+BB_LEN, BB_STD = 20, 2.0
+ATR_LEN = 14
+VOLUME_LEN = 20
+SESSION_GAP = pd.Timedelta(hours=4)
+
+UNIVERSE_KEYS = ("rsi14", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr14",
+                 "sma20", "sma50", "ema20", "ema50", "volume_ratio20")
+
+
+# ---------------------------------------------------------------- one symbol
+
+def symbol_indicators(close: pd.Series, high: pd.Series, low: pd.Series,
+                      volume: pd.Series) -> dict[str, pd.Series]:
+    """pandas-ta (talib=False) on one symbol's bars (rows with a NaN close dropped): UNIVERSE_KEYS -> Series on
+    those bars. An indicator pandas-ta refuses for a short series comes back all NaN."""
+    import pandas_ta as ta
+
+    keep = close.notna()
+    c, h, lo, v = (s[keep].astype(np.float64) for s in (close, high, low, volume))
+    macd = ta.macd(c, fast=MACD_FAST, slow=MACD_SLOW, signal=MACD_SIGNAL, talib=False)
+    bb = ta.bbands(c, length=BB_LEN, lower_std=BB_STD, upper_std=BB_STD, ddof=1, mamode="sma", talib=False)
+    prev_mean = v.shift(1).rolling(VOLUME_LEN).mean()
+    raw = {
+        "rsi14": ta.rsi(c, length=RSI_LEN, mamode="rma", talib=False),
+        "macd": _column(macd, "MACD_"), "macd_signal": _column(macd, "MACDs_"), "macd_hist": _column(macd, "MACDh_"),
+        "bb_upper": _column(bb, "BBU_"), "bb_middle": _column(bb, "BBM_"), "bb_lower": _column(bb, "BBL_"),
+        "atr14": ta.atr(h, lo, c, length=ATR_LEN, mamode="rma", prenan=False, drift=1, presma=True, talib=False),
+        "sma20": ta.sma(c, length=20, talib=False), "sma50": ta.sma(c, length=50, talib=False),
+        "ema20": ta.ema(c, length=20, presma=True, talib=False),
+        "ema50": ta.ema(c, length=50, presma=True, talib=False),
+        "volume_ratio20": v / prev_mean.where(prev_mean > 0),
+    }
+    return {k: pd.Series(np.nan, index=c.index) if s is None else s.astype(np.float64) for k, s in raw.items()}
+
+
+def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
+                       rsi_oversold: float = 30) -> dict[str, Any]:
+    """The last bar's indicators for one symbol's OHLCV frame (oldest first), compact for the model: floats
+    rounded to 4 decimals, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
+    1 = upper, outside [0, 1] beyond the bands) and bars_used."""
+    bars = frame[frame["close"].notna()]
+    s = symbol_indicators(bars["close"], bars["high"], bars["low"], bars["volume"])
+    last = {k: _last(v) for k, v in s.items()}
+    rsi = last["rsi14"]
+    upper, lower = last["bb_upper"], last["bb_lower"]
+    position = None
+    if upper is not None and lower is not None and upper > lower:
+        position = round((float(bars["close"].iloc[-1]) - lower) / (upper - lower), 2)
+    return {
+        "rsi14": rsi,
+        "rsi_state": None if rsi is None else
+        "overbought" if rsi >= rsi_overbought else "oversold" if rsi <= rsi_oversold else "neutral",
+        "macd": last["macd"], "macd_signal": last["macd_signal"], "macd_hist": last["macd_hist"],
+        "bb_upper": upper, "bb_middle": last["bb_middle"], "bb_lower": lower, "bb_position": position,
+        "atr14": last["atr14"], "vwap": _session_vwap(bars),
+        "sma20": last["sma20"], "sma50": last["sma50"], "ema20": last["ema20"], "ema50": last["ema50"],
+        "volume_ratio20": last["volume_ratio20"], "bars_used": len(bars),
+    }
+
+
+def _column(frame: pd.DataFrame | None, prefix: str) -> pd.Series | None:
+    # pandas-ta names columns after its parameters (BBU_20_2.0_2.0); match on the stable prefix.
+    if frame is None:
+        return None
+    return frame[next(c for c in frame.columns if c.startswith(prefix))]
+
+
+def _last(series: pd.Series) -> float | None:
+    if series.empty:
+        return None
+    x = float(series.iloc[-1])
+    return round(x, 4) + 0.0 if math.isfinite(x) else None      # + 0.0: no "-0.0" in the JSON
+
+
+def _session_vwap(bars: pd.DataFrame) -> float | None:
+    """Session VWAP of the last bar's session for intraday bars (< 1 day apart); None for daily bars."""
+    if len(bars) < 2:
+        return None
+    gaps = bars.index.to_series().diff().iloc[1:]
+    if not gaps.median() < pd.Timedelta(days=1):
+        return None
+    breaks = np.flatnonzero((gaps > SESSION_GAP).to_numpy())
+    session = bars.iloc[breaks[-1] + 1:] if len(breaks) else bars
+    hlc3 = (session["high"] + session["low"] + session["close"]) / 3
+    vol = session["volume"].sum()
+    if not vol > 0:
+        return None
+    vwap = float((hlc3 * session["volume"]).sum() / vol)
+    return round(vwap, 4) if math.isfinite(vwap) else None
+
+
+# ---------------------------------------------------------------- the whole universe
+
+def universe_indicators(close: pd.DataFrame, high: pd.DataFrame, low: pd.DataFrame,
+                        volume: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """UNIVERSE_KEYS -> (dates x symbols) frames for every symbol at once, equal (1e-9) to `symbol_indicators` on
+    each symbol's own bars; NaN on rows where the symbol has no bar."""
+    index, columns = close.index, close.columns
+    c = close.to_numpy(dtype=np.float64)
+    h, lo, v = (_values(f, index, columns) for f in (high, low, volume))
+    layout = _Layout(~np.isnan(c))
+    dense = _dense_indicators(*(layout.pack(a) for a in (c, h, lo, v)), layout.counts)
+    return {k: pd.DataFrame(layout.unpack(dense[k]), index=index, columns=columns, copy=False)
+            for k in UNIVERSE_KEYS}
+
+
+def _values(frame: pd.DataFrame, index: pd.Index, columns: pd.Index) -> np.ndarray:
+    if not (frame.index.equals(index) and frame.columns.equals(columns)):
+        frame = frame.reindex(index=index, columns=columns)
+    return frame.to_numpy(dtype=np.float64)
+
+
+class _Layout:
+    """Dense per-symbol time: each symbol's bars moved to the top of its column in order (row k = bar k), NaN
+    below its last bar, so a window or a seed sits on the same row for every symbol.
+
+    Only the columns with a missing row (a new listing, a suspension) are moved; the rest are already dense."""
+
+    def __init__(self, valid: np.ndarray) -> None:
+        self.counts = valid.sum(axis=0)
+        self.moved = np.flatnonzero(self.counts < valid.shape[0])
+        if self.moved.size:
+            sub = valid[:, self.moved]
+            self.sub_shape = sub.shape
+            self.src = np.flatnonzero(sub)                       # row-major positions of the bars
+            rank = np.cumsum(sub, axis=0) - 1
+            self.dst = rank.ravel()[self.src] * sub.shape[1] + self.src % sub.shape[1]
+
+    def pack(self, a: np.ndarray) -> np.ndarray:
+        if not self.moved.size:
+            return a
+        out = a.copy()
+        out[:, self.moved] = self._move(a[:, self.moved], self.src, self.dst)
+        return out
+
+    def unpack(self, d: np.ndarray) -> np.ndarray:
+        """In place: `d` is ours."""
+        if self.moved.size:
+            d[:, self.moved] = self._move(d[:, self.moved], self.dst, self.src)
+        return d
+
+    def _move(self, sub: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        out = np.full(self.sub_shape, np.nan)
+        np.put(out, dst, np.take(sub, src, mode="clip"), mode="clip")   # indices are in range by construction
+        return out
+
+
+# (first bar with a value, bars the series needs or pandas-ta returns nothing), per key
+_RULES = {"rsi14": (1, RSI_LEN + 1),
+          "macd": (MACD_SLOW - 1, MACD_SLOW + MACD_SIGNAL - 1),
+          "macd_signal": (MACD_SLOW + MACD_SIGNAL - 2, MACD_SLOW + MACD_SIGNAL - 1),
+          "macd_hist": (MACD_SLOW + MACD_SIGNAL - 2, MACD_SLOW + MACD_SIGNAL - 1),
+          "bb_upper": (BB_LEN - 1, BB_LEN), "bb_middle": (BB_LEN - 1, BB_LEN), "bb_lower": (BB_LEN - 1, BB_LEN),
+          "atr14": (ATR_LEN - 1, ATR_LEN + 1), "sma20": (19, 20), "sma50": (49, 50), "ema20": (19, 20),
+          "ema50": (49, 50), "volume_ratio20": (VOLUME_LEN, VOLUME_LEN + 1)}
+
+
+def _dense_indicators(c: np.ndarray, h: np.ndarray, lo: np.ndarray, v: np.ndarray,
+                      counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Indicators in dense per-symbol time (see _Layout); rows past a symbol's last bar are never read back."""
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.nan_to_num(c[0]) if len(c) else 0.0    # sums of offsets from bar 0 keep the totals small
+        cs = np.cumsum(c - ref, axis=0)
+        sma20 = _window_mean(cs, 20, ref)
+        out["sma20"], out["sma50"] = sma20, _window_mean(cs, 50, ref)
+        band = _rolling_std(c, sma20, BB_LEN)
+        band *= BB_STD
+        out["bb_middle"] = sma20.copy()
+        out["bb_upper"] = sma20 + band
+        out["bb_lower"] = sma20 - band
+
+        diff = np.full_like(c, np.nan)
+        np.subtract(c[1:], c[:-1], out=diff[1:])
+        seed_bar = 1 if len(c) > 1 else len(c)            # the RMA starts at the first change, with it
+        gain = _ewm(np.maximum(diff, 0.0), 1 / RSI_LEN, seed_bar)
+        loss = _ewm(np.maximum(-diff, 0.0), 1 / RSI_LEN, seed_bar)
+        loss += gain
+        gain *= 100.0                                    # pandas-ta: scalar * G / (G + L), in that order
+        gain /= loss
+        out["rsi14"] = gain
+
+        prev = np.full_like(c, np.nan)
+        prev[1:] = c[:-1]
+        tr = np.abs(h - lo)
+        tr = np.fmax(tr, np.abs(h - prev), out=tr)        # fmax: bar 0 has no previous close, TR_0 = |h - l|
+        tr = np.fmax(tr, np.abs(prev - lo), out=tr)
+        out["atr14"] = _ewm(tr, 1 / ATR_LEN, ATR_LEN - 1, sma_seed=True)
+
+        ema = {n: _ewm(c, 2 / (n + 1), n - 1, sma_seed=True) for n in (MACD_FAST, MACD_SLOW, 20, 50)}
+        out["ema20"], out["ema50"] = ema[20], ema[50]
+        macd = ema[MACD_FAST]
+        macd -= ema[MACD_SLOW]
+        first = MACD_SLOW - 1
+        signal = np.full_like(c, np.nan)
+        signal[first:] = _ewm(macd[first:], 2 / (MACD_SIGNAL + 1), MACD_SIGNAL - 1, sma_seed=True)
+        out["macd"], out["macd_signal"], out["macd_hist"] = macd, signal, macd - signal
+
+        vol_mean = _window_mean(np.cumsum(v, axis=0), VOLUME_LEN, 0.0)
+        ratio = np.full_like(v, np.nan)
+        prev_mean = vol_mean[VOLUME_LEN - 1:-1]
+        np.divide(v[VOLUME_LEN:], np.where(prev_mean > 0, prev_mean, np.nan), out=ratio[VOLUME_LEN:])
+        out["volume_ratio20"] = ratio
+
+    short = {need: np.flatnonzero(counts < need) for need in {need for _, need in _RULES.values()}}
+    for key, (first_bar, need) in _RULES.items():
+        a = out[key]
+        a[:first_bar] = np.nan
+        if short[need].size:
+            a[:, short[need]] = np.nan
+    return out
+
+
+def _window_mean(cs: np.ndarray, n: int, ref: np.ndarray | float) -> np.ndarray:
+    """Mean over rows k-n+1..k at row k (NaN before row n-1) from the cumulative sum `cs` of x - ref."""
+    out = np.full_like(cs, np.nan)
+    if cs.shape[0] >= n:
+        s = out[n - 1:]
+        s[...] = cs[n - 1:]
+        s[1:] -= cs[:-n]
+        s /= n
+        s += ref
+    return out
+
+
+def _rolling_std(x: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
+    """Sample standard deviation (ddof=1) over rows k-n+1..k, two-pass (squared deviations from the window mean)
+    so a flat window gives 0 rather than the noise of a difference of large sums."""
+    out = np.full_like(x, np.nan)
+    rows = x.shape[0] - n + 1
+    if rows <= 0:
+        return out
+    m = mean[n - 1:]
+    acc = out[n - 1:]
+    acc[...] = 0.0
+    d = np.empty_like(m)
+    for k in range(n):
+        np.subtract(x[k:k + rows], m, out=d)
+        np.multiply(d, d, out=d)
+        acc += d
+    acc /= n - 1
+    np.sqrt(acc, out=acc)
+    return out
+
+
+def _ewm(x: np.ndarray, alpha: float, seed_bar: int, *, sma_seed: bool = False) -> np.ndarray:
+    """pandas' ewm(alpha=alpha, adjust=False).mean() of each column started at row `seed_bar` (NaN before): the
+    seed is x there, or with sma_seed (pandas-ta's presma) the mean of rows 0..seed_bar; then
+    y_k = (1 - alpha) y_{k-1} + alpha x_k, the same products pandas adds (its divisor is exactly 1.0 here)."""
+    y = x * alpha
+    if seed_bar >= len(x):
+        y[:] = np.nan
+        return y
+    y[:seed_bar] = np.nan
+    y[seed_bar] = x[:seed_bar + 1].mean(axis=0) if sma_seed else x[seed_bar]
+    keep = 1.0 - alpha
+    tmp = np.empty_like(y[0])
+    for k in range(seed_bar + 1, len(y)):
+        np.multiply(y[k - 1], keep, out=tmp)
+        y[k] += tmp
+    return y
