@@ -1,7 +1,8 @@
 """The universe scan: filter and rank every symbol in one vectorised pass; record `scan_results`.
 
 Filters (config `scan`): last close within [min_price, max_price]; average daily turnover (close x volume over
-20 days) at least min_turnover; at least min_history_bars bars; RSI(14) at most rsi_max.
+20 days) at least min_turnover; at least min_history_bars bars; RSI(14) at most rsi_max; one board lot affordable
+within trading.max_position_value.
 Score (each term shown in `reasons`):
   momentum   2 x the 20-day return, capped at +/-0.5
   trend      +0.2 when the close is above SMA(20), +0.1 more when SMA(20) is above SMA(50)
@@ -39,8 +40,11 @@ class Candidate:
                 "reasons": list(self.reasons), **{k: round(v, 4) for k, v in self.metrics.items()}}
 
 
-def rank_universe(frames: dict, cfg) -> list[Candidate]:
-    """Pure: daily OHLCV frames (dates x symbols) -> ranked candidates."""
+def rank_universe(frames: dict, cfg, *, lot_sizes=None, max_lot_value: float | None = None) -> list[Candidate]:
+    """Pure: daily OHLCV frames (dates x symbols) -> ranked candidates.
+
+    With `lot_sizes` (a Series by symbol) and `max_lot_value`, a symbol whose one board lot at the last close costs
+    more than `max_lot_value` is not a candidate: the safety gate could never size an entry in it."""
     import numpy as np
 
     from data.technicals import universe_indicators
@@ -60,6 +64,8 @@ def rank_universe(frames: dict, cfg) -> list[Candidate]:
 
     ok = ((last >= float(cfg.min_price)) & (last <= float(cfg.max_price)) & (turnover >= float(cfg.min_turnover))
           & (bars >= cfg.min_history_bars) & (rsi <= float(cfg.rsi_max)) & rsi.notna())
+    if lot_sizes is not None and max_lot_value is not None:
+        ok &= (last * lot_sizes.reindex(last.index)) <= float(max_lot_value)
     momentum = (2 * ret20).clip(-0.5, 0.5).fillna(0)
     trend = 0.2 * (last > sma20) + 0.1 * (sma20 > sma50)
     macd = 0.15 * (hist > 0)
@@ -93,7 +99,10 @@ async def run_scan(services: "Services", *, cycle_id: uuid.UUID | None) -> list[
     source = services.market.source
     symbols = [i.symbol for i in source.instruments()]
     frames = await asyncio.to_thread(source.daily_frame, symbols, now, cfg.lookback_days)
-    candidates = await asyncio.to_thread(rank_universe, frames, cfg)
+    import pandas as pd
+    lots = pd.Series({i.symbol: i.lot_size for i in source.instruments()}, dtype=float)
+    candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
+                                         max_lot_value=float(services.settings.config.trading.max_position_value))
     await services.pool.executemany(
         """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons, metrics)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",

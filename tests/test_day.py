@@ -9,10 +9,9 @@ import pytest
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
-SEED_QUERIES = [
+SEED_QUERIES = [                       # seed §10.2 health checks
     "SELECT COUNT(*) FROM positions;",
     "SELECT * FROM agent_logs ORDER BY timestamp DESC LIMIT 10;",
-    "SELECT * FROM agent_logs WHERE level = 'ERROR' ORDER BY timestamp DESC LIMIT 20;",
 ]
 
 
@@ -45,3 +44,7 @@ async def test_an_offline_day_writes_every_table(pool, pg_url, tmp_path):
     for sql in SEED_QUERIES:
         rows = await pool.fetch(sql)
         assert rows, sql
+    assert (await pool.fetchval("SELECT COUNT(*) FROM positions;")) >= counts["positions"]
+    # the day logged no errors (seed §7 "recent errors", for this agent)
+    assert not await pool.fetch("SELECT * FROM agent_logs WHERE level = 'ERROR' AND agent_id = $1 "
+                                "ORDER BY timestamp DESC LIMIT 20", agent)

@@ -145,6 +145,10 @@ def test_double_bottom_confirmed_long_ago_is_not_news():
     assert named(detect_patterns(f), "double_bottom") is None
 
 
+def test_a_low_under_the_bottoms_cancels_the_double_bottom():
+    assert named(detect_patterns(frame(walk(BOTTOM[:16] + [98.5]))), "double_bottom") is None
+
+
 def test_double_bottom_needs_the_lows_within_3_percent():
     closes = BOTTOM[:13] + [97, 99, 101, 103, 109.5]                   # second low 96.5 vs 99.5: 3.1% apart
     assert named(detect_patterns(frame(walk(closes))), "double_bottom") is None
@@ -182,9 +186,14 @@ def test_support_needs_the_touches_within_one_and_a_half_percent():
     assert named(detect_patterns(frame(walk(closes))), "support") is None
 
 
-def test_a_broken_level_is_not_support():
-    closes = RANGE + [102, 99, 97]                                       # closed below 99.75 x (1 - 1.5%)
+def test_a_level_broken_since_its_first_touch_is_not_support_even_after_a_recovery():
+    closes = RANGE + [102, 97.5, 101, 103, 104]                         # 97.5 closed below 99.75 x (1 - 1.5%)
     assert named(detect_patterns(frame(walk(closes))), "support") is None
+    assert named(detect_patterns(frame(walk(RANGE + [102, 99, 101, 103, 104]))), "support") is not None
+
+
+def test_support_must_lie_below_the_last_close():
+    assert named(detect_patterns(frame(walk(RANGE + [102, 99.6]))), "support") is None
 
 
 # ---------------------------------------------------------------- gaps
@@ -263,6 +272,11 @@ def test_bullish_engulfing_after_a_decline():
 
 def test_an_up_bar_that_does_not_cover_the_prior_body_is_no_engulfing():
     f = frame(walk(DOWN) + [(100.0, 100.2, 97.8, 98.0, 1000.0), (97.5, 99.8, 97.3, 99.5, 1500.0)])
+    assert named(detect_patterns(f), "bullish_engulfing") is None
+
+
+def test_an_up_bar_with_exactly_the_same_body_is_no_engulfing():
+    f = frame(walk(DOWN) + [(100.0, 100.2, 97.8, 98.0, 1000.0), (98.0, 100.3, 97.7, 100.0, 1500.0)])
     assert named(detect_patterns(f), "bullish_engulfing") is None
 
 
