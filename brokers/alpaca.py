@@ -134,6 +134,10 @@ class _NotFound(AlpacaRefused):
     """404: no such order, asset or position."""
 
 
+class _AnswerLost(BrokerUnavailable):
+    """No usable answer (timeout, dropped connection, 5xx): the request may or may not have been carried out."""
+
+
 class AlpacaBroker(BrokerClient):
     name = "alpaca"
 
@@ -170,8 +174,8 @@ class AlpacaBroker(BrokerClient):
         env, config = settings.env, settings.config.alpaca
         missing = [k for k in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if not env.get(k)]
         if missing:
-            raise ConfigError(f"broker alpaca needs {' and '.join(missing)} in .env or the environment "
-                              f"(paper keys from https://app.alpaca.markets/paper/dashboard/overview)")
+            raise ConfigError(f"broker alpaca needs {' and '.join(missing)} in .env or the environment (API keys "
+                              f"from the Alpaca dashboard: paper keys while alpaca.paper is true)")
         exchange = settings.config.market.exchange
         if exchange not in US_EXCHANGES:
             raise ConfigError(f"{settings.config_path}: broker alpaca trades US equities, but market.exchange is "
@@ -243,10 +247,19 @@ class AlpacaBroker(BrokerClient):
         out: dict[str, Quote] = {}
         wanted = list(dict.fromkeys(symbols))
         for i in range(0, len(wanted), SNAPSHOTS_PER_REQUEST):
+            chunk = wanted[i:i + SNAPSHOTS_PER_REQUEST]
             try:
-                snaps = await self._snapshots(wanted[i:i + SNAPSHOTS_PER_REQUEST])
+                snaps = await self._snapshots(chunk)
+            except AlpacaRefused as exc:        # one bad symbol refuses the batch: ask one by one
+                log.warning("alpaca quotes for %d symbols: %s; asking one by one", len(chunk), exc)
+                snaps = {}
+                for symbol in chunk:
+                    try:
+                        snaps.update(await self._snapshots([symbol]))
+                    except BrokerError:
+                        continue
             except BrokerError as exc:
-                log.warning("alpaca quotes for %d symbols: %s", len(wanted[i:i + SNAPSHOTS_PER_REQUEST]), exc)
+                log.warning("alpaca quotes for %d symbols: %s", len(chunk), exc)
                 continue
             for symbol, snap in snaps.items():
                 quote = _quote(symbol, snap)
@@ -327,7 +340,7 @@ class AlpacaBroker(BrokerClient):
                 if existing is not None:
                     return existing
             raise OrderRejected(f"{exc.message} (Alpaca HTTP {exc.status})", client_order_id=coid) from exc
-        except BrokerUnavailable as exc:
+        except _AnswerLost as exc:
             return await self._after_lost_answer(coid, exc)
         result = await self._result(raw)
         if result.status is OrderStatus.REJECTED:
@@ -391,8 +404,10 @@ class AlpacaBroker(BrokerClient):
         if raw is None:
             return False
         status = _status(raw)
-        if status in (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING) or status.is_terminal:
-            return status in (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING)
+        if status in (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING):
+            return True
+        if status.is_terminal:
+            return False
         _, trading, _ = self._clients()
         try:
             await self._call(f"cancel {order_id}", trading.cancel_order_by_id, raw.id)
@@ -497,16 +512,16 @@ class AlpacaBroker(BrokerClient):
                         continue
                 raise self._translate(what, exc, entry=entry, retries=waited) from exc
             except requests.exceptions.Timeout as exc:
-                raise BrokerUnavailable(f"alpaca: {what}: no answer within {self.config.timeout_seconds:g} s "
+                raise _AnswerLost(f"alpaca: {what}: no answer within {self.config.timeout_seconds:g} s "
                                         f"from {_host(exc)}") from exc
             except requests.exceptions.ConnectionError as exc:
                 if resend and dropped == 0:
                     dropped += 1
                     continue
-                raise BrokerUnavailable(f"alpaca: {what}: connection to {_host(exc)} failed: "
+                raise _AnswerLost(f"alpaca: {what}: connection to {_host(exc)} failed: "
                                         f"{_root_cause(exc)}") from exc
             except requests.exceptions.RequestException as exc:
-                raise BrokerUnavailable(f"alpaca: {what}: request failed: {exc}") from exc
+                raise _AnswerLost(f"alpaca: {what}: request failed: {exc}") from exc
             except (ValueError, TypeError, KeyError) as exc:   # pydantic's ValidationError is a ValueError
                 raise BrokerUnavailable(f"alpaca: {what}: reply not understood: {exc}") from exc
 
@@ -524,7 +539,7 @@ class AlpacaBroker(BrokerClient):
         status = exc.status_code
         code, message = _error_body(str(exc))
         if status is None or status >= 500:
-            return BrokerUnavailable(f"alpaca: {what}: server error (HTTP {status}): {message}")
+            return _AnswerLost(f"alpaca: {what}: server error (HTTP {status}): {message}")
         if status == 429:
             return BrokerUnavailable(f"alpaca: {what}: rate limited (HTTP 429) after {retries} retries: {message}")
         if status == 401 or (status == 403 and not entry):

@@ -17,13 +17,14 @@ Rules (module constants hold every threshold). Confidence is in [0, 1]; the form
                           0.5 + 0.25 min((volume ratio - 1.5) / 1.5, 1) + 0.25 min(close margin above the level / 3%, 1)
   breakdown      bearish  the mirror: close_i < the lowest low of the N bars before, same volume rule.
                           levels breakdown_level, stop (high_i).
-  bull_flag      bullish  pole top p = the highest high of the last 19 bars (the latest if tied), 3 to 8 bars before i,
-                          so the flag p+1 .. i never exceeds it; pole start a = the lowest low of the 10 bars up to p,
-                          at least 2 bars before p. Pole rise high_p / low_a - 1 >= 8%. The flag keeps the upper half
-                          of the pole (its lowest low retraces <= 50% of the pole's height), drifts flat or down (the
-                          least-squares slope of its closes <= +0.2% of high_p per bar) on declining volume (its mean
-                          volume <= 0.8 x the pole's). levels breakout_level (the flag's highest high), stop (the flag's
-                          lowest low), target (breakout_level + pole height); bars a .. i.
+  bull_flag      bullish  pole top p = the highest high of the last 19 bars (the latest if tied), 3 to 8 bars
+                          before i, so the flag p+1 .. i never exceeds it; pole start a = the lowest low of the 10 bars
+                          up to p (the earliest if tied), at least 2 bars before p. Pole rise high_p / low_a - 1 >= 8%.
+                          The flag keeps the upper half of the pole (its lowest low retraces <= 50% of the pole's
+                          height), drifts flat or down (the least-squares slope of its closes <= +0.2% of high_p per
+                          bar) on declining volume (its mean volume <= 0.8 x the pole's).
+                          levels breakout_level (the flag's highest high), stop (the flag's lowest low), target
+                          (breakout_level + pole height); bars a .. i.
                           0.4 + 0.2 min(rise / 20%, 1) + 0.2 (1 - retrace / 50%) + 0.2 (1 - volume ratio / 0.8)
   double_bottom  bullish  two swing lows in the last W bars, at least 5 bars apart, within 3% of each other (of the
                           lower), nothing lower between them and no low below the lower one since; the highest high
@@ -36,24 +37,28 @@ Rules (module constants hold every threshold). Confidence is in [0, 1]; the form
                           (0.6 confirmed, else 0.3) + 0.2 (1 - difference / 3%) + 0.2 min(neckline rise / 15%, 1)
   double_top     bearish  the mirror with swing highs: levels breakdown_level (the trough between), stop (the higher
                           top), target (trough - (top - trough), only when positive), confirmed.
-  support        neutral  at least 2 swing lows in the last W bars within 1.5% of the lowest of them; level = their mean,
-                          below the last close, with no close since the first touch below level x (1 - 1.5%). The
-                          nearest such level. levels level, touches; bars first .. last touch.
+  support        neutral  at least 2 swing lows in the last W bars within 1.5% of the lowest of them; level = their
+                          mean, below the last close, with no close since the first touch below level x (1 - 1.5%).
+                          The nearest such level. levels level, touches; bars first .. last touch.
                           min(0.3 + 0.15 (touches - 1), 0.9)
   resistance     neutral  the mirror with swing highs above the last close.
   gap_up         bullish  open_i / close_{i-1} - 1 >= 2%; filled when low_i <= close_{i-1}, and then neutral (0.3).
-                          levels prev_close, open, filled (1 or 0); bars i-1 .. i.  open: 0.5 + 0.5 min((gap - 2%) / 8%, 1)
+                          levels prev_close, open, filled (1 or 0); bars i-1 .. i.
+                          open: 0.5 + 0.5 min((gap - 2%) / 8%, 1)
   gap_down       bearish  the mirror: <= -2%, filled when high_i >= close_{i-1}.
   Candlesticks end on the last bar. body = |close - open|, range = high - low (must be > 0), shadows beyond the body.
   levels low, high (of the pattern's bars: the stop sits beyond one of them); bars: the pattern's own. One bar can
   be two of them (a dragonfly doji after a decline is also a hammer).
   doji              neutral  body <= 10% of range.                                  0.3 + 0.4 (1 - body / (10% range))
-  hammer            bullish  after a decline; lower shadow >= 2 x body and >= 60% of range, upper shadow <= 15% of range.
-  shooting_star     bearish  after a rise; upper shadow >= 2 x body and >= 60% of range, lower shadow <= 15% of range.
+  hammer            bullish  after a decline; lower shadow >= 2 x body and >= 60% of range, upper shadow <= 15%
+                             of range.
+  shooting_star     bearish  after a rise; upper shadow >= 2 x body and >= 60% of range, lower shadow <= 15%
+                             of range.
                              0.4 + 0.6 min((long shadow / range - 60%) / 30%, 1)
   bullish_engulfing bullish  after a decline into i-1; i-1 closes down, i closes up, i's body covers i-1's
                              (open_i <= close_{i-1}, close_i >= open_{i-1}) and is larger.
-  bearish_engulfing bearish  the mirror after a rise.    0.5 + 0.3 min(body ratio - 1, 1) + 0.2 (volume_i > volume_{i-1})
+  bearish_engulfing bearish  the mirror after a rise.
+                             0.5 + 0.3 min(body ratio - 1, 1) + 0.2 (volume_i > volume_{i-1})
   morning_star      bullish  after a decline into i-2; i-2 closes down with a body >= 50% of its range; i-1's body is
                              <= 30% of i-2's and its top is at or below close_{i-2}; i closes up, above the midpoint of
                              i-2's body.

@@ -27,6 +27,7 @@ Fault injection (each takes an optional `match`, e.g. "POST /v2/orders" or "/v2/
 `fail_next(status, body, times=1, headers=None)` answers without doing anything (429 with Retry-After, 500 ...);
 `drop_connections(n, after_processing=False)` closes the socket without an answer (after doing the work if asked);
 `delay_next(seconds)` does the work, then waits before answering (a client timeout on an order that IS placed).
+`lagging_activities = True` makes the FILL activity list answer nothing, as Alpaca's lags its orders at times.
 Every request is recorded (`requests`, `requests_for("POST", "/v2/orders")`).
 
 Usage:
@@ -117,6 +118,7 @@ class FakeAlpaca:
         self.requests: list[Recorded] = []
         self.errors: list[BaseException] = []            # unexpected exceptions inside the fake (a test bug)
         self.paper: PaperBroker | None = None
+        self.lagging_activities = False
         self._lock = threading.Lock()
         self._order_lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -219,8 +221,8 @@ class FakeAlpaca:
         return None
 
     # ------------------------------------------------------------ one request (HTTP handler threads)
-    def handle(self, method: str, path: str, query: dict[str, str], body: Any, headers: Any,
-               record: Recorded) -> tuple[int, Any, dict[str, str]] | None:
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any,
+               headers: Any) -> tuple[int, Any, dict[str, str]] | None:
         """The answer (status, JSON body or None, headers), or None to drop the connection unanswered."""
         fault = self._take(("fail",), method, path) or self._take(("drop",), method, path, after=False)
         if fault is not None:
@@ -467,10 +469,10 @@ class FakeAlpaca:
             "position_intent": "buy_to_open" if o.side is OrderSide.BUY else "sell_to_close",
             "time_in_force": "day", "limit_price": _s(o.limit_price) if o.limit_price is not None else None,
             "stop_price": None, "status": status, "extended_hours": False, "legs": None, "trail_percent": None,
-            "trail_price": None, "hwm": None, "subtag": None, "source": None, "expires_at_": None}
+            "trail_price": None, "hwm": None}
 
     def _get_fills(self, q, body) -> tuple[int, Any]:
-        acts = self._activities()
+        acts = [] if self.lagging_activities else self._activities()
         after, until = _time_param(q.get("after")), _time_param(q.get("until"))
         day = date.fromisoformat(q["date"]) if q.get("date") else None
         acts = [a for a in acts if (after is None or a[0] > after) and (until is None or a[0] <= until)
@@ -558,13 +560,15 @@ class FakeAlpaca:
         ts = _ts(quote.timestamp)
         daily = self.run(self.paper.get_bars(symbol, "1d", now - timedelta(days=10), now))
         bounds = self.calendar.session_bounds(now.astimezone(NEW_YORK).date())
-        minutes = self.run(self.paper.get_bars(symbol, "1m", bounds[0][0], now)) if bounds and now > bounds[0][0] else []
+        opened = bounds[0][0] if bounds and now > bounds[0][0] else None
+        before = [b for b in daily if opened is None or b.start < opened]          # sessions before today's
+        minutes = self.run(self.paper.get_bars(symbol, "1m", opened, now)) if opened else []
         if minutes:        # today's bar so far, from its minutes; the volume is the paper quote's session volume
-            today = Bar(symbol, bounds[0][0], minutes[0].open, max(b.high for b in minutes),
-                        min(b.low for b in minutes), minutes[-1].close, quote.volume)
-            daily_bar, prev = today, (daily[-1] if daily else None)
+            daily_bar = Bar(symbol, opened, minutes[0].open, max(b.high for b in minutes),
+                            min(b.low for b in minutes), minutes[-1].close, quote.volume)
+            prev = before[-1] if before else None
         else:
-            daily_bar, prev = (daily[-1] if daily else None), (daily[-2] if len(daily) > 1 else None)
+            daily_bar, prev = (before[-1] if before else None), (before[-2] if len(before) > 1 else None)
         return {
             "latestTrade": {"t": ts, "x": "V", "p": _f(quote.last), "s": 100, "c": ["@"], "i": 1, "z": "A"},
             "latestQuote": {"t": ts, "ax": "V", "ap": _f(quote.ask), "as": 1, "bx": "V", "bp": _f(quote.bid),
@@ -621,7 +625,7 @@ def _handler_class(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
             record = Recorded(method, parts.path, query, body)
             with fake._lock:
                 fake.requests.append(record)
-            answer = fake.handle(method, parts.path, query, body, self.headers, record)
+            answer = fake.handle(method, parts.path, query, body, self.headers)
             if answer is None:
                 self.close_connection = True
                 try:
@@ -649,8 +653,7 @@ def _handler_class(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
 
 def _s(d: Decimal) -> str:
     """A trading-API number: a string without exponent or trailing zeros."""
-    text = format(d.normalize(), "f")
-    return text
+    return format(d.normalize(), "f")
 
 
 def _f(d: Decimal) -> float:

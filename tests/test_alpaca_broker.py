@@ -1,0 +1,410 @@
+"""The Alpaca adapter with the real alpaca-py SDK against a fake Alpaca REST server backed by the paper exchange:
+the conformance suite, the network's failure modes, and what only Alpaca's wire shows (status table, fill ids)."""
+from __future__ import annotations
+
+import ast
+import asyncio
+import functools
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from brokers.alpaca import STATUS_MAP, AlpacaBroker, map_status
+from brokers.base import (BrokerUnavailable, InvalidRequest, OrderRejected, OrderRequest, OrderSide, OrderStatus,
+                          OrderType)
+from clock import SimulatedClock
+from config import AlpacaConfig, ConfigError, Environment, FeeSchedule, MarketConfig, Settings, load_settings
+from data.calendar import MarketCalendar
+from data.simulated import SimulatedMarket
+from data.ticks import round_to_tick
+from tests.broker_conformance import BrokerConformance, Venue
+from tests.fakes.alpaca_server import FakeAlpaca
+from tests.test_paper_broker import advance_trading_minutes, paper_config
+
+# Tuesday 2026-11-24 10:30 New York time: the market is open.
+OPEN_AT = datetime(2026, 11, 24, 15, 30, tzinfo=timezone.utc)
+SEED = 7
+CALENDAR = MarketCalendar("NYSE")
+# Alpaca charges no commission; the SEC fee on sells is taken from cash (as Alpaca does), not reported per order.
+US_FEES = FeeSchedule(commission_rate=0, commission_min=0, stamp_duty_rate=0, stamp_duty_round_up=False,
+                      trading_fee_rate=0, sfc_levy_rate=0, settlement_fee_rate=0, settlement_fee_min=0,
+                      settlement_fee_max=0, sell_only_rate=Decimal("0.0000278"))
+US_MARKET = MarketConfig(exchange="NYSE", timezone="America/New_York", currency="USD",
+                         sessions={"regular": {"open": "09:30", "close": "16:00"}}, default_lot_size=1)
+
+_market: SimulatedMarket | None = None
+
+
+def us_market() -> SimulatedMarket:
+    global _market
+    if _market is None:
+        _market = SimulatedMarket(seed=SEED, exchange="NYSE", calendar=CALENDAR)
+    return _market
+
+
+@functools.cache
+def us_symbols() -> list[str]:
+    """$5..60 symbols, cheapest first, that traded at least 20,000 shares in the 5 minutes to OPEN_AT but under
+    $500k (so half the account's buying power is more than an order's 10% share of that depth: the partial-fill
+    test) and that later trade 0.5% under the bid before the close (the limit-order test needs the market to
+    cross; in a deterministic simulated market that is a fact the venue can look up)."""
+    picks = []
+    m = us_market()
+    close = CALENDAR.state(OPEN_AT).next_close
+    for inst in m.instruments():
+        q = m.quote(inst.symbol, OPEN_AT)
+        recent = sum(b.volume for b in m.bars(inst.symbol, "1m", OPEN_AT - timedelta(minutes=5), OPEN_AT))
+        if not (Decimal(5) <= q.last <= Decimal(60) and recent >= 20_000 and recent * q.last <= 500_000):
+            continue
+        if min(b.low for b in m.bars(inst.symbol, "1m", OPEN_AT, close)) < q.bid * Decimal("0.995"):
+            picks.append((q.last, inst.symbol))
+    return [s for _, s in sorted(picks)][:5]
+
+
+def us_settings(fake: FakeAlpaca | None = None, *, paper: bool = True, **env: str | None) -> Settings:
+    values = {"ALPACA_API_KEY": "PKTESTKEY", "ALPACA_SECRET_KEY": "test-secret-key"}
+    if fake is not None:
+        values.update(ALPACA_API_KEY=fake.api_key, ALPACA_SECRET_KEY=fake.secret_key, ALPACA_BASE_URL=fake.base_url,
+                      ALPACA_DATA_URL=fake.base_url)
+    values.update(env)
+    base = load_settings(env=Environment())
+    config = base.config.model_copy(update={"broker": "alpaca", "market": US_MARKET, "real_money": not paper,
+                                            "alpaca": AlpacaConfig(paper=paper, timeout_seconds=5)})
+    return Settings(config=config, env=Environment(values={k: v for k, v in values.items() if v is not None}),
+                    config_path=base.config_path)
+
+
+@dataclass
+class World:
+    fake: FakeAlpaca
+    clock: SimulatedClock
+    agent_id: str
+    brokers: list[AlpacaBroker] = field(default_factory=list)
+
+    async def connect(self, **changes) -> AlpacaBroker:
+        """A broker as from_settings builds it (keys and both URLs from the environment), pointed at the fake."""
+        broker = AlpacaBroker.from_settings(us_settings(self.fake), clock=self.clock, calendar=CALENDAR)
+        for name, value in changes.items():
+            setattr(broker, name, value)
+        self.brokers.append(broker)
+        await broker.connect()
+        return broker
+
+    def coid(self, label: str) -> str:
+        return f"{self.agent_id}-{label}-{uuid.uuid4().hex[:6]}"
+
+    async def advance(self, minutes: int) -> None:
+        await advance_trading_minutes(self.clock, CALENDAR, minutes)
+
+    def posts(self) -> list:
+        return self.fake.requests_for("POST", "/v2/orders")
+
+
+@pytest.fixture
+async def world(pool, pg_url, agent_id):
+    clock = SimulatedClock(OPEN_AT)
+    fake = FakeAlpaca(pg_url=pg_url, market=us_market(), clock=clock, account_id=agent_id, calendar=CALENDAR,
+                      paper_config=paper_config(fees=US_FEES))
+    await asyncio.to_thread(fake.start)
+    w = World(fake, clock, agent_id)
+    yield w
+    for broker in w.brokers:
+        await broker.disconnect()
+    await asyncio.to_thread(fake.stop)
+    assert fake.errors == [], fake.errors
+
+
+def market_buy(world: World, symbol: str, qty: int, label: str) -> OrderRequest:
+    return OrderRequest(world.coid(label), symbol, OrderSide.BUY, qty, OrderType.MARKET)
+
+
+# ---------------------------------------------------------------- the conformance suite
+
+class TestAlpacaConformance(BrokerConformance):
+    @pytest.fixture
+    async def venue(self, world):
+        return Venue(broker=await world.connect(), advance=world.advance, reopen=world.connect,
+                     symbols=us_symbols(), coid=world.coid)
+
+    async def test_market_order_fills_near_the_quote(self, venue: Venue):
+        """As the suite's, except fees: Alpaca is commission-free and reports no fee on an order, so 0."""
+        symbol = venue.symbols[0]
+        q = await venue.broker.get_quote(symbol)
+        result = await venue.broker.place_order(OrderRequest(venue.coid("mkt"), symbol, OrderSide.BUY, 1,
+                                                             OrderType.MARKET))
+        assert result.status is OrderStatus.FILLED
+        assert q.ask <= result.avg_fill_price <= q.ask * Decimal("1.01")
+        assert result.fees == 0
+        assert sum(f.quantity for f in result.fills) == result.filled_quantity == 1
+        positions = {p.symbol: p for p in await venue.broker.get_positions()}
+        assert positions[symbol].quantity == result.quantity
+
+
+# ---------------------------------------------------------------- the network's failure modes
+
+async def test_a_read_whose_connection_dropped_is_resent_once(world):
+    broker = await world.connect()
+    world.fake.drop_connections(1, match="GET /v2/account")
+    acct = await broker.get_account()
+    assert acct.cash > 0
+    answers = [r.status for r in world.fake.requests_for("GET", "/v2/account")]
+    assert answers == [200, None, 200]                       # connect, the dropped one, the resend
+
+
+async def test_a_server_that_keeps_dropping_connections_is_broker_unavailable(world):
+    broker = await world.connect()
+    world.fake.drop_connections(5, match="GET /v2/positions")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"positions: connection to 127\.0\.0\.1:\d+ failed"):
+        await broker.get_positions()
+    assert time.monotonic() - started < 3
+    assert len(world.fake.requests_for("GET", "/v2/positions")) == 2
+
+
+async def test_rate_limit_with_retry_after_is_retried_then_succeeds(world):
+    broker = await world.connect()
+    world.fake.fail_next(429, {"code": 42910000, "message": "rate limit exceeded"}, headers={"Retry-After": "1"},
+                         match="GET /v2/positions")
+    started = time.monotonic()
+    assert await broker.get_positions() == []
+    assert time.monotonic() - started >= 0.95                 # Retry-After was honoured
+    assert [r.status for r in world.fake.requests_for("GET", "/v2/positions")] == [429, 200]
+
+
+async def test_rate_limit_that_does_not_clear_is_broker_unavailable_after_the_retries(world):
+    broker = await world.connect()
+    world.fake.fail_next(429, {"code": 42910000, "message": "rate limit exceeded"}, times=10,
+                         headers={"Retry-After": "0"}, match="GET /v2/account")
+    with pytest.raises(BrokerUnavailable, match="rate limited .* after 3 retries: rate limit exceeded"):
+        await broker.get_account()
+    assert len(world.fake.requests_for("GET", "/v2/account")) == 1 + 1 + 3
+
+
+async def test_a_retry_after_longer_than_we_wait_is_not_waited_for(world):
+    broker = await world.connect()
+    world.fake.fail_next(429, {"code": 42910000, "message": "rate limit exceeded"}, headers={"Retry-After": "120"},
+                         match="GET /v2/account")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="rate limited"):
+        await broker.get_account()
+    assert time.monotonic() - started < 2
+
+
+async def test_a_server_error_is_broker_unavailable(world):
+    broker = await world.connect()
+    world.fake.fail_next(500, {"code": 50010000, "message": "internal server error"}, match="GET /v2/account")
+    with pytest.raises(BrokerUnavailable, match=r"server error \(HTTP 500\): internal server error"):
+        await broker.get_account()
+
+
+async def test_wrong_keys_fail_connect_with_a_clear_message(world):
+    settings = us_settings(world.fake, ALPACA_SECRET_KEY="not-the-secret")
+    broker = AlpacaBroker.from_settings(settings, clock=world.clock, calendar=CALENDAR)
+    world.brokers.append(broker)
+    with pytest.raises(BrokerUnavailable, match="not authorized .*ALPACA_API_KEY / ALPACA_SECRET_KEY") as err:
+        await broker.connect()
+    assert "not-the-secret" not in str(err.value)
+    assert world.fake.requests_for("GET", "/v2/account")[-1].status == 401
+
+
+# ---------------------------------------------------------------- orders: refusals and lost answers
+
+@pytest.mark.parametrize("refusal", ["buying_power", "injected_422"])
+async def test_a_refused_order_carries_alpacas_reason(world, refusal):
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    q = await broker.get_quote(symbol)
+    if refusal == "buying_power":
+        qty, expected = int((await broker.get_account()).buying_power / q.bid) + 10, "insufficient buying power"
+    else:
+        qty, expected = 1, "qty must be <= 10000"
+        world.fake.fail_next(422, {"code": 40010001, "message": expected}, match="POST /v2/orders")
+    with pytest.raises(OrderRejected) as err:
+        await broker.place_order(OrderRequest(world.coid("no"), symbol, OrderSide.BUY, qty, OrderType.LIMIT, q.bid))
+    assert expected in err.value.reason and "Alpaca HTTP" in err.value.reason
+    assert err.value.client_order_id is not None
+    assert await broker.get_order_by_client_id(err.value.client_order_id) is None
+
+
+async def test_a_timed_out_order_is_found_by_client_id_not_sent_again(world):
+    broker = await world.connect(config=AlpacaConfig(timeout_seconds=0.5))
+    symbol = us_symbols()[0]
+    world.fake.delay_next(1.5, match="POST /v2/orders")     # the order is placed at once; the answer waits
+    started = time.monotonic()
+    request = market_buy(world, symbol, 3, "slow")
+    result = await broker.place_order(request)
+    assert time.monotonic() - started < 1.4                  # it did not wait for the late answer
+    assert result.status is OrderStatus.FILLED and result.filled_quantity == 3
+    assert len(world.posts()) == 1
+    lookups = world.fake.requests_for("GET", "/v2/orders:by_client_order_id")
+    assert [r.query["client_order_id"] for r in lookups] == [request.client_order_id]
+    assert {p.symbol: p.quantity for p in await broker.get_positions()} == {symbol: 3}
+
+
+async def test_an_order_whose_answer_was_lost_after_placing_is_found_not_sent_again(world):
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    world.fake.drop_connections(1, match="POST /v2/orders", after_processing=True)
+    result = await broker.place_order(market_buy(world, symbol, 2, "dropped"))
+    assert result.status is OrderStatus.FILLED
+    assert [r.status for r in world.posts()] == [None]       # sent once; its answer never came
+    assert await broker.cancel_order(result.client_order_id) is False          # filled: nothing to cancel
+    assert await broker.cancel_order(world.coid("never-sent")) is False
+    assert world.fake.requests_for("DELETE") == []
+    assert {p.symbol: p.quantity for p in await broker.get_positions()} == {symbol: 2}
+
+
+async def test_an_order_lost_before_reaching_alpaca_is_unavailable_and_a_resend_places_it_once(world):
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    request = market_buy(world, symbol, 2, "lost")
+    world.fake.drop_connections(1, match="POST /v2/orders")
+    with pytest.raises(BrokerUnavailable, match="has no order .*so it was not placed"):
+        await broker.place_order(request)
+    assert await broker.get_positions() == []
+    again = await broker.place_order(request)
+    assert again.status is OrderStatus.FILLED
+    assert [o.client_order_id for o in await broker.get_orders()] == [request.client_order_id]
+
+
+async def test_sub_penny_limit_price_is_rejected_before_any_request(world):
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    for price in (Decimal("5.005"), Decimal("0.50005")):
+        with pytest.raises(OrderRejected, match=r"not on the US tick grid .*sub-penny") as err:
+            await broker.place_order(OrderRequest(world.coid("penny"), symbol, OrderSide.BUY, 1, OrderType.LIMIT,
+                                                  price))
+        assert str(round_to_tick(price, "us", "down")) in err.value.reason
+    assert world.posts() == []
+
+
+async def test_a_market_order_outside_the_session_is_refused_before_any_request(world):
+    broker = await world.connect()
+    world.clock.set(datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc))       # 17:00 New York
+    with pytest.raises(OrderRejected, match="market closed .*next open 2026-11-25T14:30"):
+        await broker.place_order(market_buy(world, us_symbols()[0], 1, "late"))
+    assert world.posts() == []
+
+
+# ---------------------------------------------------------------- what only Alpaca's wire shows
+
+def test_status_table_covers_every_alpaca_order_status():
+    from alpaca.trading.enums import OrderStatus as AlpacaStatus
+    assert {s.value for s in AlpacaStatus} == set(STATUS_MAP)
+    for status in AlpacaStatus:
+        assert isinstance(map_status(status.value), OrderStatus)
+    assert map_status("canceled") is OrderStatus.CANCELLED
+    assert map_status("pending_cancel") is OrderStatus.CANCEL_PENDING
+    assert map_status("accepted_for_bidding") is OrderStatus.SUBMITTED
+    assert map_status("done_for_day", filled=40, quantity=100) is OrderStatus.PARTIALLY_FILLED
+    assert map_status("calculated", filled=100, quantity=100) is OrderStatus.FILLED
+    with pytest.raises(BrokerUnavailable, match="unknown order status"):
+        map_status("teleported")
+
+
+async def test_fill_ids_are_the_same_in_every_process_and_add_up(world):
+    """The order path records each Fill by id once: a second process must see the same ids and quantities."""
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    q = await broker.get_quote(symbol)
+    qty = int((await broker.get_account()).buying_power * Decimal("0.5") / (q.ask * Decimal("1.01")))
+    first = await broker.place_order(market_buy(world, symbol, qty, "big"))
+    assert first.status is OrderStatus.PARTIALLY_FILLED
+    await world.advance(20)
+    other = await world.connect()
+    later = await other.get_order_by_client_id(first.client_order_id)
+    early = {f.fill_id: f.quantity for f in first.fills}
+    seen = {f.fill_id: f.quantity for f in later.fills}
+    assert early.items() <= seen.items() and len(seen) > len(early)
+    assert sum(seen.values()) == later.filled_quantity > first.filled_quantity
+    assert all(f.fee == 0 and "::" in f.fill_id for f in later.fills)
+    assert [o.fills for o in await broker.get_orders() if o.client_order_id == first.client_order_id] == [later.fills]
+
+
+async def test_bars_are_the_paper_exchanges_with_daily_bars_stamped_at_the_open(world):
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    for timeframe, back in (("5m", timedelta(hours=3)), ("1d", timedelta(days=10))):
+        start = OPEN_AT - back
+        got = await broker.get_bars(symbol, timeframe, start, OPEN_AT + timedelta(hours=1))
+        assert list(got) == us_market().bars(symbol, timeframe, start, OPEN_AT)
+        assert got and got[-1].start < OPEN_AT
+    daily = await broker.get_bars(symbol, "1d", OPEN_AT - timedelta(days=10), OPEN_AT)
+    assert all(b.start.astimezone(CALENDAR.tz).strftime("%H:%M") == "09:30" for b in daily)
+
+
+async def test_quotes_for_many_symbols_come_in_one_request_and_unknown_ones_are_left_out(world):
+    broker = await world.connect()
+    symbols = us_symbols()[:3]
+    quotes = await broker.get_quotes([*symbols, "NOSUCH"])
+    assert set(quotes) == set(symbols)
+    assert quotes[symbols[0]] == us_market().quote(symbols[0], OPEN_AT)
+    assert len(world.fake.requests_for("GET", "/v2/stocks/snapshots")) == 1
+    with pytest.raises(InvalidRequest, match="unknown symbol"):
+        await broker.get_quote("NOSUCH")
+    with pytest.raises(InvalidRequest, match="unknown symbol"):
+        await broker.get_instrument("NOSUCH")
+
+
+async def test_an_order_whose_executions_lag_stays_open_until_they_are_visible(world):
+    """A FILLED order with fewer visible executions than filled shares would close short in the order path."""
+    broker = await world.connect()
+    world.fake.lagging_activities = True
+    placed = await broker.place_order(market_buy(world, us_symbols()[0], 2, "lag"))
+    assert (placed.status, placed.filled_quantity, placed.fills) == (OrderStatus.PARTIALLY_FILLED, 2, ())
+    world.fake.lagging_activities = False
+    later = await broker.get_order_by_client_id(placed.client_order_id)
+    assert later.status is OrderStatus.FILLED and sum(f.quantity for f in later.fills) == 2
+
+
+async def test_a_batch_of_quotes_refused_for_one_symbol_is_asked_one_by_one(world):
+    broker = await world.connect()
+    symbols = us_symbols()[:2]
+    world.fake.fail_next(422, {"code": 42210000, "message": "invalid symbol: BAD/SYM"},
+                         match="GET /v2/stocks/snapshots")
+    quotes = await broker.get_quotes([*symbols, "BAD/SYM"])
+    assert set(quotes) == set(symbols)
+    assert len(world.fake.requests_for("GET", "/v2/stocks/snapshots")) == 1 + 3
+
+
+# ---------------------------------------------------------------- configuration
+
+def test_from_settings_reads_keys_and_endpoints_from_the_environment():
+    broker = AlpacaBroker.from_settings(us_settings(ALPACA_BASE_URL="http://127.0.0.1:9/v2/",
+                                                    ALPACA_DATA_URL="http://127.0.0.1:10"))
+    assert (broker.environment, broker.base_url, broker.data_url) == ("paper", "http://127.0.0.1:9",
+                                                                      "http://127.0.0.1:10")
+    default = AlpacaBroker.from_settings(us_settings())
+    assert (default.base_url, default.data_url) == ("https://paper-api.alpaca.markets", None)
+    live = AlpacaBroker.from_settings(us_settings(paper=False))
+    assert (live.environment, live.base_url) == ("live", "https://api.alpaca.markets")
+    assert "test-secret-key" not in repr(live)
+
+
+def test_from_settings_names_the_missing_keys():
+    with pytest.raises(ConfigError, match="ALPACA_API_KEY and ALPACA_SECRET_KEY"):
+        AlpacaBroker.from_settings(us_settings(ALPACA_API_KEY=None, ALPACA_SECRET_KEY=None))
+    with pytest.raises(ConfigError, match="ALPACA_SECRET_KEY in .env"):
+        AlpacaBroker.from_settings(us_settings(ALPACA_SECRET_KEY=None))
+
+
+def test_from_settings_refuses_a_live_endpoint_on_a_paper_config_and_a_non_us_market():
+    with pytest.raises(ConfigError, match="live endpoint .*alpaca.paper is true"):
+        AlpacaBroker.from_settings(us_settings(ALPACA_BASE_URL="https://api.alpaca.markets"))
+    settings = us_settings()
+    hk = Settings(config=settings.config.model_copy(update={"market": load_settings(env=Environment()).config.market}),
+                  env=settings.env, config_path=settings.config_path)
+    with pytest.raises(ConfigError, match="trades US equities, but market.exchange is HKEX"):
+        AlpacaBroker.from_settings(hk)
+
+
+def test_the_adapter_never_imports_from_tests():
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "brokers" / "alpaca.py").read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in modules if m == "tests" or m.startswith("tests.")]
