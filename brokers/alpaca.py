@@ -116,7 +116,8 @@ def map_status(alpaca_status: str, *, filled: int = 0, quantity: int = 0) -> Ord
     try:
         status = STATUS_MAP[alpaca_status]
     except KeyError:
-        raise BrokerUnavailable(f"alpaca: unknown order status {alpaca_status!r} (not in alpaca-py's table)") from None
+        raise BrokerUnavailable(f"alpaca: unknown order status {alpaca_status!r} (not in alpaca-py's table)") \
+            from None
     if status is _S.SUBMITTED and filled > 0:
         return _S.FILLED if quantity and filled >= quantity else _S.PARTIALLY_FILLED
     return status
@@ -283,9 +284,9 @@ class AlpacaBroker(BrokerClient):
         amount, unit, _ = _TIMEFRAMES[timeframe]
         # Alpaca stamps a daily bar at midnight New York, before the session open we filter on: ask a day early.
         ask_from = start - timedelta(days=1) if timeframe == "1d" else start
-        request = sdk.StockBarsRequest(symbol_or_symbols=symbol, timeframe=sdk.TimeFrame(amount, sdk.TimeFrameUnit[unit]),
-                                       start=ask_from, end=end, feed=sdk.DataFeed(self.config.data_feed),
-                                       adjustment=sdk.Adjustment.SPLIT)
+        frame = sdk.TimeFrame(amount, sdk.TimeFrameUnit[unit])
+        request = sdk.StockBarsRequest(symbol_or_symbols=symbol, timeframe=frame, start=ask_from, end=end,
+                                       feed=sdk.DataFeed(self.config.data_feed), adjustment=sdk.Adjustment.SPLIT)
         barset = await self._call(f"{timeframe} bars {symbol}", data.get_stock_bars, request)
         out = []
         for raw in barset.data.get(symbol, []):
@@ -376,7 +377,8 @@ class AlpacaBroker(BrokerClient):
         if existing is not None:
             return existing
         raise OrderRejected(f"cannot sell {order.quantity} {order.symbol}: {held} held, {held - free} already in "
-                            f"open sell orders (short selling is not supported)", client_order_id=order.client_order_id)
+                            f"open sell orders (short selling is not supported)",
+                            client_order_id=order.client_order_id)
 
     async def _after_lost_answer(self, coid: str, lost: BrokerUnavailable) -> OrderResult:
         """The order may or may not have reached Alpaca: ask by client_order_id instead of guessing."""
@@ -386,7 +388,8 @@ class AlpacaBroker(BrokerClient):
             raise BrokerUnavailable(f"{lost}; looking the order up by client_order_id {coid} failed too ({exc}): "
                                     f"reconcile before resending") from lost
         if found is None:
-            raise BrokerUnavailable(f"{lost}; Alpaca has no order {coid}, so it was not placed") from lost
+            raise BrokerUnavailable(f"{lost}; Alpaca has no order {coid} (yet), so treat it as not placed: "
+                                    f"resending the same client_order_id cannot make a second order") from lost
         log.warning("alpaca order %s: the answer was lost (%s) but the order is at Alpaca: %s", coid, lost,
                     found.status.value)
         return found
@@ -558,10 +561,10 @@ def _order_result(raw: Any, fills: list[Fill]) -> OrderResult:
     status = map_status(_value(raw.status), filled=filled, quantity=quantity)
     if status.is_terminal and sum(f.quantity for f in fills) < filled:
         status = OrderStatus.PARTIALLY_FILLED        # executions not visible yet: keep the order open for now
-    kind = _value(raw.type or raw.order_type)
+    kind = OrderType.LIMIT if _value(raw.type or raw.order_type) in ("limit", "stop_limit") else OrderType.MARKET
     return OrderResult(
         client_order_id=raw.client_order_id, broker_order_id=str(raw.id), symbol=raw.symbol,
-        side=OrderSide(_value(raw.side)), order_type=OrderType.LIMIT if kind in ("limit", "stop_limit") else OrderType.MARKET,
+        side=OrderSide(_value(raw.side)), order_type=kind,
         quantity=quantity, limit_price=_dec(raw.limit_price) if raw.limit_price not in (None, "") else None,
         status=status, filled_quantity=filled,
         avg_fill_price=_dec(raw.filled_avg_price) if filled and raw.filled_avg_price not in (None, "") else None,
@@ -654,7 +657,8 @@ def _check_endpoint(base_url: str | None, paper: bool) -> None:
     host = urlsplit(_clean_url(base_url) or "").hostname or ""
     if paper and host == urlsplit(LIVE_URL).hostname:
         raise ConfigError(f"ALPACA_BASE_URL is Alpaca's live endpoint ({base_url}) but alpaca.paper is true; "
-                          f"set alpaca.paper: false and real_money: true to trade real money, or remove ALPACA_BASE_URL")
+                          f"set alpaca.paper: false and real_money: true to trade real money, or remove "
+                          f"ALPACA_BASE_URL")
     if not paper and host == urlsplit(PAPER_URL).hostname:
         raise ConfigError(f"ALPACA_BASE_URL is Alpaca's paper endpoint ({base_url}) but alpaca.paper is false")
 
