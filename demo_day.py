@@ -43,7 +43,9 @@ def most_recent_session(calendar, now: datetime) -> date:
         day -= timedelta(days=1)
 
 
-async def run_day(settings: Settings, pool, *, session: date | None = None) -> dict:
+async def run_day(settings: Settings, pool, *, session: date | None = None,
+                  clock: SimulatedClock | None = None) -> dict:
+    """One session. `clock`, if given, is the simulated clock to drive (a test shares it with a fake broker)."""
     from data.calendar import MarketCalendar
     from services import build_services
 
@@ -54,7 +56,10 @@ async def run_day(settings: Settings, pool, *, session: date | None = None) -> d
     cfg = settings.config.model_copy(update={"agent": settings.config.agent.model_copy(update={"id": agent_id})})
     day_settings = replace(settings, config=cfg)
     first = datetime.combine(session, schedule[0][1], tzinfo=calendar.tz).astimezone(timezone.utc)
-    clock = SimulatedClock(first)
+    if clock is None:
+        clock = SimulatedClock(first)
+    else:
+        clock.set(first)
     services = await build_services(day_settings, pool, clock)
     outcomes = []
     monitor = PositionMonitor(services)

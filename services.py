@@ -64,10 +64,10 @@ def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calenda
                            currency=settings.config.market.currency, config=settings.config.paper)
     if name == "alpaca":
         from brokers.alpaca import AlpacaBroker
-        return AlpacaBroker.from_settings(settings)
+        return AlpacaBroker.from_settings(settings, clock=clock, calendar=calendar)
     if name == "moomoo":
         from brokers.moomoo import MoomooBroker
-        return MoomooBroker.from_settings(settings)
+        return MoomooBroker.from_settings(settings, clock=clock, calendar=calendar)
     raise ConfigError(f"{settings.config_path}: unknown broker {name!r}")
 
 

@@ -224,7 +224,8 @@ class BrokerClient(ABC):
     """One broker account. Every method may raise `BrokerUnavailable`; order methods may raise `OrderRejected`."""
 
     name: str = "broker"
-    environment: str = "paper"           # paper | simulate | real
+    environment: str = "paper"           # the venue's own word: paper (paper broker, Alpaca paper), live (Alpaca),
+                                         # simulate / real (moomoo); heartbeat prints it
 
     @abstractmethod
     async def connect(self) -> None: ...

@@ -79,3 +79,21 @@ def test_two_real_processes_racing_one_is_refused(tmp_path, pg_url, agent_id):
         holder.wait()
     # the kernel released the killed holder's lock
     assert run_agent(tmp_path, "--mode", "heartbeat", DATABASE_URL=pg_url, AGENT_ID=agent_id).returncode == 0
+
+
+def test_heartbeat_with_moomoo_and_no_opend_fails_in_time_with_the_seed_message(tmp_path, pg_url, agent_id):
+    import socket
+
+    import yaml
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = yaml.safe_load((ROOT / "config" / "trading_config.yaml").read_text())
+    config["broker"] = "moomoo"
+    config["moomoo"].update(port=port, connect_timeout_seconds=2)
+    path = tmp_path / "moomoo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_agent(tmp_path, "--mode", "heartbeat", "--config", str(path), DATABASE_URL=pg_url, AGENT_ID=agent_id)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "MoomooClient not initialized: OpenD not running (systemctl start opend)" in out.stdout
+    assert "FAIL broker" in out.stdout
