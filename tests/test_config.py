@@ -121,3 +121,13 @@ def test_remote_database_without_tls_is_refused(url):
                                  "postgresql://u:p@localhost/c", "postgresql://postgres:@/c?host=/tmp/sock"])
 def test_tls_or_local_database_is_accepted(url):
     check_database_url(url, allow_insecure=False)
+
+
+def test_env_example_documents_exactly_the_variables_the_code_reads():
+    import re
+
+    from config import ENV_KEYS
+    from tests.conftest import ROOT
+    text = (ROOT / "config" / ".env.example").read_text()
+    documented = set(re.findall(r"^# ?([A-Z][A-Z0-9_]+)=", text, flags=re.M))
+    assert documented == set(ENV_KEYS)
