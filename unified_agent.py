@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -18,7 +19,7 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 EXIT_BROKER = 4
 
-MODES = ("heartbeat", "scan", "trade", "close", "day")
+MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report")
 
 log = logging.getLogger("catalyst.agent")
 
@@ -27,7 +28,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="unified_agent.py", description="Catalyst trading agent")
     parser.add_argument("--mode", required=True, choices=MODES, help="what this run does")
     parser.add_argument("--config", default=None, help="path to trading_config.yaml (default: config/)")
-    return parser.parse_args(argv)
+    replay = parser.add_argument_group("replay")
+    replay.add_argument("--start", type=_date, help="replay: first day (YYYY-MM-DD)")
+    replay.add_argument("--end", type=_date, help="replay: last day (YYYY-MM-DD)")
+    replay.add_argument("--data", type=Path, default=None, help="replay: folder of bar files (default: the "
+                                                                   "simulated market)")
+    replay.add_argument("--engine", choices=("rules", "claude"), default="rules", help="replay: who decides")
+    replay.add_argument("--monitor-every", type=int, default=5, metavar="MINUTES",
+                        help="replay: minutes between position monitor passes (default 5)")
+    args = parser.parse_args(argv)
+    if args.mode == "replay" and (args.start is None or args.end is None or args.start > args.end):
+        parser.error("replay needs --start and --end, start on or before end")
+    return args
+
+
+def _date(text: str):
+    from datetime import date
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
     lock = AgentLock(settings.var_dir / "locks", settings.agent_id)
     try:
-        lock.acquire(args.mode)
+        if args.mode not in ("day", "replay", "report"):
+            lock.acquire(args.mode)
     except AgentBusy as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_LOCKED
@@ -110,6 +132,21 @@ async def _run(settings, args: argparse.Namespace) -> int:
                   f"{'Claude' if settings.env.get('ANTHROPIC_API_KEY') else 'offline rules engine'}):")
             summary = await run_day(settings, pool)
             print(_day_summary(summary))
+            return EXIT_OK
+        if args.mode == "replay":
+            from datetime import timedelta
+
+            from replay import run_replay
+            result = await run_replay(settings, pool, start=args.start, end=args.end, engine=args.engine,
+                                      data=args.data, monitor_every=timedelta(minutes=args.monitor_every))
+            print(result.table)
+            print(f"{result.cycles} cycles and {result.monitor_passes} monitor passes in {result.wall_seconds:.1f} s; "
+                  f"equity curve: {result.png}")
+            return EXIT_OK
+        if args.mode == "report":
+            from clock import RealClock
+            from report import live_report
+            print(await live_report(pool, settings, now=RealClock().now()))
             return EXIT_OK
         from clock import RealClock
         from cycle import run_cycle

@@ -1,0 +1,190 @@
+"""Replay: the same agent over history, through the production code path, on a simulated clock.
+
+`./run.sh replay --start YYYY-MM-DD --end YYYY-MM-DD [--data DIR] [--engine rules|claude]`
+
+The clock walks every trading day of the exchange calendar in [start, end]. On each day it runs the scan, trade
+and close cycles at the times `config/cron.d` gives them (its UTC minute and hour fields, weekdays from its
+day-of-week field), and the position monitor's pass every `--monitor-every` minutes (default 5) while the market
+is open in between: `run_cycle`, the tool executor, the safety gate, the order path, the paper broker and
+PostgreSQL — nothing replay-specific decides anything. Market data is the simulated market, or the bar files in
+DIR (`market_data.source: files`), which answer only what has completed by the clock's now (data/source.py), so
+no decision can see a later bar.
+
+Every row is written under the agent id `<agent>-replay-<run id>`, never the live agent's: live queries, the live
+report and reconciliation all select by the live agent id, so replay rows never mix with them.
+
+Bar files with daily bars only are not supported yet: the paper broker fills against one-minute bars.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time as _time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clock import SimulatedClock
+from config import Environment, Settings
+
+if TYPE_CHECKING:
+    from report import EquityPoint, Metrics
+
+ROOT = Path(__file__).resolve().parent
+CRON = re.compile(r"^\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+\S+\s+.*\./run\.sh\s+(scan|trade|close)\b")
+
+
+# ---------------------------------------------------------------- the schedule, from config/cron.d
+
+@dataclass(frozen=True)
+class CronEntry:
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    weekdays: frozenset[int]          # cron numbering: 0 = Sunday ... 6 = Saturday
+    mode: str
+
+
+def _field(spec: str, lo: int, hi: int) -> frozenset[int]:
+    out: set[int] = set()
+    for part in spec.split(","):
+        body, _, step = part.partition("/")
+        if body == "*":
+            a, b = lo, hi
+        elif "-" in body:
+            a, b = (int(x) for x in body.split("-", 1))
+        else:
+            a = b = int(body)
+        out.update(range(a, b + 1, int(step) if step else 1))
+    if hi == 7:                      # day of week: 7 is Sunday too
+        out = {x % 7 for x in out}
+    return frozenset(out)
+
+
+def parse_cron(text: str) -> list[CronEntry]:
+    """The scan / trade / close lines of a cron.d file (day-of-month and month must be '*')."""
+    entries = []
+    for line in text.splitlines():
+        m = CRON.match(line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        minute, hour, dom, month, dow, mode = m.groups()
+        if dom != "*" or month != "*":
+            raise ValueError(f"cron line not supported by replay (day of month / month must be '*'): {line}")
+        entries.append(CronEntry(_field(minute, 0, 59), _field(hour, 0, 23), _field(dow, 0, 7), mode))
+    if not entries:
+        raise ValueError("no scan/trade/close lines found in the cron file")
+    return entries
+
+
+def day_schedule(entries: list[CronEntry], day: date) -> list[tuple[datetime, str]]:
+    """(UTC instant, mode) of every cycle cron would start on `day` (a UTC calendar date), in time order."""
+    cron_dow = (day.weekday() + 1) % 7
+    out = [(datetime.combine(day, time(h, m), tzinfo=timezone.utc), e.mode)
+           for e in entries if cron_dow in e.weekdays for h in e.hours for m in e.minutes]
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class ReplayResult:
+    run_id: str
+    agent_id: str
+    days: int
+    cycles: int
+    monitor_passes: int
+    curve: list["EquityPoint"]
+    metrics: "Metrics"
+    table: str
+    png: Path
+    wall_seconds: float
+
+
+def replay_settings(settings: Settings, *, run_id: str, engine: str, data: Path | None) -> Settings:
+    cfg = settings.config
+    cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"id": f"{cfg.agent.id}-replay-{run_id}"}),
+                                 "broker": "paper"})
+    if data is not None:
+        cfg = cfg.model_copy(update={"market_data": cfg.market_data.model_copy(
+            update={"source": "files", "directory": str(data)})})
+    values = dict(settings.env.values)
+    values.pop("AGENT_ID", None)
+    if engine == "rules":
+        values.pop("ANTHROPIC_API_KEY", None)
+    elif not values.get("ANTHROPIC_API_KEY"):
+        raise ValueError("--engine claude needs ANTHROPIC_API_KEY")
+    return replace(settings, config=cfg, env=Environment(values=values, env_file=settings.env.env_file))
+
+
+async def run_replay(settings: Settings, pool, *, start: date, end: date, engine: str = "rules",
+                     data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
+                     out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
+                     cron_text: str | None = None) -> ReplayResult:
+    from cycle import run_cycle
+    from data.calendar import MarketCalendar
+    from position_monitor import PositionMonitor
+    from report import EquityPoint, compute_metrics, load_costs, load_trades, plot_equity, render_table
+    from services import build_services
+
+    t0 = _time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex[:8]
+    rs = replay_settings(settings, run_id=run_id, engine=engine, data=data)
+    calendar = MarketCalendar(rs.config.market.exchange)
+    days = calendar.trading_days(start, end)
+    if not days:
+        raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
+    entries = parse_cron(cron_text if cron_text is not None else (ROOT / "config" / "cron.d").read_text())
+    first_day = day_schedule(entries, days[0])
+    first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
+    clock = SimulatedClock(first - timedelta(minutes=1))
+    services = await build_services(rs, pool, clock)
+    monitor = PositionMonitor(services)
+    curve: list[EquityPoint] = []
+    cycles = passes = 0
+
+    async def monitor_until(when: datetime) -> None:
+        nonlocal passes
+        while clock.now() + monitor_every <= when:
+            clock.advance(monitor_every)
+            if calendar.is_open(clock.now()):
+                await monitor.run_pass()
+                passes += 1
+
+    for n, day in enumerate(days, 1):
+        for at, mode in day_schedule(entries, day):
+            await monitor_until(at)
+            if at > clock.now():
+                clock.set(at)
+            await run_cycle(services, mode)
+            cycles += 1
+        close = calendar.session_bounds(day)[-1][1]
+        await monitor_until(close)
+        clock.set(max(clock.now(), close + timedelta(minutes=1)))
+        account = await services.broker.get_account()
+        curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
+                                 invested=account.equity - account.cash))
+        if progress:
+            _progress(n, len(days), day, account.equity, t0)
+    if progress:
+        print(file=sys.stderr)
+    trades = await load_trades(pool, rs.agent_id)
+    fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
+    metrics = compute_metrics(curve, trades, fees_paid=fees, ai_cost_usd=ai_cost, ai_calls=ai_calls)
+    title = f"Replay {start} .. {end} ({len(days)} days, {engine} engine) — agent id {rs.agent_id}"
+    out_dir = out_dir or rs.var_dir / "replays"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot_equity(curve, out_dir / f"{rs.agent_id}.png", title=title)
+    return ReplayResult(run_id, rs.agent_id, len(days), cycles, passes, curve, metrics,
+                        render_table(metrics, title=title), png, _time.perf_counter() - t0)
+
+
+def _progress(n: int, total: int, day: date, equity, t0: float) -> None:
+    width = 30
+    done = int(width * n / total)
+    elapsed = _time.perf_counter() - t0
+    eta = elapsed / n * (total - n)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} days  {day}  equity {equity:,.2f}  "
+                     f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left ")
+    sys.stderr.flush()
