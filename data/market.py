@@ -39,6 +39,7 @@ class MarketData:
         self.calendar = calendar
         self.rsi_overbought = rsi_overbought
         self.rsi_oversold = rsi_oversold
+        self._cache: dict[tuple, Any] = {}     # daily technicals and patterns, until the next session close
 
     async def quote(self, symbol: str) -> Quote:
         return await self.broker.get_quote(symbol)
@@ -48,7 +49,24 @@ class MarketData:
         bars = await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
         return bars_to_frame(list(bars))
 
+    def _daily_key(self, symbol: str, kind: str) -> tuple | None:
+        """Daily bars change only when a session closes: (symbol, kind, local date, closed yet?) names them."""
+        now = self.clock.now()
+        day = self.calendar.local_date(now)
+        bounds = self.calendar.session_bounds(day)
+        return (symbol, kind, day, bool(bounds) and now >= bounds[-1][1])
+
     async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
+        if timeframe != "1d":
+            return await self._technicals(symbol, timeframe)
+        key = self._daily_key(symbol, "technicals")
+        if key not in self._cache:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = await self._technicals(symbol, timeframe)
+        return dict(self._cache[key])
+
+    async def _technicals(self, symbol: str, timeframe: str) -> dict[str, Any]:
         from data.technicals import compute_technicals
         frame = await self.bars_frame(symbol, timeframe)
         if frame.empty:
@@ -58,6 +76,14 @@ class MarketData:
                 "close": float(frame["close"].iloc[-1]), **values}
 
     async def patterns(self, symbol: str, timeframe: str = "1d") -> list:
+        if timeframe != "1d":
+            return await self._patterns(symbol, timeframe)
+        key = self._daily_key(symbol, "patterns")
+        if key not in self._cache:
+            self._cache[key] = await self._patterns(symbol, timeframe)
+        return list(self._cache[key])
+
+    async def _patterns(self, symbol: str, timeframe: str) -> list:
         from data.patterns import detect_patterns
         frame = await self.bars_frame(symbol, timeframe)
         if len(frame) < 5:

@@ -1,0 +1,97 @@
+"""Replay: cron-driven simulated days through the production path; deterministic; blind to bars after its clock."""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from replay import day_schedule, parse_cron, run_replay
+from tests.agent_fixtures import agent_settings
+from tests.conftest import ROOT
+
+
+def test_the_schedule_is_the_cron_files():
+    entries = parse_cron((ROOT / "config" / "cron.d").read_text())
+    tuesday = day_schedule(entries, date(2026, 11, 24))
+    assert [m for _, m in tuesday] == ["scan"] + ["trade"] * 11 + ["close"]
+    assert tuesday[0][0] == datetime(2026, 11, 24, 1, 0, tzinfo=timezone.utc)
+    assert tuesday[-1][0] == datetime(2026, 11, 24, 7, 55, tzinfo=timezone.utc)
+    assert day_schedule(entries, date(2026, 11, 28)) == []                   # Saturday
+    assert [m for _, m in day_schedule(parse_cron("*/30 1-2 * * 0,7 u cd x && ./run.sh trade"),
+                                       date(2026, 11, 29))] == ["trade"] * 4   # Sunday as 0 and 7
+    with pytest.raises(ValueError):
+        parse_cron("0 1 1 * * u ./run.sh scan")
+    with pytest.raises(ValueError):
+        parse_cron("# nothing here")
+
+
+def fingerprint(result):
+    return ([(p.day, p.equity, p.cash) for p in result.curve],
+            {k: v for k, v in result.metrics.__dict__.items()})
+
+
+@pytest.mark.slow
+async def test_the_same_inputs_give_identical_results(pool, agent_id, tmp_path):
+    settings = agent_settings(agent_id)
+    kw = dict(start=date(2026, 11, 23), end=date(2026, 11, 24), progress=False, out_dir=tmp_path,
+              monitor_every=timedelta(minutes=10))
+    a = await run_replay(settings, pool, run_id="a1", **kw)
+    b = await run_replay(settings, pool, run_id="b2", **kw)
+    assert a.agent_id != b.agent_id and a.agent_id.endswith("-replay-a1")
+    assert fingerprint(a) == fingerprint(b)
+    trades = {}
+    for r in (a, b):
+        trades[r.run_id] = [tuple(x) for x in await pool.fetch(
+            "SELECT o.symbol, o.side, o.intent, o.quantity, o.status, o.filled_quantity, o.avg_fill_price, o.created_at "
+            "FROM orders o WHERE agent_id = $1 ORDER BY o.created_at, o.symbol, o.side", r.agent_id)]
+    assert trades["a1"] == trades["b2"] and trades["a1"], "a replay that trades nothing proves little"
+    assert a.png.exists() and a.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # replay rows never carry the live agent's id
+    assert await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE agent_id = $1", agent_id) == 0
+
+
+@pytest.mark.slow
+async def test_a_bar_after_the_clock_is_never_seen(pool, agent_id, tmp_path):
+    """Bar files from the simulated market, plus one planted bar the day after the replay ends with an absurd
+    price: nothing the replay recorded (scan, quotes, fills, monitor, decisions) ever shows that price."""
+    from data.calendar import MarketCalendar
+    from data.simulated import SimulatedMarket
+
+    cal = MarketCalendar("HKEX")
+    market = SimulatedMarket(seed=7, exchange="HKEX", n_symbols=240, calendar=cal)
+    days = cal.trading_days(date(2026, 10, 12), date(2026, 11, 24))
+    data = tmp_path / "bars"
+    data.mkdir()
+    symbols = [i.symbol for i in market.instruments()[:12]]
+    lines = ["symbol,name,lot_size,currency"] + [f"{i.symbol},{i.name},{i.lot_size},HKD"
+                                                 for i in market.instruments()[:12]]
+    (data / "instruments.csv").write_text("\n".join(lines) + "\n")
+    spike = Decimal("8888")
+    planted = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)              # the day after the replay's end
+    for s in symbols:
+        rows = ["timestamp,open,high,low,close,volume"]
+        for d in days:
+            for start, end in cal.session_bounds(d):
+                for b in market.bars(s, "1m", start, end):
+                    rows.append(f"{b.start.isoformat()},{b.open},{b.high},{b.low},{b.close},{b.volume}")
+        rows.append(f"{planted.isoformat()},{spike},{spike},{spike},{spike},1000000")
+        (data / f"{s}.csv").write_text("\n".join(rows) + "\n")
+    settings = agent_settings(agent_id, scan={"min_history_bars": 20, "min_turnover": Decimal(0)})
+    result = await run_replay(settings, pool, start=date(2026, 11, 23), end=date(2026, 11, 24), data=data,
+                              progress=False, out_dir=tmp_path, monitor_every=timedelta(minutes=15))
+    agent = result.agent_id
+    assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent) > 0
+    checks = {
+        "scan_results": "SELECT max(price) FROM scan_results WHERE agent_id = $1",
+        "fills": "SELECT max(price) FROM fills WHERE agent_id = $1",
+        "monitor": "SELECT max(last_price) FROM position_monitor_status WHERE agent_id = $1",
+        "orders": "SELECT max(coalesce(limit_price, avg_fill_price)) FROM orders WHERE agent_id = $1",
+    }
+    for name, sql in checks.items():
+        value = await pool.fetchval(sql, agent)
+        assert value is None or value < spike / 10, (name, value)
+    texts = await pool.fetch("SELECT reasoning, details::text AS d, verdict::text AS v FROM decisions "
+                             "WHERE agent_id = $1", agent)
+    assert not [t for t in texts if "8888" in (t["reasoning"] + (t["d"] or "") + (t["v"] or ""))]
+    assert max(p.equity for p in result.curve) < Decimal(10**6)
