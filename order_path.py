@@ -172,6 +172,7 @@ class OrderPath:
                     fill.price, fill.fee, fill.timestamp)
                 if inserted is not None:
                     await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee, fill.timestamp)
+            await self._book_order_level_fees(conn, row, result.fees)
             old = OrderStatus(row["status"])
             new = result.status
             if not can_transition(old, new):
@@ -189,6 +190,24 @@ class OrderPath:
                      result.quantity, result.avg_fill_price)
         return OrderOutcome(result.client_order_id, new.value, result.symbol, result.side.value, result.quantity,
                             result.filled_quantity, result.avg_fill_price, result.fees, result.reason, position_id)
+
+    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None) -> None:
+        """Fees the broker reports for the whole order beyond what its fills carried go onto the position once
+        (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
+        if not order_fees:
+            return
+        carried = await conn.fetchval("SELECT coalesce(sum(fee), 0) FROM fills WHERE order_id = $1", order["order_id"])
+        due = max(order_fees - carried, Decimal(0))
+        booked = await conn.fetchval("SELECT fees_booked FROM orders WHERE order_id = $1", order["order_id"])
+        delta = due - booked
+        if delta == 0:
+            return
+        position_id = await conn.fetchval("SELECT position_id FROM orders WHERE order_id = $1", order["order_id"])
+        if position_id is None:
+            return                            # no fill yet: nothing to charge it to; booked when one arrives
+        await conn.execute("UPDATE positions SET fees = fees + $2, realized_pnl = realized_pnl - $2 "
+                           "WHERE position_id = $1", position_id, delta)
+        await conn.execute("UPDATE orders SET fees_booked = $2 WHERE order_id = $1", order["order_id"], due)
 
     async def _apply_fill(self, conn, order, side: OrderSide, qty: int, price: Decimal, fee: Decimal, at) -> None:
         pos = await conn.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open' "

@@ -323,3 +323,12 @@ CREATE INDEX IF NOT EXISTS ai_usage_agent_day ON ai_usage (agent_id, purpose, cr
 INSERT INTO schema_version (version, description)
 VALUES (2, 'paper broker account (paper_*), agent_state, ai_usage')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v3: fees a broker reports per order
+-- Some brokers (moomoo's OpenD) report fees per order, not per fill. The part of an order's fees that its fills
+-- did not carry is booked onto the position once; fees_booked remembers how much, so a re-sync never books twice.
+ALTER TABLE orders ADD COLUMN IF NOT EXISTS fees_booked numeric NOT NULL DEFAULT 0;
+
+INSERT INTO schema_version (version, description)
+VALUES (3, 'orders.fees_booked: order-level fees booked onto positions')
+ON CONFLICT (version) DO NOTHING;

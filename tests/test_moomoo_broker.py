@@ -358,3 +358,20 @@ def test_real_trading_without_the_trade_password_is_a_config_error_naming_it(set
     config = settings.config.model_copy(update={"moomoo": MoomooConfig(trade_env="real")})
     with pytest.raises(ConfigError, match="MOOMOO_TRADE_PASSWORD"):
         MoomooBroker.from_settings(Settings(config=config, env=settings.env, config_path=settings.config_path))
+
+
+async def test_order_level_fees_reach_the_position_once(world, pool):
+    """OpenD reports fees per order, never per deal: the order path books them onto the position, once."""
+    from order_path import OrderPath
+    broker = await world.connect("real")
+    path = OrderPath(pool, broker, world.clock, world.agent_id)
+    symbol = symbols()[0]
+    lot = (await broker.get_instrument(symbol)).lot_size
+    out = await path.submit(cycle_id=None, symbol=symbol, side=OrderSide.BUY, quantity=lot,
+                            order_type=OrderType.MARKET, intent="entry")
+    assert out.status == "filled" and out.fees > 0
+    await path.sync(out.client_order_id)                 # a second sync must not book them again
+    pos = await pool.fetchrow("SELECT fees, realized_pnl FROM positions WHERE agent_id = $1 AND symbol = $2",
+                              world.agent_id, symbol)
+    fill_fees = await pool.fetchval("SELECT coalesce(sum(fee), 0) FROM fills WHERE agent_id = $1", world.agent_id)
+    assert fill_fees == 0 and pos["fees"] == out.fees and pos["realized_pnl"] == -out.fees
