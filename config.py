@@ -182,6 +182,7 @@ class MoomooConfig(_Model):
     trade_env: Literal["simulate", "real"] = "simulate"  # real = real money (needs real_money)
     security_firm: Literal["FUTUSECURITIES", "FUTUINC", "FUTUSG", "FUTUAU"] = "FUTUSECURITIES"
     connect_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    request_timeout_seconds: float = Field(default=15, gt=0, le=120)
 
 
 class MarketDataConfig(_Model):

@@ -404,7 +404,8 @@ class MoomooBroker(BrokerClient):
             changes["port"] = int(port)
         return cls(config.model_copy(update=changes), log_dir=settings.log_dir, clock=clock or RealClock(),
                    calendar=calendar or MarketCalendar("HKEX"),
-                   trade_password=settings.env.get("MOOMOO_TRADE_PASSWORD"))
+                   trade_password=settings.env.get("MOOMOO_TRADE_PASSWORD"),
+                   request_timeout_seconds=config.request_timeout_seconds)
 
     # ------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
