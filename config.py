@@ -137,7 +137,6 @@ class MonitorConfig(_Model):
     poll_interval_seconds: int = Field(default=30, ge=1, le=3600)
     heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     max_backoff_seconds: int = Field(default=60, ge=1, le=3600)
-    indicator_refresh_minutes: int = Field(default=15, ge=1, le=1440)
 
 
 class LoggingConfig(_Model):

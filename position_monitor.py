@@ -3,8 +3,8 @@
 Order of work, so a crossed stop is never waiting behind slow analytics:
   1. quotes for every open position; the high-water mark is raised; price-only signals (the position's stop,
      stop loss, take profit, trailing stop) are evaluated and every "exit" is sent at once;
-  2. for the rest, RSI(14) and patterns (cached per symbol, refreshed every `monitor.indicator_refresh_minutes`)
-     join the evaluation; "exit" is sent; "uncertain" (exactly one moderate signal) goes to the advisor.
+  2. for the rest, RSI(14) and patterns of the daily bars (cached per symbol until the next session close, the
+     only time daily bars change) join the evaluation; "exit" is sent; "uncertain" (exactly one moderate signal) goes to the advisor.
 The advisor is a cheap model (`ai.monitor_model`) within its own daily budget (`ai.monitor_daily_budget_usd`,
 recorded in ai_usage with purpose 'monitor'); with no key, no budget left or an unusable answer it holds and
 says why. Every position gets a `position_monitor_status` row per pass; every exit and every hold in the
@@ -45,7 +45,7 @@ class PassResult:
 
 @dataclass
 class _Cached:
-    at: datetime
+    key: tuple
     rsi: float | None
     patterns: tuple
 
@@ -58,7 +58,6 @@ class PositionMonitor:
         self.s = services
         cfg = services.settings.config
         self.thresholds = signals.SignalThresholds.from_config(cfg.signals, cfg.trading.trailing_stop_pct)
-        self.refresh = timedelta(minutes=cfg.monitor.indicator_refresh_minutes)
         self.advisor = advisor if advisor is not None else Advisor.from_services(services)
         self.executor = ToolExecutor(services, mode="close", cycle_id=None, engine="monitor")
         self._cache: dict[str, _Cached] = {}
@@ -147,10 +146,14 @@ class PositionMonitor:
                 result.errors.append(f"{symbol}: quote failed ({failures.get(symbol, 'no quote returned')})")
         return quotes
 
+    def indicator_key(self, symbol: str) -> tuple:
+        """Daily bars change only when a session closes, so their RSI and patterns hold until then."""
+        return self.s.market._daily_key(symbol, "monitor")
+
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
-        now = self.s.clock.now()
+        key = self.indicator_key(symbol)
         hit = self._cache.get(symbol)
-        if hit is not None and now - hit.at < self.refresh:
+        if hit is not None and hit.key == key:
             return hit.rsi, hit.patterns
         rsi, patterns = None, ()
         try:
@@ -161,7 +164,7 @@ class PositionMonitor:
                 patterns = tuple(p.to_dict() for p in detect_patterns(frame))
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
-        self._cache[symbol] = _Cached(now, rsi, patterns)
+        self._cache[symbol] = _Cached(key, rsi, patterns)
         return rsi, patterns
 
     async def _exit(self, row, report, result: PassResult, advised: str | None = None) -> str:

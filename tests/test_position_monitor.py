@@ -33,7 +33,7 @@ async def entered(services) -> tuple[str, dict]:
 
 def quiet_indicators(monitor: PositionMonitor, symbol: str, now) -> None:
     """Pin RSI/patterns to 'nothing to say' so a test controls exactly which signals exist."""
-    monitor._cache[symbol] = _Cached(now, None, ())
+    monitor._cache[symbol] = _Cached(monitor.indicator_key(symbol), None, ())
 
 
 async def put_in_moderate_loss(services, symbol) -> None:
