@@ -141,7 +141,9 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     clock = SimulatedClock(first - timedelta(minutes=1))
     services = await build_services(rs, pool, clock)
     monitor = PositionMonitor(services)
-    curve: list[EquityPoint] = []
+    opening = await services.broker.get_account()          # before the first cycle: the starting point
+    curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
+                                            cash=opening.cash, invested=opening.equity - opening.cash)]
     cycles = passes = 0
 
     async def monitor_until(when: datetime) -> None:
