@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 import numpy as np
 
 from brokers.base import Bar, Instrument, Quote, Timeframe
-from data.calendar import MarketCalendar, exchange_code
+from data.calendar import MarketCalendar, exchange_code, to_ns, from_ns
 from data.source import DAILY_FIELDS, UnknownSymbol
 from data.ticks import tick_above, tick_below
 
@@ -63,17 +63,6 @@ _DEFAULTS = {"XHKG": (100, "HKD", "hkex"), "XNYS": (1, "USD", "us")}
 
 class BarFileError(ValueError):
     """A bar file (or instruments.csv) that cannot be read; the message names the file, line and column."""
-
-
-def _dt(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(ns) // 1_000)
-
-
-def _ns(when: datetime) -> int:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"naive datetime {when.isoformat()}; pass a timezone-aware (UTC) datetime")
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _dec(value: float) -> Decimal:
@@ -387,11 +376,11 @@ class BarFileSource:
         """Close of the last bar completed at or before `at`; volume is that session's volume so far."""
         series = self._get(symbol)
         bars = series.bars
-        t = _ns(at)
+        t = to_ns(at)
         k = int(np.searchsorted(bars.end, t, "right")) - 1
         if k < 0:
             raise ValueError(f"{series.path}: no bar of {symbol} has completed by {at.isoformat()} "
-                             f"(the first ends {_dt(bars.end[0]).isoformat()})")
+                             f"(the first ends {from_ns(bars.end[0]).isoformat()})")
         volume = series.cum_volume[k] if series.cum_volume is not None else bars.volume[k]
         last = _dec(bars.close[k])
         scheme = self._instruments[symbol].tick_scheme
@@ -400,12 +389,12 @@ class BarFileSource:
         except ValueError:
             bid = last
         return Quote(symbol=symbol, bid=bid, ask=tick_above(last, scheme), last=last, volume=int(volume),
-                     timestamp=_dt(bars.end[k]))
+                     timestamp=from_ns(bars.end[k]))
 
     def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> list[Bar]:
         """Bars starting in [start, end) that completed at or before `end`, oldest first."""
         series = self._get(symbol)
-        t0, t1 = _ns(start), _ns(end)
+        t0, t1 = to_ns(start), to_ns(end)
         if timeframe == "1d":
             b = series.daily
             keep = np.flatnonzero((b.start >= t0) & (b.start < t1) & (b.end <= t1))
@@ -441,7 +430,7 @@ class BarFileSource:
 
     @staticmethod
     def _bar(symbol: str, start, o, h, lo, c, v) -> Bar:
-        return Bar(symbol, _dt(start), _dec(o), _dec(h), _dec(lo), _dec(c), int(round(float(v))))
+        return Bar(symbol, from_ns(start), _dec(o), _dec(h), _dec(lo), _dec(c), int(round(float(v))))
 
     def daily_frame(self, symbols: Sequence[str], end: datetime, lookback_days: int) -> dict[str, "pd.DataFrame"]:
         """The last `lookback_days` sessions that closed at or before `end`, session date x symbol, float;
@@ -449,7 +438,7 @@ class BarFileSource:
         import pandas as pd
 
         table = self.calendar.table
-        t = _ns(end)
+        t = to_ns(end)
         done = int(np.searchsorted(table.closes, t, "right"))
         dates = table.dates[max(done - max(int(lookback_days), 0), 0):done]
         out = {f: np.full((len(dates), len(symbols)), np.nan) for f in DAILY_FIELDS}

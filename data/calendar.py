@@ -122,14 +122,15 @@ def _load_table(code: str, start: date, end: date) -> SessionTable:
                         break_ends=ns("break_end"), closes=ns("close"))
 
 
-def _to_ns(when: datetime) -> int:
+def to_ns(when: datetime) -> int:
+    """Nanoseconds since the epoch of an aware datetime (the unit of the session table and of bar arrays)."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"naive datetime {when.isoformat()}; pass a timezone-aware (UTC) datetime")
     delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-def _from_ns(ns: int) -> datetime:
+def from_ns(ns: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(ns) // 1_000)
 
 
@@ -161,7 +162,7 @@ class MarketCalendar:
 
     def local_date(self, when: datetime) -> date:
         """The exchange-local calendar date of an instant."""
-        _to_ns(when)
+        to_ns(when)
         return when.astimezone(self.tz).date()
 
     def _day(self, day: date) -> np.datetime64:
@@ -213,18 +214,18 @@ class MarketCalendar:
         i = self.session_index(day)
         if i is None:
             return []
-        return [(_from_ns(a), _from_ns(b)) for a, b in self.table.intervals_ns(i)]
+        return [(from_ns(a), from_ns(b)) for a, b in self.table.intervals_ns(i)]
 
     def minutes_open(self, day: date) -> list[datetime]:
         """The start (UTC) of every trading minute of `day`; [] when it is not a trading day."""
         i = self.session_index(day)
         if i is None:
             return []
-        return [_from_ns(ns) for ns in self.table.minute_starts_ns(i)]
+        return [from_ns(ns) for ns in self.table.minute_starts_ns(i)]
 
     def state(self, now: datetime) -> SessionState:
         """Open, at lunch, before the open or closed — and when that changes next."""
-        t = _to_ns(now)
+        t = to_ns(now)
         table = self.table
         today = self.local_date(now)
         i = self.session_index(today)
@@ -233,16 +234,16 @@ class MarketCalendar:
             return SessionState("closed", self._open_of(j), None, None)
         o, bs, be, c = (int(table.opens[i]), int(table.break_starts[i]), int(table.break_ends[i]),
                         int(table.closes[i]))
-        close = _from_ns(c)
+        close = from_ns(c)
         if t < o:
-            return SessionState("pre_open", _from_ns(o), close, today)
+            return SessionState("pre_open", from_ns(o), close, today)
         if t >= c:
             return SessionState("closed", self._open_of(i + 1), None, today)
         if bs != _NO_BREAK:
             if bs <= t < be:
-                return SessionState("lunch", _from_ns(be), close, today)
+                return SessionState("lunch", from_ns(be), close, today)
             if t < bs:
-                return SessionState("open", _from_ns(be), close, today, interval_end=_from_ns(bs))
+                return SessionState("open", from_ns(be), close, today, interval_end=from_ns(bs))
         return SessionState("open", self._open_of(i + 1), close, today, interval_end=close)
 
     def is_open(self, now: datetime) -> bool:
@@ -251,4 +252,4 @@ class MarketCalendar:
     def _open_of(self, i: int) -> datetime:
         if i >= len(self.table.opens):
             raise ValueError(f"no {self.code} session after {self.last_day} in the loaded calendar")
-        return _from_ns(int(self.table.opens[i]))
+        return from_ns(int(self.table.opens[i]))

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from brokers.base import Bar, Instrument, Quote, Timeframe
-from data.calendar import MarketCalendar, exchange_code
+from data.calendar import MarketCalendar, exchange_code, to_ns, from_ns
 from data.source import DAILY_FIELDS, UnknownSymbol
 from data.ticks import TickScheme, tick_above, tick_bands, tick_below
 
@@ -115,17 +115,6 @@ def _dec(units: int) -> Decimal:
 
 def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-def _ns(when: datetime) -> int:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"naive datetime {when.isoformat()}; pass a timezone-aware (UTC) datetime")
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-def _dt(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(ns) // 1_000)
 
 
 # ---------------------------------------------------------------- the universe
@@ -512,7 +501,7 @@ class SimulatedMarket:
         volume of the session that price belongs to, and `timestamp` the end of the minute that set it.
         """
         row = self._index(symbol)
-        t = _ns(at)
+        t = to_ns(at)
         j = self._session_of(t)
         table = self.calendar.table
         last = None
@@ -533,7 +522,7 @@ class SimulatedMarket:
             ts = int(table.closes[self._first + j])
         price = _dec(last)
         return Quote(symbol=symbol, bid=tick_below(price, self._scheme), ask=tick_above(price, self._scheme),
-                     last=price, volume=vol, timestamp=_dt(ts))
+                     last=price, volume=vol, timestamp=from_ns(ts))
 
     def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> list[Bar]:
         """Bars starting in [start, end) that completed at or before `end`, oldest first.
@@ -544,7 +533,7 @@ class SimulatedMarket:
         row = self._index(symbol)
         if timeframe != "1d" and timeframe not in _TIMEFRAME_MINUTES:
             raise ValueError(f"unknown timeframe {timeframe!r}; expected 1m, 5m, 15m, 30m, 1h or 1d")
-        t0, t1 = _ns(start), _ns(end)
+        t0, t1 = to_ns(start), to_ns(end)
         if t1 <= t0:
             return []
         table = self.calendar.table
@@ -560,7 +549,7 @@ class SimulatedMarket:
                 return []
             daily = self._ensure(first_j + int(keep[-1]))
             lot = self._instruments[row].lot_size
-            return [Bar(symbol, _dt(opens[k]), _dec(daily.open[row, j]), _dec(daily.high[row, j]),
+            return [Bar(symbol, from_ns(opens[k]), _dec(daily.open[row, j]), _dec(daily.high[row, j]),
                         _dec(daily.low[row, j]), _dec(daily.close[row, j]), int(daily.lots[row, j]) * lot)
                     for k, j in ((int(x), first_j + int(x)) for x in keep)]
         size = _TIMEFRAME_MINUTES[timeframe]
@@ -584,7 +573,7 @@ class SimulatedMarket:
         high = np.maximum.reduceat(mins.high, first)
         low = np.minimum.reduceat(mins.low, first)
         vol = np.add.reduceat(mins.volume, first)
-        return [Bar(symbol, _dt(bar_start[b]), _dec(mins.open[first[b]]), _dec(high[b]), _dec(low[b]),
+        return [Bar(symbol, from_ns(bar_start[b]), _dec(mins.open[first[b]]), _dec(high[b]), _dec(low[b]),
                     _dec(mins.close[last[b]]), int(vol[b])) for b in np.flatnonzero(done)]
 
     def daily_frame(self, symbols: Sequence[str], end: datetime, lookback_days: int) -> dict[str, "pd.DataFrame"]:
@@ -594,7 +583,7 @@ class SimulatedMarket:
 
         rows = [self._index(s) for s in symbols]
         table = self.calendar.table
-        done = int(np.searchsorted(table.closes, _ns(end), "right")) - self._first   # sessions completed
+        done = int(np.searchsorted(table.closes, to_ns(end), "right")) - self._first   # sessions completed
         lo = max(done - int(lookback_days), 0)
         if done <= 0 or lookback_days <= 0:
             empty = pd.DataFrame(index=pd.DatetimeIndex([], name="date"), columns=list(symbols), dtype=float)
