@@ -11,7 +11,6 @@ import logging
 import uuid
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
 
 from clock import RealClock, SimulatedClock
 from config import Settings

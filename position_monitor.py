@@ -18,8 +18,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import signals
@@ -148,7 +146,7 @@ class PositionMonitor:
 
     def indicator_key(self, symbol: str) -> tuple:
         """Daily bars change only when a session closes, so their RSI and patterns hold until then."""
-        return self.s.market._daily_key(symbol, "monitor")
+        return self.s.market.daily_key(symbol, "monitor")
 
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
         key = self.indicator_key(symbol)

@@ -32,7 +32,7 @@ tick grid (a buy limit down, the stop down).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Sequence

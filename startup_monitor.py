@@ -28,12 +28,11 @@ import re
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import safety
 from agent_state import current_trading_state, set_trading_state
-from brokers.base import BrokerError, BrokerUnavailable, OrderStatus
+from brokers.base import BrokerError, BrokerUnavailable
 from data.ticks import round_to_tick
 
 if TYPE_CHECKING:

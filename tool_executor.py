@@ -22,7 +22,7 @@ from pydantic import ValidationError
 import safety
 from brokers.base import BrokerUnavailable, InvalidRequest, OrderSide, OrderType
 from db_logger import log_context
-from tools import MODE_TOOLS, TOOLS, ToolInput
+from tools import MODE_TOOLS, TOOLS
 
 if TYPE_CHECKING:
     from services import Services

@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import sys
 import tempfile
-import time
 from datetime import date, timedelta
 from pathlib import Path
 

@@ -49,7 +49,7 @@ class MarketData:
         bars = await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
         return bars_to_frame(list(bars))
 
-    def _daily_key(self, symbol: str, kind: str) -> tuple | None:
+    def daily_key(self, symbol: str, kind: str) -> tuple | None:
         """Daily bars change only when a session closes: (symbol, kind, local date, closed yet?) names them."""
         now = self.clock.now()
         day = self.calendar.local_date(now)
@@ -59,7 +59,7 @@ class MarketData:
     async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
         if timeframe != "1d":
             return await self._technicals(symbol, timeframe)
-        key = self._daily_key(symbol, "technicals")
+        key = self.daily_key(symbol, "technicals")
         if key not in self._cache:
             if len(self._cache) > 4096:
                 self._cache.clear()
@@ -78,7 +78,7 @@ class MarketData:
     async def patterns(self, symbol: str, timeframe: str = "1d") -> list:
         if timeframe != "1d":
             return await self._patterns(symbol, timeframe)
-        key = self._daily_key(symbol, "patterns")
+        key = self.daily_key(symbol, "patterns")
         if key not in self._cache:
             self._cache[key] = await self._patterns(symbol, timeframe)
         return list(self._cache[key])

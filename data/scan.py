@@ -16,7 +16,6 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
