@@ -137,6 +137,7 @@ class MonitorConfig(_Model):
     poll_interval_seconds: int = Field(default=30, ge=1, le=3600)
     heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     max_backoff_seconds: int = Field(default=60, ge=1, le=3600)
+    advice_hold_minutes: int = Field(default=15, ge=0, le=390)
 
 
 class LoggingConfig(_Model):

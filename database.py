@@ -102,6 +102,14 @@ async def _init_connection(conn: "asyncpg.Connection") -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: "asyncpg.Connection") -> None:
+    """Pool release hook. asyncpg always rolls back an open transaction on release; its default then sends
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` — one more round trip for every pooled
+    query, to undo session state this code never creates (no LISTEN, no SET, no cursors outside transactions;
+    the one session-level advisory lock, in ensure_schema, is released in a finally). So nothing is sent."""
+    return None
+
+
 async def connect(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> "asyncpg.Connection":
     import asyncpg
     try:
@@ -129,7 +137,8 @@ async def _pool(url: str, min_size: int, max_size: int, timeout: float) -> "asyn
     import asyncpg
     try:
         return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout,
-                                         init=_init_connection, command_timeout=60)
+                                         init=_init_connection, command_timeout=60,
+                                         reset=_keep_session)
     except asyncpg.InvalidCatalogNameError:
         raise
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import signals
@@ -41,15 +42,9 @@ class PassResult:
     seconds: float = 0.0
 
 
-@dataclass
-class _Cached:
-    key: tuple
-    rsi: float | None
-    patterns: tuple
-
-
 class PositionMonitor:
-    """Holds what outlives one pass: the indicator cache, the advisor and its budget."""
+    """Holds what outlives one pass: the advisor, its budget and its standing "hold" answers. (Indicators are
+    cached per session by MarketData.)"""
 
     def __init__(self, services: "Services", *, advisor: "Advisor | None" = None) -> None:
         from tool_executor import ToolExecutor
@@ -58,7 +53,9 @@ class PositionMonitor:
         self.thresholds = signals.SignalThresholds.from_config(cfg.signals, cfg.trading.trailing_stop_pct)
         self.advisor = advisor if advisor is not None else Advisor.from_services(services)
         self.executor = ToolExecutor(services, mode="close", cycle_id=None, engine="monitor")
-        self._cache: dict[str, _Cached] = {}
+        self.advice_hold = timedelta(minutes=cfg.monitor.advice_hold_minutes)
+        # position_id -> (the signals the advice was about, when it lapses, the advice)
+        self._standing: dict[int, tuple[tuple, datetime, "Advice"]] = {}
 
     async def run_pass(self) -> PassResult:
         t0 = time.perf_counter()
@@ -69,6 +66,8 @@ class PositionMonitor:
             result.seconds = time.perf_counter() - t0
             return result
         now = self.s.clock.now()
+        open_ids = {r["position_id"] for r in rows}
+        self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         working = {r["symbol"] for r in await self.s.pool.fetch(
             "SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND side = 'sell' AND status IN "
             "('pending_submit', 'submitted', 'partially_filled')", self.s.agent_id)}
@@ -111,12 +110,7 @@ class PositionMonitor:
                 recommendation = await self._exit(row, report, result)
             elif report.action == "uncertain":
                 result.uncertain.append(row["symbol"])
-                advice = await self.advisor.advise(view, report)
-                recommendation = f"uncertain -> {advice.action}"
-                await self.executor.record_decision(row["symbol"], f"monitor_{advice.action}", advice.reason,
-                                                    details={"signals": report.to_dict(), "advisor": advice.source})
-                if advice.action == "exit":
-                    recommendation = await self._exit(row, report, result, advised=advice.reason)
+                recommendation = await self._uncertain(row, view, report, result, now)
             statuses.append(self._status_row(row, view, report, recommendation))
         await self._write_statuses(statuses)
         result.seconds = time.perf_counter() - t0
@@ -124,6 +118,23 @@ class PositionMonitor:
             log.info("monitor pass: %d checked, %d exits, %d uncertain, %d errors in %.0f ms", result.checked,
                      len(result.exits), len(result.uncertain), len(result.errors), result.seconds * 1000)
         return result
+
+    async def _uncertain(self, row, view, report, result: PassResult, now: datetime) -> str:
+        """Ask the advisor, unless its "hold" on these same signals still stands (one call and one decision row
+        per `advice_hold_minutes`, not one per poll)."""
+        signature = tuple((s.kind, s.strength) for s in report.signals)
+        standing = self._standing.get(row["position_id"])
+        if standing is not None and standing[0] == signature and now < standing[1]:
+            return f"uncertain -> hold (standing advice until {standing[1]:%H:%M} UTC)"
+        advice = await self.advisor.advise(view, report)
+        await self.executor.record_decision(row["symbol"], f"monitor_{advice.action}", advice.reason,
+                                            details={"signals": report.to_dict(), "advisor": advice.source})
+        if advice.action == "exit":
+            self._standing.pop(row["position_id"], None)
+            return await self._exit(row, report, result, advised=advice.reason)
+        if self.advice_hold:
+            self._standing[row["position_id"]] = (signature, now + self.advice_hold, advice)
+        return f"uncertain -> {advice.action}"
 
     async def _quotes(self, symbols: list[str], result: PassResult) -> dict:
         """One batch request; on failure, one by one so a single bad symbol costs only itself."""
@@ -144,25 +155,14 @@ class PositionMonitor:
                 result.errors.append(f"{symbol}: quote failed ({failures.get(symbol, 'no quote returned')})")
         return quotes
 
-    def indicator_key(self, symbol: str) -> tuple:
-        """Daily bars change only when a session closes, so their RSI and patterns hold until then."""
-        return self.s.market.daily_key(symbol, "monitor")
-
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
-        key = self.indicator_key(symbol)
-        hit = self._cache.get(symbol)
-        if hit is not None and hit.key == key:
-            return hit.rsi, hit.patterns
-        rsi, patterns = None, ()
+        """Daily RSI(14) and patterns, from MarketData's per-session cache (shared with the tools)."""
         try:
-            frame = await self.s.market.bars_frame(symbol, "1d")
-            rsi = _rsi14(frame)
-            if len(frame) >= 5:
-                from data.patterns import detect_patterns
-                patterns = tuple(p.to_dict() for p in detect_patterns(frame))
+            rsi = await self.s.market.rsi14(symbol)
+            patterns = tuple(p.to_dict() for p in await self.s.market.patterns(symbol))
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
-        self._cache[symbol] = _Cached(key, rsi, patterns)
+            return None, ()
         return rsi, patterns
 
     async def _exit(self, row, report, result: PassResult, advised: str | None = None) -> str:
@@ -284,17 +284,6 @@ class Advisor:
         except (ValueError, KeyError, TypeError):
             return Advice("hold", f"uncertain ({report.reason}); the advisor's answer was not usable, holding",
                           "error")
-
-
-def _rsi14(frame) -> float | None:
-    """RSI(14) of the last bar by the scan's numpy path (identical to pandas-ta to 1e-9; see data/technicals.py),
-    which keeps pandas-ta and its ~55 MB of imports out of the long-running daemon."""
-    if frame.empty:
-        return None
-    from data.technicals import universe_indicators
-    one = lambda col: frame[[col]].rename(columns={col: "x"})  # noqa: E731
-    value = universe_indicators(one("close"), one("high"), one("low"), one("volume"))["rsi14"].iloc[-1, 0]
-    return None if value != value else float(value)
 
 
 async def monitor_once(services: "Services") -> PassResult:

@@ -56,19 +56,31 @@ class MarketData:
         bounds = self.calendar.session_bounds(day)
         return (symbol, kind, day, bool(bounds) and now >= bounds[-1][1])
 
+    def _remember(self, key: tuple, value: Any) -> Any:
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = value
+        return value
+
+    async def daily_frame(self, symbol: str) -> "pd.DataFrame":
+        """The symbol's daily bars, fetched once per symbol until the session closes (callers must not modify
+        the frame): technicals, patterns and the monitor's RSI all read this one copy."""
+        key = self.daily_key(symbol, "bars")
+        frame = self._cache.get(key)
+        if frame is None:
+            frame = self._remember(key, await self.bars_frame(symbol, "1d"))
+        return frame
+
     async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
         if timeframe != "1d":
-            return await self._technicals(symbol, timeframe)
+            return self._technicals(symbol, timeframe, await self.bars_frame(symbol, timeframe))
         key = self.daily_key(symbol, "technicals")
         if key not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[key] = await self._technicals(symbol, timeframe)
+            self._remember(key, self._technicals(symbol, timeframe, await self.daily_frame(symbol)))
         return dict(self._cache[key])
 
-    async def _technicals(self, symbol: str, timeframe: str) -> dict[str, Any]:
+    def _technicals(self, symbol: str, timeframe: str, frame: "pd.DataFrame") -> dict[str, Any]:
         from data.technicals import compute_technicals
-        frame = await self.bars_frame(symbol, timeframe)
         if frame.empty:
             return {"symbol": symbol, "timeframe": timeframe, "bars_used": 0, "note": "no bars yet"}
         values = compute_technicals(frame, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
@@ -77,15 +89,24 @@ class MarketData:
 
     async def patterns(self, symbol: str, timeframe: str = "1d") -> list:
         if timeframe != "1d":
-            return await self._patterns(symbol, timeframe)
+            return self._patterns(await self.bars_frame(symbol, timeframe))
         key = self.daily_key(symbol, "patterns")
         if key not in self._cache:
-            self._cache[key] = await self._patterns(symbol, timeframe)
+            self._remember(key, self._patterns(await self.daily_frame(symbol)))
         return list(self._cache[key])
 
-    async def _patterns(self, symbol: str, timeframe: str) -> list:
+    @staticmethod
+    def _patterns(frame: "pd.DataFrame") -> list:
         from data.patterns import detect_patterns
-        frame = await self.bars_frame(symbol, timeframe)
         if len(frame) < 5:
             return []
         return detect_patterns(frame)
+
+    async def rsi14(self, symbol: str) -> float | None:
+        """RSI(14) of the last daily bar alone (the position monitor's need), without the other indicators."""
+        key = self.daily_key(symbol, "rsi14")
+        if key not in self._cache:
+            from data.technicals import last_rsi14
+            frame = await self.daily_frame(symbol)
+            self._remember(key, last_rsi14(frame["close"].to_numpy()) if not frame.empty else None)
+        return self._cache[key]

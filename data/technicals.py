@@ -32,7 +32,8 @@ NaN; a symbol's bars are taken in order and a suspension day is skipped, not fil
                (an overnight close, never a lunch break), so it does not depend on where the UTC date changes.
 
 `symbol_indicators` is the per-symbol reference (pandas-ta itself); `universe_indicators` is a numpy
-re-implementation over the whole dates x symbols matrix that must agree with it on every bar (tests and
+re-implementation (used by the scan, by `compute_technicals` on a one-column frame and, for RSI alone, by
+`last_rsi14`) over the whole dates x symbols matrix that must agree with it on every bar (tests and
 bench/bench_scan.py check 1e-9). Its recursive filters are the same arithmetic as pandas' ewm(adjust=False), the
 divisor (1 - alpha) + alpha being exactly 1.0 for every alpha used here; the only departure is pandas' shortcut that
 keeps the average unchanged when the input equals it, worth at most one ulp.
@@ -90,8 +91,9 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
     rounded to 4 decimals, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
     1 = upper, outside [0, 1] beyond the bands) and bars_used."""
     bars = frame[frame["close"].notna()]
-    s = symbol_indicators(bars["close"], bars["high"], bars["low"], bars["volume"])
-    last = {k: _last(v) for k, v in s.items()}
+    one = {k: bars[[k]].set_axis(["x"], axis=1) for k in ("close", "high", "low", "volume")}  # one column name
+    s = universe_indicators(one["close"], one["high"], one["low"], one["volume"])   # pandas-ta's numbers, faster
+    last = {k: _last(v.iloc[:, 0]) for k, v in s.items()}
     rsi = last["rsi14"]
     upper, lower = last["bb_upper"], last["bb_lower"]
     position = None
@@ -138,6 +140,28 @@ def _session_vwap(bars: pd.DataFrame) -> float | None:
         return None
     vwap = float((hlc3 * session["volume"]).sum() / vol)
     return round(vwap, 4) if math.isfinite(vwap) else None
+
+
+def last_rsi14(close: np.ndarray) -> float | None:
+    """RSI(14) of the last bar of one symbol's closes (NaN rows skipped), bit for bit universe_indicators' rsi14
+    (the same operations in the same order, on Python floats); None with fewer than 15 bars or no movement.
+    The position monitor uses it: the full indicator set is not needed there."""
+    c = [x for x in np.asarray(close, dtype=np.float64).tolist() if x == x]
+    if len(c) < RSI_LEN + 1:
+        return None
+    alpha = 1 / RSI_LEN
+    keep = 1.0 - alpha
+    d = c[1] - c[0]
+    gain, loss = max(d, 0.0), max(-d, 0.0)
+    for k in range(2, len(c)):
+        d = c[k] - c[k - 1]
+        gain = max(d, 0.0) * alpha + gain * keep
+        loss = max(-d, 0.0) * alpha + loss * keep
+    total = loss + gain
+    if not total > 0:
+        return None
+    value = gain * 100.0 / total
+    return value if math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------- the whole universe
@@ -305,6 +329,16 @@ def _ewm(x: np.ndarray, alpha: float, seed_bar: int, *, sma_seed: bool = False) 
     y[:seed_bar] = np.nan
     y[seed_bar] = x[:seed_bar + 1].mean(axis=0) if sma_seed else x[seed_bar]
     keep = 1.0 - alpha
+    if y.ndim == 2 and y.shape[1] == 1:
+        # One symbol (the tools): the same two roundings per step on Python floats, ~30x faster than numpy
+        # calls on one-element rows.
+        col = y[:, 0].tolist()
+        prev = col[seed_bar]
+        for k in range(seed_bar + 1, len(col)):
+            prev = col[k] + prev * keep
+            col[k] = prev
+        y[:, 0] = col
+        return y
     tmp = np.empty_like(y[0])
     for k in range(seed_bar + 1, len(y)):
         np.multiply(y[k - 1], keep, out=tmp)

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from clock import SimulatedClock
-from position_monitor import PositionMonitor, _Cached
+from position_monitor import PositionMonitor
 from services import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 from tests.fakes.anthropic_server import FakeAnthropic, reply
@@ -33,7 +33,9 @@ async def entered(services) -> tuple[str, dict]:
 
 def quiet_indicators(monitor: PositionMonitor, symbol: str, now) -> None:
     """Pin RSI/patterns to 'nothing to say' so a test controls exactly which signals exist."""
-    monitor._cache[symbol] = _Cached(monitor.indicator_key(symbol), None, ())
+    market = monitor.s.market
+    market._cache[market.daily_key(symbol, "rsi14")] = None          # MarketData's per-session cache
+    market._cache[market.daily_key(symbol, "patterns")] = []
 
 
 async def put_in_moderate_loss(services, symbol) -> None:
@@ -130,3 +132,29 @@ async def test_a_failing_quote_does_not_stop_the_pass(pool, agent_id):
     result = await PositionMonitor(s).run_pass()
     s.broker.get_quote = original
     assert result.checked == 0 and "quote feed hiccup" in result.errors[0]
+
+
+async def test_a_standing_hold_is_not_asked_again_every_poll(pool, agent_id):
+    """One advisor call and one decision row per advice_hold_minutes while the signals stay the same."""
+    from datetime import timedelta
+    hold = '{"action": "hold", "reason": "dip on low volume"}'
+    with FakeAnthropic([reply(hold), reply(hold)]) as fake:
+        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
+                                                     "ANTHROPIC_BASE_URL": fake.base_url})
+        symbol, _ = await entered(s)
+        await put_in_moderate_loss(s, symbol)
+        monitor = PositionMonitor(s)
+        quiet_indicators(monitor, symbol, s.clock.now())
+        for _ in range(3):
+            result = await monitor.run_pass()
+            assert result.uncertain == [symbol] and not result.exits
+        assert len(fake.message_requests) == 1
+        status = await s.pool.fetchval("SELECT recommendation FROM position_monitor_status WHERE agent_id = $1",
+                                       agent_id)
+        assert status.startswith("uncertain -> hold (standing advice until")
+        s.clock.advance(timedelta(minutes=monitor.advice_hold.seconds // 60 + 1))     # the advice lapses
+        await put_in_moderate_loss(s, symbol)
+        await monitor.run_pass()
+        assert len(fake.message_requests) == 2
+    assert await s.pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action = 'monitor_hold'",
+                                 agent_id) == 2

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pandas_ta.maps import Imports
 
-from data.technicals import UNIVERSE_KEYS, compute_technicals, symbol_indicators, universe_indicators
+from data.technicals import UNIVERSE_KEYS, compute_technicals, last_rsi14, symbol_indicators, universe_indicators
 
 TOL = 1e-9
 
@@ -306,3 +306,33 @@ def test_a_lunch_break_does_not_start_a_new_vwap_session():
     frame = pd.DataFrame({"open": prices, "high": prices, "low": prices, "close": prices,
                           "volume": [1.0, 1.0, 1.0, 1.0, 1.0]}, index=hkt)
     assert compute_technicals(frame)["vwap"] == 25.0
+
+
+def test_one_symbol_gives_bit_identical_indicators_to_the_same_symbol_among_others():
+    """_ewm's one-column fast path (Python floats) does the same arithmetic as its numpy path."""
+    frames = random_frames(np.random.default_rng(5), 150, 3)
+    many = universe_indicators(frames["close"], frames["high"], frames["low"], frames["volume"])
+    one = {k: f[["S001"]] for k, f in frames.items()}
+    alone = universe_indicators(one["close"], one["high"], one["low"], one["volume"])
+    for key in UNIVERSE_KEYS:
+        np.testing.assert_array_equal(alone[key]["S001"].to_numpy(), many[key]["S001"].to_numpy(), err_msg=key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.floats(1, 500), st.sampled_from([10.0, 10.0, float("nan")])), max_size=60))
+def test_last_rsi14_is_the_universe_rsi_of_the_last_bar_bit_for_bit(closes):
+    c = np.asarray(closes, dtype=np.float64)
+    valid = c[~np.isnan(c)]
+    frame = pd.DataFrame({"x": valid})
+    expected = universe_indicators(frame, frame, frame, frame)["rsi14"].iloc[-1, 0] if len(valid) else math.nan
+    got = last_rsi14(c)
+    if math.isnan(expected):
+        assert got is None
+    else:
+        assert got == expected
+
+
+def test_last_rsi14_needs_fifteen_bars():
+    assert last_rsi14(np.linspace(10, 12, 14)) is None
+    assert last_rsi14(np.linspace(10, 12, 15)) == 100.0
+    assert last_rsi14(np.full(30, 7.0)) is None             # nothing moved: no RSI, as pandas-ta
