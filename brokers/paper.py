@@ -5,7 +5,10 @@ person with psql all see one account, and it survives restarts. Every change run
 the account row lock, which serialises concurrent processes.
 
 Matching is driven by the injected clock: whenever the broker is called, resting orders are matched against
-the completed one-minute bars since they were last matched.
+the completed one-minute bars since they were last matched. Bars (and quotes) change only at minute boundaries,
+so a process that has already matched within the current minute reads without matching again: a read is then
+one statement (one snapshot), with no lock. An order placed meanwhile by another process was matched by that
+process when it was placed, up to the same minute.
 - Market orders fill at once at the quote (ask for buys, bid for sells) worsened by `slippage_bps`; outside
   trading hours they are rejected (no surprise fill at tomorrow's open).
 - Limit orders are day orders: they rest and fill when a bar trades through the limit (at the limit, or at the
@@ -64,6 +67,7 @@ class PaperBroker(BrokerClient):
         self.account_id = account_id
         self.currency = currency
         self.config = config
+        self._matched_minute: datetime | None = None    # resting orders are matched up to this minute
 
     # ------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
@@ -94,18 +98,32 @@ class PaperBroker(BrokerClient):
 
     # ------------------------------------------------------------ account
     async def get_account(self) -> Account:
-        async with self._locked() as (conn, now):
-            cash = await conn.fetchval("SELECT cash FROM paper_accounts WHERE agent_id = $1", self.account_id)
-            reserved = await self._reserved_cash(conn, now)
-            rows = await conn.fetch("SELECT symbol, quantity FROM paper_positions WHERE agent_id = $1",
-                                    self.account_id)
-        value = sum((self.market.quote(r["symbol"], now).last * r["quantity"] for r in rows), Decimal(0))
+        now = await self._catch_up()
+        row = await self._fetchrow(
+            """SELECT a.cash, p.symbols, p.quantities, o.symbols AS buy_symbols, o.lefts, o.limits
+               FROM paper_accounts a
+               CROSS JOIN LATERAL (SELECT array_agg(symbol) AS symbols, array_agg(quantity) AS quantities
+                                   FROM paper_positions WHERE agent_id = a.agent_id) p
+               CROSS JOIN LATERAL (SELECT array_agg(symbol) AS symbols, array_agg(quantity - filled_quantity) AS lefts,
+                                          array_agg(limit_price) AS limits
+                                   FROM paper_orders WHERE agent_id = a.agent_id AND side = 'buy'
+                                     AND status IN ('submitted', 'partially_filled')) o
+               WHERE a.agent_id = $1""", self.account_id)
+        if row is None:
+            raise InvalidRequest("paper account does not exist: call connect() first")
+        cash = row["cash"]
+        reserved = self._reserve(zip(row["buy_symbols"] or (), row["lefts"] or (), row["limits"] or ()), now)
+        value = sum((self.market.quote(sym, now).last * qty
+                     for sym, qty in zip(row["symbols"] or (), row["quantities"] or ())), Decimal(0))
         return Account(currency=self.currency, cash=cash, buying_power=cash - reserved, equity=cash + value)
 
     async def get_positions(self) -> list[Position]:
-        async with self._locked() as (conn, now):
-            rows = await conn.fetch("SELECT symbol, quantity, avg_price FROM paper_positions WHERE agent_id = $1 "
-                                    "ORDER BY symbol", self.account_id)
+        now = await self._catch_up()
+        try:
+            rows = await self.pool.fetch("SELECT symbol, quantity, avg_price FROM paper_positions WHERE agent_id = $1 "
+                                         "ORDER BY symbol", self.account_id)
+        except OSError as exc:
+            raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
         return [Position(symbol=r["symbol"], quantity=r["quantity"], avg_price=r["avg_price"],
                          market_price=self.market.quote(r["symbol"], now).last) for r in rows]
 
@@ -137,20 +155,35 @@ class PaperBroker(BrokerClient):
             return row["status"] == "cancelled"
 
     async def get_orders(self, *, open_only: bool = False) -> list[OrderResult]:
-        async with self._locked() as (conn, _now):
-            ids = await conn.fetch(
-                "SELECT client_order_id FROM paper_orders WHERE agent_id = $1 "
-                + ("AND status IN ('submitted', 'partially_filled') " if open_only else "")
-                + "ORDER BY submitted_at, broker_order_id", self.account_id)
-            return [await self._result(conn, r["client_order_id"]) for r in ids]
+        await self._catch_up()
+        rows = await self._fetch(_RESULTS + ("AND o.status IN ('submitted', 'partially_filled') " if open_only else "")
+                                 + "ORDER BY o.submitted_at, o.broker_order_id", self.account_id)
+        return [self._to_result(r) for r in rows]
 
     async def get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
-        async with self._locked() as (conn, _now):
-            if await self._order_row(conn, client_order_id) is None:
-                return None
-            return await self._result(conn, client_order_id)
+        await self._catch_up()
+        row = await self._fetchrow(_RESULTS + "AND o.client_order_id = $2", self.account_id, client_order_id)
+        return None if row is None else self._to_result(row)
 
     # ------------------------------------------------------------ internals
+    async def _catch_up(self) -> datetime:
+        """Match resting orders up to the clock unless this process already did within the current minute."""
+        now = self.clock.now()
+        if self._matched_minute != _minute(now):
+            async with self._locked() as (_conn, now):
+                pass
+        return now
+
+    async def _fetch(self, query: str, *args):
+        try:
+            return await self.pool.fetch(query, *args)
+        except OSError as exc:
+            raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
+
+    async def _fetchrow(self, query: str, *args):
+        rows = await self._fetch(query, *args)
+        return rows[0] if rows else None
+
     def _locked(self):
         broker = self
 
@@ -167,7 +200,7 @@ class PaperBroker(BrokerClient):
                                                      broker.account_id)
                     if not found:
                         raise InvalidRequest("paper account does not exist: call connect() first")
-                    now = broker.clock.now()
+                    now = self.now = broker.clock.now()
                     await broker._match_all(self.conn, now)
                 except BaseException:
                     await self.tx.rollback()
@@ -179,6 +212,7 @@ class PaperBroker(BrokerClient):
                 try:
                     if exc_type is None:
                         await self.tx.commit()
+                        broker._matched_minute = _minute(self.now)
                     else:
                         await self.tx.rollback()
                 finally:
@@ -195,10 +229,14 @@ class PaperBroker(BrokerClient):
         rows = await conn.fetch("SELECT symbol, quantity - filled_quantity AS left, limit_price FROM paper_orders "
                                 "WHERE agent_id = $1 AND side = 'buy' AND status IN ('submitted', 'partially_filled')",
                                 self.account_id)
+        return self._reserve(((r["symbol"], r["left"], r["limit_price"]) for r in rows), now)
+
+    def _reserve(self, buys, now: datetime) -> Decimal:
+        """Cash held back for open buy orders: (symbol, quantity left, limit or None) each, fees included."""
         total = Decimal(0)
-        for r in rows:
-            price = r["limit_price"] or self.market.quote(r["symbol"], now).ask
-            value = price * r["left"]
+        for symbol, left, limit in buys:
+            price = limit or self.market.quote(symbol, now).ask
+            value = price * left
             total += value + fill_fees(self.config.fees, value=value, is_sell=False)
         return total
 
@@ -388,19 +426,40 @@ class PaperBroker(BrokerClient):
                                    "AND symbol = $2", self.account_id, row["symbol"], fill.quantity)
 
     async def _result(self, conn, client_order_id: str) -> OrderResult:
-        row = await self._order_row(conn, client_order_id)
-        fills = await conn.fetch("SELECT * FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
-                                 "ORDER BY filled_at, fill_id", self.account_id, client_order_id)
+        return self._to_result(await conn.fetchrow(_RESULTS + "AND o.client_order_id = $2", self.account_id,
+                                                   client_order_id))
+
+    @staticmethod
+    def _to_result(row) -> OrderResult:
         side = OrderSide(row["side"])
+        coid = row["client_order_id"]
+        fills = zip(row["fill_ids"] or (), row["fill_quantities"] or (), row["fill_prices"] or (),
+                    row["fill_fees"] or (), row["fill_times"] or ())
         return OrderResult(
-            client_order_id=row["client_order_id"], broker_order_id=row["broker_order_id"], symbol=row["symbol"],
+            client_order_id=coid, broker_order_id=row["broker_order_id"], symbol=row["symbol"],
             side=side, order_type=OrderType(row["order_type"]), quantity=row["quantity"],
             limit_price=row["limit_price"], status=OrderStatus(row["status"]), filled_quantity=row["filled_quantity"],
             avg_fill_price=row["avg_fill_price"], fees=row["fees"], reason=row["reason"],
             submitted_at=row["submitted_at"], updated_at=row["updated_at"],
-            fills=tuple(Fill(fill_id=f["fill_id"], client_order_id=client_order_id, symbol=f["symbol"], side=side,
-                             quantity=f["quantity"], price=f["price"], fee=f["fee"], timestamp=f["filled_at"])
-                        for f in fills))
+            fills=tuple(Fill(fill_id=fid, client_order_id=coid, symbol=row["symbol"], side=side, quantity=qty,
+                             price=price, fee=fee, timestamp=at) for fid, qty, price, fee, at in fills))
+
+
+# An order with its fills in one statement (one snapshot): append "AND ..." conditions and an ORDER BY.
+_RESULTS = """SELECT o.*, f.fill_ids, f.fill_quantities, f.fill_prices, f.fill_fees, f.fill_times
+    FROM paper_orders o
+    CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,
+                               array_agg(quantity ORDER BY filled_at, fill_id) AS fill_quantities,
+                               array_agg(price ORDER BY filled_at, fill_id) AS fill_prices,
+                               array_agg(fee ORDER BY filled_at, fill_id) AS fill_fees,
+                               array_agg(filled_at ORDER BY filled_at, fill_id) AS fill_times
+                        FROM paper_fills pf
+                        WHERE pf.agent_id = o.agent_id AND pf.client_order_id = o.client_order_id) f
+    WHERE o.agent_id = $1 """
+
+
+def _minute(when: datetime) -> datetime:
+    return when.replace(second=0, microsecond=0)
 
 
 def _next_minute(when: datetime) -> datetime:

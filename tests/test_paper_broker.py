@@ -173,3 +173,32 @@ async def test_selling_most_of_a_position_keeps_the_rest(pool, agent_id):
     sold = await broker.place_order(OrderRequest(f"{agent_id}-s", symbol, OrderSide.SELL, 2 * lot, OrderType.MARKET))
     assert bought.status is OrderStatus.FILLED and sold.status is OrderStatus.FILLED
     assert {p.symbol: p.quantity for p in await broker.get_positions()} == {symbol: lot}
+
+
+async def test_a_read_within_the_matched_minute_sees_what_another_process_did(pool, agent_id):
+    """Reads skip matching within a minute already matched; they still see every change another process made,
+    and a resting order that process placed is matched by this one once a bar completes."""
+    clock = SimulatedClock(OPEN_AT)
+    mine = await make_broker(pool, agent_id, clock)
+    other = await make_broker(pool, agent_id, clock)           # a second process on the same account
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await mine.get_instrument(symbol)
+    before = await mine.get_account()                           # this process has matched this minute
+    await other.place_order(OrderRequest(client_order_id=f"{agent_id}-m", symbol=symbol, side=OrderSide.BUY,
+                                         quantity=inst.lot_size, order_type=OrderType.MARKET))
+    after = await mine.get_account()
+    assert after.cash < before.cash
+    assert [p.quantity for p in await mine.get_positions()] == [inst.lot_size]
+    ask = (await mine.get_quote(symbol)).ask
+    resting = OrderRequest(client_order_id=f"{agent_id}-r", symbol=symbol, side=OrderSide.BUY,
+                           quantity=inst.lot_size, order_type=OrderType.LIMIT, limit_price=ask * 2)
+    await other.place_order(resting)
+    seen = await mine.get_order_by_client_id(resting.client_order_id)
+    assert seen is not None and seen.status in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED,
+                                                OrderStatus.SUBMITTED)
+    assert (await mine.get_account()).buying_power <= after.cash - (seen.quantity - seen.filled_quantity) * ask
+    clock.advance(timedelta(minutes=30))                       # bars complete: this process matches the rest
+    done = await mine.get_order_by_client_id(resting.client_order_id)
+    assert done.status is OrderStatus.FILLED and sum(f.quantity for f in done.fills) == inst.lot_size
+    assert [o.client_order_id for o in await mine.get_orders()] == [f"{agent_id}-m", resting.client_order_id]
+    assert await mine.get_orders(open_only=True) == []
