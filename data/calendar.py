@@ -142,6 +142,8 @@ class MarketCalendar:
         self.exchange = exchange.upper()
         self.tz = ZoneInfo(_EXCHANGES[self.exchange][1])
         self._start, self._end = start, end
+        self._bounds: dict[date, list[tuple[datetime, datetime]]] = {}       # session_bounds, by day
+        self._last_state: tuple[datetime, SessionState] | None = None        # state() of the last instant asked
 
     def __repr__(self) -> str:
         return f"MarketCalendar({self.exchange!r}: {self.code}, {self._start}..{self._end})"
@@ -211,10 +213,14 @@ class MarketCalendar:
     def session_bounds(self, day: date) -> list[tuple[datetime, datetime]]:
         """The continuous trading intervals of `day`, UTC: two on an HKEX full day, one on a half day or on
         NYSE (early closes included); [] when `day` is not a trading day."""
-        i = self.session_index(day)
-        if i is None:
-            return []
-        return [(from_ns(a), from_ns(b)) for a, b in self.table.intervals_ns(i)]
+        hit = self._bounds.get(day)
+        if hit is None:
+            i = self.session_index(day)
+            hit = [] if i is None else [(from_ns(a), from_ns(b)) for a, b in self.table.intervals_ns(i)]
+            if len(self._bounds) > 1024:
+                self._bounds.clear()
+            self._bounds[day] = hit
+        return list(hit)
 
     def minutes_open(self, day: date) -> list[datetime]:
         """The start (UTC) of every trading minute of `day`; [] when it is not a trading day."""
@@ -225,6 +231,14 @@ class MarketCalendar:
 
     def state(self, now: datetime) -> SessionState:
         """Open, at lunch, before the open or closed — and when that changes next."""
+        last = self._last_state
+        if last is not None and last[0] == now:
+            return last[1]
+        state = self._state(now)
+        self._last_state = (now, state)
+        return state
+
+    def _state(self, now: datetime) -> SessionState:
         t = to_ns(now)
         table = self.table
         today = self.local_date(now)

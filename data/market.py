@@ -40,6 +40,8 @@ class MarketData:
         self.rsi_overbought = rsi_overbought
         self.rsi_oversold = rsi_oversold
         self._cache: dict[tuple, Any] = {}     # daily technicals and patterns, until the next session close
+        self._key_at: Any = None               # daily_key's (local date, closed yet?) for this instant
+        self._key_day: tuple = ()
 
     async def quote(self, symbol: str) -> Quote:
         return await self.broker.get_quote(symbol)
@@ -52,9 +54,11 @@ class MarketData:
     def daily_key(self, symbol: str, kind: str) -> tuple | None:
         """Daily bars change only when a session closes: (symbol, kind, local date, closed yet?) names them."""
         now = self.clock.now()
-        day = self.calendar.local_date(now)
-        bounds = self.calendar.session_bounds(day)
-        return (symbol, kind, day, bool(bounds) and now >= bounds[-1][1])
+        if now != self._key_at:
+            day = self.calendar.local_date(now)
+            bounds = self.calendar.session_bounds(day)
+            self._key_at, self._key_day = now, (day, bool(bounds) and now >= bounds[-1][1])
+        return (symbol, kind, *self._key_day)
 
     def _remember(self, key: tuple, value: Any) -> Any:
         if len(self._cache) > 4096:

@@ -308,6 +308,8 @@ class SimulatedMarket:
         if self.calendar.code != code:
             raise ValueError(f"calendar {self.calendar.code} does not match exchange {exchange} ({code})")
         self.seed = seed
+        self._quote_minute: int | None = None     # quote(): answers for the current minute, by symbol
+        self._quotes: dict[str, Quote] = {}
         self.exchange = exchange.upper()
         self._code = code
         currency, scheme, min_price = _MARKETS[code]
@@ -500,8 +502,17 @@ class SimulatedMarket:
         Between sessions (lunch included) it is the last close before the break; `volume` is the cumulative
         volume of the session that price belongs to, and `timestamp` the end of the minute that set it.
         """
-        row = self._index(symbol)
         t = to_ns(at)
+        minute = t // _NS_MIN                    # minutes complete on minute boundaries: one answer per minute
+        if minute != self._quote_minute:
+            self._quote_minute, self._quotes = minute, {}
+        hit = self._quotes.get(symbol)
+        if hit is None:
+            hit = self._quotes[symbol] = self._quote(symbol, at, t)
+        return hit
+
+    def _quote(self, symbol: str, at: datetime, t: int) -> Quote:
+        row = self._index(symbol)
         j = self._session_of(t)
         table = self.calendar.table
         last = None

@@ -91,9 +91,10 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
     rounded to 4 decimals, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
     1 = upper, outside [0, 1] beyond the bands) and bars_used."""
     bars = frame[frame["close"].notna()]
-    one = {k: bars[[k]].set_axis(["x"], axis=1) for k in ("close", "high", "low", "volume")}  # one column name
-    s = universe_indicators(one["close"], one["high"], one["low"], one["volume"])   # pandas-ta's numbers, faster
-    last = {k: _last(v.iloc[:, 0]) for k, v in s.items()}
+    # The universe path on one dense column (every row a bar): pandas-ta's numbers, without its cost.
+    cols = [bars[k].to_numpy(dtype=np.float64)[:, None] for k in ("close", "high", "low", "volume")]
+    dense = _dense_indicators(*cols, np.array([len(bars)]))
+    last = {k: _last(pd.Series(dense[k][-1:, 0])) for k in UNIVERSE_KEYS}
     rsi = last["rsi14"]
     upper, lower = last["bb_upper"], last["bb_lower"]
     position = None
