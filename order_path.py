@@ -75,6 +75,7 @@ class OrderPath:
         self.broker = broker
         self.clock = clock
         self.agent_id = agent_id
+        self.fills_recorded = 0          # fills this process has written (reconciliation reports its share)
 
     async def next_client_order_id(self, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide) -> str:
         prefix = make_client_order_id(self.agent_id, cycle_id, symbol, side, 0)[:-1]
@@ -171,6 +172,7 @@ class OrderPath:
                     self.agent_id, row["order_id"], fill.fill_id, fill.symbol, fill.side.value, fill.quantity,
                     fill.price, fill.fee, fill.timestamp)
                 if inserted is not None:
+                    self.fills_recorded += 1
                     await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee, fill.timestamp)
             await self._book_order_level_fees(conn, row, result.fees)
             old = OrderStatus(row["status"])
@@ -178,11 +180,10 @@ class OrderPath:
             if not can_transition(old, new):
                 log.error("order %s: broker reports %s after %s; keeping the broker's view", result.client_order_id,
                           new.value, old.value)
-            position_id = await conn.fetchval("SELECT position_id FROM orders WHERE order_id = $1", row["order_id"])
-            await conn.execute(
+            position_id = await conn.fetchval(
                 """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
                        fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8),
-                       updated_at = $9 WHERE order_id = $1""",
+                       updated_at = $9 WHERE order_id = $1 RETURNING position_id""",
                 row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
                 result.fees, result.reason, result.submitted_at, self.clock.now())
         if result.fills and result.filled_quantity:
@@ -196,13 +197,14 @@ class OrderPath:
         (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
         if not order_fees:
             return
-        carried = await conn.fetchval("SELECT coalesce(sum(fee), 0) FROM fills WHERE order_id = $1", order["order_id"])
-        due = max(order_fees - carried, Decimal(0))
-        booked = await conn.fetchval("SELECT fees_booked FROM orders WHERE order_id = $1", order["order_id"])
-        delta = due - booked
+        now = await conn.fetchrow("SELECT (SELECT coalesce(sum(fee), 0) FROM fills WHERE order_id = o.order_id) "
+                                  "AS carried, fees_booked, position_id FROM orders o WHERE order_id = $1",
+                                  order["order_id"])
+        due = max(order_fees - now["carried"], Decimal(0))
+        delta = due - now["fees_booked"]
         if delta == 0:
             return
-        position_id = await conn.fetchval("SELECT position_id FROM orders WHERE order_id = $1", order["order_id"])
+        position_id = now["position_id"]
         if position_id is None:
             return                            # no fill yet: nothing to charge it to; booked when one arrives
         await conn.execute("UPDATE positions SET fees = fees + $2, realized_pnl = realized_pnl - $2 "

@@ -70,30 +70,35 @@ def trading_day_start(services: "Services", now: datetime) -> datetime:
 
 
 async def snapshot(services: "Services") -> PortfolioSnapshot:
+    """The broker's account and positions with our records; our four reads run alongside the broker's two (which
+    stay one after the other: a broker session is not assumed to take concurrent calls)."""
+    import asyncio
     now = services.clock.now()
     day_start = trading_day_start(services, now)
-    account = await services.broker.get_account()
-    broker_positions = await services.broker.get_positions()
-    rows = {r["symbol"]: r for r in await services.pool.fetch(
-        "SELECT position_id, symbol, stop_loss, take_profit, opened_at FROM positions "
-        "WHERE agent_id = $1 AND status = 'open'", services.agent_id)}
+    pool, agent = services.pool, services.agent_id
+
+    async def broker_view():
+        return await services.broker.get_account(), await services.broker.get_positions()
+
+    (account, broker_positions), records, realized, entries, open_orders = await asyncio.gather(
+        broker_view(),
+        pool.fetch("SELECT position_id, symbol, stop_loss, take_profit, opened_at FROM positions "
+                   "WHERE agent_id = $1 AND status = 'open'", agent),
+        pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND "
+                      "((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))",
+                      agent, day_start),
+        pool.fetch("SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2 "
+                   "AND status NOT IN ('rejected')", agent, day_start),
+        pool.fetch("SELECT client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent "
+                   "FROM orders WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled') "
+                   "ORDER BY order_id", agent))
+    rows = {r["symbol"]: r for r in records}
     held = tuple(HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price,
                               rows[p.symbol]["position_id"] if p.symbol in rows else None,
                               rows[p.symbol]["stop_loss"] if p.symbol in rows else None,
                               rows[p.symbol]["take_profit"] if p.symbol in rows else None,
                               rows[p.symbol]["opened_at"] if p.symbol in rows else None)
                  for p in broker_positions)
-    realized = await services.pool.fetchval(
-        "SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND "
-        "((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))",
-        services.agent_id, day_start)
-    entries = await services.pool.fetch(
-        "SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2 "
-        "AND status NOT IN ('rejected')", services.agent_id, day_start)
-    open_orders = await services.pool.fetch(
-        "SELECT client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent FROM orders "
-        "WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled') ORDER BY order_id",
-        services.agent_id)
     pending_buy = Decimal(0)
     for o in open_orders:
         if o["side"] == "buy" and o["limit_price"] is not None:

@@ -60,17 +60,19 @@ class PositionMonitor:
     async def run_pass(self) -> PassResult:
         t0 = time.perf_counter()
         result = PassResult()
-        rows = await self.s.pool.fetch("SELECT * FROM positions WHERE agent_id = $1 AND status = 'open' "
-                                       "ORDER BY position_id", self.s.agent_id)
+        rows = await self.s.pool.fetch(
+            """SELECT p.*, EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
+                                     AND o.side = 'sell'
+                                     AND o.status IN ('pending_submit', 'submitted', 'partially_filled'))
+                       AS exit_working
+               FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.position_id""",
+            self.s.agent_id)
         if not rows:
             result.seconds = time.perf_counter() - t0
             return result
         now = self.s.clock.now()
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
-        working = {r["symbol"] for r in await self.s.pool.fetch(
-            "SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND side = 'sell' AND status IN "
-            "('pending_submit', 'submitted', 'partially_filled')", self.s.agent_id)}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView]] = []
         statuses: list[tuple] = []
@@ -92,7 +94,7 @@ class PositionMonitor:
                                         opened_at=row["opened_at"])
             result.checked += 1
             report = signals.evaluate(view, self.thresholds, now=now)
-            if row["symbol"] in working:          # an exit is already at the broker: watch it, do not repeat it
+            if row["exit_working"]:               # an exit is already at the broker: watch it, do not repeat it
                 statuses.append(self._status_row(row, view, report, "exit working"))
                 continue
             if report.action == "exit":

@@ -99,7 +99,7 @@ def _our_prefix(agent_id: str) -> str:
 async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
     report = ReconcileReport(agent_id=services.agent_id)
     pool, broker, now = services.pool, services.broker, services.clock.now()
-    fills_before = await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1", services.agent_id)
+    fills_before = services.orders.fills_recorded
     try:
         # 1. orders a crash left between the write-ahead row and the broker's answer
         for row in await pool.fetch("SELECT client_order_id, symbol, side, quantity, created_at FROM orders "
@@ -122,10 +122,12 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         # 2. open orders: fills while nothing ran
         await services.orders.sync_open_orders()
         # 3. broker orders we never recorded
+        at_broker = await broker.get_orders(open_only=True)
         known = {r["client_order_id"] for r in await pool.fetch(
-            "SELECT client_order_id FROM orders WHERE agent_id = $1", services.agent_id)}
+            "SELECT client_order_id FROM orders WHERE agent_id = $1 AND client_order_id = ANY($2::text[])",
+            services.agent_id, [o.client_order_id for o in at_broker])} if at_broker else set()
         prefix = _our_prefix(services.agent_id)
-        for o in await broker.get_orders(open_only=True):
+        for o in at_broker:
             if o.client_order_id in known:
                 continue
             text = f"{o.client_order_id}: {o.side.value} {o.quantity} {o.symbol} {o.status.value}"
@@ -188,8 +190,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         log.error("reconciliation stopped: %s", report.broker_error)
         report.state = (await current_trading_state(services)).value
         return report
-    report.fills_recorded = await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1",
-                                                services.agent_id) - fills_before
+    report.fills_recorded = services.orders.fills_recorded - fills_before
 
     state = await current_trading_state(services)
     if report.ambiguous:
