@@ -102,7 +102,8 @@ async def _run(settings, args: argparse.Namespace) -> int:
         db_error = target_error
         if target is not None:
             try:
-                pool = await create_pool(target.url)
+                # simulated runs (their rows can be produced again) skip waiting for each commit's WAL flush
+                pool = await create_pool(target.url, durable=args.mode not in ("day", "replay"))
                 await ensure_schema(pool)
             except DatabaseUnavailable as exc:
                 db_error = str(exc)

@@ -34,7 +34,7 @@ async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="catalyst-bench-replay-"))
     try:
         url = database.start_embedded(tmp / "pgdata")
-        pool = await database.create_pool(url, max_size=4)
+        pool = await database.create_pool(url, max_size=4, durable=False)     # as ./run.sh replay opens it
         await database.ensure_schema(pool)
         settings = agent_settings("bench_replay", market_data={"universe_size": 100})
         one = await run_replay(settings, pool, start=days[0], end=days[0], progress=False, out_dir=tmp,

@@ -153,3 +153,29 @@ async def test_readme_queries_run_and_use_indexes(pool, agent_id):
         assert "Index" in plan, plan
     for q in queries[3:]:
         await pool.fetch(q)  # the README's other queries are valid SQL against this schema
+
+
+async def test_a_released_connection_loses_its_open_transaction(pg_url, agent_id):
+    """The pool skips asyncpg's RESET ALL round trip, but an open transaction never survives a release."""
+    p = await database.create_pool(pg_url, max_size=1)
+    try:
+        conn = await p.acquire()
+        await conn.execute("BEGIN")
+        await conn.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                           "VALUES ($1, 'HALTED', 'never committed', 'test', now())", agent_id)
+        await p.release(conn)
+        async with p.acquire() as again:                       # max_size=1: the same connection
+            assert again.is_in_transaction() is False
+            assert await again.fetchval("SELECT count(*) FROM agent_state WHERE agent_id = $1", agent_id) == 0
+    finally:
+        await p.close()
+
+
+async def test_only_simulated_runs_give_up_commit_durability(pg_url):
+    durable, simulated = await database.create_pool(pg_url), await database.create_pool(pg_url, durable=False)
+    try:
+        assert await durable.fetchval("SHOW synchronous_commit") == "on"
+        assert await simulated.fetchval("SHOW synchronous_commit") == "off"
+    finally:
+        await durable.close()
+        await simulated.close()
