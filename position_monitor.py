@@ -74,7 +74,7 @@ class PositionMonitor:
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
-        pending: list[tuple[Any, signals.PositionView]] = []
+        pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         statuses: list[tuple] = []
         raised: list[tuple] = []
         # 1. prices first: a crossed stop is sent before anything slower happens
@@ -100,13 +100,15 @@ class PositionMonitor:
             if report.action == "exit":
                 statuses.append(self._status_row(row, view, report, await self._exit(row, report, result)))
             else:
-                pending.append((row, view))
+                pending.append((row, view, report))
         if raised:
             await self.s.pool.executemany("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", raised)
         # 2. indicators for the rest
-        for row, view in pending:
+        for row, view, report in pending:
             rsi, patterns = await self._indicators(row["symbol"])
-            report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
+            if patterns or (rsi is not None and rsi >= self.thresholds.rsi_overbought):
+                report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
+            # (otherwise the indicators add no signal: the price-only report stands)
             recommendation = report.action
             if report.action == "exit":
                 recommendation = await self._exit(row, report, result)
@@ -160,12 +162,10 @@ class PositionMonitor:
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
         """Daily RSI(14) and patterns, from MarketData's per-session cache (shared with the tools)."""
         try:
-            rsi = await self.s.market.rsi14(symbol)
-            patterns = tuple(p.to_dict() for p in await self.s.market.patterns(symbol))
+            return await self.s.market.monitor_indicators(symbol)
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
             return None, ()
-        return rsi, patterns
 
     async def _exit(self, row, report, result: PassResult, advised: str | None = None) -> str:
         kinds = [s.kind for s in report.signals if s.strength == "strong"] or [s.kind for s in report.signals]

@@ -106,6 +106,15 @@ class MarketData:
             return []
         return detect_patterns(frame)
 
+    async def monitor_indicators(self, symbol: str) -> tuple[float | None, tuple[dict, ...]]:
+        """(RSI(14), patterns as dicts) of the daily bars, as the position monitor's signals take them."""
+        key = self.daily_key(symbol, "monitor")
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._remember(key, (await self.rsi14(symbol),
+                                       tuple(p.to_dict() for p in await self.patterns(symbol))))
+        return hit
+
     async def rsi14(self, symbol: str) -> float | None:
         """RSI(14) of the last daily bar alone (the position monitor's need), without the other indicators."""
         key = self.daily_key(symbol, "rsi14")

@@ -34,8 +34,7 @@ async def entered(services) -> tuple[str, dict]:
 def quiet_indicators(monitor: PositionMonitor, symbol: str, now) -> None:
     """Pin RSI/patterns to 'nothing to say' so a test controls exactly which signals exist."""
     market = monitor.s.market
-    market._cache[market.daily_key(symbol, "rsi14")] = None          # MarketData's per-session cache
-    market._cache[market.daily_key(symbol, "patterns")] = []
+    market._cache[market.daily_key(symbol, "monitor")] = (None, ())   # MarketData's per-session cache
 
 
 async def put_in_moderate_loss(services, symbol) -> None:
