@@ -50,6 +50,7 @@ class PortfolioSnapshot:
     entries_today: frozenset[str]
     open_orders: tuple[dict, ...] = field(default_factory=tuple)
     pending_buy_value: Decimal = Decimal(0)
+    stored_state: Any = None           # safety.TradingState recorded in agent_state (ACTIVE when none)
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -69,42 +70,51 @@ def trading_day_start(services: "Services", now: datetime) -> datetime:
     return datetime.combine(local.date(), time(0), tzinfo=services.calendar.tz).astimezone(timezone.utc)
 
 
+# Everything of ours a snapshot needs, in one statement (one round trip, one consistent view).
+_OURS = """SELECT
+    ARRAY(SELECT (position_id, symbol, stop_loss, take_profit, opened_at) FROM positions
+          WHERE agent_id = $1 AND status = 'open') AS positions,
+    (SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1
+       AND ((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))) AS realized,
+    ARRAY(SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2
+          AND status <> 'rejected') AS entries,
+    ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent)
+          FROM orders WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled')
+          ORDER BY order_id) AS open_orders,
+    (SELECT state FROM agent_state WHERE agent_id = $1 ORDER BY set_at DESC, state_id DESC LIMIT 1) AS state"""
+_ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quantity", "limit_price", "status", "intent")
+
+
 async def snapshot(services: "Services") -> PortfolioSnapshot:
-    """The broker's account and positions with our records; our four reads run alongside the broker's two (which
-    stay one after the other: a broker session is not assumed to take concurrent calls)."""
+    """The broker's account and positions joined with our records. Our one read runs alongside the broker's two
+    (which stay one after the other: a broker session is not assumed to take concurrent calls)."""
     import asyncio
+
+    import safety
     now = services.clock.now()
-    day_start = trading_day_start(services, now)
-    pool, agent = services.pool, services.agent_id
 
     async def broker_view():
         return await services.broker.get_account(), await services.broker.get_positions()
 
-    (account, broker_positions), records, realized, entries, open_orders = await asyncio.gather(
-        broker_view(),
-        pool.fetch("SELECT position_id, symbol, stop_loss, take_profit, opened_at FROM positions "
-                   "WHERE agent_id = $1 AND status = 'open'", agent),
-        pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND "
-                      "((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))",
-                      agent, day_start),
-        pool.fetch("SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2 "
-                   "AND status NOT IN ('rejected')", agent, day_start),
-        pool.fetch("SELECT client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent "
-                   "FROM orders WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled') "
-                   "ORDER BY order_id", agent))
-    rows = {r["symbol"]: r for r in records}
-    held = tuple(HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price,
-                              rows[p.symbol]["position_id"] if p.symbol in rows else None,
-                              rows[p.symbol]["stop_loss"] if p.symbol in rows else None,
-                              rows[p.symbol]["take_profit"] if p.symbol in rows else None,
-                              rows[p.symbol]["opened_at"] if p.symbol in rows else None)
-                 for p in broker_positions)
+    (account, broker_positions), ours = await asyncio.gather(
+        broker_view(), services.pool.fetchrow(_OURS, services.agent_id, trading_day_start(services, now)))
+    records = {r[1]: r for r in ours["positions"]}
+
+    def held(p: Position) -> HeldPosition:
+        if p.symbol not in records:            # the broker holds it, we have no record (reconciliation adopts it)
+            return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price)
+        position_id, _symbol, stop_loss, take_profit, opened_at = records[p.symbol]
+        return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price, position_id, stop_loss, take_profit,
+                            opened_at)
+
+    open_orders = [dict(zip(_ORDER_FIELDS, o)) for o in ours["open_orders"]]
     pending_buy = Decimal(0)
     for o in open_orders:
         if o["side"] == "buy" and o["limit_price"] is not None:
             pending_buy += o["limit_price"] * (o["quantity"] - o["filled_quantity"])
     return PortfolioSnapshot(
-        account=account, positions=held, realized_pnl_today=realized, entries_today=frozenset(r["symbol"] for r in entries),
-        open_orders=tuple({k: (str(v) if isinstance(v, Decimal) else v) for k, v in dict(o).items() if v is not None}
+        account=account, positions=tuple(held(p) for p in broker_positions), realized_pnl_today=ours["realized"], entries_today=frozenset(ours["entries"]),
+        open_orders=tuple({k: (str(v) if isinstance(v, Decimal) else v) for k, v in o.items() if v is not None}
                           for o in open_orders),
-        pending_buy_value=pending_buy)
+        pending_buy_value=pending_buy,
+        stored_state=safety.TradingState[ours["state"]] if ours["state"] else safety.TradingState.ACTIVE)

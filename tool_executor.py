@@ -181,8 +181,7 @@ class ToolExecutor:
         from portfolio import snapshot
         snap = await snapshot(self.s)
         limits = self.limits()
-        state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits,
-                                     await self._stored_trading_state())
+        state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits, snap.stored_state)
         a = snap.account
         return {"currency": a.currency, "cash": a.cash, "buying_power": a.buying_power, "equity": a.equity,
                 "positions": [p.to_dict() for p in snap.positions], "open_orders": list(snap.open_orders),
@@ -213,14 +212,9 @@ class ToolExecutor:
             realized_pnl_today=snap.realized_pnl_today, unrealized_pnl=snap.unrealized_pnl, quote=quote,
             instrument=instrument, market=safety.MarketStatus(status=state.status, next_open=state.next_open),
             entries_today=snap.entries_today, orders_this_cycle=self.orders_placed,
-            trading_state=await self._stored_trading_state(),
+            trading_state=snap.stored_state,
             pending_buy_value=Decimal(0))   # the broker's buying power already reserves open buy orders
         return ctx, snap
-
-    async def _stored_trading_state(self) -> "safety.TradingState":
-        """REDUCING when reconciliation found something ambiguous today (it records why)."""
-        from agent_state import current_trading_state
-        return await current_trading_state(self.s)
 
     def _intent(self, args) -> "safety.EntryIntent":
         order_type = args.order_type or self.s.settings.config.trading.default_order_type
