@@ -122,16 +122,19 @@ def _load_table(code: str, start: date, end: date) -> SessionTable:
                         break_ends=ns("break_end"), closes=ns("close"))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def to_ns(when: datetime) -> int:
     """Nanoseconds since the epoch of an aware datetime (the unit of the session table and of bar arrays)."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"naive datetime {when.isoformat()}; pass a timezone-aware (UTC) datetime")
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = when - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def from_ns(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(ns) // 1_000)
+    return _EPOCH + timedelta(microseconds=int(ns) // 1_000)
 
 
 class MarketCalendar:
@@ -144,6 +147,7 @@ class MarketCalendar:
         self._start, self._end = start, end
         self._bounds: dict[date, list[tuple[datetime, datetime]]] = {}       # session_bounds, by day
         self._last_state: tuple[datetime, SessionState] | None = None        # state() of the last instant asked
+        self._phases: dict[tuple, SessionState] = {}                           # see _phase_state
 
     def __repr__(self) -> str:
         return f"MarketCalendar({self.exchange!r}: {self.code}, {self._start}..{self._end})"
@@ -244,21 +248,43 @@ class MarketCalendar:
         today = self.local_date(now)
         i = self.session_index(today)
         if i is None:
-            j = int(np.searchsorted(table.dates, np.datetime64(today, "D"), "right"))
-            return SessionState("closed", self._open_of(j), None, None)
+            return self._phase_state(("no_session", today))
         o, bs, be, c = (int(table.opens[i]), int(table.break_starts[i]), int(table.break_ends[i]),
                         int(table.closes[i]))
-        close = from_ns(c)
         if t < o:
-            return SessionState("pre_open", from_ns(o), close, today)
-        if t >= c:
-            return SessionState("closed", self._open_of(i + 1), None, today)
-        if bs != _NO_BREAK:
-            if bs <= t < be:
-                return SessionState("lunch", from_ns(be), close, today)
-            if t < bs:
-                return SessionState("open", from_ns(be), close, today, interval_end=from_ns(bs))
-        return SessionState("open", self._open_of(i + 1), close, today, interval_end=close)
+            phase = "pre_open"
+        elif t >= c:
+            phase = "closed"
+        elif bs != _NO_BREAK and bs <= t < be:
+            phase = "lunch"
+        elif bs != _NO_BREAK and t < bs:
+            phase = "morning"
+        else:
+            phase = "open"
+        return self._phase_state((phase, today, i, o, bs, be, c))
+
+    def _phase_state(self, key: tuple) -> SessionState:
+        """A session's state is the same at every instant of one phase of it: built once per (day, phase)."""
+        hit = self._phases.get(key)
+        if hit is not None:
+            return hit
+        phase, today = key[0], key[1]
+        if phase == "no_session":
+            j = int(np.searchsorted(self.table.dates, np.datetime64(today, "D"), "right"))
+            state = SessionState("closed", self._open_of(j), None, None)
+        else:
+            i, o, bs, be, c = key[2:]
+            close = from_ns(c)
+            state = {"pre_open": lambda: SessionState("pre_open", from_ns(o), close, today),
+                     "closed": lambda: SessionState("closed", self._open_of(i + 1), None, today),
+                     "lunch": lambda: SessionState("lunch", from_ns(be), close, today),
+                     "morning": lambda: SessionState("open", from_ns(be), close, today, interval_end=from_ns(bs)),
+                     "open": lambda: SessionState("open", self._open_of(i + 1), close, today, interval_end=close),
+                     }[phase]()
+        if len(self._phases) > 4096:
+            self._phases.clear()
+        self._phases[key] = state
+        return state
 
     def is_open(self, now: datetime) -> bool:
         return self.state(now).status == "open"

@@ -34,6 +34,7 @@ Every symbol trades every session: there are no listings, delistings or halts in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -109,8 +110,9 @@ class _Grid:
 _TEN4 = Decimal(_UNITS)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _dec(units: int) -> Decimal:
-    return Decimal(int(units)) / _TEN4      # exact: the quotient has at most four decimals
+    return Decimal(int(units)) / _TEN4      # exact: the quotient has at most four decimals (prices repeat: cached)
 
 
 def _stable_hash(text: str) -> int:
@@ -310,6 +312,7 @@ class SimulatedMarket:
         self.seed = seed
         self._quote_minute: int | None = None     # quote(): answers for the current minute, by symbol
         self._quotes: dict[str, Quote] = {}
+        self._starts: dict[int, datetime] = {}      # session open instants, by calendar row
         self.exchange = exchange.upper()
         self._code = code
         currency, scheme, min_price = _MARKETS[code]
@@ -560,9 +563,12 @@ class SimulatedMarket:
                 return []
             daily = self._ensure(first_j + int(keep[-1]))
             lot = self._instruments[row].lot_size
-            return [Bar(symbol, from_ns(opens[k]), _dec(daily.open[row, j]), _dec(daily.high[row, j]),
-                        _dec(daily.low[row, j]), _dec(daily.close[row, j]), int(daily.lots[row, j]) * lot)
-                    for k, j in ((int(x), first_j + int(x)) for x in keep)]
+            js = first_j + keep
+            starts = [self._session_start(self._first + j) for j in js.tolist()]
+            o, h, lo, c = (a[row, js].tolist() for a in (daily.open, daily.high, daily.low, daily.close))
+            lots = daily.lots[row, js].tolist()
+            return [Bar(symbol, starts[n], _dec(o[n]), _dec(h[n]), _dec(lo[n]), _dec(c[n]), int(lots[n]) * lot)
+                    for n in range(len(starts))]
         size = _TIMEFRAME_MINUTES[timeframe]
         out: list[Bar] = []
         for j in range(first_j, last_j + 1):
@@ -570,6 +576,12 @@ class SimulatedMarket:
                 continue
             out.extend(self._aggregate(symbol, self._minute_path(row, j), size, t0, t1))
         return out
+
+    def _session_start(self, k: int) -> datetime:
+        hit = self._starts.get(k)
+        if hit is None:
+            hit = self._starts[k] = from_ns(int(self.calendar.table.opens[k]))
+        return hit
 
     @staticmethod
     def _aggregate(symbol: str, mins: _Minutes, size: int, t0: int, t1: int) -> list[Bar]:

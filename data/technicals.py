@@ -90,16 +90,18 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
     """The last bar's indicators for one symbol's OHLCV frame (oldest first), compact for the model: floats
     rounded to 4 decimals, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
     1 = upper, outside [0, 1] beyond the bands) and bars_used."""
-    bars = frame[frame["close"].notna()]
+    close = frame["close"].to_numpy(dtype=np.float64)
+    keep = ~np.isnan(close)
+    bars = frame if keep.all() else frame[keep]
     # The universe path on one dense column (every row a bar): pandas-ta's numbers, without its cost.
     cols = [bars[k].to_numpy(dtype=np.float64)[:, None] for k in ("close", "high", "low", "volume")]
     dense = _dense_indicators(*cols, np.array([len(bars)]))
-    last = {k: _last(pd.Series(dense[k][-1:, 0])) for k in UNIVERSE_KEYS}
+    last = {k: _rounded(float(dense[k][-1, 0])) if len(bars) else None for k in UNIVERSE_KEYS}
     rsi = last["rsi14"]
     upper, lower = last["bb_upper"], last["bb_lower"]
     position = None
     if upper is not None and lower is not None and upper > lower:
-        position = round((float(bars["close"].iloc[-1]) - lower) / (upper - lower), 2)
+        position = round((float(cols[0][-1, 0]) - lower) / (upper - lower), 2)
     return {
         "rsi14": rsi,
         "rsi_state": None if rsi is None else
@@ -119,10 +121,7 @@ def _column(frame: pd.DataFrame | None, prefix: str) -> pd.Series | None:
     return frame[next(c for c in frame.columns if c.startswith(prefix))]
 
 
-def _last(series: pd.Series) -> float | None:
-    if series.empty:
-        return None
-    x = float(series.iloc[-1])
+def _rounded(x: float) -> float | None:
     return round(x, 4) + 0.0 if math.isfinite(x) else None      # + 0.0: no "-0.0" in the JSON
 
 
@@ -130,9 +129,10 @@ def _session_vwap(bars: pd.DataFrame) -> float | None:
     """Session VWAP of the last bar's session for intraday bars (< 1 day apart); None for daily bars."""
     if len(bars) < 2:
         return None
-    gaps = bars.index.to_series().diff().iloc[1:]
-    if not gaps.median() < pd.Timedelta(days=1):
+    stamps = bars.index.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    if not np.median(np.diff(stamps)) < 86_400 * 10**9:          # daily bars: no session VWAP
         return None
+    gaps = bars.index.to_series().diff().iloc[1:]
     breaks = np.flatnonzero((gaps > SESSION_GAP).to_numpy())
     session = bars.iloc[breaks[-1] + 1:] if len(breaks) else bars
     hlc3 = (session["high"] + session["low"] + session["close"]) / 3
