@@ -153,14 +153,18 @@ def detect_patterns(frame: pd.DataFrame, *, lookback: int = 20) -> list[Pattern]
 def _clean(frame: pd.DataFrame) -> _Bars | None:
     if len(frame) < 2:
         return None
-    ohlc = frame[["open", "high", "low", "close"]].to_numpy(dtype=np.float64, na_value=np.nan)
+    ohlc = np.column_stack([frame[k].to_numpy(dtype=np.float64, na_value=np.nan)
+                            for k in ("open", "high", "low", "close")])
     ok = np.isfinite(ohlc).all(axis=1) & (ohlc > 0).all(axis=1)
     if ok.sum() < 2:
         return None
-    o, h, lo, c = ohlc[ok].T
-    v = frame["volume"].to_numpy(dtype=np.float64, na_value=np.nan)[ok]
+    everything = bool(ok.all())
+    o, h, lo, c = (ohlc if everything else ohlc[ok]).T
+    v = frame["volume"].to_numpy(dtype=np.float64, na_value=np.nan)
+    v = v if everything else v[ok]
     v = np.where(np.isfinite(v) & (v > 0), v, 0.0)
-    return _Bars(o, np.maximum(h, np.maximum(o, c)), np.minimum(lo, np.minimum(o, c)), c, v, frame.index[ok])
+    return _Bars(o, np.maximum(h, np.maximum(o, c)), np.minimum(lo, np.minimum(o, c)), c, v,
+                 frame.index if everything else frame.index[ok])
 
 
 def _when(t: Any) -> datetime:
@@ -225,14 +229,17 @@ def _bull_flag(b: _Bars) -> Pattern | None:
 # ---------------------------------------------------------------- swing structure
 
 def _swings(b: _Bars, window: int, *, lows: bool) -> list[int]:
-    """Swing lows (or highs) among the last `window` bars, oldest first."""
+    """Swing lows (or highs) among the last `window` bars, oldest first: x[j] above the SWING bars before it
+    and at least the SWING bars after it (x = the highs, or the negated lows)."""
     x = -b.lo if lows else b.h                          # as swing highs of x
     i = b.last
-    out = []
-    for j in range(max(SWING, i - window + 1), i - SWING + 1):
-        if x[j] > x[j - SWING:j].max() and x[j] >= x[j + 1:j + SWING + 1].max():
-            out.append(j)
-    return out
+    first, stop = max(SWING, i - window + 1), i - SWING + 1
+    if stop <= first:
+        return []
+    j = np.arange(first, stop)
+    widest = np.lib.stride_tricks.sliding_window_view(x, SWING).max(axis=1)   # widest[k] = max x[k:k+SWING]
+    keep = (x[j] > widest[j - SWING]) & (x[j] >= widest[j + 1])
+    return j[keep].tolist()
 
 
 def _double(b: _Bars, window: int, *, bottom: bool) -> Pattern | None:
