@@ -147,8 +147,16 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     cycles = passes = 0
 
     async def monitor_until(when: datetime) -> None:
+        """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
+        (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
         nonlocal passes
         while clock.now() + monitor_every <= when:
+            state = calendar.state(clock.now())
+            if state.status != "open" and state.next_open > clock.now() + monitor_every:
+                if state.next_open > when:
+                    return
+                clock.set(state.next_open)
+                continue
             clock.advance(monitor_every)
             if calendar.is_open(clock.now()):
                 await monitor.run_pass()

@@ -115,6 +115,13 @@ def _dec(units: int) -> Decimal:
     return Decimal(int(units)) / _TEN4      # exact: the quotient has at most four decimals (prices repeat: cached)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _touch(units: int, scheme: str) -> tuple[Decimal, Decimal, Decimal]:
+    """(bid, last, ask) around a last price: one tick either side (prices repeat: cached)."""
+    price = _dec(units)
+    return tick_below(price, scheme), price, tick_above(price, scheme)
+
+
 def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
@@ -534,9 +541,8 @@ class SimulatedMarket:
             last = int(daily.close[row, j])
             vol = int(daily.lots[row, j]) * self._instruments[row].lot_size
             ts = int(table.closes[self._first + j])
-        price = _dec(last)
-        return Quote(symbol=symbol, bid=tick_below(price, self._scheme), ask=tick_above(price, self._scheme),
-                     last=price, volume=vol, timestamp=from_ns(ts))
+        bid, price, ask = _touch(last, self._scheme)
+        return Quote(symbol=symbol, bid=bid, ask=ask, last=price, volume=vol, timestamp=from_ns(ts))
 
     def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> list[Bar]:
         """Bars starting in [start, end) that completed at or before `end`, oldest first.
