@@ -174,7 +174,7 @@ class OrderPath:
                 if inserted is not None:
                     self.fills_recorded += 1
                     await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee, fill.timestamp)
-            await self._book_order_level_fees(conn, row, result.fees)
+            await self._book_order_level_fees(conn, row, result.fees, result.fills)
             old = OrderStatus(row["status"])
             new = result.status
             if not can_transition(old, new):
@@ -192,11 +192,13 @@ class OrderPath:
         return OrderOutcome(result.client_order_id, new.value, result.symbol, result.side.value, result.quantity,
                             result.filled_quantity, result.avg_fill_price, result.fees, result.reason, position_id)
 
-    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None) -> None:
+    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None, fills=()) -> None:
         """Fees the broker reports for the whole order beyond what its fills carried go onto the position once
         (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
         if not order_fees:
             return
+        if order["fees_booked"] == 0 and order_fees <= sum((f.fee for f in fills), Decimal(0)):
+            return                            # the fills carry every fee (they are all recorded by now)
         now = await conn.fetchrow("SELECT (SELECT coalesce(sum(fee), 0) FROM fills WHERE order_id = o.order_id) "
                                   "AS carried, fees_booked, position_id FROM orders o WHERE order_id = $1",
                                   order["order_id"])

@@ -133,10 +133,9 @@ class PaperBroker(BrokerClient):
             existing = await self._order_row(conn, order.client_order_id)
             if existing is None:
                 reason = await self._rejection(conn, order, now)
-                await self._insert_order(conn, order, now, reason)
+                row = await self._insert_order(conn, order, now, reason)
                 if reason is None:
-                    await self._match_order(conn, await self._order_row(conn, order.client_order_id), now,
-                                            immediate=True)
+                    await self._match_order(conn, row, now, immediate=True)
             result = await self._result(conn, order.client_order_id)
         if result.status is OrderStatus.REJECTED:
             raise OrderRejected(result.reason or "rejected", client_order_id=order.client_order_id)
@@ -201,7 +200,8 @@ class PaperBroker(BrokerClient):
                     if not found:
                         raise InvalidRequest("paper account does not exist: call connect() first")
                     now = self.now = broker.clock.now()
-                    await broker._match_all(self.conn, now)
+                    if broker._matched_minute != _minute(now):     # see the module docstring
+                        await broker._match_all(self.conn, now)
                 except BaseException:
                     await self.tx.rollback()
                     await broker.pool.release(self.conn)
@@ -262,33 +262,40 @@ class PaperBroker(BrokerClient):
             price = order.limit_price or self._slipped(quote.ask, inst, OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            cash = await conn.fetchval("SELECT cash FROM paper_accounts WHERE agent_id = $1", self.account_id)
-            available = cash - await self._reserved_cash(conn, now)
+            row = await conn.fetchrow(
+                """SELECT a.cash, ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
+                                        WHERE agent_id = a.agent_id AND side = 'buy'
+                                          AND status IN ('submitted', 'partially_filled')) AS buys
+                   FROM paper_accounts a WHERE a.agent_id = $1""", self.account_id)
+            available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
                 return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "
                         f"{available:.2f} available")
         else:
-            held = await conn.fetchval("SELECT quantity FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
-                                       self.account_id, order.symbol) or 0
-            pending = await conn.fetchval(
-                "SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1 "
-                "AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled')",
-                self.account_id, order.symbol)
+            row = await conn.fetchrow(
+                """SELECT (SELECT coalesce(sum(quantity), 0) FROM paper_positions WHERE agent_id = $1 AND symbol = $2)
+                              AS held,
+                          (SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1
+                            AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled'))
+                              AS pending""", self.account_id, order.symbol)
+            held, pending = row["held"], row["pending"]
             if order.quantity > held - pending:
                 return (f"cannot sell {order.quantity} {order.symbol}: {held} held, {pending} already in open "
                         f"sell orders (short selling is not supported)")
         return None
 
-    async def _insert_order(self, conn, order: OrderRequest, now: datetime, reason: str | None) -> None:
-        seq = await conn.fetchval("UPDATE paper_accounts SET order_seq = order_seq + 1, updated_at = now() "
-                                  "WHERE agent_id = $1 RETURNING order_seq", self.account_id)
-        await conn.execute(
-            """INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type,
+    async def _insert_order(self, conn, order: OrderRequest, now: datetime, reason: str | None):
+        """The next broker order number and the order row, in one statement; returns the row."""
+        return await conn.fetchrow(
+            """WITH seq AS (UPDATE paper_accounts SET order_seq = order_seq + 1, updated_at = now()
+                            WHERE agent_id = $1 RETURNING order_seq)
+               INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type,
                    quantity, limit_price, status, reason, submitted_at, matched_until, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11)""",
-            self.account_id, order.client_order_id, f"PAPER-{self.account_id}-{seq}", order.symbol,
-            order.side.value, order.order_type.value, order.quantity, order.limit_price,
-            "rejected" if reason else "submitted", reason, now, _next_minute(now))
+               SELECT $1, $2, 'PAPER-' || $1 || '-' || seq.order_seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10
+               FROM seq RETURNING *""",
+            self.account_id, order.client_order_id, order.symbol, order.side.value, order.order_type.value,
+            order.quantity, order.limit_price, "rejected" if reason else "submitted", reason, now,
+            _next_minute(now))
 
     async def _match_all(self, conn, now: datetime) -> None:
         rows = await conn.fetch("SELECT * FROM paper_orders WHERE agent_id = $1 AND status IN "
@@ -393,22 +400,21 @@ class PaperBroker(BrokerClient):
         side = row["side"]
         value = fill.price * fill.quantity
         fee = fill_fees(self.config.fees, value=value, is_sell=side == "sell")
-        n = await conn.fetchval("SELECT count(*) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2",
-                                self.account_id, row["client_order_id"])
-        await conn.execute(
-            """INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee, filled_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            f"{row['broker_order_id']}-F{n + 1}", self.account_id, row["client_order_id"], row["symbol"], side,
-            fill.quantity, fill.price, fee, fill.at)
-        await conn.execute(
-            """UPDATE paper_orders SET filled_quantity = filled_quantity + $3, fees = fees + $4,
-                   avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $5::numeric * $3)
-                                          / (filled_quantity + $3), 6)
-               WHERE agent_id = $1 AND client_order_id = $2""",
-            self.account_id, row["client_order_id"], fill.quantity, fee, fill.price)
         cash_delta = -(value + fee) if side == "buy" else value - fee
-        await conn.execute("UPDATE paper_accounts SET cash = cash + $2, updated_at = now() WHERE agent_id = $1",
-                           self.account_id, cash_delta)
+        await conn.execute(
+            """WITH fill AS (
+                   INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee,
+                                            filled_at)
+                   SELECT $3 || '-F' || (count(*) + 1), $1, $2, $4, $5, $6, $7, $8, $9
+                   FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2),
+               ord AS (
+                   UPDATE paper_orders SET filled_quantity = filled_quantity + $6, fees = fees + $8,
+                       avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $7::numeric * $6)
+                                              / (filled_quantity + $6), 6)
+                   WHERE agent_id = $1 AND client_order_id = $2)
+               UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1""",
+            self.account_id, row["client_order_id"], row["broker_order_id"], row["symbol"], side, fill.quantity,
+            fill.price, fee, fill.at, cash_delta)
         if side == "buy":
             await conn.execute(
                 """INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $2, $3, $4)
