@@ -61,7 +61,8 @@ class PositionMonitor:
         t0 = time.perf_counter()
         result = PassResult()
         rows = await self.s.pool.fetch(
-            """SELECT p.*, EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
+            """SELECT p.position_id, p.symbol, p.quantity, p.avg_entry_price, p.stop_loss, p.take_profit,
+                      p.high_water_mark, p.opened_at, EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
                                      AND o.side = 'sell'
                                      AND o.status IN ('pending_submit', 'submitted', 'partially_filled'))
                        AS exit_working
@@ -193,15 +194,17 @@ class PositionMonitor:
     async def _write_statuses(self, rows: list[tuple]) -> None:
         if not rows:
             return
-        await self.s.pool.executemany(
+        await self.s.pool.execute(          # every position in one statement
             """INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
                    pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
+                                    $6::numeric[], $7::numeric[], $8::text[], $9::text[], $10::text[], $11::text[],
+                                    $12::timestamptz[])
                ON CONFLICT (position_id) DO UPDATE SET last_price = EXCLUDED.last_price,
                    unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
                    high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
                    signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
-                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at""", rows)
+                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at""", *(list(c) for c in zip(*rows)))
 
 
 # ---------------------------------------------------------------- the advisor for the uncertain band

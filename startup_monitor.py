@@ -138,8 +138,15 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                 report.foreign_orders.append(text)
         # 4. positions
         held = {p.symbol: p for p in await broker.get_positions()}
-        ours = {r["symbol"]: r for r in await pool.fetch(
-            "SELECT * FROM positions WHERE agent_id = $1 AND status = 'open'", services.agent_id)}
+        records = await pool.fetchrow(
+            """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
+                            WHERE agent_id = $1 AND status = 'open') AS positions,
+                      ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
+                            AND status IN ('submitted', 'partially_filled')) AS sells,
+                      (SELECT state FROM agent_state WHERE agent_id = $1
+                       ORDER BY set_at DESC, state_id DESC LIMIT 1) AS state""", services.agent_id)
+        ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
+                for pid, symbol, qty in records["positions"]}
         stop_pct = services.settings.config.trading.position_stop_loss_pct
         for symbol, p in held.items():
             row = ours.get(symbol)
@@ -178,8 +185,8 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
             await _audit(services, symbol, "reconcile_closed", text, {"position_id": row["position_id"],
                                                                       "quantity": row["quantity"]})
         # 5. sell orders for positions that no longer exist
-        for r in await pool.fetch("SELECT client_order_id, symbol FROM orders WHERE agent_id = $1 AND side = 'sell' "
-                                  "AND status IN ('submitted', 'partially_filled')", services.agent_id):
+        for coid, symbol in records["sells"]:
+            r = {"client_order_id": coid, "symbol": symbol}
             if r["symbol"] not in held:
                 await services.orders.cancel(r["client_order_id"])
                 report.cancelled.append(f"{r['client_order_id']} (sell {r['symbol']}: no position any more)")
@@ -192,7 +199,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         return report
     report.fills_recorded = services.orders.fills_recorded - fills_before
 
-    state = await current_trading_state(services)
+    state = safety.TradingState[records["state"]] if records["state"] else safety.TradingState.ACTIVE
     if report.ambiguous:
         await set_trading_state(services, safety.TradingState.REDUCING,
                                 "reconciliation: " + "; ".join(report.ambiguous), "reconcile")

@@ -316,7 +316,7 @@ class ToolExecutor:
                               details: dict | None = None) -> int:
         return await self.s.pool.fetchval(
             """INSERT INTO decisions (agent_id, cycle_id, symbol, action, engine, reasoning, verdict, details, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING decision_id""",
+               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) RETURNING decision_id""",
             self.s.agent_id, self.cycle_id, symbol, action, self.engine, reasoning,
-            json.loads(_json(verdict)) if verdict is not None else None, json.loads(_json(details or {})),
+            _json(verdict) if verdict is not None else None, _json(details or {}),   # JSON text, parsed by the server
             self.s.clock.now())

@@ -49,46 +49,69 @@ def rank_universe(frames: dict, cfg, *, lot_sizes=None, max_lot_value: float | N
     from data.technicals import universe_indicators
 
     close, high, low, volume, open_ = frames["close"], frames["high"], frames["low"], frames["volume"], frames["open"]
+    symbols = list(close.columns)
     ind = universe_indicators(close, high, low, volume)
-    last = close.ffill().iloc[-1]
-    bars = close.notna().sum()
-    turnover = (close * volume).rolling(20, min_periods=5).mean().iloc[-1]
-    ret20 = last / close.ffill().shift(20).iloc[-1] - 1
-    prev_close = close.ffill().shift(1).iloc[-1]
-    gap = open_.iloc[-1] / prev_close - 1
-    rsi = ind["rsi14"].iloc[-1]
-    sma20, sma50 = ind["sma20"].iloc[-1], ind["sma50"].iloc[-1]
-    hist = ind["macd_hist"].iloc[-1]
-    vr = ind["volume_ratio20"].iloc[-1]
-
-    ok = ((last >= float(cfg.min_price)) & (last <= float(cfg.max_price)) & (turnover >= float(cfg.min_turnover))
-          & (bars >= cfg.min_history_bars) & (rsi <= float(cfg.rsi_max)) & rsi.notna())
-    if lot_sizes is not None and max_lot_value is not None:
-        ok &= (last * lot_sizes.reindex(last.index)) <= float(max_lot_value)
-    momentum = (2 * ret20).clip(-0.5, 0.5).fillna(0)
-    trend = 0.2 * (last > sma20) + 0.1 * (sma20 > sma50)
-    macd = 0.15 * (hist > 0)
-    vol = (0.1 * (vr - 1).clip(0, 3)).fillna(0)
-    gap_term = 0.1 * (gap >= 0.01) - 0.1 * (gap <= -0.01)
-    score = (momentum + trend + macd + vol + gap_term).where(ok)
-    ranked = score.dropna().sort_values(ascending=False, kind="stable").head(cfg.top_n)
+    c = close.to_numpy(dtype=np.float64)
+    n = len(c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        filled = _ffill_rows(c, [n - 1, n - 2, n - 21])          # the last close at or before those rows
+        last, prev_close, base20 = filled[n - 1], filled[n - 2], filled[n - 21]
+        bars = (~np.isnan(c)).sum(axis=0)
+        tv = (c * volume.to_numpy(dtype=np.float64))[-20:]        # turnover: mean of the last 20 rows' close x volume
+        counts = (~np.isnan(tv)).sum(axis=0)
+        turnover = np.where(counts >= 5, np.nansum(tv, axis=0) / np.maximum(counts, 1), np.nan)
+        ret20 = last / base20 - 1
+        gap = (open_.to_numpy(dtype=np.float64)[-1] if n else np.full(len(symbols), np.nan)) / prev_close - 1
+        at = {k: ind[k].to_numpy()[-1] if n else np.full(len(symbols), np.nan)
+              for k in ("rsi14", "sma20", "sma50", "macd_hist", "volume_ratio20")}
+        rsi, sma20, sma50, hist, vr = (at[k] for k in ("rsi14", "sma20", "sma50", "macd_hist", "volume_ratio20"))
+        ok = ((last >= float(cfg.min_price)) & (last <= float(cfg.max_price)) & (turnover >= float(cfg.min_turnover))
+              & (bars >= cfg.min_history_bars) & (rsi <= float(cfg.rsi_max)) & ~np.isnan(rsi))
+        if lot_sizes is not None and max_lot_value is not None:
+            ok &= (last * lot_sizes.reindex(close.columns).to_numpy(dtype=np.float64)) <= float(max_lot_value)
+        momentum = np.nan_to_num(np.clip(2 * ret20, -0.5, 0.5), nan=0.0)
+        trend = 0.2 * (last > sma20) + 0.1 * (sma20 > sma50)
+        macd = 0.15 * (hist > 0)
+        vol = np.nan_to_num(0.1 * np.clip(vr - 1, 0, 3), nan=0.0)
+        gap_term = 0.1 * (gap >= 0.01) - 0.1 * (gap <= -0.01)
+        score = momentum + trend + macd + vol + gap_term
+    picked = np.flatnonzero(ok & ~np.isnan(score))
+    order = picked[np.argsort(-score[picked], kind="stable")][:cfg.top_n]   # best first; ties keep column order
     out = []
-    for rank, (symbol, s) in enumerate(ranked.items(), 1):
-        reasons = [f"20-day return {ret20[symbol]:+.1%}"]
-        if last[symbol] > sma20[symbol]:
-            reasons.append("close above SMA(20)" + (" and SMA(20) above SMA(50)" if sma20[symbol] > sma50[symbol] else ""))
-        if hist[symbol] > 0:
+    for rank, j in enumerate(order.tolist(), 1):
+        reasons = [f"20-day return {ret20[j]:+.1%}"]
+        if last[j] > sma20[j]:
+            reasons.append("close above SMA(20)" + (" and SMA(20) above SMA(50)" if sma20[j] > sma50[j] else ""))
+        if hist[j] > 0:
             reasons.append("MACD histogram positive")
-        if np.isfinite(vr[symbol]) and vr[symbol] > 1:
-            reasons.append(f"volume {vr[symbol]:.1f}x its 20-day average")
-        if abs(gap[symbol]) >= 0.01:
-            reasons.append(f"opening gap {gap[symbol]:+.1%}")
-        reasons.append(f"RSI(14) {rsi[symbol]:.0f}")
-        out.append(Candidate(symbol=symbol, rank=rank, score=float(s), price=float(last[symbol]),
+        if np.isfinite(vr[j]) and vr[j] > 1:
+            reasons.append(f"volume {vr[j]:.1f}x its 20-day average")
+        if abs(gap[j]) >= 0.01:
+            reasons.append(f"opening gap {gap[j]:+.1%}")
+        reasons.append(f"RSI(14) {rsi[j]:.0f}")
+        out.append(Candidate(symbol=symbols[j], rank=rank, score=float(score[j]), price=float(last[j]),
                              reasons=tuple(reasons),
-                             metrics={"rsi14": float(rsi[symbol]), "ret20": float(ret20[symbol]),
-                                      "turnover20": float(turnover[symbol]),
-                                      "volume_ratio": float(vr[symbol]) if np.isfinite(vr[symbol]) else 0.0}))
+                             metrics={"rsi14": float(rsi[j]), "ret20": float(ret20[j]),
+                                      "turnover20": float(turnover[j]),
+                                      "volume_ratio": float(vr[j]) if np.isfinite(vr[j]) else 0.0}))
+    return out
+
+
+def _ffill_rows(values, rows: list[int]):
+    """For each wanted row index: every column's last non-NaN value at or before it (NaN if none, or if the row
+    is before the start). The forward fill the score reads, without filling the whole matrix."""
+    import numpy as np
+    n, m = values.shape
+    valid = ~np.isnan(values)
+    last_valid = np.where(valid, np.arange(n)[:, None], -1)
+    np.maximum.accumulate(last_valid, axis=0, out=last_valid)
+    out = {}
+    for r in rows:
+        if r < 0 or n == 0:
+            out[r] = np.full(m, np.nan)
+            continue
+        idx = last_valid[r]
+        out[r] = np.where(idx >= 0, values[np.maximum(idx, 0), np.arange(m)], np.nan)
     return out
 
 
