@@ -332,3 +332,17 @@ ALTER TABLE orders ADD COLUMN IF NOT EXISTS fees_booked numeric NOT NULL DEFAULT
 INSERT INTO schema_version (version, description)
 VALUES (3, 'orders.fees_booked: order-level fees booked onto positions')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v4: indexes for the hot reads
+-- The monitor rewrites one position_monitor_status row per position every pass: indexing checked_at made each
+-- of those a non-HOT update (a new index entry per pass). The agent index alone keeps them HOT.
+DROP INDEX IF EXISTS position_monitor_status_agent;
+CREATE INDEX IF NOT EXISTS position_monitor_status_agent_only ON position_monitor_status (agent_id);
+ALTER TABLE position_monitor_status SET (fillfactor = 70);
+-- Today's realised P&L and today's entries (every portfolio snapshot) without reading the whole history.
+CREATE INDEX IF NOT EXISTS positions_agent_closed ON positions (agent_id, closed_at DESC) WHERE status = 'closed';
+CREATE INDEX IF NOT EXISTS orders_agent_created ON orders (agent_id, created_at DESC);
+
+INSERT INTO schema_version (version, description)
+VALUES (4, 'indexes for the monitor''s status rows, today''s P&L and today''s entries')
+ON CONFLICT (version) DO NOTHING;
