@@ -86,18 +86,14 @@ _ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quanti
 
 
 async def snapshot(services: "Services") -> PortfolioSnapshot:
-    """The broker's account and positions joined with our records. Our one read runs alongside the broker's two
-    (which stay one after the other: a broker session is not assumed to take concurrent calls)."""
+    """The broker's account and positions joined with our records; our one read runs alongside the broker's."""
     import asyncio
 
     import safety
     now = services.clock.now()
-
-    async def broker_view():
-        return await services.broker.get_account(), await services.broker.get_positions()
-
     (account, broker_positions), ours = await asyncio.gather(
-        broker_view(), services.pool.fetchrow(_OURS, services.agent_id, trading_day_start(services, now)))
+        services.broker.get_account_and_positions(),
+        services.pool.fetchrow(_OURS, services.agent_id, trading_day_start(services, now)))
     records = {r[1]: r for r in ours["positions"]}
 
     def held(p: Position) -> HeldPosition:

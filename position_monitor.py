@@ -1,14 +1,16 @@
 """One pass over the open positions: quotes, exit signals, a decision, and exits through the one order path.
 
 Order of work, so a crossed stop is never waiting behind slow analytics:
-  1. quotes for every open position; the high-water mark is raised; price-only signals (the position's stop,
+  1. quotes for every open position; the high-water mark rises with them (stored with the pass's status rows,
+     in the same statement); price-only signals (the position's stop,
      stop loss, take profit, trailing stop) are evaluated and every "exit" is sent at once;
   2. for the rest, RSI(14) and patterns of the daily bars (cached per symbol until the next session close, the
      only time daily bars change) join the evaluation; "exit" is sent; "uncertain" (exactly one moderate signal) goes to the advisor.
 The advisor is a cheap model (`ai.monitor_model`) within its own daily budget (`ai.monitor_daily_budget_usd`,
 recorded in ai_usage with purpose 'monitor'); with no key, no budget left or an unusable answer it holds and
-says why. Every position gets a `position_monitor_status` row per pass; every exit and every hold in the
-uncertain band a `decisions` row (engine 'monitor').
+says why, and a "hold" stands for `monitor.advice_hold_minutes` while the signals stay the same. Every position
+gets a `position_monitor_status` row per pass; every exit and every fresh answer in the uncertain band a
+`decisions` row (engine 'monitor').
 
 Used by the daemon (position_monitor_service.py) and right after every trade cycle that placed orders.
 """
@@ -77,7 +79,6 @@ class PositionMonitor:
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         statuses: list[tuple] = []
-        raised: list[tuple] = []
         # 1. prices first: a crossed stop is sent before anything slower happens
         for row in rows:
             quote = quotes.get(row["symbol"])
@@ -86,9 +87,7 @@ class PositionMonitor:
             if quote.last <= 0:
                 result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
                 continue
-            hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)
-            if hwm != row["high_water_mark"]:
-                raised.append((row["position_id"], hwm))
+            hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)   # stored with the status
             view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
                                         entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
                                         stop_loss=row["stop_loss"], take_profit=row["take_profit"],
@@ -102,8 +101,6 @@ class PositionMonitor:
                 statuses.append(self._status_row(row, view, report, await self._exit(row, report, result)))
             else:
                 pending.append((row, view, report))
-        if raised:
-            await self.s.pool.executemany("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", raised)
         # 2. indicators for the rest
         for row, view, report in pending:
             rsi, patterns = await self._indicators(row["symbol"])
@@ -194,8 +191,9 @@ class PositionMonitor:
     async def _write_statuses(self, rows: list[tuple]) -> None:
         if not rows:
             return
-        await self.s.pool.execute(          # every position in one statement
-            """INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
+        await self.s.pool.execute(          # every position in one statement, high-water marks raised with it
+            """WITH status AS (
+               INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
                    pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
                SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
                                     $6::numeric[], $7::numeric[], $8::text[], $9::text[], $10::text[], $11::text[],
@@ -204,7 +202,12 @@ class PositionMonitor:
                    unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
                    high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
                    signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
-                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at""", *(list(c) for c in zip(*rows)))
+                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at
+               RETURNING position_id, high_water_mark)
+               UPDATE positions p SET high_water_mark = status.high_water_mark FROM status
+               WHERE p.position_id = status.position_id AND p.status = 'open'
+                 AND (p.high_water_mark IS NULL OR status.high_water_mark > p.high_water_mark)""",
+            *(list(c) for c in zip(*rows)))
 
 
 # ---------------------------------------------------------------- the advisor for the uncertain band

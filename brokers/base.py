@@ -261,6 +261,11 @@ class BrokerClient(ABC):
     @abstractmethod
     async def get_positions(self) -> list[Position]: ...
 
+    async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
+        """Both, for a portfolio snapshot. The default asks for one, then the other; a broker that can read both
+        at once (one request, one consistent view) overrides it."""
+        return await self.get_account(), await self.get_positions()
+
     @abstractmethod
     async def place_order(self, order: OrderRequest) -> OrderResult:
         """Submit an order. Idempotent on client_order_id: a repeat returns the existing order."""

@@ -98,24 +98,29 @@ class PaperBroker(BrokerClient):
 
     # ------------------------------------------------------------ account
     async def get_account(self) -> Account:
+        return (await self.get_account_and_positions())[0]
+
+    async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
+        """Cash, holdings and open buy orders in one statement: one consistent view, no lock."""
         now = await self._catch_up()
         row = await self._fetchrow(
-            """SELECT a.cash, p.symbols, p.quantities, o.symbols AS buy_symbols, o.lefts, o.limits
-               FROM paper_accounts a
-               CROSS JOIN LATERAL (SELECT array_agg(symbol) AS symbols, array_agg(quantity) AS quantities
-                                   FROM paper_positions WHERE agent_id = a.agent_id) p
-               CROSS JOIN LATERAL (SELECT array_agg(symbol) AS symbols, array_agg(quantity - filled_quantity) AS lefts,
-                                          array_agg(limit_price) AS limits
-                                   FROM paper_orders WHERE agent_id = a.agent_id AND side = 'buy'
-                                     AND status IN ('submitted', 'partially_filled')) o
-               WHERE a.agent_id = $1""", self.account_id)
+            """SELECT a.cash,
+                      ARRAY(SELECT (symbol, quantity, avg_price) FROM paper_positions WHERE agent_id = a.agent_id
+                            ORDER BY symbol) AS positions,
+                      ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
+                            WHERE agent_id = a.agent_id AND side = 'buy'
+                              AND status IN ('submitted', 'partially_filled')) AS buys
+               FROM paper_accounts a WHERE a.agent_id = $1""", self.account_id)
         if row is None:
             raise InvalidRequest("paper account does not exist: call connect() first")
+        positions = [Position(symbol=symbol, quantity=qty, avg_price=avg,
+                              market_price=self.market.quote(symbol, now).last)
+                     for symbol, qty, avg in row["positions"]]
         cash = row["cash"]
-        reserved = self._reserve(zip(row["buy_symbols"] or (), row["lefts"] or (), row["limits"] or ()), now)
-        value = sum((self.market.quote(sym, now).last * qty
-                     for sym, qty in zip(row["symbols"] or (), row["quantities"] or ())), Decimal(0))
-        return Account(currency=self.currency, cash=cash, buying_power=cash - reserved, equity=cash + value)
+        value = sum((p.market_price * p.quantity for p in positions), Decimal(0))
+        account = Account(currency=self.currency, cash=cash, buying_power=cash - self._reserve(row["buys"], now),
+                          equity=cash + value)
+        return account, positions
 
     async def get_positions(self) -> list[Position]:
         now = await self._catch_up()

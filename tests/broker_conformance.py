@@ -151,6 +151,14 @@ class BrokerConformance:
         assert closed.status is OrderStatus.FILLED and closed.side is OrderSide.SELL
         assert symbol not in {p.symbol for p in await venue.broker.get_positions()}
 
+    async def test_account_and_positions_together_match_each_alone(self, venue: Venue):
+        symbol = venue.symbols[0]
+        await _buy_lots(venue, symbol, 1, "both")
+        account, positions = await venue.broker.get_account_and_positions()
+        assert account == await venue.broker.get_account()
+        assert positions == await venue.broker.get_positions()
+        assert symbol in {p.symbol for p in positions}
+
     async def test_state_survives_a_new_client(self, venue: Venue):
         symbol = venue.symbols[0]
         bought = await _buy_lots(venue, symbol, 1, "persist")

@@ -157,3 +157,25 @@ async def test_a_standing_hold_is_not_asked_again_every_poll(pool, agent_id):
         assert len(fake.message_requests) == 2
     assert await s.pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action = 'monitor_hold'",
                                  agent_id) == 2
+
+
+async def test_the_high_water_mark_only_rises(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    last = (await s.broker.get_quote(symbol)).last
+    low = (last * Decimal("0.995")).quantize(Decimal("0.01"))         # +0.5%: no signal at all
+    await s.pool.execute("UPDATE positions SET high_water_mark = $2, avg_entry_price = $2, stop_loss = $3 "
+                         "WHERE position_id = $1", pos["position_id"], low, low / 2)
+    monitor = PositionMonitor(s)
+    quiet_indicators(monitor, symbol, s.clock.now())
+    await monitor.run_pass()
+    hwm = await s.pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pos["position_id"])
+    assert hwm == last                                                  # raised to the price seen
+    above = last + Decimal(5)
+    await s.pool.execute("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", pos["position_id"],
+                         above)
+    await monitor.run_pass()                                            # a lower price never lowers it
+    assert await s.pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1",
+                                 pos["position_id"]) == above
+    status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
+    assert status["high_water_mark"] == above and status["last_price"] == last
