@@ -174,6 +174,10 @@ class PaperBroker(BrokerClient):
         """Match resting orders up to the clock unless this process already did within the current minute."""
         now = self.clock.now()
         if self._matched_minute != _minute(now):
+            if not await self._fetchrow("SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN "
+                                        "('submitted', 'partially_filled') LIMIT 1", self.account_id):
+                self._matched_minute = _minute(now)      # nothing rests: nothing to match, no lock needed
+                return now
             async with self._locked() as (_conn, now):
                 pass
         return now
