@@ -145,7 +145,10 @@ async def _pool(url: str, min_size: int, max_size: int, timeout: float,
     try:
         return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout,
                                          init=_init_connection, command_timeout=60,
-                                         reset=_keep_session, server_settings=server_settings)
+                                         reset=_keep_session, server_settings=server_settings,
+                                         # no idle-expiry timer armed and cancelled around every query: a
+                                         # handful of idle connections to our own server cost nothing
+                                         max_inactive_connection_lifetime=0)
     except asyncpg.InvalidCatalogNameError:
         raise
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
