@@ -13,7 +13,13 @@ no decision can see a later bar.
 Every row is written under the agent id `<agent>-replay-<run id>`, never the live agent's: live queries, the live
 report and reconciliation all select by the live agent id, so replay rows never mix with them.
 
-Bar files with daily bars only are not supported yet: the paper broker fills against one-minute bars.
+With bar files that hold daily bars only, the cron schedule means nothing (nothing happens between a bar's open
+and its close), so each day runs at the bar's open (scan, a monitor pass, a trade cycle) and in the session's
+last minute (a monitor pass, the close cycle). Orders fill at the two prints such a file offers, the day's open
+and its close (data/bar_files.py): a decision at the open is made on yesterday's bar and fills at today's open;
+one at the close is made knowing today's open and fills at today's close. `--monitor-every` does not apply,
+and the fresh-quote limit (`trading.max_quote_age_seconds`) is widened to DAILY_QUOTE_AGE: a daily price is
+always up to a session (or a long weekend) old.
 """
 from __future__ import annotations
 
@@ -86,6 +92,28 @@ def day_schedule(entries: list[CronEntry], day: date) -> list[tuple[datetime, st
     return sorted(out)
 
 
+# With daily bars the latest price is the previous print: at the open, yesterday's close (a long weekend or a
+# holiday old). The fresh-quote rule, there to stop live trading on a stalled feed, would refuse every entry.
+DAILY_QUOTE_AGE = timedelta(days=10)
+
+
+def _daily_quote_age(settings: Settings) -> Settings:
+    cfg = settings.config
+    trading = cfg.trading.model_copy(update={"max_quote_age_seconds": int(DAILY_QUOTE_AGE.total_seconds())})
+    return replace(settings, config=cfg.model_copy(update={"trading": trading}))
+
+
+def daily_bar_schedule(calendar, day: date) -> list[tuple[datetime, str]]:
+    """With daily bars only: at the bar's open the scan, a monitor pass and a trade cycle (deciding on yesterday's
+    bar, filling at the opening print); in the session's last minute a monitor pass and the close cycle
+    (deciding on the day's open, filling at the closing print). See data/bar_files.py for the two prints."""
+    bounds = calendar.session_bounds(day)
+    if not bounds:
+        return []
+    opens, closes = bounds[0][0], bounds[-1][1] - timedelta(minutes=1)
+    return [(opens, "scan"), (opens, "monitor"), (opens, "trade"), (closes, "monitor"), (closes, "close")]
+
+
 # ---------------------------------------------------------------- the run
 
 @dataclass
@@ -136,10 +164,18 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     if not days:
         raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
     entries = parse_cron(cron_text if cron_text is not None else (ROOT / "config" / "cron.d").read_text())
-    first_day = day_schedule(entries, days[0])
-    first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
-    clock = SimulatedClock(first - timedelta(minutes=1))
+    clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
     services = await build_services(rs, pool, clock)
+    daily_only = bool(getattr(services.market.source, "daily_only", False))
+    if daily_only:
+        services.settings = _daily_quote_age(services.settings)
+
+    def schedule(day: date) -> list[tuple[datetime, str]]:
+        return daily_bar_schedule(calendar, day) if daily_only else day_schedule(entries, day)
+
+    first_day = schedule(days[0])
+    first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
+    clock.set(first - timedelta(minutes=1))
     monitor = PositionMonitor(services)
     opening = await services.broker.get_account()          # before the first cycle: the starting point
     curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
@@ -163,14 +199,20 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
                 passes += 1
 
     for n, day in enumerate(days, 1):
-        for at, mode in day_schedule(entries, day):
-            await monitor_until(at)
+        for at, mode in schedule(day):
+            if not daily_only:
+                await monitor_until(at)
             if at > clock.now():
                 clock.set(at)
+            if mode == "monitor":
+                await monitor.run_pass()
+                passes += 1
+                continue
             await run_cycle(services, mode)
             cycles += 1
         close = calendar.session_bounds(day)[-1][1]
-        await monitor_until(close)
+        if not daily_only:
+            await monitor_until(close)
         clock.set(max(clock.now(), close + timedelta(minutes=1)))
         account = await services.broker.get_account()
         curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
@@ -182,7 +224,8 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     trades = await load_trades(pool, rs.agent_id)
     fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
     metrics = compute_metrics(curve, trades, fees_paid=fees, ai_cost_usd=ai_cost, ai_calls=ai_calls)
-    title = f"Replay {start} .. {end} ({len(days)} days, {engine} engine) — agent id {rs.agent_id}"
+    title = (f"Replay {start} .. {end} ({len(days)} days, {engine} engine"
+             f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
     out_dir = out_dir or rs.var_dir / "replays"
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot_equity(curve, out_dir / f"{rs.agent_id}.png", title=title)

@@ -18,7 +18,11 @@ order (header names are case-insensitive; other columns are ignored)::
   detected from the most common spacing. Rows may come in any order; a timestamp may not repeat.
 * Prices are positive numbers with low <= open, close <= high; volume is a number >= 0 (shares).
 * Bars outside the exchange's sessions (pre/post-market) are served to intraday requests but left out of
-  daily bars. Intraday bars are combined into longer ones (1m -> 5m, 15m, 30m, 1h, 1d) aligned to the start of
+  daily bars.
+* A daily file still answers intraday requests and quotes, from two one-minute prints per session: the bar's
+  open in the session's first minute and its close in the last minute (half the volume each). So during a
+  session the quote is the day's open once the first minute is over, and the close once the session ends; an
+  order fills only at those two prints (the day's high and low are not a path anything could trade on). Intraday bars are combined into longer ones (1m -> 5m, 15m, 30m, 1h, 1d) aligned to the start of
   each trading interval (HKEX: 09:30 and 13:00), never split into shorter ones.
 
 Optional ``instruments.csv`` in the same directory: ``symbol,name,lot_size,currency`` (and optionally
@@ -32,6 +36,7 @@ malformed file is a `BarFileError` naming the file, the line (CSV, counting the 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass
@@ -176,6 +181,11 @@ class BarFileSource:
         except KeyError:
             raise UnknownSymbol(f"unknown symbol {symbol!r}: no {symbol}.csv or {symbol}.parquet in "
                                 f"{self.directory} ({len(self._files)} symbols there)") from None
+
+    @property
+    def daily_only(self) -> bool:
+        """Every file holds daily bars: replay then runs its cycles at each bar's open and close."""
+        return all(self._get(symbol).kind == "daily" for symbol in self._files)
 
     def validate(self) -> None:
         """Read every file now, so a malformed one fails at startup rather than mid-session."""
@@ -324,7 +334,25 @@ class BarFileSource:
         start = np.where(is_session, table.opens[idx], local_midnight)
         end = np.where(is_session, table.closes[idx], local_midnight + _NS_DAY)
         bars = _Bars(start=start, end=end, open=o, high=h, low=lo, close=c, volume=v, day=day)
-        return _Series(path=path, kind="daily", minutes=None, bars=bars, daily=bars)
+        return self._with_prints(path, bars, np.flatnonzero(is_session), idx)
+
+    def _with_prints(self, path: Path, daily: _Bars, sessions: np.ndarray, rows: np.ndarray) -> _Series:
+        """A daily file's intraday view: two one-minute prints per session bar, the opening print (the bar's open,
+        first minute) and the closing print (its close, last minute), half the volume each. What happened between
+        them is unknown, so nothing trades in between; the daily bars themselves stay as the file has them."""
+        table = self.calendar.table
+        k = rows[sessions]
+        n = len(sessions)
+        ts = np.empty(2 * n, dtype=np.int64)
+        ts[0::2], ts[1::2] = table.opens[k], table.closes[k] - _NS_MIN
+        price = np.empty(2 * n)
+        price[0::2], price[1::2] = daily.open[sessions], daily.close[sessions]
+        first_half = np.floor(daily.volume[sessions] / 2)
+        volume = np.empty(2 * n)
+        volume[0::2], volume[1::2] = first_half, daily.volume[sessions] - first_half
+        midnights = self._local_midnights(np.repeat(daily.day[sessions], 2)) if n else np.array([], dtype=np.int64)
+        prints = self._intraday_series(path, ts, 1, midnights, price, price, price, price, volume)
+        return dataclasses.replace(prints, kind="daily", daily=daily)
 
     def _local_midnights(self, day: np.ndarray) -> np.ndarray:
         import pandas as pd
@@ -402,9 +430,7 @@ class BarFileSource:
                     for i in keep]
         if timeframe not in _TIMEFRAME_MINUTES:
             raise ValueError(f"unknown timeframe {timeframe!r}; expected 1m, 5m, 15m, 30m, 1h or 1d")
-        want = _TIMEFRAME_MINUTES[timeframe]
-        if series.kind == "daily":
-            raise ValueError(f"{series.path} holds daily bars; it cannot give {timeframe} bars")
+        want = _TIMEFRAME_MINUTES[timeframe]            # (a daily file answers from its opening/closing prints)
         if want % series.minutes:
             raise ValueError(f"{series.path} holds {series.minutes}-minute bars; {timeframe} bars cannot be "
                              f"built from them")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -63,10 +63,28 @@ def test_daily_files_serve_bars_quotes_and_frames(hk_dir):
     assert [b.start.astimezone(HKT).date() for b in bars] == [date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)]
     assert bars[0].start == datetime(2026, 11, 17, 9, 30, tzinfo=HKT)
     assert bars[0].high == Decimal("384.2") and bars[0].volume == 1_000_000
-    q = src.quote("0700", end)
+    q = src.quote("0700", datetime(2026, 11, 20, 9, 30, 30, tzinfo=HKT))   # in the first minute: yesterday's close
     assert q.last == Decimal("381.4") and q.timestamp == datetime(2026, 11, 19, 16, 0, tzinfo=HKT)
     assert q.bid == Decimal("381.2") and q.ask == Decimal("381.6")
+    q = src.quote("0700", end)                                    # after it: the day's opening print
+    assert q.last == Decimal("381.4") and q.timestamp == datetime(2026, 11, 20, 9, 31, tzinfo=HKT)
     assert src.quote("0700", datetime(2026, 11, 20, 16, 0, tzinfo=HKT)).last == Decimal("389.8")
+
+
+def test_a_daily_file_trades_only_at_its_opening_and_closing_prints(hk_dir):
+    src = BarFileSource(hk_dir, "HKEX")
+    day_start, day_end = datetime(2026, 11, 23, 9, 0, tzinfo=HKT), datetime(2026, 11, 23, 17, 0, tzinfo=HKT)
+    prints = src.bars("0700", "1m", day_start, day_end)
+    assert [(b.start.astimezone(HKT).time(), b.open, b.high, b.low, b.close, b.volume) for b in prints] == [
+        (time(9, 30), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), 550_000),
+        (time(15, 59), Decimal("386.0"), Decimal("386.0"), Decimal("386.0"), Decimal("386.0"), 550_000)]
+    assert src.bars("0700", "1m", day_start, datetime(2026, 11, 23, 15, 59, 30, tzinfo=HKT))[-1].start == \
+        datetime(2026, 11, 23, 9, 30, tzinfo=HKT)                 # the closing print is not done before 16:00
+    assert [b.close for b in src.bars("0700", "1d", day_start, day_end)] == [Decimal("386.0")]
+    assert src.bars("0700", "1d", day_start, day_end)[0].high == Decimal("391.0")    # the file's own daily bar
+    assert src.daily_only is False                                # 9999 holds minute bars
+    (hk_dir / "9999.csv").unlink()
+    assert BarFileSource(hk_dir, "HKEX").daily_only is True
 
     frames = src.daily_frame(["0700", "0005"], datetime(2026, 11, 24, 8, 0, tzinfo=HKT), 4)
     close = frames["close"]
@@ -158,7 +176,7 @@ def test_other_mistakes_are_explained(tmp_path):
     src = BarFileSource(tmp_path, "HKEX")
     with pytest.raises(UnknownSymbol, match="0701"):
         src.quote("0701", datetime(2026, 11, 24, tzinfo=HKT))
-    with pytest.raises(ValueError, match="daily bars"):
-        src.bars("0700", "5m", datetime(2026, 11, 17, tzinfo=HKT), datetime(2026, 11, 24, tzinfo=HKT))
+    five = src.bars("0700", "5m", datetime(2026, 11, 17, tzinfo=HKT), datetime(2026, 11, 18, tzinfo=HKT))
+    assert [b.start.astimezone(HKT).time() for b in five] == [time(9, 30), time(15, 55)]    # the two prints
     with pytest.raises(ValueError, match="no bar of 0700 has completed"):
-        src.quote("0700", datetime(2026, 11, 17, 12, 0, tzinfo=HKT))
+        src.quote("0700", datetime(2026, 11, 17, 9, 30, 30, tzinfo=HKT))

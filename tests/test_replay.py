@@ -95,3 +95,59 @@ async def test_a_bar_after_the_clock_is_never_seen(pool, agent_id, tmp_path):
                              "WHERE agent_id = $1", agent)
     assert not [t for t in texts if "8888" in (t["reasoning"] + (t["d"] or "") + (t["v"] or ""))]
     assert max(p.equity for p in result.curve) < Decimal(10**6)
+
+
+@pytest.mark.slow
+async def test_daily_bars_run_at_the_open_and_close_and_fill_at_those_prints(pool, agent_id, tmp_path):
+    """Bar files with daily bars only: cycles at each bar's open and in its last minute; every fill is at that
+    day's opening or closing print (slippage aside), stamped when the print completes; a planted future bar is
+    never seen."""
+    from data.calendar import MarketCalendar
+    from data.simulated import SimulatedMarket
+    from data.ticks import tick_size
+
+    cal = MarketCalendar("HKEX")
+    market = SimulatedMarket(seed=11, exchange="HKEX", n_symbols=40, calendar=cal)
+    end_day = date(2026, 11, 24)
+    data = tmp_path / "daily"
+    data.mkdir()
+    insts = market.instruments()[:15]
+    (data / "instruments.csv").write_text("symbol,name,lot_size,currency\n" + "".join(
+        f"{i.symbol},{i.name},{i.lot_size},HKD\n" for i in insts))
+    frames = market.daily_frame([i.symbol for i in insts], datetime(2026, 11, 25, tzinfo=timezone.utc), 150)
+    spike = 8888
+    opens_closes: dict[tuple[str, date], tuple[float, float]] = {}
+    for i in insts:
+        rows = ["timestamp,open,high,low,close,volume"]
+        for d in frames["close"].index:
+            o, h, lo, c, v = (frames[f].loc[d, i.symbol] for f in ("open", "high", "low", "close", "volume"))
+            rows.append(f"{d.date()},{o},{h},{lo},{c},{int(v)}")
+            opens_closes[(i.symbol, d.date())] = (o, c)
+        rows.append(f"2026-11-25,{spike},{spike},{spike},{spike},1000000")          # after the replay's end
+        (data / f"{i.symbol}.csv").write_text("\n".join(rows) + "\n")
+    settings = agent_settings(agent_id, scan={"min_history_bars": 20, "min_turnover": Decimal(0)})
+    start = date(2026, 11, 17)
+    result = await run_replay(settings, pool, start=start, end=end_day, data=data, progress=False,
+                              out_dir=tmp_path)
+    agent = result.agent_id
+    days = cal.trading_days(start, end_day)
+    assert result.cycles == 3 * len(days) and result.monitor_passes == 2 * len(days)
+    assert "daily bars" in result.table
+    cycles = await pool.fetch("SELECT mode, started_at FROM trading_cycles WHERE agent_id = $1 ORDER BY started_at",
+                              agent)
+    for d in days:
+        (o, _), (_, c) = cal.session_bounds(d)[0], cal.session_bounds(d)[-1]
+        assert sorted((r["started_at"], r["mode"]) for r in cycles if cal.local_date(r["started_at"]) == d) == [
+            (o, "scan"), (o, "trade"), (c - timedelta(minutes=1), "close")]
+    fills = await pool.fetch("SELECT symbol, side, price, filled_at FROM fills WHERE agent_id = $1", agent)
+    assert fills, "a daily replay that never trades proves nothing"
+    for f in fills:
+        d = cal.local_date(f["filled_at"])
+        (o, _), (_, c) = cal.session_bounds(d)[0], cal.session_bounds(d)[-1]
+        day_open, day_close = opens_closes[(f["symbol"], d)]
+        assert f["filled_at"] in (o + timedelta(minutes=1), c), f
+        reference = day_open if f["filled_at"] == o + timedelta(minutes=1) else day_close
+        slack = reference * 0.002 + float(tick_size(Decimal(str(reference)), "hkex"))   # slippage + one tick
+        assert abs(float(f["price"]) - reference) <= slack, (f, reference)
+    assert await pool.fetchval("SELECT max(price) FROM fills WHERE agent_id = $1", agent) < spike / 10
+    assert await pool.fetchval("SELECT max(price) FROM scan_results WHERE agent_id = $1", agent) < spike / 10
