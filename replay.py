@@ -151,6 +151,7 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
     from cycle import run_cycle
+    from db_logger import log_context
     from data.calendar import MarketCalendar
     from position_monitor import PositionMonitor
     from report import EquityPoint, compute_metrics, load_costs, load_trades, plot_equity, render_table
@@ -164,62 +165,63 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     if not days:
         raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
     entries = parse_cron(cron_text if cron_text is not None else (ROOT / "config" / "cron.d").read_text())
-    clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
-    services = await build_services(rs, pool, clock)
-    daily_only = bool(getattr(services.market.source, "daily_only", False))
-    if daily_only:
-        services.settings = _daily_quote_age(services.settings)
+    with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
+        clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
+        services = await build_services(rs, pool, clock)
+        daily_only = bool(getattr(services.market.source, "daily_only", False))
+        if daily_only:
+            services.settings = _daily_quote_age(services.settings)
 
-    def schedule(day: date) -> list[tuple[datetime, str]]:
-        return daily_bar_schedule(calendar, day) if daily_only else day_schedule(entries, day)
+        def schedule(day: date) -> list[tuple[datetime, str]]:
+            return daily_bar_schedule(calendar, day) if daily_only else day_schedule(entries, day)
 
-    first_day = schedule(days[0])
-    first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
-    clock.set(first - timedelta(minutes=1))
-    monitor = PositionMonitor(services)
-    opening = await services.broker.get_account()          # before the first cycle: the starting point
-    curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
-                                            cash=opening.cash, invested=opening.equity - opening.cash)]
-    cycles = passes = 0
+        first_day = schedule(days[0])
+        first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
+        clock.set(first - timedelta(minutes=1))
+        monitor = PositionMonitor(services)
+        opening = await services.broker.get_account()          # before the first cycle: the starting point
+        curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
+                                                cash=opening.cash, invested=opening.equity - opening.cash)]
+        cycles = passes = 0
 
-    async def monitor_until(when: datetime) -> None:
-        """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
-        (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
-        nonlocal passes
-        while clock.now() + monitor_every <= when:
-            state = calendar.state(clock.now())
-            if state.status != "open" and state.next_open > clock.now() + monitor_every:
-                if state.next_open > when:
-                    return
-                clock.set(state.next_open)
-                continue
-            clock.advance(monitor_every)
-            if calendar.is_open(clock.now()):
-                await monitor.run_pass()
-                passes += 1
+        async def monitor_until(when: datetime) -> None:
+            """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
+            (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
+            nonlocal passes
+            while clock.now() + monitor_every <= when:
+                state = calendar.state(clock.now())
+                if state.status != "open" and state.next_open > clock.now() + monitor_every:
+                    if state.next_open > when:
+                        return
+                    clock.set(state.next_open)
+                    continue
+                clock.advance(monitor_every)
+                if calendar.is_open(clock.now()):
+                    await monitor.run_pass()
+                    passes += 1
 
-    for n, day in enumerate(days, 1):
-        for at, mode in schedule(day):
+        for n, day in enumerate(days, 1):
+            for at, mode in schedule(day):
+                if not daily_only:
+                    await monitor_until(at)
+                if at > clock.now():
+                    clock.set(at)
+                if mode == "monitor":
+                    await monitor.run_pass()
+                    passes += 1
+                    continue
+                await run_cycle(services, mode)
+                cycles += 1
+            close = calendar.session_bounds(day)[-1][1]
             if not daily_only:
-                await monitor_until(at)
-            if at > clock.now():
-                clock.set(at)
-            if mode == "monitor":
-                await monitor.run_pass()
-                passes += 1
-                continue
-            await run_cycle(services, mode)
-            cycles += 1
-        close = calendar.session_bounds(day)[-1][1]
-        if not daily_only:
-            await monitor_until(close)
-        clock.set(max(clock.now(), close + timedelta(minutes=1)))
-        account = await services.broker.get_account()
-        curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
-                                 invested=account.equity - account.cash))
-        if progress:
-            _progress(n, len(days), day, account.equity, t0)
-    if progress:
+                await monitor_until(close)
+            clock.set(max(clock.now(), close + timedelta(minutes=1)))
+            account = await services.broker.get_account()
+            curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
+                                     invested=account.equity - account.cash))
+            if progress:
+                _progress(n, len(days), day, account.equity, t0)
+    if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     trades = await load_trades(pool, rs.agent_id)
     fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
@@ -234,10 +236,15 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
 
 
 def _progress(n: int, total: int, day: date, equity, t0: float) -> None:
+    """One line redrawn in place on a terminal; to a file or pipe, a plain line every tenth of the run."""
     width = 30
     done = int(width * n / total)
     elapsed = _time.perf_counter() - t0
     eta = elapsed / n * (total - n)
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} days  {day}  equity {equity:,.2f}  "
-                     f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left ")
+    line = (f"[{'#' * done}{'.' * (width - done)}] {n}/{total} days  {day}  equity {equity:,.2f}  "
+            f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left")
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + " ")
+    elif n == total or n % max(total // 10, 1) == 0:
+        sys.stderr.write(line + "\n")
     sys.stderr.flush()

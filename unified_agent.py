@@ -95,7 +95,9 @@ async def _run(settings, args: argparse.Namespace) -> int:
 
     pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
                              level=settings.config.logging.level, dsn=target.url if target else None,
-                             file_keep_days=settings.config.logging.file_retention_days)
+                             file_keep_days=settings.config.logging.file_retention_days,
+                             # a replay's progress line owns the terminal; its warnings go to the log file and DB
+                             console_level="ERROR" if args.mode == "replay" else "WARNING")
     bind_log_context(mode=args.mode)
     pool = None
     try:
@@ -143,6 +145,8 @@ async def _run(settings, args: argparse.Namespace) -> int:
             print(result.table)
             print(f"{result.cycles} cycles and {result.monitor_passes} monitor passes in {result.wall_seconds:.1f} s; "
                   f"equity curve: {result.png}")
+            print(f"every decision, order and log line is under agent id {result.agent_id} "
+                  f"(warnings: {settings.log_dir / 'agent.log'})")
             return EXIT_OK
         if args.mode == "report":
             from clock import RealClock

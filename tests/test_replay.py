@@ -151,3 +151,24 @@ async def test_daily_bars_run_at_the_open_and_close_and_fill_at_those_prints(poo
         assert abs(float(f["price"]) - reference) <= slack, (f, reference)
     assert await pool.fetchval("SELECT max(price) FROM fills WHERE agent_id = $1", agent) < spike / 10
     assert await pool.fetchval("SELECT max(price) FROM scan_results WHERE agent_id = $1", agent) < spike / 10
+
+
+@pytest.mark.slow
+async def test_the_replay_command_keeps_its_rows_and_logs_apart(pool, pg_url, tmp_path):
+    """`unified_agent.py --mode replay` as a process: the table and PNG are printed, and trading rows and
+    agent_logs lines carry the replay's agent id, none the live one."""
+    import re
+    import subprocess
+
+    from tests.conftest import PYTHON, subprocess_env
+    env = subprocess_env(tmp_path, DATABASE_URL=pg_url, AGENT_ID="replaycli")
+    out = subprocess.run([PYTHON, "unified_agent.py", "--mode", "replay", "--start", "2026-11-23", "--end",
+                          "2026-11-24", "--monitor-every", "15"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "net P&L (after fees)" in out.stdout and "2/2 days" in out.stderr
+    agent = re.search(r"under agent id (\S+) ", out.stdout).group(1)
+    assert agent.startswith("replaycli-replay-")
+    for table in ("trading_cycles", "decisions", "agent_logs"):
+        assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE agent_id = $1", agent) > 0, table
+        assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE agent_id = 'replaycli'") == 0, table
