@@ -93,8 +93,11 @@ async def _run(settings, args: argparse.Namespace) -> int:
     else:
         target_error = None
 
+    level = settings.config.logging.level
+    if args.mode == "replay" and not settings.env.get("LOG_LEVEL"):
+        level = "WARNING"      # a year of INFO lines costs a quarter of a replay's time; LOG_LEVEL=INFO keeps them
     pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
-                             level=settings.config.logging.level, dsn=target.url if target else None,
+                             level=level, dsn=target.url if target else None,
                              file_keep_days=settings.config.logging.file_retention_days,
                              # a replay's progress line owns the terminal; its warnings go to the log file and DB
                              console_level="ERROR" if args.mode == "replay" else "WARNING")
