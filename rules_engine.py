@@ -6,7 +6,8 @@ and audit trail. It runs when no ANTHROPIC_API_KEY is set or the AI budget is sp
 trade:  1. get_portfolio; for each position: get_quote + get_technicals, and close_position when the loss reaches
            signals.stop_loss_strong, the gain reaches signals.take_profit_strong, the price is at or below the
            position's stop, or RSI(14) is above signals.rsi_overbought.
-        2. when the trading state is ACTIVE and there is room: scan_market, then for each candidate not held and
+        2. (get_portfolio again only if step 1 closed something) when the trading state is ACTIVE and there is
+           room: scan_market, then for each candidate not held and
            not entered today, get_technicals + detect_patterns; enter when RSI(14) is within
            [rules.rsi_min, rules.rsi_max], the close is above SMA(20) (if rules.require_above_sma20), MACD's
            histogram is positive or a bullish pattern is present, and no bearish pattern is present. The entry is a
@@ -83,7 +84,9 @@ class RulesEngine:
 
     async def _trade(self) -> dict:
         exits = await self._review_positions(end_of_day=False)
-        portfolio, err = await self._call("get_portfolio", {})
+        portfolio, err = self._reviewed, False
+        if exits or portfolio is None:             # the review changed something (or saw nothing): look again
+            portfolio, err = await self._call("get_portfolio", {})
         if err:
             return {"exits": exits, "error": portfolio["error"]}
         entries: list[str] = []
@@ -142,10 +145,13 @@ class RulesEngine:
 
     # ------------------------------------------------------------------ rules
     async def _review_positions(self, *, end_of_day: bool) -> list[str]:
+        """Exits by the rules; the portfolio it looked at stays in self._reviewed for the entries that follow."""
+        self._reviewed = None
         portfolio, err = await self._call("get_portfolio", {})
         if err:
             return []
-        exits = []
+        self._reviewed = portfolio
+        exits: list[str] = []
         s = self.cfg.signals
         for p in portfolio["positions"]:
             symbol = p["symbol"]
