@@ -18,10 +18,9 @@ import pytest
 from clock import SimulatedClock
 from cycle import run_cycle
 from services import build_services
-from tests.agent_fixtures import OPEN_AT, agent_settings
+from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.fakes.anthropic_server import FakeAnthropic, overloaded, rate_limited, reply, tool_use
-from tests.test_tool_executor import cheap_symbol
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tests.agent_fixtures import OPEN_AT, agent_settings, services  # noqa: F401  (fixture)
+from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol, services  # noqa: F401  (fixture)
 from tool_executor import ToolExecutor
 from tools import MODE_TOOLS, TOOLS, anthropic_tools
 
@@ -18,16 +18,6 @@ async def executor(services, mode="trade") -> ToolExecutor:
     await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
                                 cycle_id, services.agent_id, mode)
     return ToolExecutor(services, mode=mode, cycle_id=cycle_id, engine="rules")
-
-
-def cheap_symbol(services) -> str:
-    best = None
-    for inst in services.market.source.instruments():
-        q = services.market.source.quote(inst.symbol, services.clock.now())
-        lot_value = q.last * inst.lot_size
-        if Decimal(5) <= q.last <= Decimal(100) and lot_value < 5000 and (best is None or lot_value < best[0]):
-            best = (lot_value, inst.symbol)
-    return best[1]
 
 
 def test_schemas_are_generated_from_the_input_models():

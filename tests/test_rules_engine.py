@@ -1,0 +1,101 @@
+"""rules_engine.py: the offline engine decides through the real tools (paper broker, PostgreSQL), records every
+skip with its reason, respects its entry limits, and exits what its rules say."""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from rules_engine import RulesEngine
+from services import build_services
+from clock import SimulatedClock
+from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
+from tool_executor import ToolExecutor
+
+
+class SpyExecutor(ToolExecutor):
+    """The real executor, remembering which tools were called in order."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.names: list[str] = []
+
+    async def execute(self, name, raw_input):
+        self.names.append(name)
+        return await super().execute(name, raw_input)
+
+
+async def cycle(services, mode: str) -> SpyExecutor:
+    cycle_id = uuid.uuid4()
+    await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
+                                cycle_id, services.agent_id, mode)
+    ex = SpyExecutor(services, mode=mode, cycle_id=cycle_id, engine="rules")
+    ex.result = await RulesEngine(services.settings).run(mode, ex)
+    return ex
+
+
+async def make(pool, agent_id, **changes):
+    return await build_services(agent_settings(agent_id, market_data={"universe_size": 100}, **changes), pool,
+                                SimulatedClock(OPEN_AT))
+
+
+async def test_scan_watches_the_top_candidates(pool, agent_id):
+    s = await make(pool, agent_id, rules={"watchlist_size": 4})
+    ex = await cycle(s, "scan")
+    assert ex.names == ["scan_market"] + ["log_decision"] * 4
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action = 'watch'",
+                               agent_id) == 4
+
+
+async def test_a_trade_cycle_enters_within_its_limits_and_says_why_it_skipped(pool, agent_id):
+    s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 1, "rsi_min": Decimal(1),
+                                          "rsi_max": Decimal(99), "require_above_sma20": False})
+    ex = await cycle(s, "trade")
+    summary = ex.result.summary
+    assert len(summary["entries"]) == 1, summary
+    assert ex.names.count("execute_trade") >= 1 and ex.names.count("get_portfolio") == 1   # nothing was closed
+    order = await pool.fetchrow("SELECT * FROM orders WHERE agent_id = $1 AND intent = 'entry'", agent_id)
+    assert order["symbol"] == summary["entries"][0] and order["stop_loss"] is not None
+    assert order["order_type"] == "limit" and order["take_profit"] > order["limit_price"]
+    skips = await pool.fetch("SELECT symbol, reasoning FROM decisions WHERE agent_id = $1 AND action = 'skip'",
+                             agent_id)
+    assert {r["symbol"] for r in skips} == set(summary["skipped"]) - set(summary["entries"])
+    assert all(len(r["reasoning"]) > 10 for r in skips)
+
+
+async def test_a_strict_band_skips_every_candidate_with_its_reason(pool, agent_id):
+    s = await make(pool, agent_id, rules={"rsi_min": Decimal(98), "rsi_max": Decimal(99)})
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["entries"] == [] and "execute_trade" not in ex.names
+    reasons = [r["reasoning"] for r in await pool.fetch(
+        "SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'skip'", agent_id)]
+    assert reasons and all("outside [98, 99]" in r or "bearish" in r or "history" in r for r in reasons), reasons
+
+
+async def test_a_position_past_its_stop_is_closed_and_the_portfolio_read_again(pool, agent_id):
+    s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 0})
+    symbol = cheap_symbol(s)
+    entry = ToolExecutor(s, mode="trade", cycle_id=None, engine="rules")
+    r = await entry.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "market",
+                                              "reasoning": "set up a position for the rules to close"})
+    assert r.data["status"] == "filled", r.data.get("failed")
+    last = (await s.broker.get_quote(symbol)).last
+    await pool.execute("UPDATE positions SET stop_loss = $2 WHERE agent_id = $1 AND status = 'open'", agent_id,
+                       last + Decimal("0.05"))
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["exits"] == [symbol]
+    assert ex.names[:1] == ["get_portfolio"] and "close_position" in ex.names
+    assert ex.names.count("get_portfolio") == 2                  # something closed: look again before entries
+    sell = await pool.fetchrow("SELECT * FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id)
+    assert sell["symbol"] == symbol and sell["status"] in ("filled", "partially_filled", "submitted")
+
+
+async def test_close_exits_everything_when_intraday_only(pool, agent_id):
+    s = await make(pool, agent_id, trading={"intraday_only": True})
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["entries"], "the setup needs an entry to close"
+    ex = await cycle(s, "close")
+    assert sorted(ex.result.summary["exits"]) == sorted(
+        {r["symbol"] for r in await pool.fetch("SELECT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' "
+                                               "AND filled_quantity > 0", agent_id)})
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action IN ('hold', "
+                               "'no_trade')", agent_id) == 1
