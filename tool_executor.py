@@ -151,8 +151,8 @@ class ToolExecutor:
     # ------------------------------------------------------------------ data tools
     async def _scan_market(self, args) -> Any:
         from data.scan import latest_or_run_scan
-        candidates = await latest_or_run_scan(self.s, cycle_id=self.cycle_id)
-        return {"as_of": self.s.clock.now(), "candidates": [c.to_dict() for c in candidates[:args.limit]]}
+        candidates = await latest_or_run_scan(self.s, cycle_id=self.cycle_id, limit=args.limit)
+        return {"as_of": self.s.clock.now(), "candidates": [c.to_dict() for c in candidates]}
 
     async def _get_quote(self, args) -> Any:
         q = await self.s.broker.get_quote(args.symbol)

@@ -135,16 +135,18 @@ async def run_scan(services: "Services", *, cycle_id: uuid.UUID | None) -> list[
     return candidates
 
 
-async def latest_or_run_scan(services: "Services", *, cycle_id: uuid.UUID | None) -> list[Candidate]:
-    """Today's most recent scan (this session's daily bars have not changed since), or a fresh one."""
+async def latest_or_run_scan(services: "Services", *, cycle_id: uuid.UUID | None,
+                             limit: int | None = None) -> list[Candidate]:
+    """Today's most recent scan (this session's daily bars have not changed since), or a fresh one; its top
+    `limit` candidates (all when None)."""
     from portfolio import trading_day_start
     day_start = trading_day_start(services, services.clock.now())
     rows = await services.pool.fetch(
         """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
            WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
                                                   WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)
-           ORDER BY rank""", services.agent_id, day_start, services.clock.now())
+           ORDER BY rank LIMIT $4""", services.agent_id, day_start, services.clock.now(), limit)
     if rows:
         return [Candidate(r["symbol"], r["rank"], float(r["score"]), float(r["price"]), tuple(r["reasons"]),
                           r["metrics"]) for r in rows]
-    return await run_scan(services, cycle_id=cycle_id)
+    return (await run_scan(services, cycle_id=cycle_id))[:limit]

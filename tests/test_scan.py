@@ -83,6 +83,7 @@ async def test_the_days_scan_is_reused_until_the_next_day(pool, agent_id):
     s.clock.advance(timedelta(hours=2))
     again = await latest_or_run_scan(s, cycle_id=None)
     assert [c.symbol for c in again] == [c.symbol for c in first]
+    assert [c.symbol for c in await latest_or_run_scan(s, cycle_id=None, limit=3)] == [c.symbol for c in first[:3]]
     assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent_id) == rows
     s.clock.advance(timedelta(days=1))
     await latest_or_run_scan(s, cycle_id=None)                     # a new day: a new scan is recorded
