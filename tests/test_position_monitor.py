@@ -45,6 +45,18 @@ async def put_in_moderate_loss(services, symbol) -> None:
                                 entry, (last * Decimal("0.5")).quantize(Decimal("0.01")))
 
 
+async def uncertain_position(pool, agent_id, fake, **ai) -> tuple:
+    """Services with a key for the fake API, one position in a moderate loss, a monitor whose indicators are
+    quiet: the next pass lands in the uncertain band."""
+    s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
+                                                 "ANTHROPIC_BASE_URL": fake.base_url}, **ai)
+    symbol, _ = await entered(s)
+    await put_in_moderate_loss(s, symbol)
+    monitor = PositionMonitor(s)
+    quiet_indicators(monitor, symbol, s.clock.now())
+    return s, symbol, monitor
+
+
 async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, pos = await entered(s)
@@ -90,12 +102,7 @@ async def test_uncertain_with_no_key_holds_and_says_why(pool, agent_id):
                                            ("I think you should sell everything!", "hold")])
 async def test_uncertain_asks_the_cheap_model_and_records_its_cost(pool, agent_id, answer, action):
     with FakeAnthropic([reply(answer)]) as fake:
-        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
-                                                     "ANTHROPIC_BASE_URL": fake.base_url})
-        symbol, _ = await entered(s)
-        await put_in_moderate_loss(s, symbol)
-        monitor = PositionMonitor(s)
-        quiet_indicators(monitor, symbol, s.clock.now())
+        s, symbol, monitor = await uncertain_position(pool, agent_id, fake)
         result = await monitor.run_pass()
         assert fake.message_requests[0].body["model"] == "claude-haiku-4-5"
     assert (len(result.exits) == 1) == (action == "exit")
@@ -107,13 +114,7 @@ async def test_uncertain_asks_the_cheap_model_and_records_its_cost(pool, agent_i
 
 async def test_with_the_monitor_budget_spent_it_holds_without_calling(pool, agent_id):
     with FakeAnthropic() as fake:
-        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
-                                                     "ANTHROPIC_BASE_URL": fake.base_url},
-                                monitor_daily_budget_usd=Decimal("0"))
-        symbol, _ = await entered(s)
-        await put_in_moderate_loss(s, symbol)
-        monitor = PositionMonitor(s)
-        quiet_indicators(monitor, symbol, s.clock.now())
+        s, symbol, monitor = await uncertain_position(pool, agent_id, fake, monitor_daily_budget_usd=Decimal("0"))
         await monitor.run_pass()
         assert fake.message_requests == []
     d = await s.pool.fetchrow("SELECT * FROM decisions WHERE agent_id = $1 AND action = 'monitor_hold'", agent_id)
@@ -138,12 +139,7 @@ async def test_a_standing_hold_is_not_asked_again_every_poll(pool, agent_id):
     from datetime import timedelta
     hold = '{"action": "hold", "reason": "dip on low volume"}'
     with FakeAnthropic([reply(hold), reply(hold)]) as fake:
-        s = await make_services(pool, agent_id, env={"ANTHROPIC_API_KEY": "sk-test",
-                                                     "ANTHROPIC_BASE_URL": fake.base_url})
-        symbol, _ = await entered(s)
-        await put_in_moderate_loss(s, symbol)
-        monitor = PositionMonitor(s)
-        quiet_indicators(monitor, symbol, s.clock.now())
+        s, symbol, monitor = await uncertain_position(pool, agent_id, fake)
         for _ in range(3):
             result = await monitor.run_pass()
             assert result.uncertain == [symbol] and not result.exits
