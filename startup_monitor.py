@@ -186,12 +186,10 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                                                                       "quantity": row["quantity"]})
         # 5. sell orders for positions that no longer exist
         for coid, symbol in records["sells"]:
-            r = {"client_order_id": coid, "symbol": symbol}
-            if r["symbol"] not in held:
-                await services.orders.cancel(r["client_order_id"])
-                report.cancelled.append(f"{r['client_order_id']} (sell {r['symbol']}: no position any more)")
-                await _audit(services, r["symbol"], "reconcile_cancel", report.cancelled[-1],
-                             {"client_order_id": r["client_order_id"]})
+            if symbol not in held:
+                await services.orders.cancel(coid)
+                report.cancelled.append(f"{coid} (sell {symbol}: no position any more)")
+                await _audit(services, symbol, "reconcile_cancel", report.cancelled[-1], {"client_order_id": coid})
     except (BrokerUnavailable, BrokerError, OSError) as exc:
         report.broker_error = f"{type(exc).__name__}: {exc}"
         log.error("reconciliation stopped: %s", report.broker_error)
