@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time, timezone
+from datetime import datetime, time, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -64,18 +64,26 @@ class PortfolioSnapshot:
         return [Position(p.symbol, p.quantity, p.avg_price, p.market_price) for p in self.positions]
 
 
+def local_day_start(tz: tzinfo, now: datetime) -> datetime:
+    """Midnight of `now`'s date in `tz`, in UTC."""
+    return datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz).astimezone(timezone.utc)
+
+
 def trading_day_start(services: "Services", now: datetime) -> datetime:
     """Midnight of the exchange's local date, in UTC: 'today' for P&L and one-entry-per-day."""
-    local = now.astimezone(services.calendar.tz)
-    return datetime.combine(local.date(), time(0), tzinfo=services.calendar.tz).astimezone(timezone.utc)
+    return local_day_start(services.calendar.tz, now)
 
+
+# Realised P&L (net of fees) since $2, the trading day's start: positions closed since, and positions opened since
+# (their entry fees, any partial sells). The safety gate's daily loss and the live report both count it this way.
+REALIZED_SINCE = """SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1
+       AND ((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))"""
 
 # Everything of ours a snapshot needs, in one statement (one round trip, one consistent view).
 _OURS = """SELECT
     ARRAY(SELECT (position_id, symbol, stop_loss, take_profit, opened_at) FROM positions
           WHERE agent_id = $1 AND status = 'open') AS positions,
-    (SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1
-       AND ((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))) AS realized,
+    (""" + REALIZED_SINCE + """) AS realized,
     ARRAY(SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2
           AND status <> 'rejected') AS entries,
     ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent)
@@ -109,7 +117,8 @@ async def snapshot(services: "Services") -> PortfolioSnapshot:
         if o["side"] == "buy" and o["limit_price"] is not None:
             pending_buy += o["limit_price"] * (o["quantity"] - o["filled_quantity"])
     return PortfolioSnapshot(
-        account=account, positions=tuple(held(p) for p in broker_positions), realized_pnl_today=ours["realized"], entries_today=frozenset(ours["entries"]),
+        account=account, positions=tuple(held(p) for p in broker_positions), realized_pnl_today=ours["realized"],
+        entries_today=frozenset(ours["entries"]),
         open_orders=tuple({k: (str(v) if isinstance(v, Decimal) else v) for k, v in o.items() if v is not None}
                           for o in open_orders),
         pending_buy_value=pending_buy,

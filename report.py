@@ -182,10 +182,12 @@ def plot_equity(curve: Sequence[EquityPoint], path: Path, *, title: str) -> Path
 async def live_report(pool, settings, *, now: datetime) -> str:
     """The live (or paper) account of settings.agent_id exactly: never a replay's or a day demo's rows."""
     from zoneinfo import ZoneInfo
+
+    from portfolio import REALIZED_SINCE, local_day_start
     agent = settings.agent_id
     tz = ZoneInfo(settings.config.market.timezone)
-    local_midnight = datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz).astimezone(timezone.utc)
-    utc_midnight = datetime.combine(now.astimezone(timezone.utc).date(), time(0), tzinfo=timezone.utc)
+    day_start = local_day_start(tz, now)
+    utc_midnight = local_day_start(timezone.utc, now)
     out = [f"Catalyst report — agent {agent} — {now.astimezone(tz):%Y-%m-%d %H:%M} {settings.config.market.timezone}"]
     state = await pool.fetchrow("SELECT state, reason FROM agent_state WHERE agent_id = $1 "
                                 "ORDER BY set_at DESC, state_id DESC LIMIT 1", agent)
@@ -199,11 +201,12 @@ async def live_report(pool, settings, *, now: datetime) -> str:
         out.append(f"  {r['symbol']:<10} {r['quantity']:>8} @ {r['avg_entry_price']:<10} stop {r['stop_loss']}  "
                    f"last {r['last_price'] if r['last_price'] is not None else 'n/a'}  "
                    f"P&L {_fmt(r['unrealized_pnl'], 'money')}")
-    today = await pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND "
-                                "status = 'closed' AND closed_at >= $2", agent, local_midnight)
-    total = await pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND "
-                                "status = 'closed'", agent)
-    out.append(f"\nrealised P&L (net of fees): today {_fmt(today, 'money')}, total {_fmt(total, 'money')}")
+    today = await pool.fetchval(REALIZED_SINCE, agent, day_start)
+    total = await pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1", agent)
+    marked = [r["unrealized_pnl"] for r in positions if r["unrealized_pnl"] is not None]
+    unrealized = _fmt(sum(marked, Decimal(0)), "money") if marked else "n/a"
+    out.append(f"\nP&L (net of fees): today {_fmt(today, 'money')} realised + {unrealized} unrealised at the "
+               f"monitor's last check; total realised {_fmt(total, 'money')}")
     spend = {r["purpose"]: r["usd"] for r in await pool.fetch(
         "SELECT purpose, sum(cost_usd) AS usd FROM ai_usage WHERE agent_id = $1 AND created_at >= $2 "
         "AND status = 'settled' GROUP BY purpose", agent, utc_midnight)}

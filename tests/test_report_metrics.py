@@ -58,3 +58,23 @@ async def test_the_live_report_shows_only_the_live_agent(pool, agent_id):
     text = await live_report(pool, agent_settings(agent_id), now=T)
     assert "LIVE1" in text and "REPLAY1" not in text and "DAY1" not in text
     assert "open positions: 1" in text and "AI spend today" in text and "trading state: ACTIVE" in text
+
+
+async def test_the_live_reports_pnl_counts_today_as_the_safety_gate_does(pool, agent_id):
+    """Today = the exchange's local day (10:00 Hong Kong here): closed today plus the entry fees of a position
+    opened today; yesterday's close counts only in the total; the open position's mark comes from the monitor."""
+    from datetime import timedelta
+    yesterday = T - timedelta(days=1)
+    rows = [("OPEN1", "open", T, None, D("-5")), ("WIN1", "closed", yesterday, T, D("100")),
+            ("OLD1", "closed", yesterday - timedelta(days=1), yesterday, D("50"))]
+    for symbol, status, opened, closed, pnl in rows:
+        pid = await pool.fetchval(
+            "INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, opened_at, status, closed_at, "
+            "realized_pnl) VALUES ($1, $2, $3, 10, $4, $5, $6, $7) RETURNING position_id",
+            agent_id, symbol, 100 if status == "open" else 0, opened, status, closed, pnl)
+        if status == "open":
+            await pool.execute("INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, "
+                               "unrealized_pnl) VALUES ($1, $2, $3, 10.2, 20)", pid, agent_id, symbol)
+    text = await live_report(pool, agent_settings(agent_id), now=T)
+    assert "today 95.00 realised + 20.00 unrealised" in text, text
+    assert "total realised 145.00" in text
