@@ -56,8 +56,8 @@ class PositionMonitor:
         self.advisor = advisor if advisor is not None else Advisor.from_services(services)
         self.executor = ToolExecutor(services, mode="close", cycle_id=None, engine="monitor")
         self.advice_hold = timedelta(minutes=cfg.monitor.advice_hold_minutes)
-        # position_id -> (the signals the advice was about, when it lapses, the advice)
-        self._standing: dict[int, tuple[tuple, datetime, "Advice"]] = {}
+        # position_id -> (the signals a "hold" was about, when it lapses)
+        self._standing: dict[int, tuple[tuple, datetime]] = {}
 
     async def run_pass(self) -> PassResult:
         t0 = time.perf_counter()
@@ -78,43 +78,47 @@ class PositionMonitor:
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
-        statuses: list[tuple] = []
-        # 1. prices first: a crossed stop is sent before anything slower happens
-        for row in rows:
-            quote = quotes.get(row["symbol"])
-            if quote is None:
-                continue
-            if quote.last <= 0:
-                result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
-                continue
-            hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)   # stored with the status
-            view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
-                                        entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
-                                        stop_loss=row["stop_loss"], take_profit=row["take_profit"],
-                                        opened_at=row["opened_at"])
-            result.checked += 1
-            report = signals.evaluate(view, self.thresholds, now=now)
-            if row["exit_working"]:               # an exit is already at the broker: watch it, do not repeat it
-                statuses.append(self._status_row(row, view, report, "exit working"))
-                continue
-            if report.action == "exit":
-                statuses.append(self._status_row(row, view, report, await self._exit(row, report, result)))
-            else:
-                pending.append((row, view, report))
-        # 2. indicators for the rest
-        for row, view, report in pending:
-            rsi, patterns = await self._indicators(row["symbol"])
-            if patterns or (rsi is not None and rsi >= self.thresholds.rsi_overbought):
-                report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
-            # (otherwise the indicators add no signal: the price-only report stands)
-            recommendation = report.action
-            if report.action == "exit":
-                recommendation = await self._exit(row, report, result)
-            elif report.action == "uncertain":
-                result.uncertain.append(row["symbol"])
-                recommendation = await self._uncertain(row, view, report, result, now)
-            statuses.append(self._status_row(row, view, report, recommendation))
-        await self._write_statuses(statuses)
+        # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written
+        # even when something later in the pass fails
+        statuses: dict[int, tuple] = {}
+        try:
+            # 1. prices first: a crossed stop is sent before anything slower happens
+            for row in rows:
+                quote = quotes.get(row["symbol"])
+                if quote is None:
+                    continue
+                if quote.last <= 0:
+                    result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
+                    continue
+                hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)   # stored with the status
+                view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
+                                            entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
+                                            stop_loss=row["stop_loss"], take_profit=row["take_profit"],
+                                            opened_at=row["opened_at"])
+                result.checked += 1
+                report = signals.evaluate(view, self.thresholds, now=now)
+                pid = row["position_id"]
+                if row["exit_working"]:           # an exit is already at the broker: watch it, do not repeat it
+                    statuses[pid] = self._status_row(row, view, report, "exit working")
+                elif report.action == "exit":
+                    statuses[pid] = self._status_row(row, view, report, await self._exit(row, report, result))
+                else:
+                    statuses[pid] = self._status_row(row, view, report, "not finished: the pass stopped before its indicators")
+                    pending.append((row, view, report))
+            # 2. indicators for the rest
+            for row, view, report in pending:
+                rsi, patterns = await self._indicators(row["symbol"])
+                if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
+                    report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
+                recommendation = report.action
+                if report.action == "exit":
+                    recommendation = await self._exit(row, report, result)
+                elif report.action == "uncertain":
+                    result.uncertain.append(row["symbol"])
+                    recommendation = await self._uncertain(row, view, report, result, now)
+                statuses[row["position_id"]] = self._status_row(row, view, report, recommendation)
+        finally:
+            await self._write_statuses(list(statuses.values()))
         result.seconds = time.perf_counter() - t0
         if result.exits or result.errors:
             log.info("monitor pass: %d checked, %d exits, %d uncertain, %d errors in %.0f ms", result.checked,
@@ -135,7 +139,7 @@ class PositionMonitor:
             self._standing.pop(row["position_id"], None)
             return await self._exit(row, report, result, advised=advice.reason)
         if self.advice_hold:
-            self._standing[row["position_id"]] = (signature, now + self.advice_hold, advice)
+            self._standing[row["position_id"]] = (signature, now + self.advice_hold)
         return f"uncertain -> {advice.action}"
 
     async def _quotes(self, symbols: list[str], result: PassResult) -> dict:

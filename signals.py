@@ -238,6 +238,16 @@ def _take_profit(p: PositionView, t: SignalThresholds) -> Signal | None:
     return None
 
 
+def indicators_matter(thresholds: SignalThresholds, *, rsi: float | Decimal | None = None,
+                      patterns: Sequence[Mapping[str, Any]] = ()) -> bool:
+    """Whether an RSI reading or patterns can add a signal to a price-only evaluation. When False, evaluate() with
+    them returns the same report as without them, so a caller may keep the price-only report."""
+    if patterns:
+        return True
+    reading = _rsi(rsi)
+    return reading is not None and reading >= thresholds.rsi_overbought
+
+
 def _rsi_overbought(rsi: Decimal | None, t: SignalThresholds) -> Signal | None:
     if rsi is not None and rsi >= t.rsi_overbought:
         return Signal("rsi_overbought", "moderate", f"RSI(14) {_px(rsi, 1)} is at or above {t.rsi_overbought}")

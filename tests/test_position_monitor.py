@@ -175,3 +175,25 @@ async def test_the_high_water_mark_only_rises(pool, agent_id):
                                  pos["position_id"]) == above
     status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
     assert status["high_water_mark"] == above and status["last_price"] == last
+
+
+async def test_a_failing_advisor_still_leaves_the_status_and_the_raised_high_water_mark(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    await put_in_moderate_loss(s, symbol)
+    entry = await s.pool.fetchval("SELECT avg_entry_price FROM positions WHERE position_id = $1", pos["position_id"])
+    await s.pool.execute("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", pos["position_id"],
+                         entry - 1)
+    monitor = PositionMonitor(s)
+    quiet_indicators(monitor, symbol, s.clock.now())
+
+    async def broken(view, report):
+        raise RuntimeError("advisor crashed")
+    monitor.advisor.advise = broken
+    with pytest.raises(RuntimeError, match="advisor crashed"):
+        await monitor.run_pass()
+    status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
+    assert status is not None and status["recommendation"].startswith("not finished")
+    last = (await s.broker.get_quote(symbol)).last
+    assert entry - 1 < last and await s.pool.fetchval(
+        "SELECT high_water_mark FROM positions WHERE position_id = $1", pos["position_id"]) == last   # raised

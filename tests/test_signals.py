@@ -437,3 +437,16 @@ def test_trailing_stop_fires_only_when_its_level_protects_a_gain(p, t):
 def test_pnl_pct_has_the_sign_of_the_move(p, t):
     r = evaluate(p, t)
     assert (r.pnl_pct > 0) <= (p.price > p.entry_price) and (r.pnl_pct < 0) <= (p.price < p.entry_price)
+
+
+@PROPS
+@given(positions(), thresholds(), maybe_rsi, st.lists(pattern, max_size=2))
+def test_when_indicators_do_not_matter_the_price_only_report_stands(p, t, rsi, pats):
+    if not signals.indicators_matter(t, rsi=rsi, patterns=pats):
+        assert evaluate(p, t, rsi=rsi, patterns=pats, now=NOW) == evaluate(p, t, now=NOW)
+
+
+def test_indicators_matter_reads_rsi_as_evaluate_does_at_a_threshold_with_no_exact_float():
+    t = replace(T, rsi_overbought=D("72.3"))
+    assert signals.indicators_matter(t, rsi=72.3) and "rsi_overbought" in kinds(evaluate(pos("20.00"), t, rsi=72.3))
+    assert not signals.indicators_matter(t, rsi=72.29) and not signals.indicators_matter(t, rsi=float("nan"))
