@@ -7,8 +7,9 @@ the account row lock, which serialises concurrent processes.
 Matching is driven by the injected clock: whenever the broker is called, resting orders are matched against
 the completed one-minute bars since they were last matched. Bars (and quotes) change only at minute boundaries,
 so a process that has already matched within the current minute reads without matching again: a read is then
-one statement (one snapshot), with no lock. An order placed meanwhile by another process was matched by that
-process when it was placed, up to the same minute.
+one statement (one snapshot), with no lock, and may miss, until the next minute, a fill due to an order another
+process placed meanwhile. Every change (placing, cancelling) matches everything first, under the lock, so no
+decision is checked against an unmatched book.
 - Market orders fill at once at the quote (ask for buys, bid for sells) worsened by `slippage_bps`; outside
   trading hours they are rejected (no surprise fill at tomorrow's open).
 - Limit orders are day orders: they rest and fill when a bar trades through the limit (at the limit, or at the
@@ -45,6 +46,11 @@ MINUTE = timedelta(minutes=1)
 BPS = Decimal("0.0001")
 PRICE_Q = Decimal("0.000001")
 OPEN_STATUSES = ("submitted", "partially_filled")
+# The account's open buy orders as (symbol, quantity left, limit price) rows: the cash they hold back
+# (PaperBroker._reserve). A select-list item over `paper_accounts a`.
+_OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
+                      WHERE agent_id = a.agent_id AND side = 'buy'
+                        AND status IN ('submitted', 'partially_filled')) AS buys"""
 
 
 @dataclass
@@ -104,12 +110,9 @@ class PaperBroker(BrokerClient):
         """Cash, holdings and open buy orders in one statement: one consistent view, no lock."""
         now = await self._catch_up()
         row = await self._fetchrow(
-            """SELECT a.cash,
+            """SELECT a.cash, """ + _OPEN_BUYS + """,
                       ARRAY(SELECT (symbol, quantity, avg_price) FROM paper_positions WHERE agent_id = a.agent_id
-                            ORDER BY symbol) AS positions,
-                      ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
-                            WHERE agent_id = a.agent_id AND side = 'buy'
-                              AND status IN ('submitted', 'partially_filled')) AS buys
+                            ORDER BY symbol) AS positions
                FROM paper_accounts a WHERE a.agent_id = $1""", self.account_id)
         if row is None:
             raise InvalidRequest("paper account does not exist: call connect() first")
@@ -123,14 +126,7 @@ class PaperBroker(BrokerClient):
         return account, positions
 
     async def get_positions(self) -> list[Position]:
-        now = await self._catch_up()
-        try:
-            rows = await self.pool.fetch("SELECT symbol, quantity, avg_price FROM paper_positions WHERE agent_id = $1 "
-                                         "ORDER BY symbol", self.account_id)
-        except OSError as exc:
-            raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
-        return [Position(symbol=r["symbol"], quantity=r["quantity"], avg_price=r["avg_price"],
-                         market_price=self.market.quote(r["symbol"], now).last) for r in rows]
+        return (await self.get_account_and_positions())[1]
 
     # ------------------------------------------------------------ orders
     async def place_order(self, order: OrderRequest) -> OrderResult:
@@ -174,8 +170,12 @@ class PaperBroker(BrokerClient):
         """Match resting orders up to the clock unless this process already did within the current minute."""
         now = self.clock.now()
         if self._matched_minute != _minute(now):
-            if not await self._fetchrow("SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN "
-                                        "('submitted', 'partially_filled') LIMIT 1", self.account_id):
+            account = await self._fetchrow(
+                "SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN ('submitted', "
+                "'partially_filled')) AS resting FROM paper_accounts WHERE agent_id = $1", self.account_id)
+            if account is None:
+                raise InvalidRequest("paper account does not exist: call connect() first")
+            if not account["resting"]:
                 self._matched_minute = _minute(now)      # nothing rests: nothing to match, no lock needed
                 return now
             async with self._locked() as (_conn, now):
@@ -209,8 +209,7 @@ class PaperBroker(BrokerClient):
                     if not found:
                         raise InvalidRequest("paper account does not exist: call connect() first")
                     now = self.now = broker.clock.now()
-                    if broker._matched_minute != _minute(now):     # see the module docstring
-                        await broker._match_all(self.conn, now)
+                    await broker._match_all(self.conn, now)        # one statement when nothing rests
                 except BaseException:
                     await self.tx.rollback()
                     await broker.pool.release(self.conn)
@@ -233,12 +232,6 @@ class PaperBroker(BrokerClient):
     async def _order_row(self, conn, client_order_id: str):
         return await conn.fetchrow("SELECT * FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2",
                                    self.account_id, client_order_id)
-
-    async def _reserved_cash(self, conn, now: datetime) -> Decimal:
-        rows = await conn.fetch("SELECT symbol, quantity - filled_quantity AS left, limit_price FROM paper_orders "
-                                "WHERE agent_id = $1 AND side = 'buy' AND status IN ('submitted', 'partially_filled')",
-                                self.account_id)
-        return self._reserve(((r["symbol"], r["left"], r["limit_price"]) for r in rows), now)
 
     def _reserve(self, buys, now: datetime) -> Decimal:
         """Cash held back for open buy orders: (symbol, quantity left, limit or None) each, fees included."""
@@ -271,11 +264,8 @@ class PaperBroker(BrokerClient):
             price = order.limit_price or self._slipped(quote.ask, inst, OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            row = await conn.fetchrow(
-                """SELECT a.cash, ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
-                                        WHERE agent_id = a.agent_id AND side = 'buy'
-                                          AND status IN ('submitted', 'partially_filled')) AS buys
-                   FROM paper_accounts a WHERE a.agent_id = $1""", self.account_id)
+            row = await conn.fetchrow("SELECT a.cash, " + _OPEN_BUYS + " FROM paper_accounts a WHERE a.agent_id = $1",
+                                      self.account_id)
             available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
                 return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "

@@ -202,3 +202,24 @@ async def test_a_read_within_the_matched_minute_sees_what_another_process_did(po
     assert done.status is OrderStatus.FILLED and sum(f.quantity for f in done.fills) == inst.lot_size
     assert [o.client_order_id for o in await mine.get_orders()] == [f"{agent_id}-m", resting.client_order_id]
     assert await mine.get_orders(open_only=True) == []
+
+
+async def test_placing_an_order_first_matches_what_another_process_left_resting(pool, agent_id):
+    """This process matched (nothing rested) in minute M; another process, its clock behind, then leaves an order
+    resting that a bar completed by M fills further. Placing an order here matches it first, under the lock."""
+    mine = await make_broker(pool, agent_id, SimulatedClock(OPEN_AT + timedelta(minutes=20)))
+    other = await make_broker(pool, agent_id, SimulatedClock(OPEN_AT + timedelta(minutes=9)))
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await mine.get_instrument(symbol)
+    await mine.get_account()                                    # matched minute M: nothing rests
+    big = OrderRequest(client_order_id=f"{agent_id}-big", symbol=symbol, side=OrderSide.BUY,
+                       quantity=inst.lot_size * 10, order_type=OrderType.MARKET)
+    placed = await other.place_order(big)                       # more than the touch holds: the rest works on
+    assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
+    small = OrderRequest(client_order_id=f"{agent_id}-small", symbol=symbol, side=OrderSide.SELL,
+                         quantity=inst.lot_size, order_type=OrderType.MARKET)
+    await mine.place_order(small)
+    row = await pool.fetchrow("SELECT filled_quantity, matched_until FROM paper_orders WHERE client_order_id = $1",
+                              big.client_order_id)
+    assert row["matched_until"] == OPEN_AT + timedelta(minutes=20)    # matched through the bars completed by M
+    assert row["filled_quantity"] > placed.filled_quantity
