@@ -9,10 +9,17 @@ if TYPE_CHECKING:
     from services import Services
 
 
+# The latest state recorded for agent $1 (NULL when none): a scalar subquery other statements embed.
+LATEST_STATE = "SELECT state FROM agent_state WHERE agent_id = $1 ORDER BY set_at DESC, state_id DESC LIMIT 1"
+
+
+def state_from(stored: str | None) -> "safety.TradingState":
+    """The state a LATEST_STATE value means: ACTIVE until something else is recorded."""
+    return safety.TradingState[stored] if stored else safety.TradingState.ACTIVE
+
+
 async def current_trading_state(services: "Services") -> "safety.TradingState":
-    row = await services.pool.fetchrow("SELECT state FROM agent_state WHERE agent_id = $1 "
-                                       "ORDER BY set_at DESC, state_id DESC LIMIT 1", services.agent_id)
-    return safety.TradingState[row["state"]] if row else safety.TradingState.ACTIVE
+    return state_from(await services.pool.fetchval(LATEST_STATE, services.agent_id))
 
 
 async def set_trading_state(services: "Services", state: "safety.TradingState", reason: str, set_by: str) -> None:

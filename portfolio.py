@@ -6,7 +6,9 @@ from datetime import datetime, time, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from agent_state import LATEST_STATE, state_from
 from brokers.base import Account, Position
+from safety import TradingState
 
 if TYPE_CHECKING:
     from services import Services
@@ -50,7 +52,7 @@ class PortfolioSnapshot:
     entries_today: frozenset[str]
     open_orders: tuple[dict, ...] = field(default_factory=tuple)
     pending_buy_value: Decimal = Decimal(0)
-    stored_state: Any = None           # safety.TradingState recorded in agent_state (ACTIVE when none)
+    stored_state: TradingState = TradingState.ACTIVE      # as recorded in agent_state (ACTIVE when none is)
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -89,7 +91,7 @@ _OURS = """SELECT
     ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent)
           FROM orders WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled')
           ORDER BY order_id) AS open_orders,
-    (SELECT state FROM agent_state WHERE agent_id = $1 ORDER BY set_at DESC, state_id DESC LIMIT 1) AS state"""
+    (""" + LATEST_STATE + """) AS state"""
 _ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quantity", "limit_price", "status", "intent")
 
 
@@ -97,7 +99,6 @@ async def snapshot(services: "Services") -> PortfolioSnapshot:
     """The broker's account and positions joined with our records; our one read runs alongside the broker's."""
     import asyncio
 
-    import safety
     now = services.clock.now()
     (account, broker_positions), ours = await asyncio.gather(
         services.broker.get_account_and_positions(),
@@ -122,4 +123,4 @@ async def snapshot(services: "Services") -> PortfolioSnapshot:
         open_orders=tuple({k: (str(v) if isinstance(v, Decimal) else v) for k, v in o.items() if v is not None}
                           for o in open_orders),
         pending_buy_value=pending_buy,
-        stored_state=safety.TradingState[ours["state"]] if ours["state"] else safety.TradingState.ACTIVE)
+        stored_state=state_from(ours["state"]))

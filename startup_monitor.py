@@ -31,7 +31,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import safety
-from agent_state import current_trading_state, set_trading_state
+from agent_state import LATEST_STATE, current_trading_state, set_trading_state, state_from
 from brokers.base import BrokerError, BrokerUnavailable
 from data.ticks import round_to_tick
 
@@ -143,8 +143,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                             WHERE agent_id = $1 AND status = 'open') AS positions,
                       ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
                             AND status IN ('submitted', 'partially_filled')) AS sells,
-                      (SELECT state FROM agent_state WHERE agent_id = $1
-                       ORDER BY set_at DESC, state_id DESC LIMIT 1) AS state""", services.agent_id)
+                      (""" + LATEST_STATE + """) AS state""", services.agent_id)
         ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
                 for pid, symbol, qty in records["positions"]}
         stop_pct = services.settings.config.trading.position_stop_loss_pct
@@ -197,7 +196,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         return report
     report.fills_recorded = services.orders.fills_recorded - fills_before
 
-    state = safety.TradingState[records["state"]] if records["state"] else safety.TradingState.ACTIVE
+    state = state_from(records["state"])
     if report.ambiguous:
         await set_trading_state(services, safety.TradingState.REDUCING,
                                 "reconciliation: " + "; ".join(report.ambiguous), "reconcile")
