@@ -20,10 +20,13 @@ order (header names are case-insensitive; other columns are ignored)::
 * Bars outside the exchange's sessions (pre/post-market) are served to intraday requests but left out of
   daily bars.
 * A daily file still answers intraday requests and quotes, from two one-minute prints per session: the bar's
-  open in the session's first minute and its close in the last minute (half the volume each). So during a
-  session the quote is the day's open once the first minute is over, and the close once the session ends; an
-  order fills only at those two prints (the day's high and low are not a path anything could trade on). Intraday bars are combined into longer ones (1m -> 5m, 15m, 30m, 1h, 1d) aligned to the start of
-  each trading interval (HKEX: 09:30 and 13:00), never split into shorter ones.
+  open in the session's first minute and its close in the last minute. So during a session the quote is the
+  day's open once the first minute is over, and the close once the session ends; an order fills only at those
+  two prints (the day's high and low are not a path anything could trade on). The closing print carries half the
+  day's volume; the opening print half the previous session's (the day's own total is not known at its open),
+  none on the file's first day.
+* Intraday bars are combined into longer ones (1m -> 5m, 15m, 30m, 1h, 1d) aligned to the start of each trading
+  interval (HKEX: 09:30 and 13:00), never split into shorter ones.
 
 Optional ``instruments.csv`` in the same directory: ``symbol,name,lot_size,currency`` (and optionally
 ``tick_scheme``: hkex | us). Missing values default from the exchange: HKEX -> lot 100, HKD, hkex ticks
@@ -267,6 +270,10 @@ class BarFileSource:
         if spacing_ns % _NS_MIN:
             raise BarFileError(f"{path}: bars are {spacing_ns / 1e9:g}s apart; intraday bars must be a whole "
                                f"number of minutes apart")
+        off = np.flatnonzero(ts % _NS_MIN)
+        if len(off):
+            raise BarFileError(f"{where(int(order[off[0]]))}, column 'timestamp': {local[off[0]]} is not on a whole "
+                               f"minute; intraday bars start on minute boundaries")
         midnights = np.asarray(local.normalize().tz_convert("UTC").as_unit("ns").asi8, dtype=np.int64)
         return self._intraday_series(path, ts, spacing_ns // _NS_MIN, midnights, o, h, lo, c, v)
 
@@ -338,8 +345,9 @@ class BarFileSource:
 
     def _with_prints(self, path: Path, daily: _Bars, sessions: np.ndarray, rows: np.ndarray) -> _Series:
         """A daily file's intraday view: two one-minute prints per session bar, the opening print (the bar's open,
-        first minute) and the closing print (its close, last minute), half the volume each. What happened between
-        them is unknown, so nothing trades in between; the daily bars themselves stay as the file has them."""
+        first minute; half the previous session's volume, as the day's is unknown then) and the closing print (its
+        close, last minute; half the day's volume). What happened between them is unknown, so nothing trades in
+        between; the daily bars themselves stay as the file has them."""
         table = self.calendar.table
         k = rows[sessions]
         n = len(sessions)
@@ -347,9 +355,11 @@ class BarFileSource:
         ts[0::2], ts[1::2] = table.opens[k], table.closes[k] - _NS_MIN
         price = np.empty(2 * n)
         price[0::2], price[1::2] = daily.open[sessions], daily.close[sessions]
-        first_half = np.floor(daily.volume[sessions] / 2)
+        half = np.ceil(daily.volume[sessions] / 2)
         volume = np.empty(2 * n)
-        volume[0::2], volume[1::2] = first_half, daily.volume[sessions] - first_half
+        volume[1::2] = half
+        if n:
+            volume[0::2] = np.concatenate(([0.0], half[:-1]))
         midnights = self._local_midnights(np.repeat(daily.day[sessions], 2)) if n else np.array([], dtype=np.int64)
         prints = self._intraday_series(path, ts, 1, midnights, price, price, price, price, volume)
         return dataclasses.replace(prints, kind="daily", daily=daily)

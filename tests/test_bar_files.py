@@ -76,8 +76,12 @@ def test_a_daily_file_trades_only_at_its_opening_and_closing_prints(hk_dir):
     day_start, day_end = datetime(2026, 11, 23, 9, 0, tzinfo=HKT), datetime(2026, 11, 23, 17, 0, tzinfo=HKT)
     prints = src.bars("0700", "1m", day_start, day_end)
     assert [(b.start.astimezone(HKT).time(), b.open, b.high, b.low, b.close, b.volume) for b in prints] == [
-        (time(9, 30), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), 550_000),
+        (time(9, 30), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), Decimal("389.8"), 750_000),
         (time(15, 59), Decimal("386.0"), Decimal("386.0"), Decimal("386.0"), Decimal("386.0"), 550_000)]
+    # the opening print's volume is half the previous session's (the day's total is unknown at its open)
+    first_open = src.bars("0700", "1m", datetime(2026, 11, 17, 9, 0, tzinfo=HKT),
+                          datetime(2026, 11, 17, 9, 31, tzinfo=HKT))
+    assert [b.volume for b in first_open] == [0]                  # the file's first day: nothing known before it
     assert src.bars("0700", "1m", day_start, datetime(2026, 11, 23, 15, 59, 30, tzinfo=HKT))[-1].start == \
         datetime(2026, 11, 23, 9, 30, tzinfo=HKT)                 # the closing print is not done before 16:00
     assert [b.close for b in src.bars("0700", "1d", day_start, day_end)] == [Decimal("386.0")]
@@ -155,6 +159,8 @@ def test_naive_csv_time_is_exchange_local(tmp_path):
      r"line 3, column 'timestamp'.*line 2"),
     ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,-4\n", r"line 2, column 'volume'"),
     ("timestamp,open,high,low,close,volume\n2026-11-17,1,2,0.5,1.5,\n", r"line 2, column 'volume': empty"),
+    ("timestamp,open,high,low,close,volume\n2026-11-17 09:30:30,1,2,0.5,1.5,10\n2026-11-17 09:31:30,1,2,0.5,1.5,10\n",
+     r"line 2, column 'timestamp'.*not on a whole minute"),
     ("", r"empty"),
 ])
 def test_malformed_files_name_file_line_and_column(tmp_path, body, message):
