@@ -129,11 +129,10 @@ def _session_vwap(bars: pd.DataFrame) -> float | None:
     """Session VWAP of the last bar's session for intraday bars (< 1 day apart); None for daily bars."""
     if len(bars) < 2:
         return None
-    stamps = bars.index.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    if not np.median(np.diff(stamps)) < 86_400 * 10**9:          # daily bars: no session VWAP
+    gaps = np.diff(bars.index.to_numpy(dtype="datetime64[ns]").astype(np.int64))    # nanoseconds
+    if not np.median(gaps) < 86_400 * 10**9:                     # daily bars: no session VWAP
         return None
-    gaps = bars.index.to_series().diff().iloc[1:]
-    breaks = np.flatnonzero((gaps > SESSION_GAP).to_numpy())
+    breaks = np.flatnonzero(gaps > SESSION_GAP.value)
     session = bars.iloc[breaks[-1] + 1:] if len(breaks) else bars
     hlc3 = (session["high"] + session["low"] + session["close"]) / 3
     vol = session["volume"].sum()
