@@ -49,7 +49,7 @@ class Notifier:
 
 class RealTime:
     def __init__(self, stop: asyncio.Event) -> None:
-        from clock import RealClock
+        from core.clock import RealClock
         self.clock = RealClock()
         self.stop = stop
 
@@ -64,7 +64,7 @@ class SimulatedTime:
     """A simulated clock that advances by each sleep, taking 1/speed of it in real time."""
 
     def __init__(self, start: datetime, stop: asyncio.Event, speed: float = 100.0) -> None:
-        from clock import SimulatedClock
+        from core.clock import SimulatedClock
         self.clock = SimulatedClock(start)
         self.stop = stop
         self.speed = speed
@@ -80,7 +80,7 @@ class SimulatedTime:
 
 class MonitorService:
     def __init__(self, settings, *, time_source, notifier: Notifier, database_url: str | None = None) -> None:
-        from data.calendar import MarketCalendar
+        from core.calendar import MarketCalendar
         self.settings = settings
         self.cfg = settings.config.monitor
         self.time = time_source
@@ -98,9 +98,9 @@ class MonitorService:
     async def _ensure_monitor(self) -> None:
         if self.monitor is not None:
             return
-        import database
-        from position_monitor import PositionMonitor
-        from services import build_services
+        from runtime import database
+        from execution.monitor import PositionMonitor
+        from runtime.wiring import build_services
         if self.pool is None:
             self.pool = await database.create_pool(self.database_url, min_size=1, max_size=3)
             await database.ensure_schema(self.pool)
@@ -178,7 +178,7 @@ class MonitorService:
 
 
 async def _main(settings) -> int:
-    from database import resolve_target
+    from runtime.database import resolve_target
     from db_logger import setup_logging
 
     stop = asyncio.Event()
@@ -219,7 +219,7 @@ async def _main(settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from config import ConfigError, load_settings
+    from core.settings import ConfigError, load_settings
     parser = argparse.ArgumentParser(prog="position_monitor_service.py", description="Catalyst position monitor")
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)

@@ -37,8 +37,10 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Sequence
 
-from brokers.base import Account, Instrument, OrderSide, OrderType, Position, Quote
-from data.ticks import is_on_tick, round_lots, round_to_tick
+from core.account import Account, Position
+from core.instruments import Instrument, Quote
+from core.orders import OrderSide, OrderType
+from core.ticks import is_on_tick, round_lots, round_to_tick
 
 # Headroom kept when sizing against buying power: fees and a market order's slippage come on top of the price.
 COST_BUFFER = Decimal("0.005")

@@ -1,219 +1,20 @@
-"""Reconciliation: bring our records in line with the broker's truth (seed §10.1 "Position sync mismatch").
+"""`python startup_monitor.py [--resume REASON]`: reconciliation as a command (cron pre-market; every cycle runs
+it too). The work is in execution/reconcile.py.
 
-Run pre-market (`python startup_monitor.py`, cron) and at the start of every scan, trade and close cycle.
-
-1. Orders left `pending_submit` by a crash (older than a grace period, so an order another process is sending
-   right now is left alone) are looked up at the broker by client_order_id: found -> recorded with its fills;
-   not found -> marked rejected ("never reached the broker"); never resent.
-2. Open orders are synced: fills that happened while nothing ran are recorded, positions follow from them.
-3. Broker orders we have no row for: with our agent's client-id prefix they are ambiguous (we sent something we
-   did not record); others are reported as foreign.
-4. Positions are compared with the broker's, after the fills: missing here -> adopted (default stop) and
-   ambiguous; held here but not at the broker -> closed (a stop filled at the broker, a manual close) and its open
-   sell orders cancelled; quantity differs -> set to the broker's, ambiguous when the broker holds more.
-   One `decisions` audit row (engine 'reconcile') per correction.
-5. Anything ambiguous sets the trading state to REDUCING (no new entries) with the exact reasons. It stays so
-   until a person has looked and runs `python startup_monitor.py --resume "why it is fine"` (also clears HALTED).
-
-Exit codes of the command: 0 in sync (corrections, if any, were applied and audited), 5 action needed
-(ambiguous: entries stopped), 2 config, 3 database, 4 broker unreachable, 75 another run of this agent is busy.
+Exit codes: 0 in sync (corrections, if any, were applied and audited), 5 action needed (ambiguous: entries
+stopped), 2 config, 3 database, 4 broker unreachable, 75 another run of this agent is busy.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
-import re
 import sys
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
 
 import safety
-from agent_state import LATEST_STATE, current_trading_state, set_trading_state, state_from
-from brokers.base import BrokerError, BrokerUnavailable
-from data.ticks import round_to_tick
+from execution.reconcile import EXIT_ACTION_NEEDED, reconcile
+from core.errors import BrokerUnavailable
+from execution.store import set_trading_state
 
-if TYPE_CHECKING:
-    from services import Services
-
-log = logging.getLogger("catalyst.reconcile")
-
-EXIT_ACTION_NEEDED = 5
-PENDING_GRACE = timedelta(seconds=60)
-
-
-@dataclass
-class ReconcileReport:
-    agent_id: str
-    resolved: list[str] = field(default_factory=list)        # pending_submit orders resolved, with how
-    fills_recorded: int = 0
-    corrections: list[str] = field(default_factory=list)
-    ambiguous: list[str] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-    foreign_orders: list[str] = field(default_factory=list)
-    state: str = "ACTIVE"
-    broker_error: str | None = None
-
-    @property
-    def clean(self) -> bool:
-        return not self.ambiguous and self.broker_error is None
-
-    @property
-    def exit_code(self) -> int:
-        if self.broker_error is not None:
-            return 4
-        return EXIT_ACTION_NEEDED if self.ambiguous else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [], 0) or k == "state"}
-
-    def render(self) -> str:
-        if self.broker_error:
-            return f"Reconciliation for {self.agent_id}: broker unreachable ({self.broker_error}); nothing changed"
-        head = (f"Reconciliation for {self.agent_id}: "
-                + ("IN SYNC" if not self.ambiguous else "ACTION NEEDED — new entries stopped (REDUCING)"))
-        lines = [head, f"  pending orders resolved: {len(self.resolved)}; fills recorded: {self.fills_recorded}; "
-                       f"corrections: {len(self.corrections)}; orders cancelled: {len(self.cancelled)}; "
-                       f"trading state: {self.state}"]
-        lines += [f"  resolved   {x}" for x in self.resolved]
-        lines += [f"  corrected  {x}" for x in self.corrections]
-        lines += [f"  cancelled  {x}" for x in self.cancelled]
-        lines += [f"  foreign    {x}" for x in self.foreign_orders]
-        lines += [f"  AMBIGUOUS  {x}" for x in self.ambiguous]
-        return "\n".join(lines)
-
-
-async def _audit(services: "Services", symbol: str | None, action: str, reasoning: str, details: dict) -> None:
-    await services.pool.execute(
-        "INSERT INTO decisions (agent_id, symbol, action, engine, reasoning, details, created_at) "
-        "VALUES ($1, $2, $3, 'reconcile', $4, $5, $6)", services.agent_id, symbol, action, reasoning,
-        json.loads(json.dumps(details, default=str)), services.clock.now())
-
-
-def _our_prefix(agent_id: str) -> str:
-    return (re.sub(r"[^A-Za-z0-9]", "", agent_id)[:12] or "agent") + "-"
-
-
-async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
-    report = ReconcileReport(agent_id=services.agent_id)
-    pool, broker, now = services.pool, services.broker, services.clock.now()
-    fills_before = services.orders.fills_recorded
-    try:
-        # 1. orders a crash left between the write-ahead row and the broker's answer
-        for row in await pool.fetch("SELECT client_order_id, symbol, side, quantity, created_at FROM orders "
-                                    "WHERE agent_id = $1 AND status = 'pending_submit' AND created_at <= $2 "
-                                    "ORDER BY order_id", services.agent_id, now - grace):
-            coid = row["client_order_id"]
-            result = await broker.get_order_by_client_id(coid)
-            if result is not None:
-                outcome = await services.orders.record_result(result)
-                report.resolved.append(f"{coid}: reached the broker ({outcome.status}, "
-                                       f"{outcome.filled_quantity}/{outcome.quantity} filled); recorded")
-            else:
-                await pool.execute("UPDATE orders SET status = 'rejected', reason = $2, updated_at = $3 "
-                                   "WHERE client_order_id = $1", coid,
-                                   "never reached the broker: the process stopped before sending it; not resent",
-                                   now)
-                report.resolved.append(f"{coid}: never reached the broker; marked rejected, not resent")
-            await _audit(services, row["symbol"], "reconcile_pending_order", report.resolved[-1],
-                         {"client_order_id": coid})
-        # 2. open orders: fills while nothing ran
-        await services.orders.sync_open_orders()
-        # 3. broker orders we never recorded
-        at_broker = await broker.get_orders(open_only=True)
-        known = {r["client_order_id"] for r in await pool.fetch(
-            "SELECT client_order_id FROM orders WHERE agent_id = $1 AND client_order_id = ANY($2::text[])",
-            services.agent_id, [o.client_order_id for o in at_broker])} if at_broker else set()
-        prefix = _our_prefix(services.agent_id)
-        for o in at_broker:
-            if o.client_order_id in known:
-                continue
-            text = f"{o.client_order_id}: {o.side.value} {o.quantity} {o.symbol} {o.status.value}"
-            if o.client_order_id.startswith(prefix):
-                report.ambiguous.append(f"open broker order {text} carries our client-id prefix but has no "
-                                        f"orders row")
-            else:
-                report.foreign_orders.append(text)
-        # 4. positions
-        held = {p.symbol: p for p in await broker.get_positions()}
-        records = await pool.fetchrow(
-            """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
-                            WHERE agent_id = $1 AND status = 'open') AS positions,
-                      ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
-                            AND status IN ('submitted', 'partially_filled')) AS sells,
-                      (""" + LATEST_STATE + """) AS state""", services.agent_id)
-        ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
-                for pid, symbol, qty in records["positions"]}
-        stop_pct = services.settings.config.trading.position_stop_loss_pct
-        for symbol, p in held.items():
-            row = ours.get(symbol)
-            if row is None:
-                inst = await broker.get_instrument(symbol)
-                stop = round_to_tick(p.avg_price * (1 - stop_pct), inst.tick_scheme, "down")
-                await pool.execute(
-                    """INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, high_water_mark,
-                           opened_at) VALUES ($1, $2, $3, $4, $5, $4, $6)""",
-                    services.agent_id, symbol, p.quantity, p.avg_price, stop, now)
-                text = (f"{symbol}: held at the broker ({p.quantity} @ {p.avg_price}) with no position here; adopted "
-                        f"with a stop at {stop}")
-                report.corrections.append(text)
-                report.ambiguous.append(f"{symbol}: position of unknown origin ({p.quantity} shares); confirm it "
-                                        f"is yours, then resume trading")
-                await _audit(services, symbol, "reconcile_adopted", text, {"broker_quantity": p.quantity,
-                                                                           "avg_price": p.avg_price})
-            elif row["quantity"] != p.quantity:
-                await pool.execute("UPDATE positions SET quantity = $2 WHERE position_id = $1", row["position_id"],
-                                   p.quantity)
-                text = f"{symbol}: quantity {row['quantity']} here, {p.quantity} at the broker; set to {p.quantity}"
-                report.corrections.append(text)
-                if p.quantity > row["quantity"]:
-                    report.ambiguous.append(f"{symbol}: the broker holds {p.quantity - row['quantity']} more shares "
-                                            f"than any fill of ours explains")
-                await _audit(services, symbol, "reconcile_quantity", text,
-                             {"was": row["quantity"], "broker": p.quantity, "position_id": row["position_id"]})
-        for symbol, row in ours.items():
-            if symbol in held:
-                continue
-            await pool.execute("UPDATE positions SET status = 'closed', quantity = 0, closed_at = $2, "
-                               "exit_reason = 'closed_at_broker' WHERE position_id = $1", row["position_id"], now)
-            text = (f"{symbol}: {row['quantity']} shares open here but none at the broker (a stop filled there or a "
-                    f"manual close); position closed, realised P&L unknown to us")
-            report.corrections.append(text)
-            await _audit(services, symbol, "reconcile_closed", text, {"position_id": row["position_id"],
-                                                                      "quantity": row["quantity"]})
-        # 5. sell orders for positions that no longer exist
-        for coid, symbol in records["sells"]:
-            if symbol not in held:
-                await services.orders.cancel(coid)
-                report.cancelled.append(f"{coid} (sell {symbol}: no position any more)")
-                await _audit(services, symbol, "reconcile_cancel", report.cancelled[-1], {"client_order_id": coid})
-    except (BrokerUnavailable, BrokerError, OSError) as exc:
-        report.broker_error = f"{type(exc).__name__}: {exc}"
-        log.error("reconciliation stopped: %s", report.broker_error)
-        report.state = (await current_trading_state(services)).value
-        return report
-    report.fills_recorded = services.orders.fills_recorded - fills_before
-
-    state = state_from(records["state"])
-    if report.ambiguous:
-        await set_trading_state(services, safety.TradingState.REDUCING,
-                                "reconciliation: " + "; ".join(report.ambiguous), "reconcile")
-        state = safety.TradingState.REDUCING
-    report.state = state.value
-    level = logging.WARNING if report.ambiguous else logging.INFO
-    log.log(level, "reconciliation: %d resolved, %d fills, %d corrections, %d cancelled, %d ambiguous; state %s",
-            len(report.resolved), report.fills_recorded, len(report.corrections), len(report.cancelled),
-            len(report.ambiguous), report.state)
-    await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
-                       "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id,
-                       "degraded" if report.ambiguous else "healthy",
-                       json.loads(json.dumps(report.to_dict(), default=str)), now)
-    return report
-
-
-# ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="startup_monitor.py", description="Reconcile records with the broker")
@@ -221,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="REASON", default=None,
                         help="after checking the reported discrepancies: set the trading state back to ACTIVE")
     args = parser.parse_args(argv)
-    from agent_lock import EXIT_LOCKED, AgentBusy, AgentLock
-    from config import ConfigError, load_settings
+    from runtime.lock import EXIT_LOCKED, AgentBusy, AgentLock
+    from core.settings import ConfigError, load_settings
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -241,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _main(settings, resume: str | None) -> int:
-    from clock import RealClock
-    from database import DatabaseUnavailable, open_database
+    from core.clock import RealClock
+    from runtime.database import DatabaseUnavailable, open_database
     from db_logger import setup_logging
-    from services import build_services
+    from runtime.wiring import build_services
 
     try:
         target, pool = await open_database(settings)

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from pydantic import ValidationError
 
 import safety
-from brokers.base import BrokerUnavailable, InvalidRequest, OrderSide, OrderType
+from core.errors import BrokerUnavailable, InvalidRequest
+from core.orders import OrderSide, OrderType
 from db_logger import log_context
 from tools import MODE_TOOLS, TOOLS
 
 if TYPE_CHECKING:
-    from services import Services
+    from runtime.wiring import Services
 
 log = logging.getLogger("catalyst.tools")
 
@@ -178,7 +179,7 @@ class ToolExecutor:
         return await get_news(self.s.news, args.symbol, limit=args.limit, now=self.s.clock.now())
 
     async def _get_portfolio(self, args) -> Any:
-        from portfolio import snapshot
+        from execution.portfolio import snapshot
         snap = await snapshot(self.s)
         limits = self.limits()
         state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits, snap.stored_state)
@@ -201,7 +202,7 @@ class ToolExecutor:
             max_stop_distance_pct=t.max_stop_distance_pct, max_quote_age_seconds=t.max_quote_age_seconds)
 
     async def _risk_context(self, symbol: str):
-        from portfolio import snapshot
+        from execution.portfolio import snapshot
         snap = await snapshot(self.s)
         now = self.s.clock.now()
         state = self.s.calendar.state(now)
@@ -299,7 +300,7 @@ class ToolExecutor:
                 self.s.agent_id):
             if await self.s.orders.cancel(o["client_order_id"]):
                 cancelled.append(o["client_order_id"])
-        from agent_state import set_trading_state
+        from execution.store import set_trading_state
         await set_trading_state(self.s, safety.TradingState.HALTED, f"kill switch (close_all): {args.reason}",
                                 self.engine)
         results = {}

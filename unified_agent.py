@@ -52,8 +52,8 @@ def _date(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from agent_lock import EXIT_LOCKED, AgentBusy, AgentLock
-    from config import ConfigError, load_settings
+    from runtime.lock import EXIT_LOCKED, AgentBusy, AgentLock
+    from core.settings import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(settings, args: argparse.Namespace) -> int:
-    from config import ConfigError
-    from database import DatabaseUnavailable, create_pool, ensure_schema, resolve_target
+    from core.settings import ConfigError
+    from runtime.database import DatabaseUnavailable, create_pool, ensure_schema, resolve_target
     from db_logger import bind_log_context, purge_old_logs, setup_logging
 
     try:
@@ -117,7 +117,7 @@ async def _run(settings, args: argparse.Namespace) -> int:
                 pool = None
 
         if args.mode == "heartbeat":
-            from heartbeat import run_heartbeat
+            from runtime.heartbeat import run_heartbeat
             report = await run_heartbeat(settings, database=(target, pool) if pool else None,
                                          database_error=db_error,
                                          broker_check=_broker_check(settings, pool) if pool else None)
@@ -133,7 +133,7 @@ async def _run(settings, args: argparse.Namespace) -> int:
             print(f"database unavailable: {db_error}", file=sys.stderr)
             return EXIT_DATABASE
         if args.mode == "day":
-            from demo_day import run_day
+            from replay.day import run_day
             print(f"Catalyst day on the simulated market (simulated clock, paper broker, "
                   f"{'Claude' if settings.env.get('ANTHROPIC_API_KEY') else 'offline rules engine'}):")
             summary = await run_day(settings, pool)
@@ -142,7 +142,7 @@ async def _run(settings, args: argparse.Namespace) -> int:
         if args.mode == "replay":
             from datetime import timedelta
 
-            from replay import run_replay
+            from replay.runner import run_replay
             result = await run_replay(settings, pool, start=args.start, end=args.end, engine=args.engine,
                                       data=args.data, monitor_every=timedelta(minutes=args.monitor_every))
             print(result.table)
@@ -152,14 +152,14 @@ async def _run(settings, args: argparse.Namespace) -> int:
                   f"(warnings: {settings.log_dir / 'agent.log'})")
             return EXIT_OK
         if args.mode == "report":
-            from clock import RealClock
-            from report import live_report
+            from core.clock import RealClock
+            from runtime.report import live_report
             print(await live_report(pool, settings, now=RealClock().now()))
             return EXIT_OK
-        from clock import RealClock
-        from cycle import run_cycle
-        from services import build_services
-        from brokers.base import BrokerUnavailable
+        from core.clock import RealClock
+        from runtime.cycle import run_cycle
+        from runtime.wiring import build_services
+        from core.errors import BrokerUnavailable
         try:
             services = await build_services(settings, pool, RealClock())
         except BrokerUnavailable as exc:
@@ -182,8 +182,8 @@ def _broker_check(settings, pool):
     async def check() -> str:
         import time
 
-        from clock import RealClock
-        from services import build_services
+        from core.clock import RealClock
+        from runtime.wiring import build_services
         t0 = time.perf_counter()
         services = await build_services(settings, pool, RealClock())
         try:

@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import database  # noqa: E402
-from ai_budget import AIBudget  # noqa: E402
-from claude_engine import ClaudeEngine  # noqa: E402
-from clock import SimulatedClock  # noqa: E402
-from cycle import run_cycle  # noqa: E402
-from services import build_services  # noqa: E402
+from runtime import database  # noqa: E402
+from engines.budget import AIBudget  # noqa: E402
+from engines.claude import ClaudeEngine  # noqa: E402
+from core.clock import SimulatedClock  # noqa: E402
+from runtime.cycle import run_cycle  # noqa: E402
+from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 from tests.fakes.anthropic_server import FakeAnthropic, reply, tool_use  # noqa: E402
 

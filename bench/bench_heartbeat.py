@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import database  # noqa: E402
+from runtime import database  # noqa: E402
 
 RUNS = 5
 

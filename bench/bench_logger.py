@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import database  # noqa: E402
+from runtime import database  # noqa: E402
 from db_logger import DatabaseLogHandler, LogWriter, log_context  # noqa: E402
 
 N_END_TO_END = 200_000

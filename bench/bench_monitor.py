@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import database  # noqa: E402
-from position_monitor import PositionMonitor  # noqa: E402
-from services import build_services  # noqa: E402
+from runtime import database  # noqa: E402
+from execution.monitor import PositionMonitor  # noqa: E402
+from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 
 POLL = 1.0

@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import database  # noqa: E402
-from data.calendar import MarketCalendar  # noqa: E402
-from replay import run_replay  # noqa: E402
+from runtime import database  # noqa: E402
+from core.calendar import MarketCalendar  # noqa: E402
+from replay.runner import run_replay  # noqa: E402
 from tests.agent_fixtures import agent_settings  # noqa: E402
 
 TARGET_S = 60.0

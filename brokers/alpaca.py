@@ -66,16 +66,18 @@ from urllib.parse import urlsplit
 
 import requests
 
-from brokers.base import (Account, Bar, BrokerClient, BrokerError, BrokerUnavailable, Fill, Instrument,
-                          InvalidRequest, OrderRejected, OrderRequest, OrderResult, OrderSide, OrderStatus,
-                          OrderType, Position, Quote, Timeframe)
-from clock import Clock, RealClock
-from config import AlpacaConfig, ConfigError
-from data.ticks import is_on_tick, round_to_tick
+from core.account import Account, Position
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from brokers.base import BrokerClient
+from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from core.clock import Clock, RealClock
+from core.settings import AlpacaConfig, ConfigError
+from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:
-    from config import Settings
-    from data.calendar import MarketCalendar
+    from core.settings import Settings
+    from core.calendar import MarketCalendar
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class AlpacaBroker(BrokerClient):
                  retry_attempts: int = 3, max_retry_wait_seconds: float = 10.0) -> None:
         if not api_key or not secret_key:
             raise ConfigError("broker alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
-        from data.calendar import MarketCalendar
+        from core.calendar import MarketCalendar
         self.config = config
         self.environment = "paper" if config.paper else "live"
         self.base_url = _clean_url(base_url) or (PAPER_URL if config.paper else LIVE_URL)
@@ -171,7 +173,7 @@ class AlpacaBroker(BrokerClient):
                       calendar: "MarketCalendar | None" = None) -> "AlpacaBroker":
         """From config `alpaca:` and .env: ALPACA_API_KEY, ALPACA_SECRET_KEY (required), ALPACA_BASE_URL (trading
         endpoint), ALPACA_DATA_URL (market data endpoint)."""
-        from data.calendar import MarketCalendar
+        from core.calendar import MarketCalendar
         env, config = settings.env, settings.config.alpaca
         missing = [k for k in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if not env.get(k)]
         if missing:

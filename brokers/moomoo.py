@@ -66,16 +66,18 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 from zoneinfo import ZoneInfo
 
-from brokers.base import (Account, Bar, BrokerClient, BrokerUnavailable, Fill, Instrument, InvalidRequest,
-                          OrderRejected, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, Position,
-                          Quote, Timeframe, can_transition)
-from clock import Clock, RealClock
-from config import ConfigError, MoomooConfig
-from data.ticks import is_on_tick, round_to_tick
+from core.account import Account, Position
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from brokers.base import BrokerClient
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition
+from core.clock import Clock, RealClock
+from core.settings import ConfigError, MoomooConfig
+from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:
-    from config import Settings
-    from data.calendar import MarketCalendar
+    from core.settings import Settings
+    from core.calendar import MarketCalendar
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +394,7 @@ class MoomooBroker(BrokerClient):
                       calendar: "MarketCalendar | None" = None) -> "MoomooBroker":
         """From config `moomoo:` (MOOMOO_HOST / MOOMOO_PORT in the environment override host and port), the trade
         password from MOOMOO_TRADE_PASSWORD, SDK logs under `settings.log_dir / "moomoo"`."""
-        from data.calendar import MarketCalendar
+        from core.calendar import MarketCalendar
         config = settings.config.moomoo
         changes: dict[str, Any] = {}
         if settings.env.get("MOOMOO_HOST"):

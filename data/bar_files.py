@@ -50,10 +50,11 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 
-from brokers.base import Bar, Instrument, Quote, Timeframe
-from data.calendar import MarketCalendar, exchange_code, to_ns, from_ns
-from data.source import DAILY_FIELDS, UnknownSymbol
-from data.ticks import tick_above, tick_below
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from core.calendar import MarketCalendar, exchange_code, to_ns, from_ns
+from core.instruments import DAILY_FIELDS
+from core.errors import UnknownSymbol
+from core.ticks import tick_above, tick_below
 
 if TYPE_CHECKING:
     import pandas as pd

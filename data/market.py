@@ -7,13 +7,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from brokers.base import Bar, BrokerClient, Quote
-from clock import Clock
+from core.instruments import Bar, Quote
+from brokers.base import BrokerClient
+from core.clock import Clock
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from data.calendar import MarketCalendar
+    from core.calendar import MarketCalendar
 
 # How far back to ask for bars so the slowest indicator (SMA 50, MACD 26+9) has history.
 LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelta(days=10),

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services import Services
+    from runtime.wiring import Services
 
 log = logging.getLogger("catalyst.scan")
 
@@ -139,7 +139,7 @@ async def latest_or_run_scan(services: "Services", *, cycle_id: uuid.UUID | None
                              limit: int | None = None) -> list[Candidate]:
     """Today's most recent scan (this session's daily bars have not changed since), or a fresh one; its top
     `limit` candidates (all when None)."""
-    from portfolio import trading_day_start
+    from execution.portfolio import trading_day_start
     day_start = trading_day_start(services, services.clock.now())
     rows = await services.pool.fetch(
         """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results

@@ -12,20 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
-from brokers.base import Bar, Instrument, Quote, Timeframe
+from core.instruments import Bar, Instrument, Quote, Timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
-
-DAILY_FIELDS = ("open", "high", "low", "close", "volume")
-
-
-class UnknownSymbol(KeyError):
-    """A symbol the source does not carry. A KeyError, so `except KeyError` callers keep working."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message, quotes and all
-        return str(self.args[0]) if self.args else "unknown symbol"
-
 
 @runtime_checkable
 class MarketDataSource(Protocol):

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from clock import SimulatedClock
-from config import Environment, load_settings
+from core.clock import SimulatedClock
+from core.settings import Environment, load_settings
 
 # Tuesday 2026-11-24 10:30 Hong Kong time: the market is open.
 OPEN_AT = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)
@@ -37,5 +37,5 @@ def cheap_symbol(services) -> str:
 
 @pytest.fixture
 async def services(pool, agent_id):
-    from services import build_services
+    from runtime.wiring import build_services
     return await build_services(agent_settings(agent_id), pool, SimulatedClock(OPEN_AT))

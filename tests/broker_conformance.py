@@ -13,8 +13,10 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from brokers.base import (BrokerClient, OrderRejected, OrderRequest, OrderSide, OrderStatus, OrderType)
-from data.ticks import round_to_tick
+from brokers.base import BrokerClient
+from core.errors import OrderRejected
+from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from core.ticks import round_to_tick
 
 
 @dataclass

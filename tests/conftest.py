@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import database  # noqa: E402
-from config import Environment, load_settings  # noqa: E402
+from runtime import database  # noqa: E402
+from core.settings import Environment, load_settings  # noqa: E402
 
 PYTHON = sys.executable
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from brokers.alpaca import STATUS_MAP, AlpacaBroker, map_status
-from brokers.base import (BrokerUnavailable, InvalidRequest, OrderRejected, OrderRequest, OrderSide, OrderStatus,
-                          OrderType)
-from clock import SimulatedClock
-from config import AlpacaConfig, ConfigError, Environment, FeeSchedule, MarketConfig, Settings, load_settings
-from data.calendar import MarketCalendar
-from data.simulated import SimulatedMarket
-from data.ticks import round_to_tick
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from core.clock import SimulatedClock
+from core.settings import AlpacaConfig, ConfigError, Environment, FeeSchedule, MarketConfig, Settings, load_settings
+from core.calendar import MarketCalendar
+from brokers.paper.simulated import SimulatedMarket
+from core.ticks import round_to_tick
 from tests.broker_conformance import BrokerConformance, Venue
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.test_paper_broker import advance_trading_minutes, paper_config

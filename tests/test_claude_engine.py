@@ -15,9 +15,9 @@ from decimal import Decimal
 
 import pytest
 
-from clock import SimulatedClock
-from cycle import run_cycle
-from services import build_services
+from core.clock import SimulatedClock
+from runtime.cycle import run_cycle
+from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.fakes.anthropic_server import FakeAnthropic, overloaded, rate_limited, reply, tool_use

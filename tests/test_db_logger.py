@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import database
+from runtime import database
 from db_logger import (DailyFile, DatabaseLogHandler, LogWriter, Redactor, log_context, setup_logging)
 
 SECRETS = ("sk-ant-api03-SECRETSECRETSECRET", "alpaca-secret-XYZ123", "dbpass-42-hunter")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_lock import EXIT_LOCKED, AgentLock
+from runtime.lock import EXIT_LOCKED, AgentLock
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 

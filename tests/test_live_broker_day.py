@@ -9,10 +9,10 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from clock import SimulatedClock
-from data.calendar import MarketCalendar
-from data.simulated import SimulatedMarket
-from demo_day import run_day
+from core.clock import SimulatedClock
+from core.calendar import MarketCalendar
+from brokers.paper.simulated import SimulatedMarket
+from replay.day import run_day
 from tests.agent_fixtures import agent_settings
 from tests.test_paper_broker import paper_config
 
@@ -33,7 +33,7 @@ async def assert_a_trading_day(pool, summary: dict) -> None:
 @pytest.mark.slow
 async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_path):
     from brokers.moomoo import load_sdk
-    from config import MoomooConfig
+    from core.settings import MoomooConfig
     from tests.fakes.opend_server import FakeOpenD
 
     load_sdk(tmp_path / "logs")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from brokers.base import (BrokerUnavailable, InvalidRequest, OrderRejected, OrderRequest, OrderSide, OrderStatus,
-                          OrderType)
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from brokers.moomoo import (NOT_RUNNING, STATUS_MAP, MoomooBroker, from_moomoo_code, load_sdk, map_status,
                             to_moomoo_code)
-from clock import SimulatedClock
-from config import ConfigError, MoomooConfig, Settings
-from data.calendar import MarketCalendar
+from core.clock import SimulatedClock
+from core.settings import ConfigError, MoomooConfig, Settings
+from core.calendar import MarketCalendar
 from tests.broker_conformance import BrokerConformance, Venue
 from tests.conftest import PYTHON, ROOT
 from tests.fakes.opend_server import FakeOpenD
@@ -362,7 +362,7 @@ def test_real_trading_without_the_trade_password_is_a_config_error_naming_it(set
 
 async def test_order_level_fees_reach_the_position_once(world, pool):
     """OpenD reports fees per order, never per deal: the order path books them onto the position, once."""
-    from order_path import OrderPath
+    from execution.order_path import OrderPath
     broker = await world.connect("real")
     path = OrderPath(pool, broker, world.clock, world.agent_id)
     symbol = symbols()[0]

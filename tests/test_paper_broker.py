@@ -9,13 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import OrderRequest, OrderSide, OrderStatus, OrderType
-from brokers.fees import fill_fees
-from brokers.paper import PaperBroker
-from clock import SimulatedClock
-from config import load_settings, Environment
-from data.calendar import MarketCalendar
-from data.simulated import SimulatedMarket
+from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from brokers.paper.fees import fill_fees
+from brokers.paper.broker import PaperBroker
+from core.clock import SimulatedClock
+from core.settings import load_settings, Environment
+from core.calendar import MarketCalendar
+from brokers.paper.simulated import SimulatedMarket
 from tests.broker_conformance import BrokerConformance, Venue
 from tests.conftest import PYTHON, ROOT
 
@@ -106,7 +106,7 @@ async def test_cash_moves_by_value_plus_fees(pool, agent_id):
 
 
 async def test_market_order_outside_hours_is_rejected_with_next_open(pool, agent_id):
-    from brokers.base import OrderRejected
+    from core.errors import OrderRejected
     lunch = datetime(2026, 11, 24, 4, 30, tzinfo=timezone.utc)   # 12:30 HKT
     broker = await make_broker(pool, agent_id, SimulatedClock(lunch))
     symbol = liquid_symbols(shared_market(), lunch)[0]
@@ -122,7 +122,7 @@ async def test_unfilled_day_order_expires_at_the_close(pool, agent_id):
     symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
     inst = await broker.get_instrument(symbol)
     q = await broker.get_quote(symbol)
-    from data.ticks import round_to_tick
+    from core.ticks import round_to_tick
     far = round_to_tick(q.bid * Decimal("0.5"), inst.tick_scheme, "down")
     await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-far", symbol=symbol, side=OrderSide.BUY,
                                           quantity=inst.lot_size, order_type=OrderType.LIMIT, limit_price=far))

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from clock import SimulatedClock
-from position_monitor import PositionMonitor
-from services import build_services
+from core.clock import SimulatedClock
+from execution.monitor import PositionMonitor
+from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 from tests.fakes.anthropic_server import FakeAnthropic, reply
 from tests.test_paper_broker import liquid_symbols

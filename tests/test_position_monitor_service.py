@@ -13,10 +13,10 @@ from decimal import Decimal
 
 import pytest
 
-import database
-from clock import SimulatedClock
+from runtime import database
+from core.clock import SimulatedClock
 from position_monitor_service import MonitorService, Notifier, SimulatedTime
-from services import build_services
+from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.test_paper_broker import liquid_symbols

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from replay import day_schedule, parse_cron, run_replay
+from replay.schedule import day_schedule, parse_cron
+from replay.runner import run_replay
 from tests.agent_fixtures import agent_settings
 from tests.conftest import ROOT
 
@@ -55,8 +56,8 @@ async def test_the_same_inputs_give_identical_results(pool, agent_id, tmp_path):
 async def test_a_bar_after_the_clock_is_never_seen(pool, agent_id, tmp_path):
     """Bar files from the simulated market, plus one planted bar the day after the replay ends with an absurd
     price: nothing the replay recorded (scan, quotes, fills, monitor, decisions) ever shows that price."""
-    from data.calendar import MarketCalendar
-    from data.simulated import SimulatedMarket
+    from core.calendar import MarketCalendar
+    from brokers.paper.simulated import SimulatedMarket
 
     cal = MarketCalendar("HKEX")
     market = SimulatedMarket(seed=7, exchange="HKEX", n_symbols=240, calendar=cal)
@@ -102,9 +103,9 @@ async def test_daily_bars_run_at_the_open_and_close_and_fill_at_those_prints(poo
     """Bar files with daily bars only: cycles at each bar's open and in its last minute; every fill is at that
     day's opening or closing print (slippage aside), stamped when the print completes; a planted future bar is
     never seen."""
-    from data.calendar import MarketCalendar
-    from data.simulated import SimulatedMarket
-    from data.ticks import tick_size
+    from core.calendar import MarketCalendar
+    from brokers.paper.simulated import SimulatedMarket
+    from core.ticks import tick_size
 
     cal = MarketCalendar("HKEX")
     market = SimulatedMarket(seed=11, exchange="HKEX", n_symbols=40, calendar=cal)

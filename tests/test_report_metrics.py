@@ -5,7 +5,9 @@ import math
 from datetime import date, datetime, timezone
 from decimal import Decimal as D
 
-from report import EquityPoint, Trade, compute_metrics, live_report, plot_equity, render_table
+from replay.stats import EquityPoint, Trade, compute_metrics, render_table
+from runtime.report import live_report
+from replay.plot import plot_equity
 from tests.agent_fixtures import agent_settings
 
 T = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)

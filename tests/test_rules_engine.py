@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from rules_engine import RulesEngine
-from services import build_services
-from clock import SimulatedClock
+from engines.rules import RulesEngine
+from runtime.wiring import build_services
+from core.clock import SimulatedClock
 from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 from tool_executor import ToolExecutor
 

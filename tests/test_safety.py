@@ -8,8 +8,10 @@ from decimal import Decimal as D
 from hypothesis import given, settings, strategies as st
 
 import safety
-from brokers.base import Account, Instrument, OrderSide, OrderType, Position, Quote
-from data.ticks import is_on_tick
+from core.account import Account, Position
+from core.instruments import Instrument, Quote
+from core.orders import OrderSide, OrderType
+from core.ticks import is_on_tick
 
 NOW = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)   # 10:30 HKT
 INST = Instrument("0700.HK", "HKEX", "HKD", 100, tick_scheme="hkex")

@@ -6,10 +6,10 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from clock import SimulatedClock
-from config import ScanConfig
+from core.clock import SimulatedClock
+from core.settings import ScanConfig
 from data.scan import latest_or_run_scan, rank_universe
-from services import build_services
+from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 
 BARS = 80

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import database
+from runtime import database
 
 ROOT = Path(__file__).resolve().parents[1]
 

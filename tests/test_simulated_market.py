@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from data.calendar import MarketCalendar
-from data.simulated import SimulatedMarket, _Grid
-from data.source import MarketDataSource, UnknownSymbol
-from data.ticks import is_on_tick, round_to_tick
+from core.calendar import MarketCalendar
+from brokers.paper.simulated import SimulatedMarket, _Grid
+from data.source import MarketDataSource
+from core.errors import UnknownSymbol
+from core.ticks import is_on_tick, round_to_tick
 
 ROOT = Path(__file__).resolve().parents[1]
 HKT = ZoneInfo("Asia/Hong_Kong")

@@ -4,9 +4,9 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from brokers.base import OrderRequest, OrderSide, OrderType
-from data.ticks import round_to_tick
-from startup_monitor import reconcile
+from core.orders import OrderRequest, OrderSide, OrderType
+from core.ticks import round_to_tick
+from execution.reconcile import reconcile
 from tests.agent_fixtures import services  # noqa: F401  (fixture)
 from tests.test_paper_broker import liquid_symbols
 from tests.test_tool_executor import executor

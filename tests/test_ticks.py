@@ -5,7 +5,7 @@ from decimal import Decimal as D
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from data.ticks import is_on_tick, round_lots, round_to_tick, tick_above, tick_below, tick_size
+from core.ticks import is_on_tick, round_lots, round_to_tick, tick_above, tick_below, tick_size
 
 
 @pytest.mark.parametrize("price, tick", [

@@ -54,10 +54,11 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
-from brokers.base import (Bar, InvalidRequest, OrderRejected, OrderRequest, OrderResult, OrderSide, OrderStatus,
-                          OrderType)
-from brokers.paper import PaperBroker
-from data.calendar import MarketCalendar
+from core.instruments import Bar
+from core.errors import InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from brokers.paper.broker import PaperBroker
+from core.calendar import MarketCalendar
 
 NEW_YORK = ZoneInfo("America/New_York")
 ID_SPACE = uuid.UUID("5f0c7a44-5d1e-4a43-9b7e-6b1a2c3d4e5f")
@@ -168,7 +169,7 @@ class FakeAlpaca:
         self.stop()
 
     async def _startup(self) -> None:
-        import database
+        from runtime import database
         self._pool = await database.create_pool(self.pg_url, max_size=4)
         self.paper = PaperBroker(self._pool, self.market, self.clock, self.calendar, account_id=self.account_id,
                                  currency="USD", config=self.paper_config)

@@ -47,11 +47,11 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from brokers.base import (BrokerError, InvalidRequest, OrderRejected, OrderRequest, OrderResult, OrderSide,
-                          OrderStatus, OrderType)
-from brokers.paper import PaperBroker
-from data.calendar import MarketCalendar
-from data.ticks import tick_size
+from core.errors import BrokerError, InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from brokers.paper.broker import PaperBroker
+from core.calendar import MarketCalendar
+from core.ticks import tick_size
 
 HEAD = struct.Struct("<1s1sI2B2I20s8s")
 HKT = ZoneInfo("Asia/Hong_Kong")
@@ -178,7 +178,7 @@ class FakeOpenD:
         self.stop()
 
     async def _startup(self) -> None:
-        import database
+        from runtime import database
         self._pool = await database.create_pool(self.pg_url, max_size=4)
         for acc_id in (SIM_OPTION_ACC, SIM_STOCK_ACC, REAL_ACC):
             broker = PaperBroker(self._pool, self.market, self.clock, self.calendar,

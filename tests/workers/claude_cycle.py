@@ -11,10 +11,10 @@ from decimal import Decimal
 
 
 async def main(agent_id: str, dsn: str, fake_url: str, budget: str, mode: str) -> None:
-    import database
-    from clock import SimulatedClock
-    from cycle import run_cycle
-    from services import build_services
+    from runtime import database
+    from core.clock import SimulatedClock
+    from runtime.cycle import run_cycle
+    from runtime.wiring import build_services
     from tests.agent_fixtures import OPEN_AT, agent_settings
 
     settings = agent_settings(agent_id, env={"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": fake_url},

@@ -20,7 +20,7 @@ class IntentEngine:
         self.action, self.symbols = action, symbols
 
     async def run(self, mode, ex):
-        from rules_engine import EngineResult
+        from engines.base import EngineResult
         results = {}
         for symbol in self.symbols:
             if self.action == "buy":
@@ -33,10 +33,10 @@ class IntentEngine:
 
 
 async def main(agent_id: str, dsn: str, minutes: str, action: str, symbols: str) -> None:
-    import database
-    from clock import SimulatedClock
-    from cycle import run_cycle
-    from services import build_services
+    from runtime import database
+    from core.clock import SimulatedClock
+    from runtime.cycle import run_cycle
+    from runtime.wiring import build_services
     from tests.agent_fixtures import OPEN_AT, agent_settings
 
     pool = await database.create_pool(dsn, max_size=4)

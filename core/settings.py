@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+from core.paths import PROJECT_ROOT
+
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "trading_config.yaml"
 
 

@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 import uuid
 
-from clock import Clock
+from core.clock import Clock
 
 if TYPE_CHECKING:
     import asyncpg

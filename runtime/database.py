@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config import PROJECT_ROOT, ConfigError, Settings, check_database_url
+from core.paths import PROJECT_ROOT
+from core.settings import ConfigError, Settings, check_database_url
 
 if TYPE_CHECKING:
     import asyncpg

@@ -6,12 +6,12 @@ from datetime import datetime, time, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from agent_state import LATEST_STATE, state_from
-from brokers.base import Account, Position
+from execution.store import LATEST_STATE, state_from
+from core.account import Account, Position
 from safety import TradingState
 
 if TYPE_CHECKING:
-    from services import Services
+    from runtime.wiring import Services
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
-from config import FeeSchedule
+from core.settings import FeeSchedule
 
 CENT = Decimal("0.01")
 ONE = Decimal("1")

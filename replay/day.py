@@ -12,11 +12,11 @@ import uuid
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 
-from clock import RealClock, SimulatedClock
-from config import Settings
-from cycle import run_cycle
+from core.clock import RealClock, SimulatedClock
+from core.settings import Settings
+from runtime.cycle import run_cycle
 from db_logger import log_context
-from position_monitor import PositionMonitor
+from execution.monitor import PositionMonitor
 
 log = logging.getLogger("catalyst.day")
 
@@ -45,8 +45,8 @@ def most_recent_session(calendar, now: datetime) -> date:
 async def run_day(settings: Settings, pool, *, session: date | None = None,
                   clock: SimulatedClock | None = None) -> dict:
     """One session. `clock`, if given, is the simulated clock to drive (a test shares it with a fake broker)."""
-    from data.calendar import MarketCalendar
-    from services import build_services
+    from core.calendar import MarketCalendar
+    from runtime.wiring import build_services
 
     calendar = MarketCalendar(settings.config.market.exchange)
     session = session or most_recent_session(calendar, RealClock().now())

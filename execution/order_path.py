@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from brokers.base import (BrokerClient, BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected,
-                          OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition)
-from clock import Clock
-from faults import kill_point
+from brokers.base import BrokerClient
+from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition
+from core.clock import Clock
+from core.faults import kill_point
 
 if TYPE_CHECKING:
     import asyncpg

@@ -21,7 +21,6 @@ Every skip and every refusal is recorded with its reason.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -30,19 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("catalyst.rules")
 
-
-@dataclass
-class EngineResult:
-    engine: str
-    status: str = "completed"
-    turns: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+from engines.base import EngineResult
 
 
 class RulesEngine:

@@ -13,11 +13,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from db_logger import log_context
-from rules_engine import EngineResult, RulesEngine
+from engines.base import EngineResult
+from engines.rules import RulesEngine
 from tool_executor import ToolExecutor
 
 if TYPE_CHECKING:
-    from services import Services
+    from runtime.wiring import Services
 
 log = logging.getLogger("catalyst.cycle")
 
@@ -38,8 +39,8 @@ async def choose_engine(services: "Services", mode: str):
     key = services.settings.env.get("ANTHROPIC_API_KEY")
     if not key:
         return RulesEngine(services.settings), "no ANTHROPIC_API_KEY: the offline rules engine decides"
-    from claude_engine import ClaudeEngine
-    from ai_budget import AIBudget
+    from engines.claude import ClaudeEngine
+    from engines.budget import AIBudget
     budget = AIBudget(services.pool, services.clock, services.agent_id,
                       daily_limit=services.settings.config.ai.daily_budget_usd, purpose="trade")
     engine = ClaudeEngine(services.settings, budget=budget)
@@ -58,7 +59,7 @@ async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOut
     with log_context(cycle_id=str(cycle_id), mode=mode):
         log.info("%s cycle started at %s", mode, now.isoformat())
         try:
-            from startup_monitor import reconcile
+            from execution.reconcile import reconcile
             recon = await reconcile(services)
             if not recon.clean or recon.corrections or recon.resolved:
                 log.warning(recon.render())
@@ -81,7 +82,7 @@ async def run_cycle(services: "Services", mode: str, *, engine=None) -> CycleOut
             if recon.corrections or recon.resolved or recon.ambiguous:
                 result.summary["reconciliation"] = recon.to_dict()
             if mode == "trade" and executor.orders_placed:
-                from position_monitor import monitor_once   # trade-triggered monitoring of what was just entered
+                from execution.monitor import monitor_once  # trade-triggered monitoring of what was just entered
                 await monitor_once(services)
             await _finish(services, cycle_id, result, executor.orders_placed)
             message = f"{mode} cycle {result.status} with the {engine.name} engine: {executor.orders_placed} orders"

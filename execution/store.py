@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import safety
 
 if TYPE_CHECKING:
-    from services import Services
+    from runtime.wiring import Services
 
 
 # The latest state recorded for agent $1 (NULL when none): a scalar subquery other statements embed.

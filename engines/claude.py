@@ -16,8 +16,8 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ai_budget import AIBudget, Prices
-from rules_engine import EngineResult
+from engines.budget import AIBudget, Prices
+from engines.base import EngineResult
 from tools import anthropic_tools
 
 if TYPE_CHECKING:

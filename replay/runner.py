@@ -32,64 +32,14 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clock import SimulatedClock
-from config import Environment, Settings
+from core.clock import SimulatedClock
+from core.settings import Environment, Settings
 
 if TYPE_CHECKING:
-    from report import EquityPoint, Metrics
+    from replay.stats import EquityPoint, Metrics
 
-ROOT = Path(__file__).resolve().parent
-CRON = re.compile(r"^\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+\S+\s+.*\./run\.sh\s+(scan|trade|close)\b")
-
-
-# ---------------------------------------------------------------- the schedule, from config/cron.d
-
-@dataclass(frozen=True)
-class CronEntry:
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    weekdays: frozenset[int]          # cron numbering: 0 = Sunday ... 6 = Saturday
-    mode: str
-
-
-def _field(spec: str, lo: int, hi: int) -> frozenset[int]:
-    out: set[int] = set()
-    for part in spec.split(","):
-        body, _, step = part.partition("/")
-        if body == "*":
-            a, b = lo, hi
-        elif "-" in body:
-            a, b = (int(x) for x in body.split("-", 1))
-        else:
-            a = b = int(body)
-        out.update(range(a, b + 1, int(step) if step else 1))
-    if hi == 7:                      # day of week: 7 is Sunday too
-        out = {x % 7 for x in out}
-    return frozenset(out)
-
-
-def parse_cron(text: str) -> list[CronEntry]:
-    """The scan / trade / close lines of a cron.d file (day-of-month and month must be '*')."""
-    entries = []
-    for line in text.splitlines():
-        m = CRON.match(line)
-        if not m or line.lstrip().startswith("#"):
-            continue
-        minute, hour, dom, month, dow, mode = m.groups()
-        if dom != "*" or month != "*":
-            raise ValueError(f"cron line not supported by replay (day of month / month must be '*'): {line}")
-        entries.append(CronEntry(_field(minute, 0, 59), _field(hour, 0, 23), _field(dow, 0, 7), mode))
-    if not entries:
-        raise ValueError("no scan/trade/close lines found in the cron file")
-    return entries
-
-
-def day_schedule(entries: list[CronEntry], day: date) -> list[tuple[datetime, str]]:
-    """(UTC instant, mode) of every cycle cron would start on `day` (a UTC calendar date), in time order."""
-    cron_dow = (day.weekday() + 1) % 7
-    out = [(datetime.combine(day, time(h, m), tzinfo=timezone.utc), e.mode)
-           for e in entries if cron_dow in e.weekdays for h in e.hours for m in e.minutes]
-    return sorted(out)
+from core.paths import PROJECT_ROOT as ROOT
+from replay.schedule import day_schedule, parse_cron
 
 
 # With daily bars the latest price is the previous print: at the open, yesterday's close (a long weekend or a
@@ -150,12 +100,13 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
-    from cycle import run_cycle
+    from runtime.cycle import run_cycle
     from db_logger import log_context
-    from data.calendar import MarketCalendar
-    from position_monitor import PositionMonitor
-    from report import EquityPoint, compute_metrics, load_costs, load_trades, plot_equity, render_table
-    from services import build_services
+    from core.calendar import MarketCalendar
+    from execution.monitor import PositionMonitor
+    from replay.stats import EquityPoint, compute_metrics, load_costs, load_trades, render_table
+    from replay.plot import plot_equity
+    from runtime.wiring import build_services
 
     t0 = _time.perf_counter()
     run_id = run_id or uuid.uuid4().hex[:8]

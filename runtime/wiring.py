@@ -8,19 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clock import Clock
-from config import ConfigError, Settings
+from core.clock import Clock
+from core.paths import project_path
+from core.settings import ConfigError, Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent
 
 if TYPE_CHECKING:
     import asyncpg
 
     from brokers.base import BrokerClient
-    from data.calendar import MarketCalendar
+    from core.calendar import MarketCalendar
     from data.market import MarketData
     from data.news import NewsProvider
-    from order_path import OrderPath
+    from execution.order_path import OrderPath
 
 
 @dataclass
@@ -39,19 +39,13 @@ class Services:
         return self.settings.agent_id
 
 
-def project_path(path: str) -> Path:
-    """Paths in the config are relative to the project root (where run.sh is), or absolute."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
 def build_source(settings: Settings, calendar: "MarketCalendar"):
     """The market data source the paper broker fills against and the scan reads."""
     md = settings.config.market_data
     if md.source == "files":
         from data.bar_files import BarFileSource
         return BarFileSource(project_path(md.directory), settings.config.market.exchange)
-    from data.simulated import SimulatedMarket
+    from brokers.paper.simulated import SimulatedMarket
     return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
                            calendar=calendar)
 
@@ -59,7 +53,7 @@ def build_source(settings: Settings, calendar: "MarketCalendar"):
 def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: "MarketCalendar", source):
     name = settings.config.broker
     if name == "paper":
-        from brokers.paper import PaperBroker
+        from brokers.paper.broker import PaperBroker
         return PaperBroker(pool, source, clock, calendar, account_id=settings.agent_id,
                            currency=settings.config.market.currency, config=settings.config.paper)
     if name == "alpaca":
@@ -82,9 +76,9 @@ def build_news(settings: Settings) -> "NewsProvider":
 
 
 async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock) -> Services:
-    from data.calendar import MarketCalendar
+    from core.calendar import MarketCalendar
     from data.market import MarketData
-    from order_path import OrderPath
+    from execution.order_path import OrderPath
 
     calendar = MarketCalendar(settings.config.market.exchange)
     source = build_source(settings, calendar)

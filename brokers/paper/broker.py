@@ -26,18 +26,20 @@ from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Sequence
 
-from brokers.base import (Account, Bar, BrokerClient, BrokerUnavailable, Fill, Instrument, InvalidRequest,
-                          OrderRejected, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, Position,
-                          Quote, Timeframe)
-from brokers.fees import fill_fees
-from clock import Clock
-from config import PaperConfig
-from data.ticks import is_on_tick, round_to_tick
+from core.account import Account, Position
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from brokers.base import BrokerClient
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from brokers.paper.fees import fill_fees
+from core.clock import Clock
+from core.settings import PaperConfig
+from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from data.calendar import MarketCalendar
+    from core.calendar import MarketCalendar
     from data.source import MarketDataSource
 
 # Book depth at the touch, for an order that is marketable when placed: this many minutes of recent volume.

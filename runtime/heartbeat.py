@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from config import Settings
+from core.settings import Settings
 
 log = logging.getLogger("catalyst.heartbeat")
 
@@ -59,7 +59,7 @@ BrokerCheck = Callable[[], Awaitable[str]]
 async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None, database_error: str | None,
                         broker_check: BrokerCheck | None) -> HealthReport:
     """`database` is (DatabaseTarget, pool) when the database opened, else `database_error` says why."""
-    from database import schema_file_version
+    from runtime.database import schema_file_version
 
     report = HealthReport(agent_id=settings.agent_id)
     cfg = settings.config

@@ -1,0 +1,122 @@
+"""Orders as values: side, type, status and its one transition table, what we ask a broker, what it answers."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from core.errors import InvalidRequest
+
+
+class OrderSide(str, enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(str, enum.Enum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class OrderStatus(str, enum.Enum):
+    PENDING_SUBMIT = "pending_submit"   # write-ahead row exists, broker not yet answered
+    SUBMITTED = "submitted"             # accepted by the broker, resting
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCEL_PENDING = "cancel_pending"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_open(self) -> bool:
+        return not self.is_terminal
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+
+_S = OrderStatus
+# One table of allowed transitions. A cancel can race a fill: CANCEL_PENDING may still end FILLED or
+# PARTIALLY_FILLED. A broker may report a fill before we saw the acceptance (PENDING_SUBMIT -> FILLED).
+ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    _S.PENDING_SUBMIT: frozenset({_S.SUBMITTED, _S.PARTIALLY_FILLED, _S.FILLED, _S.REJECTED,
+                                  _S.CANCEL_PENDING, _S.CANCELLED, _S.EXPIRED}),
+    _S.SUBMITTED: frozenset({_S.PARTIALLY_FILLED, _S.FILLED, _S.CANCEL_PENDING, _S.CANCELLED,
+                             _S.EXPIRED, _S.REJECTED}),
+    _S.PARTIALLY_FILLED: frozenset({_S.PARTIALLY_FILLED, _S.FILLED, _S.CANCEL_PENDING, _S.CANCELLED,
+                                    _S.EXPIRED}),
+    # a cancel the venue refuses puts the order back to working
+    _S.CANCEL_PENDING: frozenset({_S.CANCELLED, _S.PARTIALLY_FILLED, _S.FILLED, _S.EXPIRED, _S.SUBMITTED}),
+    _S.FILLED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.REJECTED: frozenset(),
+    _S.EXPIRED: frozenset(),
+}
+
+
+def can_transition(old: OrderStatus, new: OrderStatus) -> bool:
+    """True when a broker may move an order from `old` to `new` (same status is always allowed)."""
+    return old == new or new in ALLOWED_TRANSITIONS[old]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What we ask a broker to do. Built and validated before the network."""
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    quantity: int
+    order_type: OrderType
+    limit_price: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if not self.client_order_id or len(self.client_order_id) > 48:
+            raise InvalidRequest("client_order_id must be 1..48 characters")
+        if not isinstance(self.quantity, int) or isinstance(self.quantity, bool) or self.quantity <= 0:
+            raise InvalidRequest(f"quantity must be a positive integer, got {self.quantity!r}")
+        if self.order_type is OrderType.LIMIT:
+            if self.limit_price is None or self.limit_price <= 0:
+                raise InvalidRequest("a limit order needs a positive limit_price")
+        elif self.limit_price is not None:
+            raise InvalidRequest("a market order must not carry a limit_price")
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    fill_id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    quantity: int
+    price: Decimal
+    fee: Decimal
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """A broker's view of one order."""
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: OrderSide
+    order_type: OrderType
+    quantity: int
+    limit_price: Decimal | None
+    status: OrderStatus
+    filled_quantity: int = 0
+    avg_fill_price: Decimal | None = None
+    fees: Decimal = Decimal("0")
+    reason: str | None = None            # rejection or cancel reason, if any
+    submitted_at: datetime | None = None
+    updated_at: datetime | None = None
+    fills: tuple[Fill, ...] = field(default_factory=tuple)
+
+    @property
+    def remaining_quantity(self) -> int:
+        return self.quantity - self.filled_quantity
