@@ -89,6 +89,7 @@ class MonitorService:
         self.calendar = MarketCalendar(settings.config.market.exchange)
         self.database_url = database_url
         self.pool = None
+        self.services = None
         self.monitor = None
         self.passes = 0
         self.exits = 0
@@ -99,13 +100,12 @@ class MonitorService:
         if self.monitor is not None:
             return
         from runtime import database
-        from execution.monitor import PositionMonitor
         from runtime.wiring import build_services
         if self.pool is None:
             self.pool = await database.create_pool(self.database_url, min_size=1, max_size=3)
             await database.ensure_schema(self.pool)
-        services = await build_services(self.settings, self.pool, self.clock)
-        self.monitor = PositionMonitor(services)
+        self.services = await build_services(self.settings, self.pool, self.clock)
+        self.monitor = self.services.monitor()
 
     async def _heartbeat(self, status: str, detail: dict[str, Any], *, force: bool = False) -> None:
         now = self.clock.now()
@@ -169,7 +169,7 @@ class MonitorService:
                                               "failures": self.failures}, force=True)
             if self.monitor is not None:
                 try:
-                    await self.monitor.s.broker.disconnect()
+                    await self.services.broker.disconnect()
                 except Exception:
                     pass
             if self.pool is not None:
@@ -178,8 +178,8 @@ class MonitorService:
 
 
 async def _main(settings) -> int:
+    from runtime.bootstrap import start_logging
     from runtime.database import resolve_target
-    from db_logger import setup_logging
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,11 +197,7 @@ async def _main(settings) -> int:
                 pass
     if target is None:
         return 0
-    pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
-                             level=settings.config.logging.level, dsn=target.url,
-                             file_keep_days=settings.config.logging.file_retention_days)
-    from db_logger import bind_log_context
-    bind_log_context(mode="monitor")
+    pipeline = start_logging(settings, target, "monitor")
     start = os.environ.get("CATALYST_SIMULATED_START")
     if start:
         time_source: Any = SimulatedTime(datetime.fromisoformat(start), stop,
@@ -219,15 +215,14 @@ async def _main(settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from core.settings import ConfigError, load_settings
+    from runtime.bootstrap import settings_or_exit
     parser = argparse.ArgumentParser(prog="position_monitor_service.py", description="Catalyst position monitor")
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        return 2
+        settings = settings_or_exit(args.config)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     if settings.config.market_data.source != "files" and "pandas" not in sys.modules:
         # The daemon reads no Parquet; without this pandas loads pyarrow anyway (~35 MB of a small droplet's RAM).
         sys.modules["pyarrow"] = None  # type: ignore[assignment]

@@ -31,7 +31,6 @@ tick grid (a buy limit down, the stop down).
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -40,16 +39,11 @@ from typing import Any, Sequence
 from core.account import Account, Position
 from core.instruments import Instrument, Quote
 from core.orders import OrderSide, OrderType
+from core.state import TradingState
 from core.ticks import is_on_tick, round_lots, round_to_tick
 
 # Headroom kept when sizing against buying power: fees and a market order's slippage come on top of the price.
 COST_BUFFER = Decimal("0.005")
-
-
-class TradingState(str, enum.Enum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"        # daily loss limit reached, or reconciliation found a discrepancy: exits only
-    HALTED = "HALTED"            # the kill switch (close_all) ran: exits only until an operator resumes
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ import argparse
 import asyncio
 import sys
 
-import safety
-from execution.reconcile import EXIT_ACTION_NEEDED, reconcile
+from core.clock import RealClock
 from core.errors import BrokerUnavailable
-from execution.store import set_trading_state
+from core.state import TradingState
+from execution.reconcile import EXIT_ACTION_NEEDED
+from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, process, run_lock, settings_or_exit
+from runtime.wiring import build_services
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,56 +24,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="REASON", default=None,
                         help="after checking the reported discrepancies: set the trading state back to ACTIVE")
     args = parser.parse_args(argv)
-    from runtime.lock import EXIT_LOCKED, AgentBusy, AgentLock
-    from core.settings import ConfigError, load_settings
     try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        return 2
-    lock = AgentLock(settings.var_dir / "locks", settings.agent_id)
-    try:
-        lock.acquire("reconcile")
-    except AgentBusy as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_LOCKED
-    try:
-        return asyncio.run(_main(settings, args.resume))
-    finally:
-        lock.release()
+        settings = settings_or_exit(args.config)
+        with run_lock(settings, "reconcile"):
+            return asyncio.run(_main(settings, args.resume))
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 async def _main(settings, resume: str | None) -> int:
-    from core.clock import RealClock
-    from runtime.database import DatabaseUnavailable, open_database
-    from db_logger import setup_logging
-    from runtime.wiring import build_services
-
-    try:
-        target, pool = await open_database(settings)
-    except DatabaseUnavailable as exc:
-        print(f"database unavailable: {exc}", file=sys.stderr)
-        return 3
-    pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
-                             level=settings.config.logging.level, dsn=target.url,
-                             file_keep_days=settings.config.logging.file_retention_days)
-    try:
+    async with process(settings, "reconcile") as proc:
+        if proc.pool is None:
+            print(f"database unavailable: {proc.database_error}", file=sys.stderr)
+            return EXIT_DATABASE
         try:
-            services = await build_services(settings, pool, RealClock())
+            services = await build_services(settings, proc.pool, RealClock())
         except BrokerUnavailable as exc:
             print(f"broker unavailable: {exc}", file=sys.stderr)
-            return 4
-        report = await reconcile(services)
+            return EXIT_BROKER
+        report = await services.reconciler.run()
         print(report.render())
         if resume is not None and report.exit_code in (0, EXIT_ACTION_NEEDED):
-            await set_trading_state(services, safety.TradingState.ACTIVE, f"resumed by operator: {resume}",
-                                    "operator")
+            await services.store.set_trading_state(TradingState.ACTIVE, f"resumed by operator: {resume}", "operator")
             print(f"trading state set to ACTIVE ({resume})")
             return 0
         return report.exit_code
-    finally:
-        await pool.close()
-        pipeline.close(timeout=5.0)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ from pydantic import ValidationError
 
 import safety
 from core.errors import BrokerUnavailable, InvalidRequest
-from core.orders import OrderSide, OrderType
 from db_logger import log_context
+from execution.store import to_json as _json
 from tools import MODE_TOOLS, TOOLS
 
 if TYPE_CHECKING:
-    from runtime.wiring import Services
+    from data.market import MarketData
+    from data.news import NewsProvider
+    from data.scan import Scanner
+    from execution.trader import Trader
 
 log = logging.getLogger("catalyst.tools")
 
@@ -45,20 +48,6 @@ class ToolResult:
     @property
     def data(self) -> Any:
         return json.loads(self.content)
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, default=_default, separators=(",", ":"))
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return str(value)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -80,14 +69,17 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 class ToolExecutor:
-    def __init__(self, services: "Services", *, mode: str, cycle_id: uuid.UUID | None, engine: str,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.s = services
+    """One cycle's tools. Receives the Trader (entries, exits, decisions) and the agent's market view."""
+
+    def __init__(self, *, trader: "Trader", market: "MarketData", scanner: "Scanner", news: "NewsProvider",
+                 mode: str, exchange: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.trader = trader
+        self.market = market
+        self.scanner = scanner
+        self.news = news
         self.mode = mode
-        self.cycle_id = cycle_id
-        self.engine = engine
+        self.exchange = exchange
         self.timeout_s = timeout_s
-        self.orders_placed = 0
         self.calls = 0
         self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "scan_market": self._scan_market, "get_quote": self._get_quote, "get_technicals": self._get_technicals,
@@ -96,6 +88,21 @@ class ToolExecutor:
             "execute_trade": self._execute_trade, "close_position": self._close_position,
             "close_all": self._close_all, "log_decision": self._log_decision,
         }
+
+    @property
+    def cycle_id(self) -> uuid.UUID | None:
+        return self.trader.cycle_id
+
+    @property
+    def engine(self) -> str:
+        return self.trader.engine
+
+    @property
+    def orders_placed(self) -> int:
+        return self.trader.orders_placed
+
+    def now(self):
+        return self.trader.clock.now()
 
     # ------------------------------------------------------------------ routing
     async def execute(self, name: str, raw_input: Any) -> ToolResult:
@@ -145,179 +152,72 @@ class ToolExecutor:
 
     async def _known_symbol(self, symbol: str) -> None:
         try:
-            await self.s.broker.get_instrument(symbol)
+            await self.trader.broker.get_instrument(symbol)
         except InvalidRequest:
-            raise ToolError(f"symbol: unknown symbol {symbol!r} on {self.s.settings.config.market.exchange}") from None
+            raise ToolError(f"symbol: unknown symbol {symbol!r} on {self.exchange}") from None
 
     # ------------------------------------------------------------------ data tools
     async def _scan_market(self, args) -> Any:
-        from data.scan import latest_or_run_scan
-        candidates = await latest_or_run_scan(self.s, cycle_id=self.cycle_id, limit=args.limit)
-        return {"as_of": self.s.clock.now(), "candidates": [c.to_dict() for c in candidates]}
+        candidates = await self.scanner.latest_or_run(cycle_id=self.cycle_id, limit=args.limit)
+        return {"as_of": self.now(), "candidates": [c.to_dict() for c in candidates]}
 
     async def _get_quote(self, args) -> Any:
-        q = await self.s.broker.get_quote(args.symbol)
-        status = self.s.calendar.state(self.s.clock.now())
+        q = await self.market.quote(args.symbol)
+        status = self.trader.market_status()
         return {"symbol": q.symbol, "bid": q.bid, "ask": q.ask, "last": q.last, "volume": q.volume,
                 "time": q.timestamp, "market": status.status}
 
     async def _get_technicals(self, args) -> Any:
-        return await self.s.market.technicals(args.symbol, args.timeframe)
+        return await self.market.technicals(args.symbol, args.timeframe)
 
     async def _detect_patterns(self, args) -> Any:
-        patterns = await self.s.market.patterns(args.symbol, args.timeframe)
+        patterns = await self.market.patterns(args.symbol, args.timeframe)
         if patterns:
-            await self.s.pool.executemany(
-                """INSERT INTO patterns (agent_id, cycle_id, symbol, pattern, direction, confidence, levels,
-                       bar_start, bar_end, detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-                [(self.s.agent_id, self.cycle_id, args.symbol, p.name, p.direction, Decimal(str(round(p.confidence, 4))),
-                  {k: float(v) for k, v in p.levels.items()}, p.start, p.end, self.s.clock.now()) for p in patterns])
+            await self.trader.store.record_patterns(self.cycle_id, args.symbol, patterns)
         return {"symbol": args.symbol, "timeframe": args.timeframe, "patterns": [p.to_dict() for p in patterns]}
 
     async def _get_news(self, args) -> Any:
         from data.news import get_news
-        return await get_news(self.s.news, args.symbol, limit=args.limit, now=self.s.clock.now())
+        return await get_news(self.news, args.symbol, limit=args.limit, now=self.now())
 
     async def _get_portfolio(self, args) -> Any:
-        from execution.portfolio import snapshot
-        snap = await snapshot(self.s)
-        limits = self.limits()
+        snap = await self.trader.portfolio.snapshot()
+        limits = self.trader.limits()
         state = safety.trading_state(snap.realized_pnl_today, snap.unrealized_pnl, limits, snap.stored_state)
         a = snap.account
         return {"currency": a.currency, "cash": a.cash, "buying_power": a.buying_power, "equity": a.equity,
                 "positions": [p.to_dict() for p in snap.positions], "open_orders": list(snap.open_orders),
-                "pnl_today": {"realized": snap.realized_pnl_today, "unrealized": snap.unrealized_pnl.quantize(Decimal("0.01"))},
+                "pnl_today": {"realized": snap.realized_pnl_today,
+                              "unrealized": snap.unrealized_pnl.quantize(Decimal("0.01"))},
                 "trading_state": state.value, "entries_today": sorted(snap.entries_today),
                 "limits": {"max_positions": limits.max_positions, "max_position_value": limits.max_position_value,
                            "daily_loss_limit": limits.daily_loss_limit}}
 
-    # ------------------------------------------------------------------ risk and orders
-    def limits(self) -> "safety.RiskLimits":
-        t = self.s.settings.config.trading
-        return safety.RiskLimits(
-            max_positions=t.max_positions, max_position_value=t.max_position_value,
-            min_position_value=t.min_position_value, daily_loss_limit=t.daily_loss_limit,
-            position_stop_loss_pct=t.position_stop_loss_pct, price_collar_pct=t.price_collar_pct,
-            max_orders_per_cycle=t.max_orders_per_cycle, allow_reentry_same_day=t.allow_reentry_same_day,
-            max_stop_distance_pct=t.max_stop_distance_pct, max_quote_age_seconds=t.max_quote_age_seconds)
-
-    async def _risk_context(self, symbol: str):
-        from execution.portfolio import snapshot
-        snap = await snapshot(self.s)
-        now = self.s.clock.now()
-        state = self.s.calendar.state(now)
-        quote = await self.s.broker.get_quote(symbol)
-        instrument = await self.s.broker.get_instrument(symbol)
-        ctx = safety.RiskContext(
-            now=now, account=snap.account, positions=snap.broker_positions(),
-            realized_pnl_today=snap.realized_pnl_today, unrealized_pnl=snap.unrealized_pnl, quote=quote,
-            instrument=instrument, market=safety.MarketStatus(status=state.status, next_open=state.next_open),
-            entries_today=snap.entries_today, orders_this_cycle=self.orders_placed,
-            trading_state=snap.stored_state,
-            pending_buy_value=Decimal(0))   # the broker's buying power already reserves open buy orders
-        return ctx, snap
-
+    # ------------------------------------------------------------------ risk and orders (the Trader's)
     def _intent(self, args) -> "safety.EntryIntent":
-        order_type = args.order_type or self.s.settings.config.trading.default_order_type
-        return safety.EntryIntent(symbol=args.symbol, side=OrderSide.BUY, quantity=args.quantity, notional=args.value,
-                                  order_type=OrderType(order_type), limit_price=args.limit_price,
+        return self.trader.intent(symbol=args.symbol, quantity=args.quantity, value=args.value,
+                                  order_type=args.order_type, limit_price=args.limit_price,
                                   stop_loss=args.stop_loss, take_profit=args.take_profit)
 
     async def _check_risk(self, args) -> Any:
-        ctx, _ = await self._risk_context(args.symbol)
-        verdict = safety.evaluate_entry(self._intent(args), ctx, self.limits())
+        verdict = await self.trader.check_entry(self._intent(args))
         return {"advice_only": True, **verdict.to_dict()}
 
     async def _execute_trade(self, args) -> Any:
-        ctx, _ = await self._risk_context(args.symbol)
-        intent = self._intent(args)
-        verdict = safety.evaluate_entry(intent, ctx, self.limits())   # computed here, whatever check_risk said
-        if not verdict.approved:
-            await self.record_decision(args.symbol, "refused", args.reasoning, verdict=verdict.to_dict(),
-                                       details={"requested": args.model_dump(mode="json", exclude={"reasoning"})})
-            return {"status": "refused", **verdict.to_dict()}
-        outcome = await self.s.orders.submit(
-            cycle_id=self.cycle_id, symbol=args.symbol, side=OrderSide.BUY, quantity=verdict.adjusted_quantity,
-            order_type=intent.order_type, limit_price=verdict.limit_price if intent.order_type is OrderType.LIMIT else None,
-            stop_loss=verdict.stop_loss, take_profit=args.take_profit, intent="entry")
-        if outcome.accepted:
-            self.orders_placed += 1
-        await self.record_decision(args.symbol, "buy" if outcome.accepted else "rejected", args.reasoning,
-                                   verdict=verdict.to_dict(), details={"order": outcome.to_dict()})
-        return {"status": outcome.status, "order": outcome.to_dict(), "verdict": verdict.to_dict()}
-
-    async def exit_position(self, symbol: str, quantity: int | None, reason: str, intent: str = "exit") -> dict:
-        """Sell a position through the one order path. Used by close_position, close_all and the monitor."""
-        now = self.s.clock.now()
-        state = self.s.calendar.state(now)
-        held = {p.symbol: p for p in await self.s.broker.get_positions()}
-        instrument = await self.s.broker.get_instrument(symbol)
-        verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument,
-                                       safety.MarketStatus(status=state.status, next_open=state.next_open))
-        if not verdict.approved:
-            await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
-            return {"status": "refused", **verdict.to_dict()}
-        # A closing position stops buying; an exit already working is not doubled.
-        working = await self.s.pool.fetch(
-            "SELECT client_order_id, side, quantity, filled_quantity FROM orders WHERE agent_id = $1 AND symbol = $2 "
-            "AND status IN ('pending_submit', 'submitted', 'partially_filled') ORDER BY order_id",
-            self.s.agent_id, symbol)
-        cancelled = []
-        for o in working:
-            if o["side"] == "buy" and await self.s.orders.cancel(o["client_order_id"]):
-                cancelled.append(o["client_order_id"])
-        sells = [o for o in working if o["side"] == "sell"]
-        if sells:
-            await self.s.orders.sync(sells[-1]["client_order_id"])
-            text = (f"an exit for {symbol} is already working ({sells[-1]['client_order_id']}, "
-                    f"{sells[-1]['filled_quantity']}/{sells[-1]['quantity']} filled); not sending another")
-            await self.record_decision(symbol, "exit_in_progress", reason, details={"working": sells[-1]["client_order_id"],
-                                                                                  "cancelled_buys": cancelled})
-            return {"status": "exit_in_progress", "detail": text, "cancelled_buy_orders": cancelled}
-        if cancelled:                              # a cancelled entry may have filled more before it stopped
-            held = {p.symbol: p for p in await self.s.broker.get_positions()}
-            verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument,
-                                           safety.MarketStatus(status=state.status, next_open=state.next_open))
-            if not verdict.approved:
-                await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
-                return {"status": "refused", **verdict.to_dict(), "cancelled_buy_orders": cancelled}
-        outcome = await self.s.orders.submit(cycle_id=self.cycle_id, symbol=symbol, side=OrderSide.SELL,
-                                             quantity=verdict.adjusted_quantity, order_type=OrderType.MARKET,
-                                             intent=intent)
-        if outcome.accepted:
-            self.orders_placed += 1
-        await self.record_decision(symbol, "close" if outcome.accepted else "exit_rejected", reason,
-                                   verdict=verdict.to_dict(), details={"order": outcome.to_dict(), "intent": intent})
-        return {"status": outcome.status, "order": outcome.to_dict()}
+        return await self.trader.enter(self._intent(args), args.reasoning,
+                                       requested=args.model_dump(mode="json", exclude={"reasoning"}))
 
     async def _close_position(self, args) -> Any:
-        return await self.exit_position(args.symbol, args.quantity, args.reason)
+        return await self.trader.exit_position(args.symbol, args.quantity, args.reason)
 
     async def _close_all(self, args) -> Any:
-        cancelled = []
-        for o in await self.s.pool.fetch(
-                "SELECT client_order_id FROM orders WHERE agent_id = $1 AND status IN ('submitted', 'partially_filled')",
-                self.s.agent_id):
-            if await self.s.orders.cancel(o["client_order_id"]):
-                cancelled.append(o["client_order_id"])
-        from execution.store import set_trading_state
-        await set_trading_state(self.s, safety.TradingState.HALTED, f"kill switch (close_all): {args.reason}",
-                                self.engine)
-        results = {}
-        for p in await self.s.broker.get_positions():
-            results[p.symbol] = await self.exit_position(p.symbol, None, args.reason, intent="kill_switch")
-        return {"cancelled_orders": cancelled, "exits": results}
+        return await self.trader.close_all(args.reason)
 
     async def _log_decision(self, args) -> Any:
-        decision_id = await self.record_decision(args.symbol, args.action, args.reasoning,
-                                                 details={"confidence": args.confidence} if args.confidence is not None else {})
+        details = {"confidence": args.confidence} if args.confidence is not None else {}
+        decision_id = await self.record_decision(args.symbol, args.action, args.reasoning, details=details)
         return {"recorded": True, "decision_id": decision_id}
 
     async def record_decision(self, symbol: str | None, action: str, reasoning: str, *, verdict: dict | None = None,
                               details: dict | None = None) -> int:
-        return await self.s.pool.fetchval(
-            """INSERT INTO decisions (agent_id, cycle_id, symbol, action, engine, reasoning, verdict, details, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) RETURNING decision_id""",
-            self.s.agent_id, self.cycle_id, symbol, action, self.engine, reasoning,
-            _json(verdict) if verdict is not None else None, _json(details or {}),   # JSON text, parsed by the server
-            self.s.clock.now())
+        return await self.trader.record_decision(symbol, action, reasoning, verdict=verdict, details=details)

@@ -13,11 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
-EXIT_BROKER = 4
+from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
 
 MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report")
 
@@ -52,130 +48,96 @@ def _date(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.lock import EXIT_LOCKED, AgentBusy, AgentLock
-    from core.settings import ConfigError, load_settings
-
+    from runtime.bootstrap import run_lock, settings_or_exit
     try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
-    lock = AgentLock(settings.var_dir / "locks", settings.agent_id)
-    try:
-        if args.mode not in ("day", "replay", "report"):
-            lock.acquire(args.mode)
-    except AgentBusy as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_LOCKED
-    try:
-        return asyncio.run(_run(settings, args))
+        settings = settings_or_exit(args.config)
+        # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
+        with run_lock(settings, args.mode, take=args.mode not in ("day", "replay", "report")):
+            return asyncio.run(_run(settings, args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        lock.release()
 
 
 async def _run(settings, args: argparse.Namespace) -> int:
-    from core.settings import ConfigError
-    from runtime.database import DatabaseUnavailable, create_pool, ensure_schema, resolve_target
-    from db_logger import bind_log_context, purge_old_logs, setup_logging
+    from runtime.bootstrap import process
 
-    try:
-        target = await asyncio.to_thread(resolve_target, settings)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except DatabaseUnavailable as exc:
-        target, target_error = None, str(exc)
-    else:
-        target_error = None
-
-    level = settings.config.logging.level
+    level = None
     if args.mode == "replay" and not settings.env.get("LOG_LEVEL"):
         level = "WARNING"      # a year of INFO lines costs a quarter of a replay's time; LOG_LEVEL=INFO keeps them
-    pipeline = setup_logging(agent_id=settings.agent_id, log_dir=settings.log_dir, secrets=settings.env.secrets,
-                             level=level, dsn=target.url if target else None,
-                             file_keep_days=settings.config.logging.file_retention_days,
-                             # a replay's progress line owns the terminal; its warnings go to the log file and DB
-                             console_level="ERROR" if args.mode == "replay" else "WARNING")
-    bind_log_context(mode=args.mode)
-    pool = None
-    try:
-        db_error = target_error
-        if target is not None:
-            try:
-                # simulated runs (their rows can be produced again) skip waiting for each commit's WAL flush
-                pool = await create_pool(target.url, durable=args.mode not in ("day", "replay"))
-                await ensure_schema(pool)
-            except DatabaseUnavailable as exc:
-                db_error = str(exc)
-                if pool is not None:
-                    await pool.close()
-                pool = None
-
-        if args.mode == "heartbeat":
-            from runtime.heartbeat import run_heartbeat
-            report = await run_heartbeat(settings, database=(target, pool) if pool else None,
-                                         database_error=db_error,
-                                         broker_check=_broker_check(settings, pool) if pool else None)
-            if pool is not None:
-                purged = await purge_old_logs(pool, agent_id=settings.agent_id,
-                                              days=settings.config.logging.db_retention_days)
-                if purged:
-                    log.info("retention: deleted %d agent_logs rows older than %d days", purged,
-                             settings.config.logging.db_retention_days)
-            print(report.render())
-            return report.exit_code
-        if pool is None:
-            print(f"database unavailable: {db_error}", file=sys.stderr)
-            return EXIT_DATABASE
-        if args.mode == "day":
-            from replay.day import run_day
-            print(f"Catalyst day on the simulated market (simulated clock, paper broker, "
-                  f"{'Claude' if settings.env.get('ANTHROPIC_API_KEY') else 'offline rules engine'}):")
-            summary = await run_day(settings, pool)
-            print(_day_summary(summary))
-            return EXIT_OK
-        if args.mode == "replay":
-            from datetime import timedelta
-
-            from replay.runner import run_replay
-            result = await run_replay(settings, pool, start=args.start, end=args.end, engine=args.engine,
-                                      data=args.data, monitor_every=timedelta(minutes=args.monitor_every))
-            print(result.table)
-            print(f"{result.cycles} cycles and {result.monitor_passes} monitor passes in {result.wall_seconds:.1f} s; "
-                  f"equity curve: {result.png}")
-            print(f"every decision, order and log line is under agent id {result.agent_id} "
-                  f"(warnings: {settings.log_dir / 'agent.log'})")
-            return EXIT_OK
-        if args.mode == "report":
-            from core.clock import RealClock
-            from runtime.report import live_report
-            print(await live_report(pool, settings, now=RealClock().now()))
-            return EXIT_OK
-        from core.clock import RealClock
-        from runtime.cycle import run_cycle
-        from runtime.wiring import build_services
-        from core.errors import BrokerUnavailable
+    # a replay's progress line owns the terminal; its warnings go to the log file and DB
+    console = "ERROR" if args.mode == "replay" else "WARNING"
+    # simulated runs (their rows can be produced again) skip waiting for each commit's WAL flush
+    async with process(settings, args.mode, level=level, console_level=console,
+                       durable=args.mode not in ("day", "replay")) as proc:
         try:
-            services = await build_services(settings, pool, RealClock())
-        except BrokerUnavailable as exc:
-            print(f"broker unavailable: {exc}", file=sys.stderr)
-            return EXIT_BROKER
-        outcome = await run_cycle(services, args.mode)
-        print(outcome.message)
-        return EXIT_OK
-    except Exception:
-        log.exception("run failed")
-        print("unexpected error; details in agent_logs and logs/agent.log", file=sys.stderr)
-        return EXIT_UNEXPECTED
-    finally:
+            return await _dispatch(settings, args, proc)
+        except Exception:
+            log.exception("run failed")
+            print("unexpected error; details in agent_logs and logs/agent.log", file=sys.stderr)
+            return EXIT_UNEXPECTED
+
+
+async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
+    from core.clock import RealClock
+    from core.errors import BrokerUnavailable
+    from runtime.wiring import build_services
+
+    pool = proc.pool
+    if args.mode == "heartbeat":
+        from db_logger import purge_old_logs
+        from runtime.heartbeat import run_heartbeat
+        report = await run_heartbeat(settings, database=(proc.target, pool) if pool else None,
+                                     database_error=proc.database_error,
+                                     broker_check=_broker_check(settings, pool) if pool else None)
         if pool is not None:
-            await pool.close()
-        pipeline.close(timeout=5.0)
+            purged = await purge_old_logs(pool, agent_id=settings.agent_id,
+                                          days=settings.config.logging.db_retention_days)
+            if purged:
+                log.info("retention: deleted %d agent_logs rows older than %d days", purged,
+                         settings.config.logging.db_retention_days)
+        print(report.render())
+        return report.exit_code
+    if pool is None:
+        print(f"database unavailable: {proc.database_error}", file=sys.stderr)
+        return EXIT_DATABASE
+
+    async def build(s, clock):
+        return await build_services(s, pool, clock)
+
+    if args.mode == "day":
+        from replay.day import run_day
+        print(f"Catalyst day on the simulated market (simulated clock, paper broker, "
+              f"{'Claude' if settings.env.get('ANTHROPIC_API_KEY') else 'offline rules engine'}):")
+        summary = await run_day(settings, pool, build=build)
+        print(_day_summary(summary))
+        return EXIT_OK
+    if args.mode == "replay":
+        from datetime import timedelta
+
+        from replay.runner import run_replay
+        result = await run_replay(settings, pool, build=build, start=args.start, end=args.end, engine=args.engine,
+                                  data=args.data, monitor_every=timedelta(minutes=args.monitor_every))
+        print(result.table)
+        print(f"{result.cycles} cycles and {result.monitor_passes} monitor passes in {result.wall_seconds:.1f} s; "
+              f"equity curve: {result.png}")
+        print(f"every decision, order and log line is under agent id {result.agent_id} "
+              f"(warnings: {settings.log_dir / 'agent.log'})")
+        return EXIT_OK
+    if args.mode == "report":
+        from runtime.report import live_report
+        print(await live_report(pool, settings, now=RealClock().now()))
+        return EXIT_OK
+    try:
+        services = await build_services(settings, pool, RealClock())
+    except BrokerUnavailable as exc:
+        print(f"broker unavailable: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    outcome = await services.run_cycle(args.mode)
+    print(outcome.message)
+    return EXIT_OK
 
 
 def _broker_check(settings, pool):

@@ -29,7 +29,6 @@ from runtime import database  # noqa: E402
 from engines.budget import AIBudget  # noqa: E402
 from engines.claude import ClaudeEngine  # noqa: E402
 from core.clock import SimulatedClock  # noqa: E402
-from runtime.cycle import run_cycle  # noqa: E402
 from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 from tests.fakes.anthropic_server import FakeAnthropic, reply, tool_use  # noqa: E402
@@ -56,12 +55,11 @@ async def one_cycle(pool, caching: bool) -> dict:
     with FakeAnthropic() as fake:
         settings = agent_settings(agent_id, env={"ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": fake.base_url})
         services = await build_services(settings, pool, SimulatedClock(OPEN_AT))
-        from data.scan import run_scan
-        top = [c.symbol for c in await run_scan(services, cycle_id=None)][:2]
+        top = [c.symbol for c in await services.scanner.run(cycle_id=None)][:2]
         fake.add_turns(*script(*top))
         budget = AIBudget(pool, services.clock, agent_id, daily_limit=settings.config.ai.daily_budget_usd)
-        engine = ClaudeEngine(settings, budget=budget, prompt_caching=caching)
-        outcome = await run_cycle(services, "trade", engine=engine)
+        engine = ClaudeEngine(settings, budget=budget, store=services.store, prompt_caching=caching)
+        outcome = await services.run_cycle("trade", engine=engine)
         usages = [r.response["usage"] for r in fake.message_requests if r.status == 200]
     row = await pool.fetchrow("SELECT * FROM trading_cycles WHERE cycle_id = $1", outcome.cycle_id)
     later = usages[1:]

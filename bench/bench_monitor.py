@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime import database  # noqa: E402
-from execution.monitor import PositionMonitor  # noqa: E402
 from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 
@@ -56,8 +55,8 @@ async def open_positions(services, symbols: list[str]) -> None:
     """Bench setup (not measured): positions as if bought at the last price, stops 20% below."""
     now = services.clock.now()
     for symbol in symbols:
-        q = services.market.source.quote(symbol, now)
-        lot = services.market.source.instrument(symbol).lot_size
+        q = services.universe.quote(symbol, now)
+        lot = services.universe.instrument(symbol).lot_size
         await services.pool.execute("INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) "
                                     "VALUES ($1, $2, $3, $4)", services.agent_id, symbol, lot, q.last)
         await services.pool.execute(
@@ -71,11 +70,11 @@ async def latency(pool, n: int, samples: int) -> dict:
     settings = agent_settings(agent, market_data={"universe_size": 700})
     clock = WallClock(OPEN_AT)
     services = await build_services(settings, pool, clock)
-    universe = [i.symbol for i in services.market.source.instruments()]
-    [services.market.source.quote(s, clock.now()) for s in universe]          # warm the market's price paths
+    universe = [i.symbol for i in services.universe.instruments()]
+    [services.universe.quote(s, clock.now()) for s in universe]          # warm the market's price paths
     await open_positions(services, universe[:n])
     spare = iter(universe[n:])
-    monitor = PositionMonitor(services)
+    monitor = services.monitor()
     for s in universe[:n]:                                                     # indicators: cached, as in the daemon
         await monitor._indicators(s)
     stop = asyncio.Event()
@@ -96,7 +95,7 @@ async def latency(pool, n: int, samples: int) -> dict:
             await asyncio.sleep(rng.uniform(0.2, POLL * 1.5))
             rows = await pool.fetch("SELECT symbol FROM positions WHERE agent_id = $1 AND status = 'open'", agent)
             symbol = rng.choice([r["symbol"] for r in rows])
-            last = services.market.source.quote(symbol, clock.now()).last
+            last = services.universe.quote(symbol, clock.now()).last
             t0 = time.perf_counter()
             await pool.execute("UPDATE positions SET stop_loss = $3 WHERE agent_id = $1 AND symbol = $2 AND "
                                "status = 'open'", agent, symbol, (last * Decimal("1.02")).quantize(Decimal("0.01")))
@@ -132,7 +131,7 @@ async def memory(url: str, tmp: Path) -> dict:
     start = datetime(2026, 11, 24, 1, 0, tzinfo=timezone.utc)               # 09:00 HKT
     settings = agent_settings(agent)
     services = await build_services(settings, pool, WallClock(start + timedelta(minutes=31)))
-    await open_positions(services, [i.symbol for i in services.market.source.instruments()][:15])
+    await open_positions(services, [i.symbol for i in services.universe.instruments()][:15])
     await pool.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CATALYST_", "DATABASE_URL", "ANTHROPIC_"))}
     env.update(DATABASE_URL=url, AGENT_ID=agent, CATALYST_VAR_DIR=str(tmp / "var"), CATALYST_LOG_DIR=str(tmp / "logs"),

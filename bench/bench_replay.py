@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from runtime import database  # noqa: E402
 from core.calendar import MarketCalendar  # noqa: E402
 from replay.runner import run_replay  # noqa: E402
+from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings  # noqa: E402
 
 TARGET_S = 60.0
@@ -37,9 +38,9 @@ async def main() -> int:
         pool = await database.create_pool(url, max_size=4, durable=False)     # as ./run.sh replay opens it
         await database.ensure_schema(pool)
         settings = agent_settings("bench_replay", market_data={"universe_size": 100})
-        one = await run_replay(settings, pool, start=days[0], end=days[0], progress=False, out_dir=tmp,
+        one = await run_replay(settings, pool, build=builder(pool), start=days[0], end=days[0], progress=False, out_dir=tmp,
                                run_id="baseline")
-        result = await run_replay(settings, pool, start=days[0], end=days[-1], progress=True, out_dir=tmp)
+        result = await run_replay(settings, pool, build=builder(pool), start=days[0], end=days[-1], progress=True, out_dir=tmp)
         await pool.close()
     finally:
         database.stop_embedded(tmp / "pgdata")

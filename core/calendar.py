@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -125,6 +125,11 @@ def _load_table(code: str, start: date, end: date) -> SessionTable:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def local_day_start(tz: tzinfo, now: datetime) -> datetime:
+    """Midnight of `now`'s date in `tz`, in UTC."""
+    return datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz).astimezone(timezone.utc)
+
+
 def to_ns(when: datetime) -> int:
     """Nanoseconds since the epoch of an aware datetime (the unit of the session table and of bar arrays)."""
     if when.tzinfo is None or when.utcoffset() is None:
@@ -165,6 +170,10 @@ class MarketCalendar:
     @property
     def last_day(self) -> date:
         return self.table.dates[-1].astype(date)
+
+    def day_start(self, now: datetime) -> datetime:
+        """Midnight of the exchange's local date, in UTC: 'today' for P&L and one-entry-per-day."""
+        return local_day_start(self.tz, now)
 
     def local_date(self, when: datetime) -> date:
         """The exchange-local calendar date of an instant."""

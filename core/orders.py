@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import enum
+import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +41,9 @@ class OrderStatus(str, enum.Enum):
 
 
 TERMINAL_STATUSES = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+
+# Working: the order may still fill (a cancel we asked for may still lose the race, so CANCEL_PENDING counts).
+WORKING_STATUSES = frozenset(OrderStatus) - TERMINAL_STATUSES
 
 _S = OrderStatus
 # One table of allowed transitions. A cancel can race a fill: CANCEL_PENDING may still end FILLED or
@@ -120,3 +125,16 @@ class OrderResult:
     @property
     def remaining_quantity(self) -> int:
         return self.quantity - self.filled_quantity
+
+
+def client_id_prefix(agent_id: str) -> str:
+    """The start of every client order id this agent sends ('<agent, 12 alphanumerics>-'): the one derivation
+    the order path uses to name orders and reconciliation uses to recognise ours."""
+    return (re.sub(r"[^A-Za-z0-9]", "", agent_id)[:12] or "agent") + "-"
+
+
+def make_client_order_id(agent_id: str, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide, seq: int) -> str:
+    """Deterministic: (agent, cycle, symbol, side, sequence) -> at most 48 characters."""
+    cycle = cycle_id.hex[:10] if cycle_id else "nocycle"
+    sym = re.sub(r"[^A-Za-z0-9]", "", symbol)[:10]
+    return f"{client_id_prefix(agent_id)}{cycle}-{sym}-{side.value[0]}{seq}"

@@ -108,7 +108,7 @@ class _Series:
 
 
 class BarFileSource:
-    """Market data read from per-symbol bar files; implements `data.source.MarketDataSource`."""
+    """Market data read from per-symbol bar files; implements `core.feeds.MarketDataSource`."""
 
     def __init__(self, directory: str | Path, exchange: str = "HKEX", *,
                  calendar: MarketCalendar | None = None) -> None:

@@ -4,12 +4,11 @@ Decimal prices from the broker become floats only here, inside analytics (techni
 """
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from core.instruments import Bar, Quote
-from brokers.base import BrokerClient
 from core.clock import Clock
+from core.instruments import Bar, Quote, Timeframe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,11 +30,20 @@ def bars_to_frame(bars: list[Bar]) -> "pd.DataFrame":
     return frame
 
 
+class QuoteSource(Protocol):
+    """Where live quotes and per-symbol bars come from (the broker)."""
+
+    async def get_quote(self, symbol: str) -> Quote: ...
+
+    async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]: ...
+
+
 class MarketData:
-    def __init__(self, *, broker: BrokerClient, source: Any, clock: Clock, calendar: "MarketCalendar",
+    """The agent's view of one symbol: its quote, bars, technicals and patterns (cached per session)."""
+
+    def __init__(self, *, broker: QuoteSource, clock: Clock, calendar: "MarketCalendar",
                  rsi_overbought: float = 75, rsi_oversold: float = 30) -> None:
         self.broker = broker
-        self.source = source            # whole-universe frames for the scan
         self.clock = clock
         self.calendar = calendar
         self.rsi_overbought = rsi_overbought

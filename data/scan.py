@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from core.calendar import MarketCalendar
+from core.clock import Clock
+
 if TYPE_CHECKING:
-    from runtime.wiring import Services
+    import asyncpg
+
+    from core.settings import ScanConfig
+    from core.feeds import UniverseSource
 
 log = logging.getLogger("catalyst.scan")
 
@@ -115,38 +121,49 @@ def _ffill_rows(values, rows: list[int]):
     return out
 
 
-async def run_scan(services: "Services", *, cycle_id: uuid.UUID | None) -> list[Candidate]:
-    cfg = services.settings.config.scan
-    now = services.clock.now()
-    source = services.market.source
-    symbols = [i.symbol for i in source.instruments()]
-    frames = await asyncio.to_thread(source.daily_frame, symbols, now, cfg.lookback_days)
-    import pandas as pd
-    lots = pd.Series({i.symbol: i.lot_size for i in source.instruments()}, dtype=float)
-    candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
-                                         max_lot_value=float(services.settings.config.trading.max_position_value))
-    await services.pool.executemany(
-        """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons, metrics)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        [(services.agent_id, cycle_id, now, c.symbol, c.rank, Decimal(str(round(c.score, 6))),
-          Decimal(str(c.price)), list(c.reasons), c.metrics) for c in candidates])
-    log.info("scan of %d symbols: %d candidates; top %s", len(symbols), len(candidates),
-             ", ".join(c.symbol for c in candidates[:5]))
-    return candidates
+class Scanner:
+    """The whole-universe scan: ranks every symbol of `universe` on its daily bars, records the candidates in
+    `scan_results`, and serves today's latest scan until the daily bars change."""
 
+    def __init__(self, *, pool: "asyncpg.Pool", universe: "UniverseSource", clock: Clock, calendar: MarketCalendar,
+                 scan: "ScanConfig", max_position_value: Decimal, agent_id: str) -> None:
+        self.pool = pool
+        self.universe = universe
+        self.clock = clock
+        self.calendar = calendar
+        self.cfg = scan
+        self.max_position_value = max_position_value
+        self.agent_id = agent_id
 
-async def latest_or_run_scan(services: "Services", *, cycle_id: uuid.UUID | None,
-                             limit: int | None = None) -> list[Candidate]:
-    """Today's most recent scan (this session's daily bars have not changed since), or a fresh one; its top
-    `limit` candidates (all when None)."""
-    from execution.portfolio import trading_day_start
-    day_start = trading_day_start(services, services.clock.now())
-    rows = await services.pool.fetch(
-        """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
-           WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
-                                                  WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)
-           ORDER BY rank LIMIT $4""", services.agent_id, day_start, services.clock.now(), limit)
-    if rows:
-        return [Candidate(r["symbol"], r["rank"], float(r["score"]), float(r["price"]), tuple(r["reasons"]),
-                          r["metrics"]) for r in rows]
-    return (await run_scan(services, cycle_id=cycle_id))[:limit]
+    async def run(self, *, cycle_id: uuid.UUID | None) -> list[Candidate]:
+        import pandas as pd
+        cfg = self.cfg
+        now = self.clock.now()
+        instruments = self.universe.instruments()
+        symbols = [i.symbol for i in instruments]
+        frames = await asyncio.to_thread(self.universe.daily_frame, symbols, now, cfg.lookback_days)
+        lots = pd.Series({i.symbol: i.lot_size for i in instruments}, dtype=float)
+        candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
+                                             max_lot_value=float(self.max_position_value))
+        await self.pool.executemany(
+            """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons, metrics)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            [(self.agent_id, cycle_id, now, c.symbol, c.rank, Decimal(str(round(c.score, 6))),
+              Decimal(str(c.price)), list(c.reasons), c.metrics) for c in candidates])
+        log.info("scan of %d symbols: %d candidates; top %s", len(symbols), len(candidates),
+                 ", ".join(c.symbol for c in candidates[:5]))
+        return candidates
+
+    async def latest_or_run(self, *, cycle_id: uuid.UUID | None, limit: int | None = None) -> list[Candidate]:
+        """Today's most recent scan (this session's daily bars have not changed since), or a fresh one; its top
+        `limit` candidates (all when None)."""
+        now = self.clock.now()
+        rows = await self.pool.fetch(
+            """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
+               WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
+                                                      WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)
+               ORDER BY rank LIMIT $4""", self.agent_id, self.calendar.day_start(now), now, limit)
+        if rows:
+            return [Candidate(r["symbol"], r["rank"], float(r["score"]), float(r["price"]), tuple(r["reasons"]),
+                              r["metrics"]) for r in rows]
+        return (await self.run(cycle_id=cycle_id))[:limit]

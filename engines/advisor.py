@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import signals
-
-if TYPE_CHECKING:
-    from runtime.wiring import Services
+from engines.budget import AIBudget
+from engines.llm import Prices, anthropic_client, usage_of
 
 
 @dataclass(frozen=True)
@@ -25,29 +23,16 @@ ADVISOR_PROMPT = ("You advise an automated trading agent on ONE open long positi
 
 
 class Advisor:
-    def __init__(self, settings, budget, *, client=None) -> None:
+    def __init__(self, settings, budget: AIBudget, *, client=None) -> None:
         self.settings = settings
         self.budget = budget
         self.model = settings.config.ai.monitor_model
-        p = settings.config.ai.prices[self.model]
-        from engines.budget import Prices
-        self.prices = Prices(p.input, p.output, p.cache_write, p.cache_read)
+        self.prices = Prices.of(settings.config.ai, self.model)
         self._client = client
-
-    @classmethod
-    def from_services(cls, services: "Services") -> "Advisor":
-        from engines.budget import AIBudget
-        budget = AIBudget(services.pool, services.clock, services.agent_id,
-                          daily_limit=services.settings.config.ai.monitor_daily_budget_usd, purpose="monitor")
-        return cls(services.settings, budget)
 
     def client(self):
         if self._client is None:
-            import anthropic
-            env = self.settings.env
-            self._client = anthropic.AsyncAnthropic(api_key=env.get("ANTHROPIC_API_KEY"),
-                                                    base_url=env.get("ANTHROPIC_BASE_URL"), max_retries=1,
-                                                    timeout=20.0)
+            self._client = anthropic_client(self.settings.env, max_retries=1, timeout=20.0)
         return self._client
 
     async def advise(self, view: "signals.PositionView", report: "signals.SignalReport") -> Advice:
@@ -73,13 +58,9 @@ class Advisor:
             await self.budget.release(reservation)
             return Advice("hold", f"uncertain ({report.reason}); advisor unavailable ({type(exc).__name__}), "
                                   f"holding", "error")
-        u = response.usage
-        cw = getattr(u, "cache_creation_input_tokens", 0) or 0
-        cr = getattr(u, "cache_read_input_tokens", 0) or 0
-        cost = self.prices.cost(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                                cache_write_tokens=cw, cache_read_tokens=cr)
-        await self.budget.settle(reservation, cost=cost, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                                 cache_write_tokens=cw, cache_read_tokens=cr)
+        usage = usage_of(response, self.prices)
+        cost = usage.cost
+        await self.budget.settle(reservation, usage)
         text = "".join(getattr(b, "text", "") for b in response.content).strip()
         try:
             answer = json.loads(text[text.index("{"): text.rindex("}") + 1])

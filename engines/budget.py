@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, time, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING
 import uuid
 
@@ -20,27 +20,7 @@ from core.clock import Clock
 if TYPE_CHECKING:
     import asyncpg
 
-MTOK = Decimal(1_000_000)
-USD_Q = Decimal("0.000001")
-
-
-@dataclass(frozen=True)
-class Prices:
-    """USD per million tokens."""
-    input: Decimal
-    output: Decimal
-    cache_write: Decimal
-    cache_read: Decimal
-
-    def cost(self, *, input_tokens: int, output_tokens: int, cache_write_tokens: int = 0,
-             cache_read_tokens: int = 0) -> Decimal:
-        total = (self.input * input_tokens + self.output * output_tokens + self.cache_write * cache_write_tokens
-                 + self.cache_read * cache_read_tokens) / MTOK
-        return total.quantize(USD_Q, rounding=ROUND_HALF_UP)
-
-    def worst_case(self, *, prompt_tokens: int, max_tokens: int) -> Decimal:
-        return self.cost(input_tokens=0, output_tokens=max_tokens, cache_write_tokens=prompt_tokens)
-
+    from engines.llm import Usage
 
 @dataclass(frozen=True)
 class Reservation:
@@ -85,13 +65,12 @@ class AIBudget:
                 self.agent_id, cycle_id, self.purpose, model, amount, self.clock.now())
         return Reservation(usage_id, amount)
 
-    async def settle(self, reservation: Reservation, *, cost: Decimal, input_tokens: int, output_tokens: int,
-                     cache_write_tokens: int, cache_read_tokens: int) -> None:
+    async def settle(self, reservation: Reservation, usage: "Usage") -> None:
         await self.pool.execute(
             """UPDATE ai_usage SET status = 'settled', cost_usd = $2, input_tokens = $3, output_tokens = $4,
                    cache_write_tokens = $5, cache_read_tokens = $6, settled_at = $7 WHERE usage_id = $1""",
-            reservation.usage_id, cost, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens,
-            self.clock.now())
+            reservation.usage_id, usage.cost, usage.input_tokens, usage.output_tokens, usage.cache_write_tokens,
+            usage.cache_read_tokens, self.clock.now())
 
     async def release(self, reservation: Reservation) -> None:
         """The call failed before the API billed anything."""

@@ -16,11 +16,13 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from engines.budget import AIBudget, Prices
+from engines.budget import AIBudget
+from engines.llm import Prices, anthropic_client, usage_of
 from engines.base import EngineResult
 from tools import anthropic_tools
 
 if TYPE_CHECKING:
+    from execution.store import Store
     from tool_executor import ToolExecutor
 
 log = logging.getLogger("catalyst.claude")
@@ -96,22 +98,20 @@ def _approx_tokens(payload: Any) -> int:
 class ClaudeEngine:
     name = "claude"
 
-    def __init__(self, settings, *, budget: AIBudget, client=None, prompt_caching: bool = True) -> None:
+    def __init__(self, settings, *, budget: AIBudget, store: "Store", client=None,
+                 prompt_caching: bool = True) -> None:
         self.settings = settings
         self.prompt_caching = prompt_caching
         self.ai = settings.config.ai
         self.budget = budget
-        p = self.ai.prices[self.ai.model]
-        self.prices = Prices(p.input, p.output, p.cache_write, p.cache_read)
+        self.store = store
+        self.prices = Prices.of(self.ai, self.ai.model)
         self._client = client
 
     def client(self):
         if self._client is None:
-            import anthropic
-            env = self.settings.env
-            self._client = anthropic.AsyncAnthropic(api_key=env.get("ANTHROPIC_API_KEY"),
-                                                    base_url=env.get("ANTHROPIC_BASE_URL"), max_retries=3,
-                                                    timeout=60.0, middleware=[_attempt_guard])
+            self._client = anthropic_client(self.settings.env, max_retries=3, timeout=60.0,
+                                            middleware=[_attempt_guard])
         return self._client
 
     def first_call_estimate(self, mode: str, settings=None) -> Decimal:
@@ -129,7 +129,7 @@ class ClaudeEngine:
         if prompt_caching and tools:
             tools[-1] = {**tools[-1], "cache_control": {"type": "ephemeral"}}
             system[-1]["cache_control"] = {"type": "ephemeral"}
-        messages: list[dict[str, Any]] = [{"role": "user", "content": f"Now is {ex.s.clock.now().isoformat()}. "
+        messages: list[dict[str, Any]] = [{"role": "user", "content": f"Now is {ex.now().isoformat()}. "
                                                                       f"Begin the {mode} task."}]
         final_text = ""
         for turn in range(self.ai.max_turns):
@@ -152,24 +152,20 @@ class ClaudeEngine:
                 result.status, result.error = "ai_unavailable", f"{type(exc).__name__}: {exc}"[:500]
                 log.error("Claude API gave up after the SDK's retries: %s", result.error)
                 break
-            u = response.usage
-            cw = getattr(u, "cache_creation_input_tokens", 0) or 0
-            cr = getattr(u, "cache_read_input_tokens", 0) or 0
-            cost = self.prices.cost(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                                    cache_write_tokens=cw, cache_read_tokens=cr)
-            await self.budget.settle(reservation, cost=cost, input_tokens=u.input_tokens,
-                                     output_tokens=u.output_tokens, cache_write_tokens=cw, cache_read_tokens=cr)
+            u = usage_of(response, self.prices)
+            await self.budget.settle(reservation, u)
             result.turns += 1
             result.input_tokens += u.input_tokens
             result.output_tokens += u.output_tokens
-            result.cache_write_tokens += cw
-            result.cache_read_tokens += cr
-            result.cost_usd += cost
+            result.cache_write_tokens += u.cache_write_tokens
+            result.cache_read_tokens += u.cache_read_tokens
+            result.cost_usd += u.cost
             content = [block.model_dump(exclude_none=True) for block in response.content]
             text = " ".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
             if text:
                 final_text = text
-            await self._record_turn(ex, turn + 1, text, u.input_tokens, u.output_tokens, cost)
+            await self.store.record_model_turn(cycle_id=ex.cycle_id, turn=turn + 1, text=text, model=self.ai.model,
+                                              input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost=u.cost)
             messages.append({"role": "assistant", "content": content})
             uses = [b for b in content if b.get("type") == "tool_use"]
             if response.stop_reason != "tool_use" or not uses:
@@ -185,14 +181,6 @@ class ClaudeEngine:
             result.summary["turn_cap_reached"] = True
         result.summary.update({"final": final_text[:1000], "model": self.ai.model})
         return result
-
-    async def _record_turn(self, ex: "ToolExecutor", turn: int, text: str, tin: int, tout: int, cost: Decimal) -> None:
-        await ex.s.pool.execute(
-            """INSERT INTO decisions (agent_id, cycle_id, action, engine, reasoning, model, input_tokens,
-                   output_tokens, cost_usd, details, created_at)
-               VALUES ($1, $2, 'model_turn', 'claude', $3, $4, $5, $6, $7, $8, $9)""",
-            ex.s.agent_id, ex.cycle_id, text[:4000], self.ai.model, tin, tout, cost, {"turn": turn},
-            ex.s.clock.now())
 
 
 def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,18 +16,20 @@ Used by the daemon (position_monitor_service.py) and right after every trade cyc
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import signals
+from core.clock import Clock
 from db_logger import log_context
+from execution.store import Store
 
 if TYPE_CHECKING:
-    from runtime.wiring import Services
+    from data.market import MarketData
+    from execution.trader import Trader
 
 log = logging.getLogger("catalyst.monitor")
 
@@ -44,36 +46,36 @@ class PassResult:
     seconds: float = 0.0
 
 
-class PositionMonitor:
-    """Holds what outlives one pass: the advisor, its budget and its standing "hold" answers. (Indicators are
-    cached per session by MarketData.)"""
+class Advisor(Protocol):
+    """Asked about a position in the uncertain band (engines/advisor.py is the real one)."""
 
-    def __init__(self, services: "Services", *, advisor: "Advisor | None" = None) -> None:
-        from tool_executor import ToolExecutor
-        self.s = services
-        cfg = services.settings.config
-        self.thresholds = signals.SignalThresholds.from_config(cfg.signals, cfg.trading.trailing_stop_pct)
-        self.advisor = advisor if advisor is not None else __import__('engines.advisor').advisor.Advisor.from_services(services)
-        self.executor = ToolExecutor(services, mode="close", cycle_id=None, engine="monitor")
-        self.advice_hold = timedelta(minutes=cfg.monitor.advice_hold_minutes)
+    async def advise(self, view: signals.PositionView, report: signals.SignalReport) -> Any: ...
+
+
+class PositionMonitor:
+    """Holds what outlives one pass: the advisor and its standing "hold" answers. (Indicators are cached per
+    session by MarketData.) Exits go through the Trader it is given, never around it."""
+
+    def __init__(self, *, trader: "Trader", market: "MarketData", store: Store, clock: Clock,
+                 thresholds: signals.SignalThresholds, advisor: Advisor, advice_hold: timedelta) -> None:
+        self.trader = trader
+        self.market = market
+        self.store = store
+        self.clock = clock
+        self.thresholds = thresholds
+        self.advisor = advisor
+        self.advice_hold = advice_hold
         # position_id -> (the signals a "hold" was about, when it lapses)
         self._standing: dict[int, tuple[tuple, datetime]] = {}
 
     async def run_pass(self) -> PassResult:
         t0 = time.perf_counter()
         result = PassResult()
-        rows = await self.s.pool.fetch(
-            """SELECT p.position_id, p.symbol, p.quantity, p.avg_entry_price, p.stop_loss, p.take_profit,
-                      p.high_water_mark, p.opened_at, EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
-                                     AND o.side = 'sell'
-                                     AND o.status IN ('pending_submit', 'submitted', 'partially_filled'))
-                       AS exit_working
-               FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.position_id""",
-            self.s.agent_id)
+        rows = await self.store.positions_to_monitor()
         if not rows:
             result.seconds = time.perf_counter() - t0
             return result
-        now = self.s.clock.now()
+        now = self.clock.now()
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
@@ -133,7 +135,7 @@ class PositionMonitor:
         if standing is not None and standing[0] == signature and now < standing[1]:
             return f"uncertain -> hold (standing advice until {standing[1]:%H:%M} UTC)"
         advice = await self.advisor.advise(view, report)
-        await self.executor.record_decision(row["symbol"], f"monitor_{advice.action}", advice.reason,
+        await self.trader.record_decision(row["symbol"], f"monitor_{advice.action}", advice.reason,
                                             details={"signals": report.to_dict(), "advisor": advice.source})
         if advice.action == "exit":
             self._standing.pop(row["position_id"], None)
@@ -146,13 +148,13 @@ class PositionMonitor:
         """One batch request; on failure, one by one so a single bad symbol costs only itself."""
         failures: dict[str, str] = {}
         try:
-            quotes = await self.s.broker.get_quotes(symbols)
+            quotes = await self.trader.broker.get_quotes(symbols)
         except Exception as exc:
             log.warning("monitor: batch quote failed (%s); asking one by one", exc)
             quotes = {}
             for symbol in symbols:
                 try:
-                    quotes[symbol] = await self.s.broker.get_quote(symbol)
+                    quotes[symbol] = await self.trader.broker.get_quote(symbol)
                 except Exception as one:           # one bad quote never stops the pass
                     failures[symbol] = f"{type(one).__name__}: {one}"
                     log.warning("monitor: quote for %s failed: %s", symbol, one)
@@ -164,7 +166,7 @@ class PositionMonitor:
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
         """Daily RSI(14) and patterns, from MarketData's per-session cache (shared with the tools)."""
         try:
-            return await self.s.market.monitor_indicators(symbol)
+            return await self.market.monitor_indicators(symbol)
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
             return None, ()
@@ -175,7 +177,7 @@ class PositionMonitor:
         reason = report.reason + (f"; advisor: {advised}" if advised else "")
         with log_context(symbol=row["symbol"]):
             try:
-                outcome = await self.executor.exit_position(row["symbol"], None, reason, intent=intent)
+                outcome = await self.trader.exit_position(row["symbol"], None, reason, intent=intent)
             except Exception as exc:   # the broker or database failed mid-exit: reported, retried next pass
                 result.errors.append(f"{row['symbol']}: exit failed: {type(exc).__name__}: {exc}")
                 log.error("monitor exit %s failed: %s", row["symbol"], exc)
@@ -187,33 +189,10 @@ class PositionMonitor:
 
     def _status_row(self, row, view, report, recommendation: str) -> tuple:
         top = report.signals[0] if report.signals else None
-        return (row["position_id"], self.s.agent_id, row["symbol"], view.price,
+        return (row["position_id"], self.store.agent_id, row["symbol"], view.price,
                 (view.price - view.entry_price) * view.quantity, report.pnl_pct, view.high_water,
                 top.kind if top else None, top.strength if top else None, recommendation, report.reason[:1000],
-                self.s.clock.now())
+                self.clock.now())
 
     async def _write_statuses(self, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        await self.s.pool.execute(          # every position in one statement, high-water marks raised with it
-            """WITH status AS (
-               INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
-                   pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
-               SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
-                                    $6::numeric[], $7::numeric[], $8::text[], $9::text[], $10::text[], $11::text[],
-                                    $12::timestamptz[])
-               ON CONFLICT (position_id) DO UPDATE SET last_price = EXCLUDED.last_price,
-                   unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
-                   high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
-                   signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
-                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at
-               RETURNING position_id, high_water_mark)
-               UPDATE positions p SET high_water_mark = status.high_water_mark FROM status
-               WHERE p.position_id = status.position_id AND p.status = 'open'
-                 AND (p.high_water_mark IS NULL OR status.high_water_mark > p.high_water_mark)""",
-            *(list(c) for c in zip(*rows)))
-
-
-async def monitor_once(services: "Services") -> PassResult:
-    """A single pass with a fresh monitor (used right after a trade cycle)."""
-    return await PositionMonitor(services).run_pass()
+        await self.store.write_monitor_statuses(rows)

@@ -12,7 +12,6 @@ Safety is not here: callers obtain a `safety` verdict first (execute_trade alway
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from brokers.base import BrokerClient
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
-from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition
+from core.orders import (OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType, can_transition,
+                         make_client_order_id)
 from core.clock import Clock
 from core.faults import kill_point
+from execution.store import WORKING
 
 if TYPE_CHECKING:
     import asyncpg
@@ -60,14 +61,6 @@ class OrderOutcome:
         if self.reason:
             d["reason"] = self.reason
         return d
-
-
-def make_client_order_id(agent_id: str, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide, seq: int) -> str:
-    """Deterministic: (agent, cycle, symbol, side, sequence) -> at most 48 characters."""
-    agent = re.sub(r"[^A-Za-z0-9]", "", agent_id)[:12] or "agent"
-    cycle = cycle_id.hex[:10] if cycle_id else "nocycle"
-    sym = re.sub(r"[^A-Za-z0-9]", "", symbol)[:10]
-    return f"{agent}-{cycle}-{sym}-{side.value[0]}{seq}"
 
 
 class OrderPath:
@@ -144,8 +137,8 @@ class OrderPath:
 
     async def sync_open_orders(self) -> list[OrderOutcome]:
         rows = await self.pool.fetch(
-            "SELECT client_order_id FROM orders WHERE agent_id = $1 AND status IN "
-            "('submitted', 'partially_filled', 'cancel_pending') ORDER BY order_id", self.agent_id)
+            f"SELECT client_order_id FROM orders WHERE agent_id = $1 AND status IN {WORKING} ORDER BY order_id",
+            self.agent_id)
         out = []
         for r in rows:
             o = await self.sync(r["client_order_id"])

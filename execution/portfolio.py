@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time, timezone, tzinfo
+import asyncio
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from execution.store import LATEST_STATE, state_from
 from core.account import Account, Position
-from safety import TradingState
+from core.calendar import MarketCalendar
+from core.clock import Clock
+from core.state import TradingState
+from execution.store import LATEST_STATE, REALIZED_SINCE, WORKING, state_from
 
 if TYPE_CHECKING:
-    from runtime.wiring import Services
+    import asyncpg
+
+    from brokers.base import BrokerClient
 
 
 @dataclass(frozen=True)
@@ -66,21 +71,6 @@ class PortfolioSnapshot:
         return [Position(p.symbol, p.quantity, p.avg_price, p.market_price) for p in self.positions]
 
 
-def local_day_start(tz: tzinfo, now: datetime) -> datetime:
-    """Midnight of `now`'s date in `tz`, in UTC."""
-    return datetime.combine(now.astimezone(tz).date(), time(0), tzinfo=tz).astimezone(timezone.utc)
-
-
-def trading_day_start(services: "Services", now: datetime) -> datetime:
-    """Midnight of the exchange's local date, in UTC: 'today' for P&L and one-entry-per-day."""
-    return local_day_start(services.calendar.tz, now)
-
-
-# Realised P&L (net of fees) since $2, the trading day's start: positions closed since, and positions opened since
-# (their entry fees, any partial sells). The safety gate's daily loss and the live report both count it this way.
-REALIZED_SINCE = """SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1
-       AND ((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))"""
-
 # Everything of ours a snapshot needs, in one statement (one round trip, one consistent view).
 _OURS = """SELECT
     ARRAY(SELECT (position_id, symbol, stop_loss, take_profit, opened_at) FROM positions
@@ -89,20 +79,31 @@ _OURS = """SELECT
     ARRAY(SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2
           AND status <> 'rejected') AS entries,
     ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent)
-          FROM orders WHERE agent_id = $1 AND status IN ('pending_submit', 'submitted', 'partially_filled')
+          FROM orders WHERE agent_id = $1 AND status IN """ + WORKING + """
           ORDER BY order_id) AS open_orders,
     (""" + LATEST_STATE + """) AS state"""
 _ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quantity", "limit_price", "status", "intent")
 
 
-async def snapshot(services: "Services") -> PortfolioSnapshot:
-    """The broker's account and positions joined with our records; our one read runs alongside the broker's."""
-    import asyncio
+class Portfolio:
+    def __init__(self, pool: "asyncpg.Pool", broker: "BrokerClient", clock: Clock, calendar: MarketCalendar,
+                 agent_id: str) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.clock = clock
+        self.calendar = calendar
+        self.agent_id = agent_id
 
-    now = services.clock.now()
-    (account, broker_positions), ours = await asyncio.gather(
-        services.broker.get_account_and_positions(),
-        services.pool.fetchrow(_OURS, services.agent_id, trading_day_start(services, now)))
+    async def snapshot(self) -> PortfolioSnapshot:
+        """The broker's account and positions joined with our records; our one read runs alongside the broker's."""
+        now = self.clock.now()
+        (account, broker_positions), ours = await asyncio.gather(
+            self.broker.get_account_and_positions(),
+            self.pool.fetchrow(_OURS, self.agent_id, self.calendar.day_start(now)))
+        return _snapshot(account, broker_positions, ours)
+
+
+def _snapshot(account: Account, broker_positions: list[Position], ours) -> PortfolioSnapshot:
     records = {r[1]: r for r in ours["positions"]}
 
     def held(p: Position) -> HeldPosition:

@@ -20,23 +20,25 @@ Exit codes of the command: 0 in sync (corrections, if any, were applied and audi
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import logging
-import re
-import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import safety
-from execution.store import LATEST_STATE, current_trading_state, set_trading_state, state_from
+from core.clock import Clock
 from core.errors import BrokerError, BrokerUnavailable
+from core.orders import client_id_prefix
+from core.state import TradingState
 from core.ticks import round_to_tick
+from execution.order_path import OrderPath
+from execution.store import LATEST_STATE, WORKING, Store, state_from
 
 if TYPE_CHECKING:
-    from runtime.wiring import Services
+    import asyncpg
+
+    from brokers.base import BrokerClient
 
 log = logging.getLogger("catalyst.reconcile")
 
@@ -85,18 +87,22 @@ class ReconcileReport:
         return "\n".join(lines)
 
 
-async def _audit(services: "Services", symbol: str | None, action: str, reasoning: str, details: dict) -> None:
-    await services.pool.execute(
-        "INSERT INTO decisions (agent_id, symbol, action, engine, reasoning, details, created_at) "
-        "VALUES ($1, $2, $3, 'reconcile', $4, $5, $6)", services.agent_id, symbol, action, reasoning,
-        json.loads(json.dumps(details, default=str)), services.clock.now())
+class Reconciler:
+    def __init__(self, *, pool: "asyncpg.Pool", store: Store, orders: OrderPath, broker: "BrokerClient",
+                 clock: Clock, agent_id: str, stop_loss_pct: Decimal) -> None:
+        self.pool = pool
+        self.store = store
+        self.orders = orders
+        self.broker = broker
+        self.clock = clock
+        self.agent_id = agent_id
+        self.stop_loss_pct = stop_loss_pct
+
+    async def run(self, *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
+        return await _reconcile(self, grace)
 
 
-def _our_prefix(agent_id: str) -> str:
-    return (re.sub(r"[^A-Za-z0-9]", "", agent_id)[:12] or "agent") + "-"
-
-
-async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
+async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     report = ReconcileReport(agent_id=services.agent_id)
     pool, broker, now = services.pool, services.broker, services.clock.now()
     fills_before = services.orders.fills_recorded
@@ -117,7 +123,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                                    "never reached the broker: the process stopped before sending it; not resent",
                                    now)
                 report.resolved.append(f"{coid}: never reached the broker; marked rejected, not resent")
-            await _audit(services, row["symbol"], "reconcile_pending_order", report.resolved[-1],
+            await services.store.audit(row["symbol"], "reconcile_pending_order", report.resolved[-1],
                          {"client_order_id": coid})
         # 2. open orders: fills while nothing ran
         await services.orders.sync_open_orders()
@@ -126,7 +132,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
         known = {r["client_order_id"] for r in await pool.fetch(
             "SELECT client_order_id FROM orders WHERE agent_id = $1 AND client_order_id = ANY($2::text[])",
             services.agent_id, [o.client_order_id for o in at_broker])} if at_broker else set()
-        prefix = _our_prefix(services.agent_id)
+        prefix = client_id_prefix(services.agent_id)
         for o in at_broker:
             if o.client_order_id in known:
                 continue
@@ -142,11 +148,11 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
             """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
                             WHERE agent_id = $1 AND status = 'open') AS positions,
                       ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
-                            AND status IN ('submitted', 'partially_filled')) AS sells,
+                            AND status IN """ + WORKING + """) AS sells,
                       (""" + LATEST_STATE + """) AS state""", services.agent_id)
         ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
                 for pid, symbol, qty in records["positions"]}
-        stop_pct = services.settings.config.trading.position_stop_loss_pct
+        stop_pct = services.stop_loss_pct
         for symbol, p in held.items():
             row = ours.get(symbol)
             if row is None:
@@ -161,7 +167,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                 report.corrections.append(text)
                 report.ambiguous.append(f"{symbol}: position of unknown origin ({p.quantity} shares); confirm it "
                                         f"is yours, then resume trading")
-                await _audit(services, symbol, "reconcile_adopted", text, {"broker_quantity": p.quantity,
+                await services.store.audit(symbol, "reconcile_adopted", text, {"broker_quantity": p.quantity,
                                                                            "avg_price": p.avg_price})
             elif row["quantity"] != p.quantity:
                 await pool.execute("UPDATE positions SET quantity = $2 WHERE position_id = $1", row["position_id"],
@@ -171,7 +177,7 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
                 if p.quantity > row["quantity"]:
                     report.ambiguous.append(f"{symbol}: the broker holds {p.quantity - row['quantity']} more shares "
                                             f"than any fill of ours explains")
-                await _audit(services, symbol, "reconcile_quantity", text,
+                await services.store.audit(symbol, "reconcile_quantity", text,
                              {"was": row["quantity"], "broker": p.quantity, "position_id": row["position_id"]})
         for symbol, row in ours.items():
             if symbol in held:
@@ -181,26 +187,26 @@ async def reconcile(services: "Services", *, grace: timedelta = PENDING_GRACE) -
             text = (f"{symbol}: {row['quantity']} shares open here but none at the broker (a stop filled there or a "
                     f"manual close); position closed, realised P&L unknown to us")
             report.corrections.append(text)
-            await _audit(services, symbol, "reconcile_closed", text, {"position_id": row["position_id"],
+            await services.store.audit(symbol, "reconcile_closed", text, {"position_id": row["position_id"],
                                                                       "quantity": row["quantity"]})
         # 5. sell orders for positions that no longer exist
         for coid, symbol in records["sells"]:
             if symbol not in held:
                 await services.orders.cancel(coid)
                 report.cancelled.append(f"{coid} (sell {symbol}: no position any more)")
-                await _audit(services, symbol, "reconcile_cancel", report.cancelled[-1], {"client_order_id": coid})
+                await services.store.audit(symbol, "reconcile_cancel", report.cancelled[-1], {"client_order_id": coid})
     except (BrokerUnavailable, BrokerError, OSError) as exc:
         report.broker_error = f"{type(exc).__name__}: {exc}"
         log.error("reconciliation stopped: %s", report.broker_error)
-        report.state = (await current_trading_state(services)).value
+        report.state = (await services.store.trading_state()).value
         return report
     report.fills_recorded = services.orders.fills_recorded - fills_before
 
     state = state_from(records["state"])
     if report.ambiguous:
-        await set_trading_state(services, safety.TradingState.REDUCING,
-                                "reconciliation: " + "; ".join(report.ambiguous), "reconcile")
-        state = safety.TradingState.REDUCING
+        await services.store.set_trading_state(TradingState.REDUCING,
+                                               "reconciliation: " + "; ".join(report.ambiguous), "reconcile")
+        state = TradingState.REDUCING
     report.state = state.value
     level = logging.WARNING if report.ambiguous else logging.INFO
     log.log(level, "reconciliation: %d resolved, %d fills, %d corrections, %d cancelled, %d ambiguous; state %s",

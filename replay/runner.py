@@ -23,23 +23,35 @@ always up to a session (or a long weekend) old.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time as _time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Awaitable, Callable, Protocol
 
+from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.settings import Environment, Settings
+from replay.plot import plot_equity
+from replay.schedule import day_schedule, read_schedule
+from replay.stats import EquityPoint, Metrics, compute_metrics, load_costs, load_trades, render_table
 
-if TYPE_CHECKING:
-    from replay.stats import EquityPoint, Metrics
 
-from core.paths import PROJECT_ROOT as ROOT
-from replay.schedule import day_schedule, parse_cron
+class Session(Protocol):
+    """One wired agent on a simulated clock (runtime/wiring.py builds it): what replay drives."""
+    settings: Settings
+    broker: Any
+    universe: Any
+
+    async def run_cycle(self, mode: str) -> Any: ...
+
+    def monitor(self) -> Any: ...
+
+
+# Builds a Session for these settings on this clock (the broker connected).
+Build = Callable[[Settings, SimulatedClock], Awaitable[Session]]
 
 
 # With daily bars the latest price is the previous print: at the open, yesterday's close (a long weekend or a
@@ -73,8 +85,8 @@ class ReplayResult:
     days: int
     cycles: int
     monitor_passes: int
-    curve: list["EquityPoint"]
-    metrics: "Metrics"
+    curve: list[EquityPoint]
+    metrics: Metrics
     table: str
     png: Path
     wall_seconds: float
@@ -96,17 +108,79 @@ def replay_settings(settings: Settings, *, run_id: str, engine: str, data: Path 
     return replace(settings, config=cfg, env=Environment(values=values, env_file=settings.env.env_file))
 
 
-async def run_replay(settings: Settings, pool, *, start: date, end: date, engine: str = "rules",
+# ---------------------------------------------------------------- the clock driver, shared by replay and day
+
+@dataclass
+class Drive:
+    """What happened while the clock walked: counts, and hooks a caller may set to watch it."""
+    cycles: int = 0
+    monitor_passes: int = 0
+    on_cycle: Callable[[datetime, str, Any], None] | None = None
+    on_monitor_exits: Callable[[datetime, list], None] | None = None
+
+
+async def drive_day(session: Session, clock: SimulatedClock, calendar: MarketCalendar, day: date,
+                    schedule: list[tuple[datetime, str]], monitor, *, monitor_every: timedelta, daily_only: bool,
+                    drive: Drive) -> None:
+    """One trading day: each scheduled cycle at its time, the position monitor's passes in between (every
+    `monitor_every` while the market is open, as the daemon makes them), until the session's close."""
+
+    async def monitor_pass() -> None:
+        result = await monitor.run_pass()
+        drive.monitor_passes += 1
+        if result.exits and drive.on_monitor_exits:
+            drive.on_monitor_exits(clock.now(), result.exits)
+
+    async def monitor_until(when: datetime) -> None:
+        """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
+        (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
+        while clock.now() + monitor_every <= when:
+            state = calendar.state(clock.now())
+            if state.status != "open" and state.next_open > clock.now() + monitor_every:
+                if state.next_open > when:
+                    return
+                clock.set(state.next_open)
+                continue
+            clock.advance(monitor_every)
+            if calendar.is_open(clock.now()):
+                await monitor_pass()
+
+    for at, mode in schedule:
+        if not daily_only:
+            await monitor_until(at)
+        if at > clock.now():
+            clock.set(at)
+        if mode == "monitor":
+            await monitor_pass()
+            continue
+        outcome = await session.run_cycle(mode)
+        drive.cycles += 1
+        if drive.on_cycle:
+            drive.on_cycle(at, mode, outcome)
+    close = calendar.session_bounds(day)[-1][1]
+    if not daily_only:
+        await monitor_until(close)
+    clock.set(max(clock.now(), close + timedelta(minutes=1)))
+
+
+def schedule_for(session: Session, calendar: MarketCalendar, cron_text: str | None = None
+                 ) -> tuple[bool, Callable[[date], list[tuple[datetime, str]]]]:
+    """(daily_only, day -> schedule): the cron schedule of the configured market, or with daily bars only the
+    bar's open and the session's last minute."""
+    daily_only = bool(getattr(session.universe, "daily_only", False))
+    if daily_only:
+        return True, lambda day: daily_bar_schedule(calendar, day)
+    entries = read_schedule(session.settings.config.market.exchange, cron_text)
+    return False, lambda day: day_schedule(entries, day)
+
+
+# ---------------------------------------------------------------- replay
+
+async def run_replay(settings: Settings, pool, *, build: Build, start: date, end: date, engine: str = "rules",
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
-    from runtime.cycle import run_cycle
     from db_logger import log_context
-    from core.calendar import MarketCalendar
-    from execution.monitor import PositionMonitor
-    from replay.stats import EquityPoint, compute_metrics, load_costs, load_trades, render_table
-    from replay.plot import plot_equity
-    from runtime.wiring import build_services
 
     t0 = _time.perf_counter()
     run_id = run_id or uuid.uuid4().hex[:8]
@@ -115,59 +189,24 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     days = calendar.trading_days(start, end)
     if not days:
         raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
-    entries = parse_cron(cron_text if cron_text is not None else (ROOT / "config" / "cron.d").read_text())
     with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
         clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
-        services = await build_services(rs, pool, clock)
-        daily_only = bool(getattr(services.market.source, "daily_only", False))
+        session = await build(rs, clock)
+        daily_only, schedule = schedule_for(session, calendar, cron_text)
         if daily_only:
-            services.settings = _daily_quote_age(services.settings)
-
-        def schedule(day: date) -> list[tuple[datetime, str]]:
-            return daily_bar_schedule(calendar, day) if daily_only else day_schedule(entries, day)
-
+            session.settings = _daily_quote_age(session.settings)
         first_day = schedule(days[0])
         first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
         clock.set(first - timedelta(minutes=1))
-        monitor = PositionMonitor(services)
-        opening = await services.broker.get_account()          # before the first cycle: the starting point
+        monitor = session.monitor()
+        opening = await session.broker.get_account()          # before the first cycle: the starting point
         curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
                                                 cash=opening.cash, invested=opening.equity - opening.cash)]
-        cycles = passes = 0
-
-        async def monitor_until(when: datetime) -> None:
-            """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
-            (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
-            nonlocal passes
-            while clock.now() + monitor_every <= when:
-                state = calendar.state(clock.now())
-                if state.status != "open" and state.next_open > clock.now() + monitor_every:
-                    if state.next_open > when:
-                        return
-                    clock.set(state.next_open)
-                    continue
-                clock.advance(monitor_every)
-                if calendar.is_open(clock.now()):
-                    await monitor.run_pass()
-                    passes += 1
-
+        drive = Drive()
         for n, day in enumerate(days, 1):
-            for at, mode in schedule(day):
-                if not daily_only:
-                    await monitor_until(at)
-                if at > clock.now():
-                    clock.set(at)
-                if mode == "monitor":
-                    await monitor.run_pass()
-                    passes += 1
-                    continue
-                await run_cycle(services, mode)
-                cycles += 1
-            close = calendar.session_bounds(day)[-1][1]
-            if not daily_only:
-                await monitor_until(close)
-            clock.set(max(clock.now(), close + timedelta(minutes=1)))
-            account = await services.broker.get_account()
+            await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
+                            daily_only=daily_only, drive=drive)
+            account = await session.broker.get_account()
             curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
                                      invested=account.equity - account.cash))
             if progress:
@@ -182,7 +221,7 @@ async def run_replay(settings: Settings, pool, *, start: date, end: date, engine
     out_dir = out_dir or rs.var_dir / "replays"
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot_equity(curve, out_dir / f"{rs.agent_id}.png", title=title)
-    return ReplayResult(run_id, rs.agent_id, len(days), cycles, passes, curve, metrics,
+    return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
                         render_table(metrics, title=title), png, _time.perf_counter() - t0)
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Sequence
 
 

@@ -11,7 +11,8 @@ async def live_report(pool, settings, *, now: datetime) -> str:
     """The live (or paper) account of settings.agent_id exactly: never a replay's or a day demo's rows."""
     from zoneinfo import ZoneInfo
 
-    from execution.portfolio import REALIZED_SINCE, local_day_start
+    from core.calendar import local_day_start
+    from execution.store import REALIZED_SINCE
     agent = settings.agent_id
     tz = ZoneInfo(settings.config.market.timezone)
     day_start = local_day_start(tz, now)

@@ -1,46 +1,124 @@
-"""Wiring: build the broker, market data, news and order path for a process from its settings.
+"""Wiring: the only place that builds objects and knows the concrete broker.
 
-This is the only module that knows broker names; everything else talks to `BrokerClient`.
+`build_services` turns settings, a database pool and a clock into the connected parts of one process; the parts
+receive what they use through their constructors, and `Services` hands out the per-cycle ones (a Trader, a tool
+executor, an engine, the position monitor). Nothing below `runtime` imports this module.
 """
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import signals
+from core.calendar import MarketCalendar
 from core.clock import Clock
 from core.paths import project_path
 from core.settings import ConfigError, Settings
-
+from data.market import MarketData
+from data.scan import Scanner
+from engines.advisor import Advisor
+from engines.budget import AIBudget
+from engines.rules import RulesEngine
+from execution.monitor import PositionMonitor
+from execution.order_path import OrderPath
+from execution.portfolio import Portfolio
+from execution.reconcile import Reconciler
+from execution.store import Store
+from execution.trader import Trader
+from runtime.cycle import CycleRunner
+from tool_executor import ToolExecutor
 
 if TYPE_CHECKING:
     import asyncpg
 
     from brokers.base import BrokerClient
-    from core.calendar import MarketCalendar
-    from data.market import MarketData
+    from core.feeds import MarketDataSource
     from data.news import NewsProvider
-    from execution.order_path import OrderPath
+
+log = logging.getLogger("catalyst.wiring")
 
 
 @dataclass
 class Services:
+    """The connected parts of one process (one agent id, one clock)."""
     settings: Settings
     pool: "asyncpg.Pool"
     clock: Clock
-    calendar: "MarketCalendar"
+    calendar: MarketCalendar
     broker: "BrokerClient"
-    market: "MarketData"
+    universe: "MarketDataSource"
+    market: MarketData
     news: "NewsProvider"
-    orders: "OrderPath"
+    store: Store
+    orders: OrderPath
+    portfolio: Portfolio
+    scanner: Scanner
+    reconciler: Reconciler
 
     @property
     def agent_id(self) -> str:
         return self.settings.agent_id
 
+    # ------------------------------------------------------------------ per cycle
+    def trader(self, *, cycle_id: uuid.UUID | None, engine: str) -> Trader:
+        return Trader(broker=self.broker, orders=self.orders, portfolio=self.portfolio, store=self.store,
+                      clock=self.clock, calendar=self.calendar, trading=self.settings.config.trading,
+                      cycle_id=cycle_id, engine=engine)
 
-def build_source(settings: Settings, calendar: "MarketCalendar"):
-    """The market data source the paper broker fills against and the scan reads."""
+    def executor(self, *, mode: str, cycle_id: uuid.UUID | None, engine: str) -> ToolExecutor:
+        return ToolExecutor(trader=self.trader(cycle_id=cycle_id, engine=engine), market=self.market,
+                            scanner=self.scanner, news=self.news, mode=mode,
+                            exchange=self.settings.config.market.exchange)
+
+    def budget(self, purpose: str) -> AIBudget:
+        ai = self.settings.config.ai
+        limit = ai.monitor_daily_budget_usd if purpose == "monitor" else ai.daily_budget_usd
+        return AIBudget(self.pool, self.clock, self.agent_id, daily_limit=limit, purpose=purpose)
+
+    def advisor(self) -> Advisor:
+        return Advisor(self.settings, self.budget("monitor"))
+
+    def monitor(self, *, advisor=None) -> PositionMonitor:
+        cfg = self.settings.config
+        return PositionMonitor(
+            trader=self.trader(cycle_id=None, engine="monitor"), market=self.market, store=self.store,
+            clock=self.clock, thresholds=signals.SignalThresholds.from_config(cfg.signals,
+                                                                              cfg.trading.trailing_stop_pct),
+            advisor=advisor if advisor is not None else self.advisor(),
+            advice_hold=timedelta(minutes=cfg.monitor.advice_hold_minutes))
+
+    async def choose_engine(self, mode: str):
+        """Claude when configured and within budget; otherwise the rules engine, with the reason."""
+        settings = self.settings
+        if not settings.env.get("ANTHROPIC_API_KEY"):
+            return RulesEngine(settings), "no ANTHROPIC_API_KEY: the offline rules engine decides"
+        from engines.claude import ClaudeEngine
+        budget = self.budget("trade")
+        engine = ClaudeEngine(settings, budget=budget, store=self.store)
+        remaining = await budget.remaining()
+        if remaining < engine.first_call_estimate(mode):
+            return RulesEngine(settings), (f"AI budget for today is spent ({remaining:.4f} USD left of "
+                                           f"{budget.daily_limit}): the offline rules engine decides")
+        return engine, f"Claude ({settings.config.ai.model}) decides"
+
+    def cycles(self) -> CycleRunner:
+        return CycleRunner(pool=self.pool, clock=self.clock, calendar=self.calendar, agent_id=self.agent_id,
+                           timezone=self.settings.config.market.timezone, reconciler=self.reconciler,
+                           executor=self.executor, choose_engine=self.choose_engine,
+                           after_trade=lambda: self.monitor().run_pass())
+
+    async def run_cycle(self, mode: str, *, engine=None):
+        """One scan, trade or close cycle (a `trading_cycles` row); see runtime/cycle.py."""
+        return await self.cycles().run(mode, engine=engine)
+
+
+# ---------------------------------------------------------------- building
+
+def build_source(settings: Settings, calendar: MarketCalendar) -> "MarketDataSource":
+    """The market history the paper broker fills against and the scan reads."""
     md = settings.config.market_data
     if md.source == "files":
         from data.bar_files import BarFileSource
@@ -50,7 +128,8 @@ def build_source(settings: Settings, calendar: "MarketCalendar"):
                            calendar=calendar)
 
 
-def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: "MarketCalendar", source):
+def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: MarketCalendar,
+                 source: "MarketDataSource") -> "BrokerClient":
     name = settings.config.broker
     if name == "paper":
         from brokers.paper.broker import PaperBroker
@@ -76,16 +155,30 @@ def build_news(settings: Settings) -> "NewsProvider":
 
 
 async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock) -> Services:
-    from core.calendar import MarketCalendar
-    from data.market import MarketData
-    from execution.order_path import OrderPath
-
-    calendar = MarketCalendar(settings.config.market.exchange)
+    """Every part of one process, the broker connected."""
+    cfg = settings.config
+    agent_id = settings.agent_id
+    calendar = MarketCalendar(cfg.market.exchange)
     source = build_source(settings, calendar)
     broker = build_broker(settings, pool, clock, calendar, source)
     await broker.connect()
-    signals = settings.config.signals
-    market = MarketData(broker=broker, source=source, clock=clock, calendar=calendar,
-                        rsi_overbought=float(signals.rsi_overbought), rsi_oversold=float(signals.rsi_oversold))
-    return Services(settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, market=market,
-                    news=build_news(settings), orders=OrderPath(pool, broker, clock, settings.agent_id))
+    market = MarketData(broker=broker, clock=clock, calendar=calendar,
+                        rsi_overbought=float(cfg.signals.rsi_overbought),
+                        rsi_oversold=float(cfg.signals.rsi_oversold))
+    store = Store(pool, clock, agent_id)
+    orders = OrderPath(pool, broker, clock, agent_id)
+    return Services(
+        settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
+        market=market, news=build_news(settings), store=store, orders=orders,
+        portfolio=Portfolio(pool, broker, clock, calendar, agent_id),
+        scanner=Scanner(pool=pool, universe=source, clock=clock, calendar=calendar, scan=cfg.scan,
+                        max_position_value=cfg.trading.max_position_value, agent_id=agent_id),
+        reconciler=Reconciler(pool=pool, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
+                              stop_loss_pct=cfg.trading.position_stop_loss_pct))
+
+
+def builder(pool: "asyncpg.Pool"):
+    """`build(settings, clock)` on this pool: what replay and day are given to wire each run."""
+    async def build(settings: Settings, clock: Clock) -> Services:
+        return await build_services(settings, pool, clock)
+    return build

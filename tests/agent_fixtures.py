@@ -27,8 +27,8 @@ def agent_settings(agent_id: str, *, env: dict | None = None, **config_changes):
 def cheap_symbol(services) -> str:
     """A symbol priced $5-100 whose lot costs least (under 5000): small entries fit it."""
     best = None
-    for inst in services.market.source.instruments():
-        q = services.market.source.quote(inst.symbol, services.clock.now())
+    for inst in services.universe.instruments():
+        q = services.universe.quote(inst.symbol, services.clock.now())
         lot_value = q.last * inst.lot_size
         if Decimal(5) <= q.last <= Decimal(100) and lot_value < 5000 and (best is None or lot_value < best[0]):
             best = (lot_value, inst.symbol)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from data.bar_files import BarFileError, BarFileSource
-from data.source import MarketDataSource
+from core.feeds import MarketDataSource
 from core.errors import UnknownSymbol
 
 HKT = ZoneInfo("Asia/Hong_Kong")

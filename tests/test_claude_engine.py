@@ -16,7 +16,6 @@ from decimal import Decimal
 import pytest
 
 from core.clock import SimulatedClock
-from runtime.cycle import run_cycle
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 from tests.conftest import PYTHON, ROOT, subprocess_env
@@ -57,7 +56,7 @@ async def test_a_scripted_trade_cycle_runs_every_tool_through_the_executor_and_c
         reply(tool_use("execute_trade", {"symbol": symbol, "value": 4000, "order_type": "market",
                                          "reasoning": "momentum and volume; test entry"})),
         reply("Entered one position; nothing else qualifies."))
-    outcome = await run_cycle(s, "trade")
+    outcome = await s.run_cycle("trade")
     assert (outcome.status, outcome.engine, outcome.orders_placed) == ("completed", "claude", 1)
 
     row = await cycle_row(pool, outcome.cycle_id)
@@ -91,7 +90,7 @@ async def test_a_scripted_trade_cycle_runs_every_tool_through_the_executor_and_c
 async def test_429_and_529_are_retried_honouring_retry_after(pool, agent_id, fake):
     s = await claude_services(pool, agent_id, fake)
     fake.add_turns(rate_limited(retry_after=0.05), overloaded(retry_after=0.05), reply("Nothing to do."))
-    outcome = await run_cycle(s, "scan")
+    outcome = await s.run_cycle("scan")
     assert outcome.status == "completed"
     attempts = fake.message_requests
     assert [r.status for r in attempts] == [429, 529, 200]
@@ -103,7 +102,7 @@ async def test_429_and_529_are_retried_honouring_retry_after(pool, agent_id, fak
 async def test_when_the_sdk_gives_up_the_cycle_says_ai_unavailable_and_releases_the_reservation(pool, agent_id, fake):
     s = await claude_services(pool, agent_id, fake)
     fake.add_turns(*[overloaded(retry_after=0.01) for _ in range(4)])      # max_retries=3 -> 4 attempts
-    outcome = await run_cycle(s, "scan")
+    outcome = await s.run_cycle("scan")
     assert outcome.status == "ai_unavailable"
     assert len(fake.message_requests) == 4
     row = await cycle_row(pool, outcome.cycle_id)
@@ -115,7 +114,7 @@ async def test_when_the_sdk_gives_up_the_cycle_says_ai_unavailable_and_releases_
 async def test_a_long_retry_after_ends_the_cycle_instead_of_sleeping(pool, agent_id, fake):
     s = await claude_services(pool, agent_id, fake)
     fake.add_turns(rate_limited(retry_after=600), reply("never reached"))
-    outcome = await run_cycle(s, "scan")
+    outcome = await s.run_cycle("scan")
     assert outcome.status == "ai_unavailable" and len(fake.message_requests) == 1
     assert "asked to wait 600s" in (await cycle_row(pool, outcome.cycle_id))["error"]
 
@@ -125,7 +124,7 @@ async def test_malformed_tool_input_goes_back_to_the_model_naming_the_fields(poo
     symbol = cheap_symbol(s)
     fake.add_turns(reply(tool_use("execute_trade", {"symbol": symbol, "qty": "lots"})),
                    reply("I will not trade."))
-    outcome = await run_cycle(s, "trade")
+    outcome = await s.run_cycle("trade")
     assert outcome.status == "completed" and outcome.orders_placed == 0
     [result] = tool_results(fake.message_requests[1])
     assert result["is_error"] is True
@@ -136,7 +135,7 @@ async def test_malformed_tool_input_goes_back_to_the_model_naming_the_fields(poo
 async def test_the_daily_budget_stops_the_loop_before_the_call_that_would_pass_it(pool, agent_id, fake):
     s = await claude_services(pool, agent_id, fake, daily_budget_usd=Decimal("0.08"), max_turns=50)
     fake.default = reply(tool_use("get_portfolio", {}))
-    outcome = await run_cycle(s, "trade")
+    outcome = await s.run_cycle("trade")
     assert outcome.status == "budget_exhausted"
     row = await cycle_row(pool, outcome.cycle_id)
     assert 1 <= row["turns"] < 50 and row["cost_usd"] <= Decimal("0.08")
@@ -148,7 +147,7 @@ async def test_the_daily_budget_stops_the_loop_before_the_call_that_would_pass_i
 
 async def test_a_budget_too_small_for_one_call_hands_the_cycle_to_the_rules_engine(pool, agent_id, fake):
     s = await claude_services(pool, agent_id, fake, daily_budget_usd=Decimal("0.005"))
-    outcome = await run_cycle(s, "scan")
+    outcome = await s.run_cycle("scan")
     assert outcome.engine == "rules" and fake.message_requests == []
     row = await cycle_row(pool, outcome.cycle_id)
     assert row["engine"] == "rules" and "AI budget for today is spent" in row["summary"]["engine_reason"]
@@ -201,7 +200,7 @@ async def test_an_injected_headline_cannot_push_an_order_past_any_limit(pool, ag
         reply(tool_use("execute_trade", {"symbol": symbol, "quantity": 1_000_000, "order_type": "market",
                                          "reasoning": obey})),
         reply("Done as the headline said."))
-    outcome = await run_cycle(s, "trade")
+    outcome = await s.run_cycle("trade")
     assert outcome.status == "completed"
     news_result = tool_results(fake.message_requests[1])[0]["content"]
     assert "1,000,000 shares" in news_result                                  # the model really saw it

@@ -67,7 +67,7 @@ def test_two_real_processes_racing_one_is_refused(tmp_path, pg_url, agent_id):
     """Two agent processes started together: while one holds the lock, the other exits 75 at once."""
     env = subprocess_env(tmp_path, DATABASE_URL=pg_url, AGENT_ID=agent_id)
     holder = subprocess.Popen([PYTHON, "-c", (
-        "import sys, time; sys.path.insert(0, %r); from agent_lock import AgentLock; from pathlib import Path; "
+        "import sys, time; sys.path.insert(0, %r); from runtime.lock import AgentLock; from pathlib import Path; "
         "AgentLock(Path(%r), %r).acquire('trade'); print('held', flush=True); time.sleep(30)")
         % (str(ROOT), str(tmp_path / "var" / "locks"), agent_id)], stdout=subprocess.PIPE, text=True, env=env)
     try:

@@ -13,6 +13,7 @@ from core.clock import SimulatedClock
 from core.calendar import MarketCalendar
 from brokers.paper.simulated import SimulatedMarket
 from replay.day import run_day
+from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
 from tests.test_paper_broker import paper_config
 
@@ -48,7 +49,7 @@ async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_
         cfg = settings.config.model_copy(update={"broker": "moomoo", "moomoo": MoomooConfig(
             host=fake.host, port=fake.port, trade_env="simulate", connect_timeout_seconds=5)})
         settings = replace(settings, config=cfg)
-        summary = await run_day(settings, pool, session=SESSION, clock=clock)
+        summary = await run_day(settings, pool, build=builder(pool), session=SESSION, clock=clock)
     finally:
         await asyncio.to_thread(fake.stop)
     await assert_a_trading_day(pool, summary)
@@ -73,7 +74,7 @@ async def test_an_offline_day_through_alpaca_and_a_fake_rest_server(pool, pg_url
         agent = f"t_al_{uuid.uuid4().hex[:6]}"
         settings = replace(settings, config=settings.config.model_copy(update={
             "agent": settings.config.agent.model_copy(update={"id": agent})}))
-        summary = await run_day(settings, pool, session=SESSION, clock=clock)
+        summary = await run_day(settings, pool, build=builder(pool), session=SESSION, clock=clock)
     finally:
         await asyncio.to_thread(fake.stop)
     await assert_a_trading_day(pool, summary)

@@ -7,7 +7,6 @@ from decimal import Decimal
 import pytest
 
 from core.clock import SimulatedClock
-from execution.monitor import PositionMonitor
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 from tests.fakes.anthropic_server import FakeAnthropic, reply
@@ -21,7 +20,7 @@ async def make_services(pool, agent_id, env=None, **ai):
 
 
 async def entered(services) -> tuple[str, dict]:
-    symbol = liquid_symbols(services.market.source, services.clock.now())[0]
+    symbol = liquid_symbols(services.universe, services.clock.now())[0]
     ex = await executor(services)
     r = await ex.execute("execute_trade", {"symbol": symbol, "value": 3000, "order_type": "market",
                                            "reasoning": "entry for the monitor test"})
@@ -31,9 +30,9 @@ async def entered(services) -> tuple[str, dict]:
     return symbol, dict(row)
 
 
-def quiet_indicators(monitor: PositionMonitor, symbol: str, now) -> None:
+def quiet_indicators(monitor, symbol: str, now) -> None:
     """Pin RSI/patterns to 'nothing to say' so a test controls exactly which signals exist."""
-    market = monitor.s.market
+    market = monitor.market
     market._cache[market.daily_key(symbol, "monitor")] = (None, ())   # MarketData's per-session cache
 
 
@@ -52,7 +51,7 @@ async def uncertain_position(pool, agent_id, fake, **ai) -> tuple:
                                                  "ANTHROPIC_BASE_URL": fake.base_url}, **ai)
     symbol, _ = await entered(s)
     await put_in_moderate_loss(s, symbol)
-    monitor = PositionMonitor(s)
+    monitor = s.monitor()
     quiet_indicators(monitor, symbol, s.clock.now())
     return s, symbol, monitor
 
@@ -63,7 +62,7 @@ async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
     last = (await s.broker.get_quote(symbol)).last
     await s.pool.execute("UPDATE positions SET stop_loss = $2 WHERE position_id = $1", pos["position_id"],
                          last + Decimal("0.05"))                       # the price is now below the stop
-    result = await PositionMonitor(s).run_pass()
+    result = await s.monitor().run_pass()
     assert [e["intent"] for e in result.exits] == ["stop_loss"]
     order = await s.pool.fetchrow("SELECT * FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id)
     assert order["intent"] == "stop_loss" and order["status"] in ("filled", "partially_filled")
@@ -76,7 +75,7 @@ async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
 async def test_a_quiet_position_is_held_and_its_status_recorded(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, pos = await entered(s)
-    monitor = PositionMonitor(s)
+    monitor = s.monitor()
     quiet_indicators(monitor, symbol, s.clock.now())
     result = await monitor.run_pass()
     assert result.checked == 1 and not result.exits
@@ -89,7 +88,7 @@ async def test_uncertain_with_no_key_holds_and_says_why(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, _ = await entered(s)
     await put_in_moderate_loss(s, symbol)
-    monitor = PositionMonitor(s)
+    monitor = s.monitor()
     quiet_indicators(monitor, symbol, s.clock.now())
     result = await monitor.run_pass()
     assert result.uncertain == [symbol] and not result.exits
@@ -129,7 +128,7 @@ async def test_a_failing_quote_does_not_stop_the_pass(pool, agent_id):
     async def broken(sym):
         raise RuntimeError("quote feed hiccup")
     s.broker.get_quote = broken
-    result = await PositionMonitor(s).run_pass()
+    result = await s.monitor().run_pass()
     s.broker.get_quote = original
     assert result.checked == 0 and "quote feed hiccup" in result.errors[0]
 
@@ -162,7 +161,7 @@ async def test_the_high_water_mark_only_rises(pool, agent_id):
     low = (last * Decimal("0.995")).quantize(Decimal("0.01"))         # +0.5%: no signal at all
     await s.pool.execute("UPDATE positions SET high_water_mark = $2, avg_entry_price = $2, stop_loss = $3 "
                          "WHERE position_id = $1", pos["position_id"], low, low / 2)
-    monitor = PositionMonitor(s)
+    monitor = s.monitor()
     quiet_indicators(monitor, symbol, s.clock.now())
     await monitor.run_pass()
     hwm = await s.pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pos["position_id"])
@@ -184,7 +183,7 @@ async def test_a_failing_advisor_still_leaves_the_status_and_the_raised_high_wat
     entry = await s.pool.fetchval("SELECT avg_entry_price FROM positions WHERE position_id = $1", pos["position_id"])
     await s.pool.execute("UPDATE positions SET high_water_mark = $2 WHERE position_id = $1", pos["position_id"],
                          entry - 1)
-    monitor = PositionMonitor(s)
+    monitor = s.monitor()
     quiet_indicators(monitor, symbol, s.clock.now())
 
     async def broken(view, report):

@@ -131,8 +131,8 @@ async def test_a_database_outage_loses_neither_a_stop_nor_a_log_record(pg_root, 
         settings = agent_settings(agent_id)
         s = await build_services(settings, pool, SimulatedClock(OPEN_AT))
         stop_level = None
-        for symbol in liquid_symbols(s.market.source, OPEN_AT):
-            stop_level = stop_crossing_later(s.market.source, symbol, OPEN_AT, timedelta(minutes=10),
+        for symbol in liquid_symbols(s.universe, OPEN_AT):
+            stop_level = stop_crossing_later(s.universe, symbol, OPEN_AT, timedelta(minutes=10),
                                              timedelta(minutes=80))
             if stop_level is not None:
                 break

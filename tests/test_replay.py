@@ -8,6 +8,7 @@ import pytest
 
 from replay.schedule import day_schedule, parse_cron
 from replay.runner import run_replay
+from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
 from tests.conftest import ROOT
 
@@ -37,8 +38,8 @@ async def test_the_same_inputs_give_identical_results(pool, agent_id, tmp_path):
     settings = agent_settings(agent_id)
     kw = dict(start=date(2026, 11, 23), end=date(2026, 11, 24), progress=False, out_dir=tmp_path,
               monitor_every=timedelta(minutes=10))
-    a = await run_replay(settings, pool, run_id="a1", **kw)
-    b = await run_replay(settings, pool, run_id="b2", **kw)
+    a = await run_replay(settings, pool, build=builder(pool), run_id="a1", **kw)
+    b = await run_replay(settings, pool, build=builder(pool), run_id="b2", **kw)
     assert a.agent_id != b.agent_id and a.agent_id.endswith("-replay-a1")
     assert fingerprint(a) == fingerprint(b)
     trades = {}
@@ -79,7 +80,7 @@ async def test_a_bar_after_the_clock_is_never_seen(pool, agent_id, tmp_path):
         rows.append(f"{planted.isoformat()},{spike},{spike},{spike},{spike},1000000")
         (data / f"{s}.csv").write_text("\n".join(rows) + "\n")
     settings = agent_settings(agent_id, scan={"min_history_bars": 20, "min_turnover": Decimal(0)})
-    result = await run_replay(settings, pool, start=date(2026, 11, 23), end=date(2026, 11, 24), data=data,
+    result = await run_replay(settings, pool, build=builder(pool), start=date(2026, 11, 23), end=date(2026, 11, 24), data=data,
                               progress=False, out_dir=tmp_path, monitor_every=timedelta(minutes=15))
     agent = result.agent_id
     assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent) > 0
@@ -128,7 +129,7 @@ async def test_daily_bars_run_at_the_open_and_close_and_fill_at_those_prints(poo
         (data / f"{i.symbol}.csv").write_text("\n".join(rows) + "\n")
     settings = agent_settings(agent_id, scan={"min_history_bars": 20, "min_turnover": Decimal(0)})
     start = date(2026, 11, 17)
-    result = await run_replay(settings, pool, start=start, end=end_day, data=data, progress=False,
+    result = await run_replay(settings, pool, build=builder(pool), start=start, end=end_day, data=data, progress=False,
                               out_dir=tmp_path)
     agent = result.agent_id
     days = cal.trading_days(start, end_day)

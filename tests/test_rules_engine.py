@@ -12,23 +12,26 @@ from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 from tool_executor import ToolExecutor
 
 
-class SpyExecutor(ToolExecutor):
+class SpyExecutor:
     """The real executor, remembering which tools were called in order."""
 
-    def __init__(self, *a, **kw) -> None:
-        super().__init__(*a, **kw)
+    def __init__(self, inner: ToolExecutor) -> None:
+        self.inner = inner
         self.names: list[str] = []
 
     async def execute(self, name, raw_input):
         self.names.append(name)
-        return await super().execute(name, raw_input)
+        return await self.inner.execute(name, raw_input)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 async def cycle(services, mode: str) -> SpyExecutor:
     cycle_id = uuid.uuid4()
     await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
                                 cycle_id, services.agent_id, mode)
-    ex = SpyExecutor(services, mode=mode, cycle_id=cycle_id, engine="rules")
+    ex = SpyExecutor(services.executor(mode=mode, cycle_id=cycle_id, engine="rules"))
     ex.result = await RulesEngine(services.settings).run(mode, ex)
     return ex
 
@@ -74,7 +77,7 @@ async def test_a_strict_band_skips_every_candidate_with_its_reason(pool, agent_i
 async def test_a_position_past_its_stop_is_closed_and_the_portfolio_read_again(pool, agent_id):
     s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 0})
     symbol = cheap_symbol(s)
-    entry = ToolExecutor(s, mode="trade", cycle_id=None, engine="rules")
+    entry = s.executor(mode="trade", cycle_id=None, engine="rules")
     r = await entry.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "market",
                                               "reasoning": "set up a position for the rules to close"})
     assert r.data["status"] == "filled", r.data.get("failed")

@@ -8,7 +8,7 @@ import pandas as pd
 
 from core.clock import SimulatedClock
 from core.settings import ScanConfig
-from data.scan import latest_or_run_scan, rank_universe
+from data.scan import rank_universe
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 
@@ -77,14 +77,14 @@ def test_ties_keep_the_universe_order_and_top_n_cuts():
 async def test_the_days_scan_is_reused_until_the_next_day(pool, agent_id):
     s = await build_services(agent_settings(agent_id, market_data={"universe_size": 60}), pool,
                              SimulatedClock(OPEN_AT))
-    first = await latest_or_run_scan(s, cycle_id=None)
+    first = await s.scanner.latest_or_run(cycle_id=None)
     assert first, "the simulated universe should give candidates"
     rows = await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent_id)
     s.clock.advance(timedelta(hours=2))
-    again = await latest_or_run_scan(s, cycle_id=None)
+    again = await s.scanner.latest_or_run(cycle_id=None)
     assert [c.symbol for c in again] == [c.symbol for c in first]
-    assert [c.symbol for c in await latest_or_run_scan(s, cycle_id=None, limit=3)] == [c.symbol for c in first[:3]]
+    assert [c.symbol for c in await s.scanner.latest_or_run(cycle_id=None, limit=3)] == [c.symbol for c in first[:3]]
     assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent_id) == rows
     s.clock.advance(timedelta(days=1))
-    await latest_or_run_scan(s, cycle_id=None)                     # a new day: a new scan is recorded
+    await s.scanner.latest_or_run(cycle_id=None)                     # a new day: a new scan is recorded
     assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", agent_id) > rows

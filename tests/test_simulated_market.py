@@ -13,7 +13,7 @@ import pytest
 
 from core.calendar import MarketCalendar
 from brokers.paper.simulated import SimulatedMarket, _Grid
-from data.source import MarketDataSource
+from core.feeds import MarketDataSource
 from core.errors import UnknownSymbol
 from core.ticks import is_on_tick, round_to_tick
 
@@ -38,7 +38,7 @@ _PROBE = """
 import json, sys
 from datetime import datetime
 sys.path.insert(0, {root!r})
-from data.simulated import SimulatedMarket
+from brokers.paper.simulated import SimulatedMarket
 m = SimulatedMarket(seed={seed}, exchange="HKEX", n_symbols={n})
 at = datetime.fromisoformat({at!r})
 for s in {warmup!r}:

@@ -6,7 +6,6 @@ from decimal import Decimal
 
 from core.orders import OrderRequest, OrderSide, OrderType
 from core.ticks import round_to_tick
-from execution.reconcile import reconcile
 from tests.agent_fixtures import services  # noqa: F401  (fixture)
 from tests.test_paper_broker import liquid_symbols
 from tests.test_tool_executor import executor
@@ -21,7 +20,7 @@ async def buy(services, symbol: str, value=9500, **extra):
 
 
 def symbols(services) -> list[str]:
-    return liquid_symbols(services.market.source, services.clock.now())
+    return liquid_symbols(services.universe, services.clock.now())
 
 
 async def audit_rows(services, action: str):
@@ -31,7 +30,7 @@ async def audit_rows(services, action: str):
 
 async def test_in_sync_records_need_nothing(services):
     await buy(services, symbols(services)[0])
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert report.clean and report.exit_code == 0 and not report.corrections and report.state == "ACTIVE"
 
 
@@ -44,7 +43,7 @@ async def test_a_position_closed_at_the_broker_behind_our_back_is_closed_here_wi
                                                             OrderType.MARKET))
     services.clock.advance(timedelta(minutes=30))
     assert manual.client_order_id == "manual-close-1"
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert report.clean and any("none at the broker" in c for c in report.corrections), report.render()
     row = await services.pool.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2",
                                        services.agent_id, symbol)
@@ -76,7 +75,7 @@ async def test_a_fill_while_nothing_ran_is_recorded_and_becomes_the_position(ser
             services.clock.set(services.calendar.state(services.clock.now()).next_open)
     assert filled is not None, "the limit never filled in the simulated market"
     assert await services.pool.fetchval("SELECT status FROM orders WHERE client_order_id = $1", coid) == "submitted"
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert report.clean and report.fills_recorded >= 1 and not report.corrections, report.render()
     pos = await services.pool.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 AND "
                                        "status = 'open'", services.agent_id, symbol)
@@ -89,7 +88,7 @@ async def test_a_quantity_mismatch_is_set_to_the_brokers_truth(services):
     held = {p.symbol: p.quantity for p in await services.broker.get_positions()}[symbol]
     await services.pool.execute("UPDATE positions SET quantity = quantity + 1000 WHERE agent_id = $1 AND symbol = $2",
                                 services.agent_id, symbol)
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert report.clean and len(report.corrections) == 1, report.render()   # we had more: not ambiguous
     assert await services.pool.fetchval("SELECT quantity FROM positions WHERE agent_id = $1 AND symbol = $2 AND "
                                         "status = 'open'", services.agent_id, symbol) == held
@@ -101,7 +100,7 @@ async def test_an_unexplained_position_is_adopted_and_stops_new_entries_until_re
     a, b = symbols(services)[:2]
     lot = (await services.broker.get_instrument(a)).lot_size
     await services.broker.place_order(OrderRequest("someone-else-1", a, OrderSide.BUY, lot, OrderType.MARKET))
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert not report.clean and report.exit_code == 5 and report.state == "REDUCING"
     assert any("unknown origin" in x for x in report.ambiguous)
     adopted = await services.pool.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2",
@@ -114,7 +113,7 @@ async def test_an_unexplained_position_is_adopted_and_stops_new_entries_until_re
     r = await ex.execute("close_position", {"symbol": a, "reason": "not ours"})
     assert r.data["status"] in ("filled", "partially_filled"), r.data
     # a later clean reconciliation does not silently clear it: a person resumes
-    assert (await reconcile(services)).state == "REDUCING"
+    assert (await services.reconciler.run()).state == "REDUCING"
 
 
 async def test_an_order_that_never_reached_the_broker_is_marked_not_resent(services):
@@ -123,9 +122,9 @@ async def test_an_order_that_never_reached_the_broker_is_marked_not_resent(servi
         "INSERT INTO orders (agent_id, client_order_id, symbol, side, order_type, intent, quantity, status, created_at) "
         "VALUES ($1, $2, $3, 'buy', 'market', 'entry', 100, 'pending_submit', $4)",
         services.agent_id, f"{services.agent_id}-crash-1", symbol, services.clock.now())
-    assert not (await reconcile(services)).resolved                  # within the grace period: left alone
+    assert not (await services.reconciler.run()).resolved                  # within the grace period: left alone
     services.clock.advance(timedelta(minutes=2))
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert len(report.resolved) == 1 and "never reached the broker" in report.resolved[0]
     row = await services.pool.fetchrow("SELECT * FROM orders WHERE client_order_id = $1", f"{services.agent_id}-crash-1")
     assert row["status"] == "rejected"
@@ -145,7 +144,7 @@ async def test_when_a_position_disappears_its_working_exit_orders_are_cancelled(
     # The position vanishes at the broker (e.g. closed by hand in the broker's app).
     await services.pool.execute("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
                                 services.agent_id, symbol)
-    report = await reconcile(services)
+    report = await services.reconciler.run()
     assert [c for c in report.cancelled if out.client_order_id in c], report.render()
     assert await services.pool.fetchval("SELECT status FROM orders WHERE client_order_id = $1",
                                         out.client_order_id) == "cancelled"

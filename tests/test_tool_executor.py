@@ -17,7 +17,7 @@ async def executor(services, mode="trade") -> ToolExecutor:
     cycle_id = uuid.uuid4()
     await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
                                 cycle_id, services.agent_id, mode)
-    return ToolExecutor(services, mode=mode, cycle_id=cycle_id, engine="rules")
+    return services.executor(mode=mode, cycle_id=cycle_id, engine="rules")
 
 
 def test_schemas_are_generated_from_the_input_models():
@@ -132,7 +132,7 @@ tool_inputs = st.dictionaries(field_names, json_values, max_size=6) | json_value
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(sorted(TOOLS)), payload=tool_inputs)
 async def test_arbitrary_json_never_crashes_and_errors_name_a_field(services, name, payload):
-    ex = ToolExecutor(services, mode="scan", cycle_id=None, engine="rules")   # scan: nothing can be ordered
+    ex = services.executor(mode="scan", cycle_id=None, engine="rules")   # scan: nothing can be ordered
     r = await ex.execute(name, payload)
     json.loads(r.content)
     if r.is_error:

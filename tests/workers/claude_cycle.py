@@ -13,7 +13,6 @@ from decimal import Decimal
 async def main(agent_id: str, dsn: str, fake_url: str, budget: str, mode: str) -> None:
     from runtime import database
     from core.clock import SimulatedClock
-    from runtime.cycle import run_cycle
     from runtime.wiring import build_services
     from tests.agent_fixtures import OPEN_AT, agent_settings
 
@@ -22,7 +21,7 @@ async def main(agent_id: str, dsn: str, fake_url: str, budget: str, mode: str) -
     pool = await database.create_pool(dsn, max_size=4)
     try:
         services = await build_services(settings, pool, SimulatedClock(OPEN_AT))
-        outcome = await run_cycle(services, mode)
+        outcome = await services.run_cycle(mode)
         print(json.dumps({"status": outcome.status, "engine": outcome.engine, "cycle_id": str(outcome.cycle_id)}))
     finally:
         await pool.close()

@@ -35,7 +35,6 @@ class IntentEngine:
 async def main(agent_id: str, dsn: str, minutes: str, action: str, symbols: str) -> None:
     from runtime import database
     from core.clock import SimulatedClock
-    from runtime.cycle import run_cycle
     from runtime.wiring import build_services
     from tests.agent_fixtures import OPEN_AT, agent_settings
 
@@ -43,7 +42,7 @@ async def main(agent_id: str, dsn: str, minutes: str, action: str, symbols: str)
     try:
         services = await build_services(agent_settings(agent_id), pool,
                                         SimulatedClock(OPEN_AT + timedelta(minutes=int(minutes))))
-        outcome = await run_cycle(services, "trade", engine=IntentEngine(action, symbols.split(",")))
+        outcome = await services.run_cycle("trade", engine=IntentEngine(action, symbols.split(",")))
         print(json.dumps({"status": outcome.status, "summary": outcome.summary}, default=str))
     finally:
         await pool.close()

@@ -1,6 +1,6 @@
-"""Where market data comes from, for the paper broker and the whole-universe scan.
+"""What a source of market history answers: the paper venue's price feed and the scan's universe.
 
-Implementations: `data.simulated.SimulatedMarket` (the default, no account needed) and
+Implementations: `brokers.paper.simulated.SimulatedMarket` (the default, no account needed) and
 `data.bar_files.BarFileSource` (history the user brings). Both are synchronous and CPU-bound; async callers
 use `asyncio.to_thread` for the big ones (`daily_frame`).
 
@@ -17,11 +17,26 @@ from core.instruments import Bar, Instrument, Quote, Timeframe
 if TYPE_CHECKING:
     import pandas as pd
 
+
 @runtime_checkable
-class MarketDataSource(Protocol):
+class UniverseSource(Protocol):
+    """What the scan reads: the universe and its daily bars."""
+
     def instruments(self) -> list[Instrument]:
         """The whole universe, in a stable order."""
         ...
+
+    def daily_frame(self, symbols: Sequence[str], end: datetime, lookback_days: int) -> dict[str, "pd.DataFrame"]:
+        """{"open"|"high"|"low"|"close"|"volume": DataFrame(session date x symbol, float, NaN where no bar)}.
+
+        The last `lookback_days` sessions whose daily bar completed at or before `end`.
+        """
+        ...
+
+
+@runtime_checkable
+class PriceFeed(Protocol):
+    """What the paper venue fills against: one symbol's instrument, quote and bars as of an instant."""
 
     def instrument(self, symbol: str) -> Instrument:
         """One instrument; an unknown symbol raises `UnknownSymbol` (a KeyError) saying what is carried."""
@@ -35,9 +50,7 @@ class MarketDataSource(Protocol):
         """Bars with start in [start, end) that have COMPLETED at or before `end`, oldest first."""
         ...
 
-    def daily_frame(self, symbols: Sequence[str], end: datetime, lookback_days: int) -> dict[str, "pd.DataFrame"]:
-        """{"open"|"high"|"low"|"close"|"volume": DataFrame(session date x symbol, float, NaN where no bar)}.
 
-        The last `lookback_days` sessions whose daily bar completed at or before `end`.
-        """
-        ...
+@runtime_checkable
+class MarketDataSource(UniverseSource, PriceFeed, Protocol):
+    """Both: a history that serves the scan and the paper venue (the simulated market, bar files)."""
