@@ -22,93 +22,23 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import traceback
 import uuid
-from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-_context: ContextVar[Mapping[str, Any]] = ContextVar("catalyst_log_context", default=_EMPTY)
+from core.logcontext import _context, bind_log_context, current_log_context, log_context
+from core.redaction import RedactingFilter, Redactor
+
+__all__ = ["log_context", "bind_log_context", "current_log_context", "Redactor", "RedactingFilter",
+           "setup_logging", "purge_old_logs", "LogPipeline", "LogWriter", "DatabaseLogHandler"]
 
 COLUMNS = ("id", "timestamp", "agent_id", "level", "logger", "message", "context", "exception")
 _STOP = object()
 _EMPTY_JSONB = b"\x01{}"
-
-
-# ---------------------------------------------------------------- context
-
-@contextmanager
-def log_context(**values: Any) -> Iterator[None]:
-    """Add keys to the log context of this task/thread for the duration of the block."""
-    token = _context.set(MappingProxyType({**_context.get(), **values}))
-    try:
-        yield
-    finally:
-        _context.reset(token)
-
-
-def bind_log_context(**values: Any) -> None:
-    """Add keys to the log context of the current task/thread from here on."""
-    _context.set(MappingProxyType({**_context.get(), **values}))
-
-
-def current_log_context() -> Mapping[str, Any]:
-    return _context.get()
-
-
-# ---------------------------------------------------------------- redaction
-
-_PATTERNS = (
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),                 # Anthropic keys
-    re.compile(r"(?<=://)([^:/@\s]+):([^@\s]+)(?=@)"),         # user:password@ in URLs
-)
-
-
-class Redactor:
-    """Replaces known secret values and secret-shaped strings with ***."""
-
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.secrets = tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True))
-
-    def text(self, value: str) -> str:
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, "***")
-        if "sk-ant-" in value or "://" in value:
-            value = _PATTERNS[0].sub("***", value)
-            value = _PATTERNS[1].sub(lambda m: f"{m.group(1)}:***", value)
-        return value
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {str(k): self.value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.value(v) for v in value]
-        if value is None or isinstance(value, (bool, int, float)):
-            return value
-        return self.text(str(value))
-
-
-class RedactingFilter(logging.Filter):
-    """For synchronous handlers (console): redacts the record in place."""
-
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redactor.text(record.getMessage())
-        record.args = None
-        return True
 
 
 # ---------------------------------------------------------------- handler

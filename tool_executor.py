@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 import safety
 from core.errors import BrokerUnavailable, InvalidRequest
-from db_logger import log_context
+from core.logcontext import log_context
 from execution.store import to_json as _json
 from tools import MODE_TOOLS, TOOLS
 

@@ -3,9 +3,11 @@
 It calls the same tools Claude would, so an offline run exercises the same validation, safety gate, order path
 and audit trail. It runs when no ANTHROPIC_API_KEY is set or the AI budget is spent.
 
-trade:  1. get_portfolio; for each position: get_quote + get_technicals, and close_position when the loss reaches
-           signals.stop_loss_strong, the gain reaches signals.take_profit_strong, the price is at or below the
-           position's stop, or RSI(14) is above signals.rsi_overbought.
+trade:  1. get_portfolio; for each position, get_technicals + detect_patterns, then the one exit policy of
+           signals.evaluate (the position monitor's): close_position on "exit" (a strong signal — the position's
+           stop, stop_loss_strong, the trailing stop, take_profit_strong or the recorded take-profit — or two
+           moderate ones); "uncertain" (one moderate signal, e.g. RSI(14) at or above signals.rsi_overbought
+           alone) holds: the rules engine has no advisor to ask.
         2. (get_portfolio again only if step 1 closed something) when the trading state is ACTIVE and there is
            room: scan_market, then for each candidate not held and
            not entered today, get_technicals + detect_patterns; enter when RSI(14) is within
@@ -14,8 +16,8 @@ trade:  1. get_portfolio; for each position: get_quote + get_technicals, and clo
            limit order at the ask plus rules.limit_offset_pct, for rules.entry_value of money, with a take profit
            at signals.take_profit_strong. At most rules.max_new_entries_per_cycle entries.
 scan:   scan_market; log_decision 'watch' for the top candidates.
-close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions past a stop or
-        take-profit threshold; log_decision with the day's summary.
+close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions whose price alone
+        says "exit" under signals.evaluate; log_decision with the day's summary.
 Every skip and every refusal is recorded with its reason.
 """
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+import signals
 
 if TYPE_CHECKING:
     from tool_executor import ToolExecutor
@@ -38,6 +42,7 @@ class RulesEngine:
     def __init__(self, settings) -> None:
         self.cfg = settings.config
         self.rules = settings.config.rules
+        self.thresholds = signals.SignalThresholds.from_config(self.cfg.signals, self.cfg.trading.trailing_stop_pct)
 
     async def run(self, mode: str, ex: "ToolExecutor") -> EngineResult:
         result = EngineResult(engine=self.name)
@@ -139,26 +144,9 @@ class RulesEngine:
             return []
         self._reviewed = portfolio
         exits: list[str] = []
-        s = self.cfg.signals
         for p in portfolio["positions"]:
             symbol = p["symbol"]
-            price = Decimal(p["price"]) if "price" in p else None
-            avg = Decimal(p["avg_price"])
-            reason = None
-            if price is not None and avg > 0:
-                change = price / avg - 1
-                stop = Decimal(p["stop_loss"]) if "stop_loss" in p else None
-                if stop is not None and price <= stop:
-                    reason = f"price {price} at or below stop {stop}"
-                elif change <= s.stop_loss_strong:
-                    reason = f"loss {change:.2%} beyond stop_loss_strong {s.stop_loss_strong:.2%}"
-                elif change >= s.take_profit_strong:
-                    reason = f"gain {change:.2%} beyond take_profit_strong {s.take_profit_strong:.2%}"
-            if reason is None and not end_of_day:
-                tech, terr = await self._call("get_technicals", {"symbol": symbol})
-                rsi = None if terr else tech.get("rsi14")
-                if rsi is not None and rsi > float(s.rsi_overbought):
-                    reason = f"RSI(14) {rsi:.1f} above overbought {s.rsi_overbought}"
+            reason = await self._exit_reason(p, with_indicators=not end_of_day)
             if reason is None and end_of_day and self.cfg.trading.intraday_only:
                 reason = "trading.intraday_only: no position is held overnight"
             if reason:
@@ -166,6 +154,28 @@ class RulesEngine:
                 if not cerr and out.get("status") not in {"refused", "rejected"}:
                     exits.append(symbol)
         return exits
+
+    async def _exit_reason(self, p: dict, *, with_indicators: bool) -> str | None:
+        """Why to exit this position under signals.evaluate, or None (hold, or too little known to judge)."""
+        if "price" not in p:
+            return None
+        price, avg = Decimal(p["price"]), Decimal(p["avg_price"])
+        if price <= 0 or avg <= 0:
+            return None
+        view = signals.PositionView(
+            symbol=p["symbol"], quantity=p["quantity"], entry_price=avg, price=price,
+            high_water=max(Decimal(p.get("high_since_entry") or avg), price),
+            stop_loss=Decimal(p["stop_loss"]) if "stop_loss" in p else None,
+            take_profit=Decimal(p["take_profit"]) if "take_profit" in p else None)
+        report = signals.evaluate(view, self.thresholds)
+        if report.action != "exit" and with_indicators:
+            tech, terr = await self._call("get_technicals", {"symbol": p["symbol"]})
+            pats, perr = await self._call("detect_patterns", {"symbol": p["symbol"]})
+            rsi = None if terr else tech.get("rsi14")
+            patterns = () if perr else tuple(pats["patterns"])
+            if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
+                report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns)
+        return report.reason if report.action == "exit" else None
 
     async def _entry_check(self, symbol: str) -> str | None:
         """None when the entry rules pass (with self._last_reason set), else why not."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import signals
 from core.clock import Clock
-from db_logger import log_context
+from core.logcontext import log_context
 from execution.store import Store
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ class HeldPosition:
     stop_loss: Decimal | None = None
     take_profit: Decimal | None = None
     opened_at: datetime | None = None
+    high_water_mark: Decimal | None = None
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -46,6 +47,8 @@ class HeldPosition:
             d["stop_loss"] = str(self.stop_loss)
         if self.take_profit is not None:
             d["take_profit"] = str(self.take_profit)
+        if self.high_water_mark is not None:
+            d["high_since_entry"] = str(self.high_water_mark)
         return d
 
 
@@ -73,7 +76,7 @@ class PortfolioSnapshot:
 
 # Everything of ours a snapshot needs, in one statement (one round trip, one consistent view).
 _OURS = """SELECT
-    ARRAY(SELECT (position_id, symbol, stop_loss, take_profit, opened_at) FROM positions
+    ARRAY(SELECT (position_id, symbol, stop_loss, take_profit, opened_at, high_water_mark) FROM positions
           WHERE agent_id = $1 AND status = 'open') AS positions,
     (""" + REALIZED_SINCE + """) AS realized,
     ARRAY(SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2
@@ -109,9 +112,9 @@ def _snapshot(account: Account, broker_positions: list[Position], ours) -> Portf
     def held(p: Position) -> HeldPosition:
         if p.symbol not in records:            # the broker holds it, we have no record (reconciliation adopts it)
             return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price)
-        position_id, _symbol, stop_loss, take_profit, opened_at = records[p.symbol]
+        position_id, _symbol, stop_loss, take_profit, opened_at, high_water = records[p.symbol]
         return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price, position_id, stop_loss, take_profit,
-                            opened_at)
+                            opened_at, high_water)
 
     open_orders = [dict(zip(_ORDER_FIELDS, o)) for o in ours["open_orders"]]
     pending_buy = Decimal(0)

@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from core.calendar import MarketCalendar
 from core.clock import RealClock, SimulatedClock
 from core.settings import Settings
-from db_logger import log_context
+from core.logcontext import log_context
 from replay.runner import Build, Drive, drive_day, schedule_for
 
 log = logging.getLogger("catalyst.day")

@@ -180,7 +180,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
-    from db_logger import log_context
+    from core.logcontext import log_context
 
     t0 = _time.perf_counter()
     run_id = run_id or uuid.uuid4().hex[:8]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from core.calendar import MarketCalendar
 from core.clock import Clock
-from db_logger import log_context
+from core.logcontext import log_context
 from engines.base import EngineResult
 
 if TYPE_CHECKING:

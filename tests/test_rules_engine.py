@@ -102,3 +102,47 @@ async def test_close_exits_everything_when_intraday_only(pool, agent_id):
                                                "AND filled_quantity > 0", agent_id)})
     assert await pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1 AND action IN ('hold', "
                                "'no_trade')", agent_id) == 1
+
+
+async def _held_position(s, agent_id) -> tuple[str, Decimal]:
+    symbol = cheap_symbol(s)
+    entry = s.executor(mode="trade", cycle_id=None, engine="rules")
+    r = await entry.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "market",
+                                              "reasoning": "set up a position for the rules to judge"})
+    assert r.data["status"] == "filled", r.data.get("failed")
+    return symbol, (await s.broker.get_quote(symbol)).last
+
+
+async def test_the_rules_exit_on_a_trailing_stop_as_the_monitor_does(pool, agent_id):
+    """One exit policy: a price 5% under a high-water mark that is above the entry fires the trailing stop (3%)."""
+    s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 0})
+    symbol, last = await _held_position(s, agent_id)
+    entry = last / Decimal("1.01")             # in profit 1%: no P&L rule fires
+    await pool.execute("UPDATE positions SET avg_entry_price = $2, high_water_mark = $3, stop_loss = $4 "
+                       "WHERE agent_id = $1 AND status = 'open'", agent_id, entry, last * Decimal("1.05"),
+                       entry * Decimal("0.5"))
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["exits"] == [symbol]
+    reason = await pool.fetchval("SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'", agent_id)
+    assert "trailing" in reason, reason
+
+
+async def test_the_rules_exit_at_the_recorded_take_profit(pool, agent_id):
+    s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 0})
+    symbol, last = await _held_position(s, agent_id)
+    await pool.execute("UPDATE positions SET take_profit = $2, stop_loss = $3 WHERE agent_id = $1 "
+                       "AND status = 'open'", agent_id, last - Decimal("0.01"), last * Decimal("0.5"))
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["exits"] == [symbol]
+
+
+async def test_the_rules_hold_where_the_monitors_policy_holds(pool, agent_id):
+    """A position with nothing strong against it stays open under the rules as under signals.evaluate."""
+    s = await make(pool, agent_id, rules={"max_new_entries_per_cycle": 0},
+                   signals={"rsi_overbought": Decimal(99)})
+    symbol, last = await _held_position(s, agent_id)
+    await pool.execute("UPDATE positions SET stop_loss = $2 WHERE agent_id = $1 AND status = 'open'", agent_id,
+                       last * Decimal("0.5"))
+    ex = await cycle(s, "trade")
+    assert ex.result.summary["exits"] == []
+    assert "close_position" not in ex.names
