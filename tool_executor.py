@@ -118,7 +118,7 @@ class ToolExecutor:
         if not isinstance(raw_input, dict):
             return self._error(name, None, f"input: must be a JSON object (got {type(raw_input).__name__})")
         try:
-            args = spec.model.model_validate(copy.deepcopy(raw_input))
+            args = spec.model.model_validate(copy.deepcopy(raw_input), context={"exchange": self.exchange})
         except ValidationError as exc:
             return self._error(name, raw_input.get("symbol"), describe_validation_error(exc))
         except (ValueError, TypeError) as exc:

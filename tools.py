@@ -7,10 +7,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 
-Symbol = Annotated[str, Field(min_length=1, max_length=12, pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]*$",
-                              description="Ticker as the exchange lists it, e.g. '0700' or 'S0042'")]
+from core.symbols import canonical_symbol
+
+
+def _canonical(value: str, info: ValidationInfo) -> str:
+    """Every alias of a ticker becomes the market's one form (the executor passes the exchange as context)."""
+    exchange = (info.context or {}).get("exchange")
+    return canonical_symbol(value, exchange) if exchange else value
+
+
+Symbol = Annotated[str, Field(min_length=1, max_length=16,
+                              description="Ticker, e.g. '0700' (also 00700, 0700.HK, HK.00700) or 'AAPL'"),
+                   AfterValidator(_canonical)]
 Price = Annotated[Decimal, Field(gt=0, lt=1_000_000, max_digits=16, decimal_places=6),
                   WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000})]
 Money = Annotated[Decimal, Field(gt=0, lt=100_000_000, max_digits=18, decimal_places=2),

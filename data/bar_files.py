@@ -40,7 +40,6 @@ malformed file is a `BarFileError` naming the file, the line (CSV, counting the 
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +53,7 @@ from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.calendar import MarketCalendar, exchange_code, to_ns, from_ns
 from core.instruments import DAILY_FIELDS
 from core.errors import UnknownSymbol
+from core.symbols import InvalidSymbol, canonical_symbol
 from core.ticks import tick_above, tick_below
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ _PRICES = ("open", "high", "low", "close")
 _TIMEFRAME_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60}
 _NS_MIN = 60_000_000_000
 _NS_DAY = 86_400_000_000_000
-_SYMBOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]*$")
 _HAS_OFFSET = r"[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 _DEFAULTS = {"XHKG": (100, "HKD", "hkex"), "XNYS": (1, "USD", "us")}
@@ -133,9 +132,10 @@ class BarFileSource:
             if (path.suffix.lower() not in (".csv", ".parquet") or path.name.lower() == "instruments.csv"
                     or not path.is_file()):
                 continue
-            symbol = path.stem
-            if not _SYMBOL.match(symbol):
-                raise BarFileError(f"{path}: {symbol!r} is not a usable symbol (letters, digits, '.', '-')")
+            try:                      # 00700.csv, 0700.HK.csv and 700.csv are all 0700 on HKEX
+                symbol = canonical_symbol(path.stem, self.exchange)
+            except InvalidSymbol as exc:
+                raise BarFileError(f"{path}: the file name is not a symbol of {self.exchange}: {exc}") from None
             if symbol in files:
                 raise BarFileError(f"{self.directory}: symbol {symbol} has two files, {files[symbol].name} and "
                                    f"{path.name}; keep one")
@@ -166,7 +166,10 @@ class BarFileSource:
                                            f"whole number")
                 if entry.get("tick_scheme") and entry["tick_scheme"] not in ("hkex", "us"):
                     raise BarFileError(f"{where}, column 'tick_scheme': {entry['tick_scheme']!r}; use hkex or us")
-                meta[entry["symbol"]] = entry
+                try:
+                    meta[canonical_symbol(entry["symbol"], self.exchange)] = entry
+                except InvalidSymbol as exc:
+                    raise BarFileError(f"{where}, column 'symbol': {exc}") from None
         out = {}
         for symbol in self._files:
             m = meta.get(symbol, {})
