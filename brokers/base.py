@@ -3,17 +3,26 @@
 Every broker (paper, alpaca, moomoo) is a peer behind `BrokerClient`; nothing outside `brokers/` knows which
 one it talks to. Money is `Decimal`, quantities are `int` shares, times are UTC-aware datetimes. The values and
 errors it speaks live in `core` (instruments, orders, account, errors).
+
+A small public port with private hooks (NautilusTrader's execution client): the public async methods are
+concrete and own what every venue shares — today, logging each call on the "catalyst.broker" logger (reads at
+debug, `place_order` and `cancel_order` at info) — and each venue fills in the `_`-hooks (`_connect`,
+`_get_quote`, `_place_order`, ...). Errors are the venue's to translate at its own boundary (each does it
+differently: a database, a REST API, a socket gateway), so the port passes them through unchanged.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Sequence
 
 from core.account import Account, Position
-from core.errors import BrokerError, OrderRejected
+from core.errors import BrokerError
 from core.instruments import Bar, Instrument, Quote, Timeframe
-from core.orders import OrderRequest, OrderResult, OrderSide, OrderType
+from core.orders import OrderRequest, OrderResult
+
+log = logging.getLogger("catalyst.broker")
 
 
 # ---------------------------------------------------------------- the contract
@@ -25,22 +34,95 @@ class BrokerClient(ABC):
     environment: str = "paper"           # the venue's own word: paper (paper broker, Alpaca paper), live (Alpaca),
                                          # simulate / real (moomoo); heartbeat prints it
 
-    @abstractmethod
-    async def connect(self) -> None: ...
+    # ------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        log.debug("%s(%s): connect", self.name, self.environment)
+        await self._connect()
 
-    @abstractmethod
-    async def disconnect(self) -> None: ...
+    async def disconnect(self) -> None:
+        log.debug("%s(%s): disconnect", self.name, self.environment)
+        await self._disconnect()
 
-    @abstractmethod
+    async def __aenter__(self) -> "BrokerClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    # ------------------------------------------------------------ market data
     async def get_instrument(self, symbol: str) -> Instrument:
         """Lot size, tick scheme, currency, exchange. Unknown symbol -> InvalidRequest."""
+        log.debug("%s: get_instrument %s", self.name, symbol)
+        return await self._get_instrument(symbol)
 
-    @abstractmethod
-    async def get_quote(self, symbol: str) -> Quote: ...
+    async def get_quote(self, symbol: str) -> Quote:
+        log.debug("%s: get_quote %s", self.name, symbol)
+        return await self._get_quote(symbol)
 
     async def get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
-        """Quotes for many symbols at once (the monitor's hot path). Brokers with a batch API override this;
-        the default asks one by one. A symbol whose quote fails is left out of the answer; the caller notices."""
+        """Quotes for many symbols at once (the monitor's hot path). A symbol whose quote fails is left out of the
+        answer; the caller notices."""
+        symbols = list(symbols)
+        log.debug("%s: get_quotes (%d symbols)", self.name, len(symbols))
+        return await self._get_quotes(symbols)
+
+    async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        """Bars whose start lies in [start, end), oldest first; never past the broker's notion of now."""
+        log.debug("%s: get_bars %s %s [%s, %s)", self.name, symbol, timeframe, start, end)
+        return await self._get_bars(symbol, timeframe, start, end)
+
+    # ------------------------------------------------------------ account
+    async def get_account(self) -> Account:
+        log.debug("%s: get_account", self.name)
+        return await self._get_account()
+
+    async def get_positions(self) -> list[Position]:
+        log.debug("%s: get_positions", self.name)
+        return await self._get_positions()
+
+    async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
+        """Both, for a portfolio snapshot (one consistent view where the venue can give one)."""
+        log.debug("%s: get_account_and_positions", self.name)
+        return await self._get_account_and_positions()
+
+    # ------------------------------------------------------------ orders
+    async def place_order(self, order: OrderRequest) -> OrderResult:
+        """Submit an order. Idempotent on client_order_id: a repeat returns the existing order."""
+        log.info("%s(%s): place_order %s: %s %s %s %s%s", self.name, self.environment, order.client_order_id,
+                 order.side.value, order.quantity, order.symbol, order.order_type.value,
+                 "" if order.limit_price is None else f" @ {order.limit_price}")
+        return await self._place_order(order)
+
+    async def cancel_order(self, order_id: str) -> bool:
+        """Cancel by client_order_id. True if the order is now cancelled (or cancel is pending)."""
+        log.info("%s(%s): cancel_order %s", self.name, self.environment, order_id)
+        return await self._cancel_order(order_id)
+
+    async def get_orders(self, *, open_only: bool = False) -> list[OrderResult]:
+        log.debug("%s: get_orders%s", self.name, " (open only)" if open_only else "")
+        return await self._get_orders(open_only=open_only)
+
+    async def get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
+        """The order we sent under this id, or None if the broker never received it."""
+        log.debug("%s: get_order_by_client_id %s", self.name, client_order_id)
+        return await self._get_order_by_client_id(client_order_id)
+
+    # ------------------------------------------------------------ the hooks each venue implements
+    @abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abstractmethod
+    async def _disconnect(self) -> None: ...
+
+    @abstractmethod
+    async def _get_instrument(self, symbol: str) -> Instrument: ...
+
+    @abstractmethod
+    async def _get_quote(self, symbol: str) -> Quote: ...
+
+    async def _get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Brokers with a batch API override this; the default asks one by one through the public `get_quote`."""
         out: dict[str, Quote] = {}
         for symbol in symbols:
             try:
@@ -50,48 +132,28 @@ class BrokerClient(ABC):
         return out
 
     @abstractmethod
-    async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
-        """Bars whose start lies in [start, end), oldest first; never past the broker's notion of now."""
+    async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        ...
 
     @abstractmethod
-    async def get_account(self) -> Account: ...
+    async def _get_account(self) -> Account: ...
 
     @abstractmethod
-    async def get_positions(self) -> list[Position]: ...
+    async def _get_positions(self) -> list[Position]: ...
 
-    async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
-        """Both, for a portfolio snapshot. The default asks for one, then the other; a broker that can read both
-        at once (one request, one consistent view) overrides it."""
-        return await self.get_account(), await self.get_positions()
-
-    @abstractmethod
-    async def place_order(self, order: OrderRequest) -> OrderResult:
-        """Submit an order. Idempotent on client_order_id: a repeat returns the existing order."""
+    async def _get_account_and_positions(self) -> tuple[Account, list[Position]]:
+        """The default asks for one, then the other; a broker that can read both at once (one request, one
+        consistent view) overrides it."""
+        return await self._get_account(), await self._get_positions()
 
     @abstractmethod
-    async def cancel_order(self, order_id: str) -> bool:
-        """Cancel by client_order_id. True if the order is now cancelled (or cancel is pending)."""
+    async def _place_order(self, order: OrderRequest) -> OrderResult: ...
 
     @abstractmethod
-    async def get_orders(self, *, open_only: bool = False) -> list[OrderResult]: ...
+    async def _cancel_order(self, order_id: str) -> bool: ...
 
     @abstractmethod
-    async def get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
-        """The order we sent under this id, or None if the broker never received it."""
+    async def _get_orders(self, *, open_only: bool) -> list[OrderResult]: ...
 
-    async def close_position(self, symbol: str, client_order_id: str) -> OrderResult:
-        """Sell the whole position at market. Raises OrderRejected if there is nothing to close."""
-        positions = {p.symbol: p for p in await self.get_positions()}
-        pos = positions.get(symbol)
-        if pos is None or pos.quantity <= 0:
-            raise OrderRejected(f"no open position in {symbol}", client_order_id=client_order_id)
-        return await self.place_order(OrderRequest(
-            client_order_id=client_order_id, symbol=symbol, side=OrderSide.SELL,
-            quantity=pos.quantity, order_type=OrderType.MARKET))
-
-    async def __aenter__(self) -> "BrokerClient":
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.disconnect()
+    @abstractmethod
+    async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None: ...

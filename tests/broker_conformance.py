@@ -149,8 +149,13 @@ class BrokerConformance:
             await venue.broker.place_order(OrderRequest(client_order_id=venue.coid("oversell"), symbol=symbol,
                                                         side=OrderSide.SELL, quantity=bought.quantity * 3,
                                                         order_type=OrderType.MARKET))
-        closed = await venue.broker.close_position(symbol, venue.coid("close"))
+        held = {p.symbol: p.quantity for p in await venue.broker.get_positions()}[symbol]
+        assert held == bought.filled_quantity
+        closed = await venue.broker.place_order(OrderRequest(client_order_id=venue.coid("close"), symbol=symbol,
+                                                             side=OrderSide.SELL, quantity=held,
+                                                             order_type=OrderType.MARKET))
         assert closed.status is OrderStatus.FILLED and closed.side is OrderSide.SELL
+        assert closed.filled_quantity == held
         assert symbol not in {p.symbol for p in await venue.broker.get_positions()}
 
     async def test_account_and_positions_together_match_each_alone(self, venue: Venue):

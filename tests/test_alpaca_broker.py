@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import functools
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -66,15 +65,17 @@ def us_symbols() -> list[str]:
     return [s for _, s in sorted(picks)][:5]
 
 
-def us_settings(fake: FakeAlpaca | None = None, *, paper: bool = True, **env: str | None) -> Settings:
+def us_settings(fake: FakeAlpaca | None = None, *, paper: bool = True, timeout_seconds: float = 5,
+                **env: str | None) -> Settings:
     values = {"ALPACA_API_KEY": "PKTESTKEY", "ALPACA_SECRET_KEY": "test-secret-key"}
     if fake is not None:
         values.update(ALPACA_API_KEY=fake.api_key, ALPACA_SECRET_KEY=fake.secret_key, ALPACA_BASE_URL=fake.base_url,
                       ALPACA_DATA_URL=fake.base_url)
     values.update(env)
     base = load_settings(env=Environment())
+    alpaca = AlpacaConfig(paper=paper, timeout_seconds=timeout_seconds)
     config = base.config.model_copy(update={"broker": "alpaca", "market": US_MARKET, "real_money": not paper,
-                                            "alpaca": AlpacaConfig(paper=paper, timeout_seconds=5)})
+                                            "alpaca": alpaca})
     return Settings(config=config, env=Environment(values={k: v for k, v in values.items() if v is not None}),
                     config_path=base.config_path)
 
@@ -86,11 +87,10 @@ class World:
     agent_id: str
     brokers: list[AlpacaBroker] = field(default_factory=list)
 
-    async def connect(self, **changes) -> AlpacaBroker:
+    async def connect(self, *, timeout_seconds: float = 5) -> AlpacaBroker:
         """A broker as from_settings builds it (keys and both URLs from the environment), pointed at the fake."""
-        broker = AlpacaBroker.from_settings(us_settings(self.fake), clock=self.clock, calendar=CALENDAR)
-        for name, value in changes.items():
-            setattr(broker, name, value)
+        broker = AlpacaBroker.from_settings(us_settings(self.fake, timeout_seconds=timeout_seconds), clock=self.clock,
+                                            calendar=CALENDAR)
         self.brokers.append(broker)
         await broker.connect()
         return broker
@@ -159,21 +159,20 @@ async def test_a_read_whose_connection_dropped_is_resent_once(world):
 async def test_a_server_that_keeps_dropping_connections_is_broker_unavailable(world):
     broker = await world.connect()
     world.fake.drop_connections(5, match="GET /v2/positions")
-    started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=r"positions: connection to 127\.0\.0\.1:\d+ failed"):
         await broker.get_positions()
-    assert time.monotonic() - started < 3
-    assert len(world.fake.requests_for("GET", "/v2/positions")) == 2
+    assert [r.status for r in world.fake.requests_for("GET", "/v2/positions")] == [None, None]   # sent, resent once
 
 
-async def test_rate_limit_with_retry_after_is_retried_then_succeeds(world):
+async def test_rate_limit_with_retry_after_is_retried_then_succeeds(world, caplog):
     broker = await world.connect()
     world.fake.fail_next(429, {"code": 42910000, "message": "rate limit exceeded"}, headers={"Retry-After": "1"},
                          match="GET /v2/positions")
-    started = time.monotonic()
-    assert await broker.get_positions() == []
-    assert time.monotonic() - started >= 0.95                 # Retry-After was honoured
+    with caplog.at_level("INFO", logger="brokers.alpaca"):
+        assert await broker.get_positions() == []
     assert [r.status for r in world.fake.requests_for("GET", "/v2/positions")] == [429, 200]
+    retries = [r.getMessage() for r in caplog.records if "rate limited, retry" in r.getMessage()]
+    assert retries == ["alpaca positions: rate limited, retry 1 in 1.00 s"]      # the wait Retry-After asked for
 
 
 async def test_rate_limit_that_does_not_clear_is_broker_unavailable_after_the_retries(world):
@@ -185,14 +184,15 @@ async def test_rate_limit_that_does_not_clear_is_broker_unavailable_after_the_re
     assert len(world.fake.requests_for("GET", "/v2/account")) == 1 + 1 + 3
 
 
-async def test_a_retry_after_longer_than_we_wait_is_not_waited_for(world):
+async def test_a_retry_after_longer_than_we_wait_is_not_waited_for(world, caplog):
     broker = await world.connect()
     world.fake.fail_next(429, {"code": 42910000, "message": "rate limit exceeded"}, headers={"Retry-After": "120"},
                          match="GET /v2/account")
-    started = time.monotonic()
-    with pytest.raises(BrokerUnavailable, match="rate limited"):
+    with caplog.at_level("INFO", logger="brokers.alpaca"), \
+            pytest.raises(BrokerUnavailable, match=r"rate limited \(HTTP 429\) after 0 retries"):
         await broker.get_account()
-    assert time.monotonic() - started < 2
+    assert [r.status for r in world.fake.requests_for("GET", "/v2/account")] == [200, 429]   # connect, no resend
+    assert not [r for r in caplog.records if "rate limited, retry" in r.getMessage()]       # no wait scheduled
 
 
 async def test_a_server_error_is_broker_unavailable(world):
@@ -231,14 +231,16 @@ async def test_a_refused_order_carries_alpacas_reason(world, refusal):
     assert await broker.get_order_by_client_id(err.value.client_order_id) is None
 
 
-async def test_a_timed_out_order_is_found_by_client_id_not_sent_again(world):
-    broker = await world.connect(config=AlpacaConfig(timeout_seconds=0.5))
+async def test_a_timed_out_order_is_found_by_client_id_not_sent_again(world, caplog):
+    broker = await world.connect(timeout_seconds=0.5)
     symbol = us_symbols()[0]
     world.fake.delay_next(1.5, match="POST /v2/orders")     # the order is placed at once; the answer waits
-    started = time.monotonic()
     request = market_buy(world, symbol, 3, "slow")
-    result = await broker.place_order(request)
-    assert time.monotonic() - started < 1.4                  # it did not wait for the late answer
+    with caplog.at_level("WARNING", logger="brokers.alpaca"):
+        result = await broker.place_order(request)
+    # it gave up on the answer at the configured timeout and found the order instead of waiting or resending
+    assert f"order {request.client_order_id}: no answer within 0.5 s" in caplog.text
+    assert "but the order is at Alpaca: filled" in caplog.text
     assert result.status is OrderStatus.FILLED and result.filled_quantity == 3
     assert len(world.posts()) == 1
     lookups = world.fake.requests_for("GET", "/v2/orders:by_client_order_id")
@@ -403,8 +405,13 @@ def test_from_settings_refuses_a_live_endpoint_on_a_paper_config_and_a_non_us_ma
         AlpacaBroker.from_settings(hk)
 
 
-def test_the_adapter_never_imports_from_tests():
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "brokers" / "alpaca.py").read_text())
-    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in modules if m == "tests" or m.startswith("tests.")]
+def test_the_adapter_never_imports_from_tests_or_from_layers_above_brokers():
+    package = Path(__file__).resolve().parents[1] / "brokers" / "alpaca"
+    above = ("tests", "data", "execution", "engines", "runtime", "replay", "tool_executor", "safety")
+    files = sorted(package.glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "client.py", "mapping.py", "sdk.py"}
+    for path in files:
+        tree = ast.parse(path.read_text())
+        modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in modules if m.split(".")[0] in above], path.name

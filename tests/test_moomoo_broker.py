@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -129,13 +129,12 @@ class TestMoomooPaperAccountConformance(TestMoomooConformance):
 
 # ---------------------------------------------------------------- the gateway's failure modes
 
-async def test_connect_without_opend_fails_within_the_timeout_with_the_seed_message(tmp_path):
+async def test_connect_without_opend_fails_with_the_seed_message(tmp_path):
+    """How long it takes (within connect_timeout_seconds) is measured by bench/bench_broker_timeouts.py."""
     broker = MoomooBroker(MoomooConfig(port=closed_port(), connect_timeout_seconds=1), log_dir=tmp_path,
                           clock=SimulatedClock(OPEN_AT), calendar=CALENDAR)
-    started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as err:
         await broker.connect()
-    assert time.monotonic() - started < 3
     assert str(err.value).startswith(NOT_RUNNING)
     assert f"127.0.0.1:{broker.config.port}" in str(err.value)
     stuck = [t for t in threading.enumerate() if t.name.startswith("moomoo-connect") and not t.daemon]
@@ -149,11 +148,11 @@ def test_a_process_that_found_no_opend_exits_and_logs_only_under_our_log_dir(tmp
     script = f"""
 import asyncio, sys
 sys.path.insert(0, {str(ROOT)!r})
-from brokers.base import BrokerUnavailable
+from core.errors import BrokerUnavailable
 from brokers.moomoo import MoomooBroker
-from clock import RealClock
-from config import MoomooConfig
-from data.calendar import MarketCalendar
+from core.clock import RealClock
+from core.settings import MoomooConfig
+from core.calendar import MarketCalendar
 async def main():
     b = MoomooBroker(MoomooConfig(port={closed_port()}, connect_timeout_seconds=1), log_dir={str(logs)!r},
                      clock=RealClock(), calendar=MarketCalendar("HKEX"))
@@ -163,11 +162,9 @@ async def main():
         print("UNAVAILABLE", exc)
 asyncio.run(main())
 """
-    started = time.monotonic()
     out = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
-    assert time.monotonic() - started < 30
+    assert out.returncode == 0, out.stderr                # it exited by itself: no connect thread kept it alive
     assert f"UNAVAILABLE {NOT_RUNNING}" in out.stdout
     assert "Connect fail" not in out.stdout               # the SDK's console lines stay out of our stdout
     assert list(home.rglob("*")) == []                    # nothing under $HOME
@@ -186,14 +183,15 @@ async def test_a_dropped_connection_is_survived_after_the_sdk_reconnects(world):
     broker = await world.connect()
     before = (await broker.get_account()).cash
     world.fake.drop_connections()
-    deadline = time.monotonic() + 10
-    while True:
+    for _ in range(5):                                            # a call may fail while the SDK reconnects
         try:
             acct = await broker.get_account()
             break
-        except BrokerUnavailable:
-            assert time.monotonic() < deadline, "no recovery after the drop"
+        except BrokerUnavailable as exc:
+            assert f"({world.fake.host}:{world.fake.port})" in str(exc)
             await asyncio.sleep(0.2)
+    else:
+        pytest.fail("no recovery after the drop in 5 calls")
     assert acct.cash == before
     assert len(world.fake.requests_for(P_INIT_CONNECT)) >= 4       # both contexts connected twice
     assert len(world.fake.requests_for(P_SUB_ACC_PUSH)) >= 2       # and order pushes were asked for again
@@ -204,10 +202,9 @@ async def test_a_dropped_connection_is_survived_after_the_sdk_reconnects(world):
 async def test_an_opend_that_stays_down_gives_a_clear_broker_unavailable(world):
     broker = await world.connect(connect_timeout=1, request_timeout=3)
     await asyncio.to_thread(world.fake.stop)
-    started = time.monotonic()
-    with pytest.raises(BrokerUnavailable, match=f"{world.fake.host}:{world.fake.port}"):
+    where = re.escape(f"({world.fake.host}:{world.fake.port})")
+    with pytest.raises(BrokerUnavailable, match=rf"^moomoo accinfo_query: .+ {where}$"):   # the call and the gateway
         await broker.get_account()
-    assert time.monotonic() - started < 6
 
 
 async def test_a_refused_order_carries_opends_reason(world):

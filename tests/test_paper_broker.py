@@ -145,9 +145,9 @@ async def test_account_is_shared_with_another_process(pool, pg_url, agent_id, tm
 import asyncio, json, sys
 sys.path.insert(0, {str(ROOT)!r})
 from datetime import datetime, timezone
-import database
+from runtime import database
 from tests.test_paper_broker import make_broker, OPEN_AT
-from clock import SimulatedClock
+from core.clock import SimulatedClock
 async def main():
     pool = await database.create_pool({pg_url!r})
     b = await make_broker(pool, {agent_id!r}, SimulatedClock(OPEN_AT))

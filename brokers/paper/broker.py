@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from core.account import Account, Position
 from core.instruments import Bar, Instrument, Quote, Timeframe
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     import asyncpg
 
     from core.calendar import MarketCalendar
-    from data.source import MarketDataSource
 
 # Book depth at the touch, for an order that is marketable when placed: this many minutes of recent volume.
 DEPTH_MINUTES = 5
@@ -55,6 +54,19 @@ _OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) F
                         AND status IN ('submitted', 'partially_filled')) AS buys"""
 
 
+class PaperMarket(Protocol):
+    """What the paper exchange needs of a market (injected: data.source.MarketDataSource, SimulatedMarket and
+    the bar files all fit): instruments, the quote as of an instant, completed bars."""
+
+    def instrument(self, symbol: str) -> Instrument:
+        """One instrument; an unknown symbol raises a KeyError (`core.errors.UnknownSymbol`)."""
+        ...
+
+    def quote(self, symbol: str, at: datetime) -> Quote: ...
+
+    def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]: ...
+
+
 @dataclass
 class _Fill:
     quantity: int
@@ -66,7 +78,7 @@ class PaperBroker(BrokerClient):
     name = "paper"
     environment = "paper"
 
-    def __init__(self, pool: "asyncpg.Pool", market: "MarketDataSource", clock: Clock,
+    def __init__(self, pool: "asyncpg.Pool", market: PaperMarket, clock: Clock,
                  calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig) -> None:
         self.pool = pool
         self.market = market
@@ -78,7 +90,7 @@ class PaperBroker(BrokerClient):
         self._matched_minute: datetime | None = None    # resting orders are matched up to this minute
 
     # ------------------------------------------------------------ lifecycle
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         try:
             await self.pool.execute(
                 "INSERT INTO paper_accounts (agent_id, currency, cash, initial_cash) VALUES ($1, $2, $3, $3) "
@@ -86,29 +98,29 @@ class PaperBroker(BrokerClient):
         except OSError as exc:
             raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
 
-    async def disconnect(self) -> None:
+    async def _disconnect(self) -> None:
         return None  # the pool belongs to the caller
 
     # ------------------------------------------------------------ market data
-    async def get_instrument(self, symbol: str) -> Instrument:
+    async def _get_instrument(self, symbol: str) -> Instrument:
         try:
             return self.market.instrument(symbol)
         except KeyError:
             raise InvalidRequest(f"unknown symbol {symbol!r}") from None
 
-    async def get_quote(self, symbol: str) -> Quote:
-        await self.get_instrument(symbol)
+    async def _get_quote(self, symbol: str) -> Quote:
+        await self._get_instrument(symbol)
         return self.market.quote(symbol, self.clock.now())
 
-    async def get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
-        await self.get_instrument(symbol)
+    async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        await self._get_instrument(symbol)
         return self.market.bars(symbol, timeframe, start, min(end, self.clock.now()))
 
     # ------------------------------------------------------------ account
-    async def get_account(self) -> Account:
-        return (await self.get_account_and_positions())[0]
+    async def _get_account(self) -> Account:
+        return (await self._get_account_and_positions())[0]
 
-    async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
+    async def _get_account_and_positions(self) -> tuple[Account, list[Position]]:
         """Cash, holdings and open buy orders in one statement: one consistent view, no lock."""
         now = await self._catch_up()
         row = await self._fetchrow(
@@ -127,11 +139,11 @@ class PaperBroker(BrokerClient):
                           equity=cash + value)
         return account, positions
 
-    async def get_positions(self) -> list[Position]:
-        return (await self.get_account_and_positions())[1]
+    async def _get_positions(self) -> list[Position]:
+        return (await self._get_account_and_positions())[1]
 
     # ------------------------------------------------------------ orders
-    async def place_order(self, order: OrderRequest) -> OrderResult:
+    async def _place_order(self, order: OrderRequest) -> OrderResult:
         async with self._locked() as (conn, now):
             existing = await self._order_row(conn, order.client_order_id)
             if existing is None:
@@ -144,7 +156,7 @@ class PaperBroker(BrokerClient):
             raise OrderRejected(result.reason or "rejected", client_order_id=order.client_order_id)
         return result
 
-    async def cancel_order(self, order_id: str) -> bool:
+    async def _cancel_order(self, order_id: str) -> bool:
         async with self._locked() as (conn, now):
             row = await self._order_row(conn, order_id)
             if row is None:
@@ -156,13 +168,13 @@ class PaperBroker(BrokerClient):
                 return True
             return row["status"] == "cancelled"
 
-    async def get_orders(self, *, open_only: bool = False) -> list[OrderResult]:
+    async def _get_orders(self, *, open_only: bool) -> list[OrderResult]:
         await self._catch_up()
         rows = await self._fetch(_RESULTS + ("AND o.status IN ('submitted', 'partially_filled') " if open_only else "")
                                  + "ORDER BY o.submitted_at, o.broker_order_id", self.account_id)
         return [self._to_result(r) for r in rows]
 
-    async def get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
+    async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
         await self._catch_up()
         row = await self._fetchrow(_RESULTS + "AND o.client_order_id = $2", self.account_id, client_order_id)
         return None if row is None else self._to_result(row)

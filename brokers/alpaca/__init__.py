@@ -1,0 +1,15 @@
+"""Alpaca (US equities) behind `BrokerClient`, through the official alpaca-py SDK.
+
+Endpoints: orders and account through `TradingClient` (Alpaca's paper endpoint unless config `alpaca.paper` is
+false; ALPACA_BASE_URL overrides it), bars and quotes through `StockHistoricalDataClient` (ALPACA_DATA_URL
+overrides https://data.alpaca.markets; the feed is config `alpaca.data_feed`).
+
+    client.py   AlpacaBroker: the port's hooks, order entry and lookups, fills from FILL activities
+    mapping.py  pure translation alpaca-py objects <-> core values: the status table, orders, fills, quotes, bars
+    sdk.py      the SDK contained: imports, worker threads, timeouts, 429 retries, error translation, endpoints
+"""
+from brokers.alpaca.client import AlpacaBroker
+from brokers.alpaca.mapping import STATUS_MAP, map_status
+from brokers.alpaca.sdk import LIVE_URL, PAPER_URL, AlpacaRefused
+
+__all__ = ["AlpacaBroker", "AlpacaRefused", "LIVE_URL", "PAPER_URL", "STATUS_MAP", "map_status"]

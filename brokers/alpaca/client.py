@@ -1,0 +1,357 @@
+"""`AlpacaBroker`: Alpaca (US equities) behind `BrokerClient`, through the official alpaca-py SDK.
+
+Fills are read from the account's FILL activities (GET /v2/account/activities/FILL). Every process reads the same
+list, so the order path's dedupe by broker fill id counts each share exactly once. Fills are not synthesised from
+the order's cumulative filled_qty ("<order id>-<filled_qty>" per observed change): two processes that saw
+different steps (A saw 100 then 300, B only 300) would record the same id with different quantities, or
+different ids for the same shares (A's "-100" plus B's "-300" = 400 shares for 300 filled).
+
+Orders are DAY orders, whole shares, our client_order_id sent and used for every lookup
+(GET /v2/orders:by_client_order_id). Before the network: a sub-penny limit price (core/ticks.py "us") is refused
+with OrderRejected, a market order outside the session is refused as the paper broker does (Alpaca would queue
+it for the next open), and a sell larger than the position's unencumbered shares is refused (short selling is
+not supported; Alpaca would open a short on a margin account). A repeated client_order_id returns the existing
+order (Alpaca answers "client_order_id must be unique"). When the answer to an order is lost (timeout, dropped
+connection, 5xx) the order is looked up by client_order_id before anything is concluded: never sent twice.
+A refused order (403 insufficient buying power, 422 invalid ...) -> OrderRejected with Alpaca's message.
+
+Bars, like every bar, are returned only once complete by the clock.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Sequence
+
+from brokers.alpaca import mapping
+from brokers.alpaca.sdk import (LIVE_URL, PAPER_URL, AlpacaRefused, AlpacaSession, AnswerLost, NotFound,
+                                check_endpoint, clean_url)
+from brokers.base import BrokerClient
+from core.account import Account, Position
+from core.clock import Clock, RealClock
+from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from core.settings import AlpacaConfig, ConfigError
+from core.ticks import is_on_tick, round_to_tick
+
+if TYPE_CHECKING:
+    from core.calendar import MarketCalendar
+    from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+US_EXCHANGES = ("NYSE", "NASDAQ")
+ORDERS_PAGE = 500                 # Alpaca's maximum `limit` for GET /v2/orders
+ACTIVITIES_PAGE = 100             # ... and `page_size` for account activities
+SNAPSHOTS_PER_REQUEST = 200
+DUPLICATE_ID = "client_order_id must be unique"
+_CANCELLING = (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING)
+
+
+class AlpacaBroker(BrokerClient):
+    name = "alpaca"
+
+    def __init__(self, config: AlpacaConfig, *, api_key: str, secret_key: str, base_url: str | None = None,
+                 data_url: str | None = None, clock: Clock | None = None, calendar: "MarketCalendar | None" = None,
+                 retry_attempts: int = 3, max_retry_wait_seconds: float = 10.0) -> None:
+        if not api_key or not secret_key:
+            raise ConfigError("broker alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
+        from core.calendar import MarketCalendar
+        self.config = config
+        self.environment = "paper" if config.paper else "live"
+        self.base_url = clean_url(base_url) or (PAPER_URL if config.paper else LIVE_URL)
+        self.data_url = clean_url(data_url)
+        self.clock = clock or RealClock()
+        self.calendar = calendar or MarketCalendar("NYSE")
+        self._session = AlpacaSession(config, api_key=api_key, secret_key=secret_key, base_url=self.base_url,
+                                      data_url=self.data_url, retry_attempts=retry_attempts,
+                                      max_retry_wait_seconds=max_retry_wait_seconds)
+        self._instruments: dict[str, Instrument] = {}
+        self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
+
+    def __repr__(self) -> str:  # never the keys
+        return f"AlpacaBroker({self.environment}, {self.base_url}, data={self.data_url or 'default'})"
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", *, clock: Clock | None = None,
+                      calendar: "MarketCalendar | None" = None) -> "AlpacaBroker":
+        """From config `alpaca:` and .env: ALPACA_API_KEY, ALPACA_SECRET_KEY (required), ALPACA_BASE_URL (trading
+        endpoint), ALPACA_DATA_URL (market data endpoint)."""
+        from core.calendar import MarketCalendar
+        env, config = settings.env, settings.config.alpaca
+        missing = [k for k in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if not env.get(k)]
+        if missing:
+            raise ConfigError(f"broker alpaca needs {' and '.join(missing)} in .env or the environment (API keys "
+                              f"from the Alpaca dashboard: paper keys while alpaca.paper is true)")
+        exchange = settings.config.market.exchange
+        if exchange not in US_EXCHANGES:
+            raise ConfigError(f"{settings.config_path}: broker alpaca trades US equities, but market.exchange is "
+                              f"{exchange}; use NYSE or NASDAQ")
+        base_url = env.get("ALPACA_BASE_URL")
+        check_endpoint(base_url, config.paper)
+        return cls(config, api_key=env.get("ALPACA_API_KEY"), secret_key=env.get("ALPACA_SECRET_KEY"),
+                   base_url=base_url, data_url=env.get("ALPACA_DATA_URL"), clock=clock,
+                   calendar=calendar or MarketCalendar(exchange))
+
+    # ------------------------------------------------------------ lifecycle
+    async def _connect(self) -> None:
+        """Build the SDK clients and check the keys against the account endpoint."""
+        await self._session.open()
+        await self._get_account()
+
+    async def _disconnect(self) -> None:
+        self._session.close()
+
+    # ------------------------------------------------------------ market data
+    async def _get_instrument(self, symbol: str) -> Instrument:
+        known = self._instruments.get(symbol)
+        if known is not None:
+            return known
+        _, trading, _ = self._session.clients()
+        try:
+            asset = await self._session.call(f"asset {symbol}", trading.get_asset, symbol)
+        except NotFound:
+            raise InvalidRequest(f"unknown symbol {symbol!r}: Alpaca has no such asset") from None
+        if mapping.value(asset.asset_class) != "us_equity":
+            raise InvalidRequest(f"{symbol} is a {mapping.value(asset.asset_class)} asset; only US equities are "
+                                 f"supported")
+        inst = self._instruments[symbol] = mapping.instrument(asset)
+        return inst
+
+    async def _get_quote(self, symbol: str) -> Quote:
+        snaps = await self._snapshots([symbol])
+        if symbol not in snaps:
+            raise InvalidRequest(f"unknown symbol {symbol!r}: Alpaca has no market data for it")
+        quote = mapping.quote(symbol, snaps[symbol])
+        if quote is None:
+            raise BrokerUnavailable(f"alpaca: no two-sided quote for {symbol} on the {self.config.data_feed} feed "
+                                    f"right now")
+        return quote
+
+    async def _get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """One snapshot request per SNAPSHOTS_PER_REQUEST symbols; a symbol without a usable quote is left out."""
+        out: dict[str, Quote] = {}
+        wanted = list(dict.fromkeys(symbols))
+        for i in range(0, len(wanted), SNAPSHOTS_PER_REQUEST):
+            chunk = wanted[i:i + SNAPSHOTS_PER_REQUEST]
+            try:
+                snaps = await self._snapshots(chunk)
+            except AlpacaRefused as exc:        # one bad symbol refuses the batch: ask one by one
+                log.warning("alpaca quotes for %d symbols: %s; asking one by one", len(chunk), exc)
+                snaps = {}
+                for symbol in chunk:
+                    try:
+                        snaps.update(await self._snapshots([symbol]))
+                    except BrokerError:
+                        continue
+            except BrokerError as exc:
+                log.warning("alpaca quotes for %d symbols: %s", len(chunk), exc)
+                continue
+            for symbol, snap in snaps.items():
+                quote = mapping.quote(symbol, snap)
+                if quote is not None:
+                    out[symbol] = quote
+        return out
+
+    async def _snapshots(self, symbols: list[str]) -> dict[str, Any]:
+        sdk, _, data = self._session.clients()
+        request = sdk.StockSnapshotRequest(symbol_or_symbols=symbols, feed=sdk.DataFeed(self.config.data_feed))
+        return await self._session.call("snapshots", data.get_stock_snapshot, request)
+
+    async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        if timeframe not in mapping.TIMEFRAMES:
+            raise InvalidRequest(f"unknown timeframe {timeframe!r}; expected one of "
+                                 f"{', '.join(mapping.TIMEFRAMES)}")
+        end = min(end, self.clock.now())
+        if end <= start:
+            return []
+        await self._get_instrument(symbol)                      # an unknown symbol is an error, not []
+        sdk, _, data = self._session.clients()
+        amount, unit, _ = mapping.TIMEFRAMES[timeframe]
+        # Alpaca stamps a daily bar at midnight New York, before the session open we filter on: ask a day early.
+        ask_from = start - timedelta(days=1) if timeframe == "1d" else start
+        frame = sdk.TimeFrame(amount, sdk.TimeFrameUnit[unit])
+        request = sdk.StockBarsRequest(symbol_or_symbols=symbol, timeframe=frame, start=ask_from, end=end,
+                                       feed=sdk.DataFeed(self.config.data_feed), adjustment=sdk.Adjustment.SPLIT)
+        barset = await self._session.call(f"{timeframe} bars {symbol}", data.get_stock_bars, request)
+        out = []
+        for raw in barset.data.get(symbol, []):
+            bar, complete_at = mapping.bar(symbol, raw, timeframe, self.calendar)
+            if start <= bar.start < end and complete_at <= end:
+                out.append(bar)
+        return sorted(out, key=lambda b: b.start)
+
+    # ------------------------------------------------------------ account
+    async def _get_account(self) -> Account:
+        _, trading, _ = self._session.clients()
+        return mapping.account(await self._session.call("account", trading.get_account))
+
+    async def _get_positions(self) -> list[Position]:
+        """Long positions as positive share counts; a short one (opened outside Catalyst) shows negative."""
+        _, trading, _ = self._session.clients()
+        rows = await self._session.call("positions", trading.get_all_positions)
+        return [mapping.position(p) for p in rows if mapping.value(p.asset_class) == "us_equity"]
+
+    # ------------------------------------------------------------ orders
+    async def _place_order(self, order: OrderRequest) -> OrderResult:
+        self._refuse_before_sending(order)
+        if order.side is OrderSide.SELL:
+            repeat = await self._check_sellable(order)
+            if repeat is not None:
+                return repeat
+        sdk, trading, _ = self._session.clients()
+        coid = order.client_order_id
+        try:
+            raw = await self._session.call(f"order {coid}", trading.submit_order, mapping.order_request(sdk, order),
+                                   resend=False, entry=True)
+        except AlpacaRefused as exc:
+            if DUPLICATE_ID in exc.message.lower():
+                existing = await self._get_order_by_client_id(coid)
+                if existing is not None:
+                    return existing
+            raise OrderRejected(f"{exc.message} (Alpaca HTTP {exc.status})", client_order_id=coid) from exc
+        except AnswerLost as exc:
+            return await self._after_lost_answer(coid, exc)
+        result = await self._result(raw)
+        if result.status is OrderStatus.REJECTED:
+            raise OrderRejected(result.reason or "rejected by Alpaca", client_order_id=coid)
+        return result
+
+    def _refuse_before_sending(self, order: OrderRequest) -> None:
+        price = order.limit_price
+        if price is not None and not is_on_tick(price, "us"):
+            raise OrderRejected(
+                f"limit price {price} is not on the US tick grid for {order.symbol} (sub-penny: $0.01 steps at or "
+                f"above $1, $0.0001 below; nearest valid: {round_to_tick(price, 'us', 'down')} or "
+                f"{round_to_tick(price, 'us', 'up')}); not sent to Alpaca", client_order_id=order.client_order_id)
+        if order.order_type is OrderType.MARKET:
+            state = self.calendar.state(self.clock.now())
+            if not state.is_open:
+                raise OrderRejected(f"market closed ({state.status}); market orders are accepted only during "
+                                    f"trading hours; next open {state.next_open.isoformat()}",
+                                    client_order_id=order.client_order_id)
+
+    async def _check_sellable(self, order: OrderRequest) -> OrderResult | None:
+        """None when the position covers the sell; the existing order when this is a repeat; else OrderRejected."""
+        _, trading, _ = self._session.clients()
+        try:
+            pos = await self._session.call(f"position {order.symbol}", trading.get_open_position, order.symbol)
+        except NotFound:
+            pos = None
+        held = mapping.shares(pos.qty) if pos is not None else 0
+        free = mapping.shares(pos.qty_available) if pos is not None and pos.qty_available is not None else held
+        if order.quantity <= free:
+            return None
+        existing = await self._get_order_by_client_id(order.client_order_id)
+        if existing is not None:
+            return existing
+        raise OrderRejected(f"cannot sell {order.quantity} {order.symbol}: {held} held, {held - free} already in "
+                            f"open sell orders (short selling is not supported)",
+                            client_order_id=order.client_order_id)
+
+    async def _after_lost_answer(self, coid: str, lost: BrokerUnavailable) -> OrderResult:
+        """The order may or may not have reached Alpaca: ask by client_order_id instead of guessing."""
+        try:
+            found = await self._get_order_by_client_id(coid)
+        except BrokerError as exc:
+            raise BrokerUnavailable(f"{lost}; looking the order up by client_order_id {coid} failed too ({exc}): "
+                                    f"reconcile before resending") from lost
+        if found is None:
+            raise BrokerUnavailable(f"{lost}; Alpaca has no order {coid} (yet), so treat it as not placed: "
+                                    f"resending the same client_order_id cannot make a second order") from lost
+        log.warning("alpaca order %s: the answer was lost (%s) but the order is at Alpaca: %s", coid, lost,
+                    found.status.value)
+        return found
+
+    async def _cancel_order(self, order_id: str) -> bool:
+        raw = await self._raw_order(order_id)
+        if raw is None:
+            return False
+        status = mapping.order_status(raw)
+        if status in _CANCELLING:
+            return True
+        if status.is_terminal:
+            return False
+        _, trading, _ = self._session.clients()
+        try:
+            await self._session.call(f"cancel {order_id}", trading.cancel_order_by_id, raw.id)
+        except NotFound:
+            return False
+        except AlpacaRefused:                    # 422 not cancelable: it filled or finished meanwhile
+            raw = await self._raw_order(order_id)
+            return raw is not None and mapping.order_status(raw) in _CANCELLING
+        return True
+
+    async def _get_orders(self, *, open_only: bool) -> list[OrderResult]:
+        raws = await self._list_orders("open" if open_only else "all")
+        fills = await self._fills_for(raws)
+        return [mapping.order_result(r, fills.get(str(r.id), [])) for r in raws]
+
+    async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
+        raw = await self._raw_order(client_order_id)
+        return None if raw is None else await self._result(raw)
+
+    # ------------------------------------------------------------ order internals
+    async def _raw_order(self, client_order_id: str) -> Any | None:
+        _, trading, _ = self._session.clients()
+        try:
+            return await self._session.call(f"order {client_order_id}", trading.get_order_by_client_id, client_order_id)
+        except NotFound:
+            return None
+
+    async def _result(self, raw: Any) -> OrderResult:
+        fills = await self._fills_for([raw])
+        return mapping.order_result(raw, fills.get(str(raw.id), []))
+
+    async def _list_orders(self, status: str) -> list[Any]:
+        """Every order in `status` (open | all), oldest first, paging forward on submitted_at."""
+        sdk, trading, _ = self._session.clients()
+        seen: dict[str, Any] = {}
+        after = None
+        while True:
+            request = sdk.GetOrdersRequest(status=sdk.QueryOrderStatus(status), limit=ORDERS_PAGE,
+                                           direction=sdk.Sort.ASC, nested=False, after=after)
+            page = await self._session.call(f"{status} orders", trading.get_orders, request)
+            new = [o for o in page if str(o.id) not in seen]
+            seen.update((str(o.id), o) for o in new)
+            if len(page) < ORDERS_PAGE or not new:
+                break
+            after = max(o.submitted_at for o in page) - timedelta(microseconds=1)   # `after` is exclusive
+        usable = [o for o in seen.values() if o.symbol and o.qty is not None]
+        return sorted(usable, key=lambda o: (o.submitted_at, str(o.id)))
+
+    async def _fills_for(self, raws: list[Any]) -> dict[str, list[Fill]]:
+        """Executions per broker order id, from the FILL activities since the earliest of these orders."""
+        want = {str(r.id): r for r in raws if mapping.shares(r.filled_qty or 0) > 0}
+        out = {oid: self._fills[oid] for oid in want if oid in self._fills}
+        missing = [r for oid, r in want.items() if oid not in out]
+        if not missing:
+            return out
+        since = min(r.submitted_at or r.created_at for r in missing) - timedelta(minutes=1)
+        found: dict[str, list[Fill]] = {str(r.id): [] for r in missing}
+        by_id = {str(r.id): r for r in missing}
+        for act in await self._fill_activities(since):
+            oid = str(act.get("order_id"))
+            if oid in found:
+                found[oid].append(mapping.fill(act, by_id[oid]))
+        for oid, fills in found.items():
+            raw = by_id[oid]
+            if (mapping.order_status(raw).is_terminal
+                    and sum(f.quantity for f in fills) == mapping.shares(raw.filled_qty)):
+                self._fills[oid] = fills                     # a finished order's executions never change
+        return {**out, **found}
+
+    async def _fill_activities(self, since: datetime) -> list[dict[str, Any]]:
+        _, trading, _ = self._session.clients()
+        params: dict[str, Any] = {"after": since.astimezone(timezone.utc).isoformat(), "direction": "asc",
+                                  "page_size": ACTIVITIES_PAGE}
+        out: list[dict[str, Any]] = []
+        while True:
+            page = await self._session.call("fill activities", trading.get, "/account/activities/FILL", dict(params))
+            if not isinstance(page, list):
+                raise BrokerUnavailable(f"alpaca: fill activities: expected a list, got {type(page).__name__}")
+            out.extend(page)
+            if len(page) < ACTIVITIES_PAGE:
+                return out
+            params["page_token"] = page[-1]["id"]

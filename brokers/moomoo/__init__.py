@@ -1,0 +1,14 @@
+"""Moomoo (Futu) through the OpenD gateway: a `BrokerClient` over the moomoo-api SDK, HKEX securities only.
+
+    client.py   MoomooBroker: the port's hooks, order entry by remark, fills (REAL deals / SIMULATE board lots)
+    book.py     what we know about our orders, merged monotonically from queries and pushes (thread-safe)
+    mapping.py  pure translation OpenD rows <-> core values: symbols, the status table, orders, deals, quotes
+    sdk.py      the SDK contained: its import side effects, the two contexts, worker threads, timeouts,
+                reconnects, error classification, push handlers
+"""
+from brokers.moomoo.client import MoomooBroker
+from brokers.moomoo.mapping import STATUS_MAP, from_moomoo_code, map_status, to_moomoo_code
+from brokers.moomoo.sdk import NOT_RUNNING, load_sdk
+
+__all__ = ["MoomooBroker", "NOT_RUNNING", "STATUS_MAP", "from_moomoo_code", "load_sdk", "map_status",
+           "to_moomoo_code"]

@@ -1,0 +1,403 @@
+"""`MoomooBroker`: Moomoo (Futu) through the OpenD gateway, a `BrokerClient` over moomoo-api, HKEX securities only.
+
+The trading environment is SIMULATE (moomoo's paper account) unless the config says `trade_env: real`; then
+`unlock_trade` runs with MOOMOO_TRADE_PASSWORD from `.env` (missing -> ConfigError).
+
+Our client_order_id travels in the order's `remark` (OpenD has no client id field; at most 64 UTF-8 bytes).
+`place_order` first looks for the remark in today's orders (idempotency); after a timeout or a lost connection
+it looks again before giving up, so an order is never sent twice. `get_order_by_client_id` scans today's orders,
+then the last 90 days of history. What we know about an order is merged from queries and pushes (`book.py`).
+
+Fills: in the REAL environment from `deal_list_query` and deal pushes, `fill_id` = OpenD's deal id, fees from
+`order_fee_query` (order level; OpenD has no per-deal fee, so `Fill.fee` is 0). OpenD's paper accounts answer
+neither deals nor fees, so in SIMULATE fills are derived from the order's filled quantity, one per board lot
+(`fill_id` "<order id>-L<n>"): every process sees the same ids for the same shares, so nothing is counted twice;
+fees are 0.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from brokers.base import BrokerClient
+from brokers.moomoo import mapping
+from brokers.moomoo.book import OrderBook
+from brokers.moomoo.mapping import HKT, KLINE_TYPES, OrderView, to_moomoo_code
+from brokers.moomoo.sdk import OpenDSession, push_handlers
+from core.account import Account, Position
+from core.clock import Clock, RealClock
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.instruments import Bar, Instrument, Quote, Timeframe
+from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from core.settings import ConfigError, MoomooConfig
+from core.ticks import is_on_tick, round_to_tick
+
+if TYPE_CHECKING:
+    from core.calendar import MarketCalendar
+    from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REMARK_MAX_BYTES = 64
+HISTORY_DAYS = 90
+PRICE_Q = Decimal("0.000001")
+_UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
+
+
+class MoomooBroker(BrokerClient):
+    name = "moomoo"
+
+    def __init__(self, config: MoomooConfig, *, log_dir: Path | str, clock: Clock, calendar: "MarketCalendar",
+                 trade_password: str | None = None, request_timeout_seconds: float = 15.0,
+                 reconnect_interval_seconds: float = 6.0) -> None:
+        if config.trade_env == "real" and not trade_password:
+            raise ConfigError("MOOMOO_TRADE_PASSWORD is not set: moomoo.trade_env is 'real', and OpenD needs the "
+                              "trade password to unlock trading (put it in .env)")
+        self.config = config
+        self.environment = config.trade_env
+        self.log_dir = Path(log_dir)
+        self.clock = clock
+        self.calendar = calendar
+        self._password = trade_password
+        self._opend = OpenDSession(config, log_dir=self.log_dir, request_timeout_seconds=request_timeout_seconds,
+                                   reconnect_interval_seconds=reconnect_interval_seconds)
+        self._acc_id = 0
+        self._book = OrderBook()
+        self._instruments: dict[str, Instrument] = {}
+        self._sim_fills: dict[str, list[Fill]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", *, clock: Clock | None = None,
+                      calendar: "MarketCalendar | None" = None) -> "MoomooBroker":
+        """From config `moomoo:` (MOOMOO_HOST / MOOMOO_PORT in the environment override host and port), the trade
+        password from MOOMOO_TRADE_PASSWORD, SDK logs under `settings.log_dir / "moomoo"`."""
+        from core.calendar import MarketCalendar
+        config = settings.config.moomoo
+        changes: dict[str, Any] = {}
+        if settings.env.get("MOOMOO_HOST"):
+            changes["host"] = settings.env.get("MOOMOO_HOST")
+        if settings.env.get("MOOMOO_PORT"):
+            port = settings.env.get("MOOMOO_PORT")
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"MOOMOO_PORT must be a TCP port number 1..65535 (got {port!r})")
+            changes["port"] = int(port)
+        return cls(config.model_copy(update=changes), log_dir=settings.log_dir, clock=clock or RealClock(),
+                   calendar=calendar or MarketCalendar("HKEX"),
+                   trade_password=settings.env.get("MOOMOO_TRADE_PASSWORD"),
+                   request_timeout_seconds=config.request_timeout_seconds)
+
+    # ------------------------------------------------------------ lifecycle
+    async def _connect(self) -> None:
+        if self._opend.is_open:
+            return
+        await self._opend.open()
+        try:
+            for handler in push_handlers(self._opend.sdk, account_id=lambda: self._acc_id,
+                                         on_order=self._on_order_push, on_deal=self._on_deal_push):
+                self._t().set_handler(handler)
+            self._acc_id = await self._pick_account()
+            if self.environment == "real":
+                try:
+                    await self._opend.call("unlock_trade", self._t().unlock_trade, password=self._password)
+                except BrokerUnavailable as exc:
+                    raise BrokerUnavailable(f"{exc} (check MOOMOO_TRADE_PASSWORD)") from None
+        except BaseException:
+            await self._disconnect()
+            raise
+
+    async def _disconnect(self) -> None:
+        await self._opend.close()
+
+    async def _pick_account(self) -> int:
+        """The first HK securities account of our environment (a paper STOCK account, not the option one)."""
+        env = self._env
+        for row in mapping.records(await self._opend.call("get_acc_list", self._t().get_acc_list)):
+            if row["trd_env"] != env or "HK" not in row["trdmarket_auth"]:
+                continue
+            if env == "SIMULATE" and row["sim_acc_type"] not in ("STOCK", "STOCK_AND_OPTION"):
+                continue
+            return int(row["acc_id"])
+        raise BrokerUnavailable(f"OpenD lists no {env} HK securities account for {self.config.security_firm}")
+
+    def _q(self) -> Any:
+        return self._opend.quote_context()
+
+    def _t(self) -> Any:
+        return self._opend.trade_context()
+
+    def _acc(self) -> dict[str, Any]:
+        return {"trd_env": self._env, "acc_id": self._acc_id}
+
+    @property
+    def _env(self) -> str:
+        return "REAL" if self.environment == "real" else "SIMULATE"
+
+    # ------------------------------------------------------------ market data
+    async def _get_instrument(self, symbol: str) -> Instrument:
+        code = to_moomoo_code(symbol)
+        if code not in self._instruments:
+            await self._snapshots([code])
+        return self._instruments[code]
+
+    async def _snapshots(self, codes: list[str]) -> dict[str, dict[str, Any]]:
+        try:
+            data = await self._opend.call("get_market_snapshot", self._q().get_market_snapshot, codes)
+        except BrokerUnavailable as exc:
+            if any(w in str(exc).lower() for w in _UNKNOWN_SYMBOL_WORDS):
+                raise InvalidRequest(f"unknown symbol: {exc}") from None
+            raise
+        rows = {row["code"]: row for row in mapping.records(data)}
+        for code, row in rows.items():
+            self._instruments[code] = mapping.instrument(code, row)
+        missing = [c for c in codes if c not in rows]
+        if missing:
+            raise InvalidRequest(f"unknown symbol(s) at OpenD: {', '.join(missing)}")
+        return rows
+
+    async def _get_quote(self, symbol: str) -> Quote:
+        code = to_moomoo_code(symbol)
+        return mapping.quote(symbol, (await self._snapshots([code]))[code], self.clock.now())
+
+    async def _get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """One snapshot request per 400 symbols; a batch refused for an unknown symbol is asked one by one, a batch
+        that cannot be answered (OpenD down) is left out."""
+        out: dict[str, Quote] = {}
+        wanted = list(dict.fromkeys(symbols))
+        for i in range(0, len(wanted), 400):
+            chunk = wanted[i:i + 400]
+            try:
+                rows = await self._snapshots([to_moomoo_code(s) for s in chunk])
+                out.update({s: mapping.quote(s, rows[to_moomoo_code(s)], self.clock.now()) for s in chunk})
+            except InvalidRequest:
+                out.update(await super()._get_quotes(chunk))
+            except BrokerUnavailable as exc:
+                log.warning("moomoo quotes for %d symbols unavailable: %s", len(chunk), exc)
+        return out
+
+    async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
+        if timeframe not in KLINE_TYPES:
+            raise InvalidRequest(f"unknown timeframe {timeframe!r}; expected one of {', '.join(KLINE_TYPES)}")
+        ktype, minutes = KLINE_TYPES[timeframe]
+        code = to_moomoo_code(symbol)
+        end = min(end, self.clock.now())
+        if end <= start:
+            return []
+        data = await self._opend.call("request_history_kline", self._q().request_history_kline, code,
+                                      start=start.astimezone(HKT).strftime("%Y-%m-%d"),
+                                      end=end.astimezone(HKT).strftime("%Y-%m-%d"), ktype=ktype, max_count=None)
+        bars = []
+        for row in mapping.records(data):
+            label = mapping.hkt(row["time_key"])
+            begin = mapping.bar_start(label, minutes, self.calendar)
+            if begin is None or not start <= begin < end:
+                continue
+            done_at = label if minutes else self.calendar.session_bounds(self.calendar.local_date(begin))[-1][1]
+            if done_at > end:
+                continue
+            bars.append(Bar(symbol=symbol, start=begin, open=mapping.dec(row["open"]), high=mapping.dec(row["high"]),
+                            low=mapping.dec(row["low"]), close=mapping.dec(row["close"]),
+                            volume=int(float(row["volume"]))))
+        return sorted(bars, key=lambda b: b.start)
+
+    # ------------------------------------------------------------ account
+    async def _get_account(self) -> Account:
+        data = await self._opend.call("accinfo_query", self._t().accinfo_query, currency="HKD", **self._acc())
+        return mapping.account(mapping.records(data)[0])
+
+    async def _get_positions(self) -> list[Position]:
+        data = await self._opend.call("position_list_query", self._t().position_list_query, currency="HKD",
+                                      **self._acc())
+        out = [p for p in map(mapping.position, mapping.records(data)) if p is not None]
+        return sorted(out, key=lambda p: p.symbol)
+
+    # ------------------------------------------------------------ orders
+    async def _place_order(self, order: OrderRequest) -> OrderResult:
+        code = to_moomoo_code(order.symbol)
+        if len(order.client_order_id.encode("utf-8")) > REMARK_MAX_BYTES:
+            raise InvalidRequest(f"client_order_id {order.client_order_id!r} is longer than OpenD's remark "
+                                 f"({REMARK_MAX_BYTES} bytes of UTF-8)")
+        _check_order(order, await self._get_instrument(order.symbol))
+        existing = await self._find(order.client_order_id, history=False)   # orders are day orders
+        if existing is not None:
+            return await self._finish(existing)
+        sdk = self._opend.sdk
+        try:
+            data = await self._opend.call(
+                "place_order", self._t().place_order, price=float(order.limit_price or 0), qty=order.quantity,
+                code=code, trd_side=sdk.TrdSide.BUY if order.side is OrderSide.BUY else sdk.TrdSide.SELL,
+                order_type=sdk.OrderType.MARKET if order.order_type is OrderType.MARKET else sdk.OrderType.NORMAL,
+                remark=order.client_order_id, time_in_force=sdk.TimeInForce.DAY, idempotent=False,
+                order=True, **self._acc())
+        except OrderRejected as exc:
+            raise OrderRejected(exc.reason, client_order_id=order.client_order_id) from None
+        except BrokerUnavailable:
+            found = await self._find(order.client_order_id, history=False)   # lost the reply, not the order?
+            if found is None:
+                raise
+            log.warning("place_order %s: reply lost, found the order by its remark", order.client_order_id)
+            return await self._finish(found)
+        for row in mapping.records(data):      # the SDK's own follow-up query; just {order_id} if that failed
+            if isinstance(row.get("code"), str) and isinstance(row.get("order_status"), str):
+                self._book.merge(mapping.order_view(row))
+        view = self._book.by_remark(order.client_order_id) or await self._find(order.client_order_id,
+                                                                                  history=False)
+        if view is None:
+            raise BrokerUnavailable(f"moomoo place_order {order.client_order_id}: accepted, but OpenD does not "
+                                    "list it yet; reconcile by client_order_id")
+        return await self._finish(view)
+
+    async def _cancel_order(self, order_id: str) -> bool:
+        view = await self._find(order_id)
+        if view is None:
+            return False
+        if view.status.is_terminal:
+            return view.status is OrderStatus.CANCELLED
+        try:
+            await self._opend.call("modify_order(CANCEL)", self._t().modify_order,
+                                   self._opend.sdk.ModifyOrderOp.CANCEL, view.broker_order_id, 0, 0,
+                                   idempotent=False, order=True, **self._acc())
+            accepted = True
+        except OrderRejected as exc:      # e.g. it filled meanwhile
+            log.warning("cancel %s refused by OpenD: %s", order_id, exc.reason)
+            accepted = False
+        now = await self._find(order_id)
+        if now is None:
+            return False
+        if now.status in (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING):
+            return True
+        return accepted and now.status.is_open        # OpenD took the request; the exchange has not answered yet
+
+    async def _get_orders(self, *, open_only: bool) -> list[OrderResult]:
+        views = await self._today_orders()
+        if open_only:
+            views = [v for v in views if v.status.is_open]
+        return await self._results(views)
+
+    async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
+        view = await self._find(client_order_id)
+        return None if view is None else (await self._results([view]))[0]
+
+    # ------------------------------------------------------------ order internals
+    async def _today_orders(self) -> list[OrderView]:
+        data = await self._opend.call("order_list_query", self._t().order_list_query, **self._acc())
+        return [self._book.merge(mapping.order_view(row)) for row in mapping.records(data)]
+
+    async def _history_orders(self) -> list[OrderView]:
+        today = self.clock.now().astimezone(HKT).date()
+        data = await self._opend.call("history_order_list_query", self._t().history_order_list_query,
+                                      start=f"{today - timedelta(days=HISTORY_DAYS)} 00:00:00",
+                                      end=f"{today} 23:59:59", **self._acc())
+        return [self._book.merge(mapping.order_view(row)) for row in mapping.records(data)]
+
+    async def _find(self, client_order_id: str, *, history: bool = True) -> OrderView | None:
+        """Our order by remark: today's orders, then (history=True) the last HISTORY_DAYS days."""
+        for load in (self._today_orders, self._history_orders)[:2 if history else 1]:
+            mine = sorted((v for v in await load() if v.client_order_id == client_order_id),
+                          key=lambda v: (v.submitted_at or datetime.min.replace(tzinfo=timezone.utc)))
+            if len(mine) > 1:
+                log.error("%d moomoo orders carry remark %s; using the first (%s)", len(mine), client_order_id,
+                          mine[0].broker_order_id)
+            if mine:
+                return self._book.merge(mine[0])
+        return None
+
+    async def _finish(self, view: OrderView) -> OrderResult:
+        result = (await self._results([view]))[0]
+        if result.status is OrderStatus.REJECTED:
+            raise OrderRejected(result.reason or "rejected by OpenD", client_order_id=result.client_order_id)
+        return result
+
+    async def _results(self, views: list[OrderView]) -> list[OrderResult]:
+        if not views:
+            return []
+        if self.environment == "real":
+            filled = [v for v in views if self._book.merge(v).filled_quantity > 0]
+            deals = await self._real_deals(filled) if filled else {}
+            fees = await self._real_fees(filled) if filled else {}
+        else:
+            deals = {v.broker_order_id: await self._sim_fills_of(v) for v in views}
+            fees = {}
+        out = []
+        for v in views:
+            v = self._book.merge(v)
+            out.append(OrderResult(
+                client_order_id=v.client_order_id, broker_order_id=v.broker_order_id, symbol=v.symbol, side=v.side,
+                order_type=v.order_type, quantity=v.quantity, limit_price=v.limit_price, status=v.status,
+                filled_quantity=v.filled_quantity, avg_fill_price=v.avg_fill_price,
+                fees=fees.get(v.broker_order_id, Decimal(0)), reason=v.reason, submitted_at=v.submitted_at,
+                updated_at=v.updated_at, fills=tuple(deals.get(v.broker_order_id, ()))))
+        return out
+
+    async def _real_deals(self, views: list[OrderView]) -> dict[str, list[Fill]]:
+        """Deals by order: today's deal list (and history for older orders) plus deals seen by push."""
+        today = self.clock.now().astimezone(HKT).date()
+        rows = mapping.records(await self._opend.call("deal_list_query", self._t().deal_list_query, **self._acc()))
+        oldest = min((v.submitted_at for v in views if v.submitted_at), default=None)
+        if oldest is not None and oldest.astimezone(HKT).date() < today:
+            rows += mapping.records(await self._opend.call(
+                "history_deal_list_query", self._t().history_deal_list_query,
+                start=f"{oldest.astimezone(HKT).date()} 00:00:00", end=f"{today} 23:59:59", **self._acc()))
+        out: dict[str, list[Fill]] = {}
+        for v in views:
+            mine = {str(d["deal_id"]): d for d in rows + self._book.deals_of(v.broker_order_id)
+                    if str(d["order_id"]) == v.broker_order_id and d.get("status") != "CANCELLED"}
+            out[v.broker_order_id] = sorted((mapping.deal_fill(deal_id, d, v) for deal_id, d in mine.items()),
+                                            key=lambda f: (f.timestamp, f.fill_id))
+        return out
+
+    async def _real_fees(self, views: list[OrderView]) -> dict[str, Decimal]:
+        ids = [v.broker_order_id for v in views]
+        fees: dict[str, Decimal] = {}
+        for i in range(0, len(ids), 400):
+            data = await self._opend.call("order_fee_query", self._t().order_fee_query,
+                                          order_id_list=ids[i:i + 400], **self._acc())
+            for row in mapping.records(data):
+                fees[str(row["order_id"])] = mapping.dec(row["fee_amount"]) or Decimal(0)
+        return fees
+
+    async def _sim_fills_of(self, view: OrderView) -> list[Fill]:
+        """Paper accounts report no deals: one fill per board lot of the filled quantity, ids fixed by lot number,
+        each new lot priced so that all fills average to OpenD's average fill price."""
+        view = self._book.merge(view)
+        known = self._sim_fills.setdefault(view.broker_order_id, [])
+        if view.filled_quantity <= sum(f.quantity for f in known) or view.avg_fill_price is None:
+            return list(known)
+        lot = (await self._get_instrument(view.symbol)).lot_size
+        done_qty = sum(f.quantity for f in known)
+        done_value = sum((f.price * f.quantity for f in known), Decimal(0))
+        remaining = view.filled_quantity - done_qty
+        price = ((view.avg_fill_price * view.filled_quantity - done_value) / remaining).quantize(PRICE_Q)
+        when = view.updated_at or self.clock.now()
+        n = len(known)
+        while remaining > 0:              # an odd lot only ever ends the list (HKEX fills in board lots)
+            size, n = min(lot, remaining), n + 1
+            known.append(Fill(fill_id=f"{view.broker_order_id}-L{n}" + ("" if size == lot else f"+{size}"),
+                              client_order_id=view.client_order_id, symbol=view.symbol, side=view.side,
+                              quantity=size, price=price, fee=Decimal(0), timestamp=when))
+            remaining -= size
+        return list(known)
+
+    # ------------------------------------------------------------ pushes (SDK callback thread)
+    def _on_order_push(self, row: dict[str, Any]) -> None:
+        try:
+            self._book.merge(mapping.order_view(row))
+        except Exception:   # a push must never kill the SDK's callback thread
+            log.exception("moomoo order push not understood: %r", row)
+
+    def _on_deal_push(self, row: dict[str, Any]) -> None:
+        self._book.add_deal(row)
+
+
+def _check_order(order: OrderRequest, inst: Instrument) -> None:
+    """What OpenD would refuse anyway, said before the network: board lots and the HKEX spread table."""
+    if order.quantity % inst.lot_size:
+        raise OrderRejected(f"quantity {order.quantity} is not a multiple of the board lot {inst.lot_size} for "
+                            f"{order.symbol}", client_order_id=order.client_order_id)
+    price = order.limit_price
+    if price is not None and not is_on_tick(price, inst.tick_scheme):
+        raise OrderRejected(f"limit price {price} is not on the HKEX tick grid for {order.symbol} (nearest valid: "
+                            f"{round_to_tick(price, inst.tick_scheme, 'down')} or "
+                            f"{round_to_tick(price, inst.tick_scheme, 'up')})", client_order_id=order.client_order_id)

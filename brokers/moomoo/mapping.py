@@ -1,0 +1,211 @@
+"""Pure translation between OpenD's rows (the SDK's DataFrames, as dicts) and our values.
+
+Symbols (`to_moomoo_code` / `from_moomoo_code`)::
+
+    ours                        OpenD code     back to ours
+    "0700", "00700", "0700.HK"  "HK.00700"     "0700"   (numeric codes: 5 digits at OpenD, at least 4 for us)
+    "HK.00700"                  "HK.00700"     "0700"
+    "S0142" (simulated market)  "HK.S0142"     "S0142"  (any other alphanumeric code passes through, upper-cased)
+
+Order status, the one table (`STATUS_MAP`, moomoo `OrderStatus` -> ours)::
+
+    N/A, UNSUBMITTED, WAITING_SUBMIT, SUBMITTING, TIMEOUT   -> PENDING_SUBMIT  (not at the exchange yet / unknown)
+    SUBMITTED                                              -> SUBMITTED
+    FILLED_PART                                            -> PARTIALLY_FILLED
+    FILLED_ALL                                             -> FILLED
+    CANCELLING_PART, CANCELLING_ALL                        -> CANCEL_PENDING
+    CANCELLED_PART, CANCELLED_ALL, DELETED                 -> CANCELLED       (DELETED: only unfilled orders)
+    SUBMIT_FAILED, FAILED, FILL_CANCELLED                  -> REJECTED        (FILL_CANCELLED: fills reversed)
+    DISABLED                                               -> EXPIRED         (a day order past its session)
+
+Prices are OpenD doubles, read back as the exact decimal they were printed from; times are OpenD's Hong Kong
+local time strings, returned as UTC. Our client_order_id travels in the order's `remark`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from core.account import Account, Position
+from core.errors import InvalidRequest
+from core.instruments import Instrument, Quote
+from core.orders import Fill, OrderSide, OrderStatus, OrderType
+
+if TYPE_CHECKING:
+    from core.calendar import MarketCalendar
+
+log = logging.getLogger(__name__)
+
+HKT = ZoneInfo("Asia/Hong_Kong")
+
+_S = OrderStatus
+STATUS_MAP: dict[str, OrderStatus] = {
+    "N/A": _S.PENDING_SUBMIT, "UNSUBMITTED": _S.PENDING_SUBMIT, "WAITING_SUBMIT": _S.PENDING_SUBMIT,
+    "SUBMITTING": _S.PENDING_SUBMIT, "TIMEOUT": _S.PENDING_SUBMIT,
+    "SUBMITTED": _S.SUBMITTED,
+    "FILLED_PART": _S.PARTIALLY_FILLED,
+    "FILLED_ALL": _S.FILLED,
+    "CANCELLING_PART": _S.CANCEL_PENDING, "CANCELLING_ALL": _S.CANCEL_PENDING,
+    "CANCELLED_PART": _S.CANCELLED, "CANCELLED_ALL": _S.CANCELLED, "DELETED": _S.CANCELLED,
+    "SUBMIT_FAILED": _S.REJECTED, "FAILED": _S.REJECTED, "FILL_CANCELLED": _S.REJECTED,
+    "DISABLED": _S.EXPIRED,
+}
+
+KLINE_TYPES: dict[str, tuple[str, int]] = {   # our timeframe -> (moomoo KLType, minutes; 0 = daily)
+    "1m": ("K_1M", 1), "5m": ("K_5M", 5), "15m": ("K_15M", 15), "30m": ("K_30M", 30), "1h": ("K_60M", 60),
+    "1d": ("K_DAY", 0),
+}
+
+
+# ---------------------------------------------------------------- symbols and statuses
+
+def to_moomoo_code(symbol: str) -> str:
+    """Our HKEX symbol -> OpenD code ("0700" -> "HK.00700", "S0142" -> "HK.S0142"); InvalidRequest if malformed."""
+    s = symbol.strip().upper()
+    if s.startswith("HK."):
+        s = s[3:]
+    elif s.endswith(".HK"):
+        s = s[:-3]
+    if not s.isalnum() or not s.isascii() or (s.isdigit() and len(s) > 5):
+        raise InvalidRequest(f"{symbol!r} is not an HKEX symbol (e.g. 0700, 00700, 0700.HK or HK.00700)")
+    return "HK." + (s.zfill(5) if s.isdigit() else s)
+
+
+def from_moomoo_code(code: str) -> str:
+    """OpenD code -> our symbol ("HK.00700" -> "0700", "HK.S0142" -> "S0142")."""
+    market, _, s = str(code).partition(".")
+    if market != "HK" or not s:
+        raise InvalidRequest(f"{code!r} is not an HKEX code")
+    return s.lstrip("0").zfill(4) if s.isdigit() else s
+
+
+def map_status(moomoo_status: str) -> OrderStatus:
+    """One moomoo `OrderStatus` value -> ours (an unknown value is treated as not yet at the exchange)."""
+    status = STATUS_MAP.get(str(moomoo_status))
+    if status is None:
+        log.warning("unknown moomoo order status %r; treating it as pending", moomoo_status)
+        return OrderStatus.PENDING_SUBMIT
+    return status
+
+
+# ---------------------------------------------------------------- orders and deals
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """What we know about one order at OpenD."""
+    broker_order_id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    order_type: OrderType
+    quantity: int
+    limit_price: Decimal | None
+    status: OrderStatus
+    filled_quantity: int
+    avg_fill_price: Decimal | None
+    reason: str | None
+    submitted_at: datetime | None
+    updated_at: datetime | None
+
+
+def order_view(row: dict[str, Any]) -> OrderView:
+    """An SDK order row (order list, history or push) -> OrderView."""
+    order_id = str(row["order_id"])
+    filled = int(float(row.get("dealt_qty") or 0))
+    is_market = row.get("order_type") == "MARKET"
+    return OrderView(
+        broker_order_id=order_id, client_order_id=row.get("remark") or f"moomoo:{order_id}",
+        symbol=from_moomoo_code(row["code"]),
+        side=OrderSide.SELL if str(row.get("trd_side", "")).startswith("SELL") else OrderSide.BUY,
+        order_type=OrderType.MARKET if is_market else OrderType.LIMIT, quantity=int(float(row["qty"])),
+        limit_price=None if is_market else dec(row.get("price")), status=map_status(row["order_status"]),
+        filled_quantity=filled, avg_fill_price=dec(row.get("dealt_avg_price")) if filled else None,
+        reason=row.get("last_err_msg") or None, submitted_at=hkt(row.get("create_time")),
+        updated_at=hkt(row.get("updated_time")))
+
+
+def deal_fill(deal_id: str, deal: dict[str, Any], view: OrderView) -> Fill:
+    """A deal row (REAL accounts: deal list, history or push) of the order `view` -> Fill (OpenD has no per-deal
+    fee: fees are the order's)."""
+    return Fill(fill_id=deal_id, client_order_id=view.client_order_id, symbol=view.symbol, side=view.side,
+                quantity=int(float(deal["qty"])), price=dec(deal["price"]), fee=Decimal(0),
+                timestamp=hkt(deal["create_time"]) or view.updated_at)
+
+
+# ---------------------------------------------------------------- market data and account
+
+def instrument(code: str, row: dict[str, Any]) -> Instrument:
+    """A snapshot row -> Instrument (board lot from OpenD, the HKEX spread table)."""
+    return Instrument(symbol=from_moomoo_code(code), exchange="HKEX", currency="HKD", lot_size=int(row["lot_size"]),
+                      name=str(row.get("name") or ""), tick_scheme="hkex")
+
+
+def quote(symbol: str, row: dict[str, Any], now: datetime) -> Quote:
+    """A snapshot row -> Quote; a missing side (no orders on it) is shown at the last price."""
+    last = dec(row["last_price"])
+    bid, ask = dec(row.get("bid_price")), dec(row.get("ask_price"))
+    if bid is None or ask is None:
+        log.warning("moomoo snapshot of %s has no %s; using the last price", symbol, "bid" if bid is None else "ask")
+    return Quote(symbol=symbol, bid=bid or last, ask=ask or last, last=last, volume=int(float(row["volume"])),
+                 timestamp=hkt(row.get("update_time")) or now)
+
+
+def bar_start(label: datetime, minutes: int, calendar: "MarketCalendar") -> datetime | None:
+    """OpenD labels an intraday K-line by its END (09:31 is 09:30-09:31; 12:00 ends the short 11:30-12:00 hour);
+    our bars carry their start, aligned to the start of each continuous interval. Daily: the session open."""
+    day = calendar.local_date(label if minutes == 0 else label - timedelta(seconds=1))
+    bounds = calendar.session_bounds(day)
+    if not bounds:
+        return None
+    if minutes == 0:
+        return bounds[0][0]
+    size = timedelta(minutes=minutes)
+    for open_, close in bounds:
+        if open_ < label <= close:
+            return open_ + ((label - open_ - timedelta(microseconds=1)) // size) * size
+    return None
+
+
+def account(row: dict[str, Any]) -> Account:
+    """An accinfo_query row (HKD) -> Account."""
+    return Account(currency="HKD", cash=dec(row["cash"]), buying_power=dec(row["power"]),
+                   equity=dec(row["total_assets"]))
+
+
+def position(row: dict[str, Any]) -> Position | None:
+    """A position_list_query row -> Position, or None for a position with nothing left."""
+    qty = int(float(row["qty"]))
+    if qty <= 0:
+        return None
+    cost = dec(row.get("average_cost")) or dec(row.get("cost_price"))
+    return Position(symbol=from_moomoo_code(row["code"]), quantity=qty, avg_price=cost,
+                    market_price=dec(row.get("nominal_price")))
+
+
+# ---------------------------------------------------------------- numbers, times, tables
+
+def dec(value: Any) -> Decimal | None:
+    """An OpenD double -> the exact decimal it was printed from ('N/A' and None -> None)."""
+    if value is None or value == "N/A" or value == "":
+        return None
+    return Decimal(repr(float(value)))
+
+
+def hkt(text: Any) -> datetime | None:
+    """OpenD's local time string ("2026-11-24 10:30:00[.123]") -> UTC."""
+    if not text or text == "N/A":
+        return None
+    s = str(text)
+    local = datetime.strptime(s[:19], "%Y-%m-%d %H:%M:%S")
+    if len(s) > 20 and s[19] == ".":
+        local = local.replace(microsecond=int(s[20:26].ljust(6, "0")))
+    return local.replace(tzinfo=HKT).astimezone(timezone.utc)
+
+
+def records(data: Any) -> list[dict[str, Any]]:
+    """An SDK answer (a DataFrame, or a list of rows) -> a list of dicts."""
+    return data.to_dict("records") if hasattr(data, "to_dict") else list(data or [])
