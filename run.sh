@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Catalyst launcher: ./run.sh MODE [args...]
-#   ./run.sh heartbeat|scan|trade|close|day|...   -> python unified_agent.py --mode MODE [args...]
+#   ./run.sh heartbeat|scan|trade|close|day|replay|report|data ...   -> python unified_agent.py --mode MODE [args...]
 #   ./run.sh reconcile [--resume REASON]           -> python startup_monitor.py (reconciliation)
 #   ./run.sh monitor                               -> python position_monitor_service.py (the daemon)
 #   ./run.sh test [pytest args...]                 -> the whole test suite
@@ -61,7 +61,7 @@ ensure_venv() {
 }
 
 if [ $# -lt 1 ]; then
-    echo "usage: ./run.sh heartbeat|scan|trade|close|day|reconcile|monitor|test|bench NAME [args...]" >&2
+    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|report|data sync|status|import DIR|reconcile|monitor|test|bench NAME [args...]" >&2
     exit 64
 fi
 

@@ -158,7 +158,11 @@ class ToolExecutor:
 
     # ------------------------------------------------------------------ data tools
     async def _scan_market(self, args) -> Any:
-        candidates = await self.scanner.latest_or_run(cycle_id=self.cycle_id, limit=args.limit)
+        from data.scan import ScanUnavailable
+        try:
+            candidates = await self.scanner.latest_or_run(cycle_id=self.cycle_id, limit=args.limit)
+        except ScanUnavailable as exc:
+            raise ToolError(f"scan unavailable: {exc}") from None
         return {"as_of": self.now(), "candidates": [c.to_dict() for c in candidates]}
 
     async def _get_quote(self, args) -> Any:

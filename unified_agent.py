@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
 
-MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report")
+MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data")
 
 log = logging.getLogger("catalyst.agent")
 
@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="unified_agent.py", description="Catalyst trading agent")
     parser.add_argument("--mode", required=True, choices=MODES, help="what this run does")
     parser.add_argument("--config", default=None, help="path to trading_config.yaml (default: config/)")
+    parser.add_argument("words", nargs="*", metavar="ARG", help="data: sync | status | import DIR")
     replay = parser.add_argument_group("replay")
     replay.add_argument("--start", type=_date, help="replay: first day (YYYY-MM-DD)")
     replay.add_argument("--end", type=_date, help="replay: last day (YYYY-MM-DD)")
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "replay" and (args.start is None or args.end is None or args.start > args.end):
         parser.error("replay needs --start and --end, start on or before end")
+    if args.mode == "data" and (not args.words or args.words[0] not in ("sync", "status", "import")
+                                or (args.words[0] == "import") != (len(args.words) == 2)
+                                or (args.words[0] != "import" and len(args.words) != 1)):
+        parser.error("data needs one of: sync | status | import DIR")
+    if args.mode != "data" and args.words:
+        parser.error(f"unexpected arguments: {' '.join(args.words)}")
     return args
 
 
@@ -52,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_or_exit(args.config)
         # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
-        with run_lock(settings, args.mode, take=args.mode not in ("day", "replay", "report")):
+        with run_lock(settings, args.mode, take=args.mode not in ("day", "replay", "report", "data")), \
+                run_lock(settings, "data", take=args.mode == "data", name=f"{settings.agent_id}-data"):
             return asyncio.run(_run(settings, args))
     except SystemExit as exc:
         return int(exc.code or 0)
@@ -126,6 +134,9 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         print(f"every decision, order and log line is under agent id {result.agent_id} "
               f"(warnings: {settings.log_dir / 'agent.log'})")
         return EXIT_OK
+    if args.mode == "data":
+        from runtime.data_cmd import run_data_command
+        return await run_data_command(settings, pool, args.words)
     if args.mode == "report":
         from runtime.report import live_report
         print(await live_report(pool, settings, now=RealClock().now()))

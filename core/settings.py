@@ -186,11 +186,32 @@ class MoomooConfig(_Model):
     request_timeout_seconds: float = Field(default=15, gt=0, le=120)
 
 
+class UniverseConfig(_Model):
+    """Which instruments `./run.sh data sync` keeps in the bar store (core/feeds.py UniverseSpec)."""
+    kind: Literal["board", "index", "list"] = "board"
+    index: str | None = None                      # kind index: the venue's code (moomoo e.g. HK.800000)
+    symbols: list[str] = Field(default_factory=list, max_length=5000)   # kind list
+    min_turnover: Decimal = Field(default=Decimal(0), ge=0, le=Decimal(10) ** 12)   # kind board, last session
+    max_symbols: int = Field(default=3000, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "UniverseConfig":
+        if self.kind == "index" and not self.index:
+            raise ValueError("kind 'index' needs index: the venue's index code (e.g. HK.800000)")
+        if self.kind == "list" and not self.symbols:
+            raise ValueError("kind 'list' needs symbols: the tickers to keep")
+        return self
+
+
 class MarketDataConfig(_Model):
-    source: Literal["simulated", "files"] = "simulated"
+    """Where history comes from. simulated / files: the paper broker's price path, synced into the bar store;
+    broker: the live broker's data API synced into the bar store (needed with broker alpaca or moomoo)."""
+    source: Literal["simulated", "files", "broker"] = "simulated"
     seed: int = Field(default=7, ge=0)
     universe_size: int = Field(default=240, ge=10, le=5000)
     directory: str | None = None
+    universe: UniverseConfig = UniverseConfig()
+    history_days: int = Field(default=400, ge=30, le=20 * 366)   # calendar days a new symbol's history reaches back
 
     @model_validator(mode="after")
     def _files_need_directory(self) -> "MarketDataConfig":
@@ -254,6 +275,17 @@ class TradingSystemConfig(_Model):
     scan: ScanConfig = ScanConfig()
     news: NewsConfig = NewsConfig()
     monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _data_matches_the_broker(self) -> "TradingSystemConfig":
+        if self.broker != "paper" and self.market_data.source != "broker":
+            raise ValueError(f"broker {self.broker} trades real stocks, but market_data.source is "
+                             f"{self.market_data.source!r}: set market_data.source: broker (the scan then reads the "
+                             f"bar store that ./run.sh data sync fills from {self.broker})")
+        if self.broker == "paper" and self.market_data.source == "broker":
+            raise ValueError("market_data.source broker needs broker alpaca or moomoo; the paper broker trades "
+                             "the simulated market or your bar files (source simulated or files)")
+        return self
 
     @model_validator(mode="after")
     def _real_money_is_explicit(self) -> "TradingSystemConfig":

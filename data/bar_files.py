@@ -189,6 +189,15 @@ class BarFileSource:
             raise UnknownSymbol(f"unknown symbol {symbol!r}: no {symbol}.csv or {symbol}.parquet in "
                                 f"{self.directory} ({len(self._files)} symbols there)") from None
 
+    def path(self, symbol: str) -> Path:
+        """The file a symbol's bars come from."""
+        self.instrument(symbol)
+        return self._files[symbol]
+
+    def resolution(self, symbol: str) -> str:
+        """'daily' or 'intraday': what the symbol's file holds (reads the file once)."""
+        return self._get(symbol).kind
+
     @property
     def daily_only(self) -> bool:
         """Every file holds daily bars: replay then runs its cycles at each bar's open and close."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import asyncpg
 
     from core.settings import ScanConfig
-    from core.feeds import UniverseSource
+    from data.store import BarStore
+    from data.sync import Sync
 
 log = logging.getLogger("catalyst.scan")
 
@@ -121,27 +122,53 @@ def _ffill_rows(values, rows: list[int]):
     return out
 
 
-class Scanner:
-    """The whole-universe scan: ranks every symbol of `universe` on its daily bars, records the candidates in
-    `scan_results`, and serves today's latest scan until the daily bars change."""
+class ScanUnavailable(Exception):
+    """The bar store cannot serve a scan now; the message says what to run."""
 
-    def __init__(self, *, pool: "asyncpg.Pool", universe: "UniverseSource", clock: Clock, calendar: MarketCalendar,
-                 scan: "ScanConfig", max_position_value: Decimal, agent_id: str) -> None:
+
+class Scanner:
+    """The whole-universe scan: ranks every listed symbol of the bar store on its daily bars, records the
+    candidates in `scan_results`, and serves today's latest scan until the daily bars change.
+
+    A stale store (missing the last completed session) is brought up to date first with `refresh` (the sync);
+    for a live broker an empty store is not filled here (a first sync of a whole market takes a while and spends
+    the venue's quota): the scan says to run `./run.sh data sync`."""
+
+    def __init__(self, *, pool: "asyncpg.Pool", store: "BarStore", clock: Clock, calendar: MarketCalendar,
+                 scan: "ScanConfig", max_position_value: Decimal, agent_id: str, refresh: "Sync | None" = None,
+                 live: bool = False) -> None:
         self.pool = pool
-        self.universe = universe
+        self.store = store
         self.clock = clock
         self.calendar = calendar
         self.cfg = scan
         self.max_position_value = max_position_value
         self.agent_id = agent_id
+        self.refresh = refresh
+        self.live = live
+
+    async def ensure_fresh(self) -> None:
+        if self.refresh is None or not await self.refresh.is_stale():
+            return
+        empty = await self.store.last_bar_end("1d") is None
+        if empty and self.live:
+            raise ScanUnavailable(f"the bar store ({self.store.dataset}) is empty: run ./run.sh data sync first "
+                                  f"(cron runs it before the scan)")
+        summary = await self.refresh.run()
+        log.info(summary.render())
+        if await self.refresh.is_stale():
+            raise ScanUnavailable(f"the bar store ({self.store.dataset}) is missing the last session "
+                                  f"({summary.status}; {len(summary.skipped)} skipped): run ./run.sh data sync and "
+                                  f"./run.sh data status")
 
     async def run(self, *, cycle_id: uuid.UUID | None) -> list[Candidate]:
         import pandas as pd
+        await self.ensure_fresh()
         cfg = self.cfg
         now = self.clock.now()
-        instruments = self.universe.instruments()
+        instruments = await self.store.instruments()
         symbols = [i.symbol for i in instruments]
-        frames = await asyncio.to_thread(self.universe.daily_frame, symbols, now, cfg.lookback_days)
+        frames = await self.store.daily_frame(symbols, now, cfg.lookback_days)
         lots = pd.Series({i.symbol: i.lot_size for i in instruments}, dtype=float)
         candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
                                              max_lot_value=float(self.max_position_value))

@@ -18,7 +18,7 @@ from core.calendar import MarketCalendar
 from core.clock import RealClock, SimulatedClock
 from core.settings import Settings
 from core.logcontext import log_context
-from replay.runner import Build, Drive, drive_day, schedule_for
+from replay.runner import Build, Drive, drive_day, prepare_history, schedule_for
 
 log = logging.getLogger("catalyst.day")
 
@@ -45,6 +45,7 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
     agent_id = f"{settings.agent_id}-day-{session:%Y%m%d}-{uuid.uuid4().hex[:4]}"
     cfg = settings.config.model_copy(update={"agent": settings.config.agent.model_copy(update={"id": agent_id})})
     day_settings = replace(settings, config=cfg)
+    await prepare_history(build, day_settings, calendar, session, session)
     clock = clock or SimulatedClock(calendar.day_start(calendar.session_bounds(session)[0][0]))
     agent = await build(day_settings, clock)
     daily_only, schedule = schedule_for(agent, calendar)

@@ -45,9 +45,27 @@ class Session(Protocol):
     broker: Any
     universe: Any
 
+    sync: Any
+
     async def run_cycle(self, mode: str) -> Any: ...
 
     def monitor(self) -> Any: ...
+
+
+async def prepare_history(build: "Build", settings: Settings, calendar: MarketCalendar, start: date, end: date) -> None:
+    """Bring the bar store's history up to `end` before the clock starts: a session wired on a clock just after
+    `end` asks the venue (the simulated market or bar files) once, rather than each simulated day asking for one
+    more bar. Reads stay point in time: nothing is visible before its bar has completed on the replay's clock."""
+    after = calendar.session_bounds(end)[-1][1] + timedelta(minutes=1)
+    prep = await build(settings, SimulatedClock(after))
+    lookback = settings.config.scan.lookback_days
+    since = start - timedelta(days=max(settings.config.market_data.history_days, lookback * 7 // 5 + 30))
+    try:
+        summary = await prep.sync.run(since=since)
+    finally:
+        await prep.broker.disconnect()
+    if summary.status != "done":
+        raise RuntimeError(summary.render())
 
 
 # Builds a Session for these settings on this clock (the broker connected).
@@ -190,6 +208,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     if not days:
         raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
     with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
+        await prepare_history(build, rs, calendar, days[0], days[-1])
         clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
         session = await build(rs, clock)
         daily_only, schedule = schedule_for(session, calendar, cron_text)

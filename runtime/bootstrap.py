@@ -42,9 +42,9 @@ def settings_or_exit(config_path: str | Path | None) -> Settings:
 
 
 @contextmanager
-def run_lock(settings: Settings, mode: str, *, take: bool = True) -> Iterator[None]:
-    """One run at a time per agent (flock); a busy agent ends the process with EXIT_LOCKED."""
-    lock = AgentLock(settings.var_dir / "locks", settings.agent_id)
+def run_lock(settings: Settings, mode: str, *, take: bool = True, name: str | None = None) -> Iterator[None]:
+    """One run at a time per agent (flock; `name` for a lock of its own); a busy one ends with EXIT_LOCKED."""
+    lock = AgentLock(settings.var_dir / "locks", name or settings.agent_id)
     if take:
         try:
             lock.acquire(mode)

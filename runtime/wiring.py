@@ -17,8 +17,11 @@ from core.calendar import MarketCalendar
 from core.clock import Clock
 from core.paths import project_path
 from core.settings import ConfigError, Settings
+from core.feeds import UniverseSpec
 from data.market import MarketData
 from data.scan import Scanner
+from data.store import BarStore
+from data.sync import Sync
 from engines.advisor import Advisor
 from engines.budget import AIBudget
 from engines.rules import RulesEngine
@@ -57,6 +60,8 @@ class Services:
     portfolio: Portfolio
     scanner: Scanner
     reconciler: Reconciler
+    bar_store: BarStore
+    sync: Sync
 
     @property
     def agent_id(self) -> str:
@@ -128,6 +133,34 @@ def build_source(settings: Settings, calendar: MarketCalendar) -> "MarketDataSou
                            calendar=calendar)
 
 
+def dataset_of(settings: Settings) -> str:
+    """The bar store's dataset this configuration reads: where its history comes from."""
+    cfg, md = settings.config, settings.config.market_data
+    exchange = cfg.market.exchange
+    if cfg.broker == "alpaca":
+        return f"alpaca:{cfg.alpaca.data_feed}"
+    if cfg.broker == "moomoo":
+        return f"moomoo:{exchange}"
+    if md.source == "files":
+        return f"files:{exchange}:{project_path(md.directory).resolve()}"
+    return f"sim:{exchange}:{md.seed}:{md.universe_size}"
+
+
+def universe_spec(settings: Settings) -> UniverseSpec:
+    u = settings.config.market_data.universe
+    if settings.config.broker == "paper" and u.kind == "board":      # the paper venue's whole (small) market
+        return UniverseSpec(kind="board", min_turnover=u.min_turnover, max_symbols=u.max_symbols)
+    return UniverseSpec(kind=u.kind, symbols=tuple(u.symbols), index=u.index, min_turnover=u.min_turnover,
+                        max_symbols=u.max_symbols)
+
+
+def build_sync(settings: Settings, store: BarStore, broker: "BrokerClient", clock: Clock) -> Sync:
+    cfg = settings.config
+    source = cfg.broker if cfg.broker != "paper" else f"paper:{cfg.market_data.source}"
+    return Sync(store=store, history=broker, spec=universe_spec(settings),
+                history_days=cfg.market_data.history_days, clock=clock, source=source)
+
+
 def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: MarketCalendar,
                  source: "MarketDataSource") -> "BrokerClient":
     name = settings.config.broker
@@ -167,12 +200,16 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock)
                         rsi_oversold=float(cfg.signals.rsi_oversold))
     store = Store(pool, clock, agent_id)
     orders = OrderPath(pool, broker, clock, agent_id)
+    bar_store = BarStore(pool, dataset=dataset_of(settings), exchange=cfg.market.exchange, calendar=calendar)
+    sync = build_sync(settings, bar_store, broker, clock)
     return Services(
         settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
         market=market, news=build_news(settings), store=store, orders=orders,
         portfolio=Portfolio(pool, broker, clock, calendar, agent_id),
-        scanner=Scanner(pool=pool, universe=source, clock=clock, calendar=calendar, scan=cfg.scan,
-                        max_position_value=cfg.trading.max_position_value, agent_id=agent_id),
+        scanner=Scanner(pool=pool, store=bar_store, clock=clock, calendar=calendar, scan=cfg.scan,
+                        max_position_value=cfg.trading.max_position_value, agent_id=agent_id,
+                        refresh=sync, live=cfg.broker != "paper"),
+        bar_store=bar_store, sync=sync,
         reconciler=Reconciler(pool=pool, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
                               stop_loss_pct=cfg.trading.position_stop_loss_pct))
 

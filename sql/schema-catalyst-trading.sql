@@ -346,3 +346,67 @@ CREATE INDEX IF NOT EXISTS orders_agent_created ON orders (agent_id, created_at 
 INSERT INTO schema_version (version, description)
 VALUES (4, 'indexes for the monitor''s status rows, today''s P&L and today''s entries')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v5: the bar store and the securities it covers
+-- Market data shared by every agent of this installation, keyed by dataset: where the history comes from
+-- ('moomoo:HKEX', 'alpaca:iex', 'sim:HKEX:7:240', 'files:HKEX:/path'), so two sources never mix.
+-- securities was per agent and never written; it is now per dataset, filled by `./run.sh data sync`.
+ALTER TABLE securities DROP COLUMN IF EXISTS agent_id;
+ALTER TABLE securities ADD COLUMN IF NOT EXISTS dataset text NOT NULL DEFAULT '';
+ALTER TABLE securities ADD COLUMN IF NOT EXISTS listing_status text NOT NULL DEFAULT 'listed';
+ALTER TABLE securities ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX IF NOT EXISTS securities_dataset_symbol ON securities (dataset, symbol);
+
+-- One row per bar. A bar is visible to a reader at `now` only when bar_end <= now (point in time).
+CREATE TABLE IF NOT EXISTS bars (
+    dataset     text        NOT NULL,
+    symbol      text        NOT NULL,
+    timeframe   text        NOT NULL CHECK (timeframe IN ('1m', '5m', '15m', '30m', '1h', '1d')),
+    bar_start   timestamptz NOT NULL,
+    bar_end     timestamptz NOT NULL CHECK (bar_end > bar_start),
+    open        numeric     NOT NULL CHECK (open > 0),
+    high        numeric     NOT NULL CHECK (high > 0),
+    low         numeric     NOT NULL CHECK (low > 0),
+    close       numeric     NOT NULL CHECK (close > 0),
+    volume      bigint      NOT NULL CHECK (volume >= 0),
+    source      text        NOT NULL,
+    ingested_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, timeframe, symbol, bar_start)
+);
+
+-- The read model of `bars` for whole-universe reads: each symbol's bars as packed float64 / int64 arrays
+-- (little-endian), rewritten from `bars` whenever a sync adds to the symbol. Never the truth; always derivable.
+CREATE TABLE IF NOT EXISTS bar_series (
+    dataset     text        NOT NULL,
+    timeframe   text        NOT NULL,
+    symbol      text        NOT NULL,
+    n           integer     NOT NULL,
+    starts      bytea       NOT NULL,
+    ends        bytea       NOT NULL,
+    open        bytea       NOT NULL,
+    high        bytea       NOT NULL,
+    low         bytea       NOT NULL,
+    close       bytea       NOT NULL,
+    volume      bytea       NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, timeframe, symbol)
+);
+ALTER TABLE bar_series ALTER COLUMN starts SET STORAGE EXTERNAL, ALTER COLUMN ends SET STORAGE EXTERNAL,
+    ALTER COLUMN open SET STORAGE EXTERNAL, ALTER COLUMN high SET STORAGE EXTERNAL,
+    ALTER COLUMN low SET STORAGE EXTERNAL, ALTER COLUMN close SET STORAGE EXTERNAL,
+    ALTER COLUMN volume SET STORAGE EXTERNAL;
+
+-- Every sync: what it was asked, what it did, and where it stopped (a killed one stays 'running').
+CREATE TABLE IF NOT EXISTS data_syncs (
+    sync_id     bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dataset     text        NOT NULL,
+    status      text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'partial', 'failed')),
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    summary     jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS data_syncs_dataset ON data_syncs (dataset, started_at DESC);
+
+INSERT INTO schema_version (version, description)
+VALUES (5, 'bar store: bars, bar_series, data_syncs; securities per dataset')
+ON CONFLICT (version) DO NOTHING;
