@@ -99,7 +99,8 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         from runtime.heartbeat import run_heartbeat
         report = await run_heartbeat(settings, database=(proc.target, pool) if pool else None,
                                      database_error=proc.database_error,
-                                     broker_check=_broker_check(settings, pool) if pool else None)
+                                     broker_check=_broker_check(settings, pool) if pool else None,
+                                     now=RealClock().now())
         if pool is not None:
             purged = await purge_old_logs(pool, agent_id=settings.agent_id,
                                           days=settings.config.logging.db_retention_days)

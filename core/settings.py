@@ -277,6 +277,16 @@ class TradingSystemConfig(_Model):
     monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
+    def _universe_symbols_are_tickers(self) -> "TradingSystemConfig":
+        from core.symbols import InvalidSymbol, canonical_symbol
+        for i, raw in enumerate(self.market_data.universe.symbols):
+            try:
+                canonical_symbol(raw, self.market.exchange)
+            except InvalidSymbol as exc:
+                raise ValueError(f"market_data.universe.symbols[{i}]: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _data_matches_the_broker(self) -> "TradingSystemConfig":
         if self.broker != "paper" and self.market_data.source != "broker":
             raise ValueError(f"broker {self.broker} trades real stocks, but market_data.source is "

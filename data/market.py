@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from core.calendar import MarketCalendar
+    from data.store import BarStore
 
 # How far back to ask for bars so the slowest indicator (SMA 50, MACD 26+9) has history.
 LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelta(days=10),
@@ -42,8 +43,9 @@ class MarketData:
     """The agent's view of one symbol: its quote, bars, technicals and patterns (cached per session)."""
 
     def __init__(self, *, broker: QuoteSource, clock: Clock, calendar: "MarketCalendar",
-                 rsi_overbought: float = 75, rsi_oversold: float = 30) -> None:
+                 rsi_overbought: float = 75, rsi_oversold: float = 30, daily: "BarStore | None" = None) -> None:
         self.broker = broker
+        self.daily = daily              # the bar store: daily bars come from it when it holds the symbol
         self.clock = clock
         self.calendar = calendar
         self.rsi_overbought = rsi_overbought
@@ -81,7 +83,12 @@ class MarketData:
         key = self.daily_key(symbol, "bars")
         frame = self._cache.get(key)
         if frame is None:
-            frame = self._remember(key, await self.bars_frame(symbol, "1d"))
+            now = self.clock.now()
+            if self.daily is not None:
+                frame = await self.daily.symbol_frame(symbol, now - LOOKBACK["1d"], now)
+            if frame is None:
+                frame = await self.bars_frame(symbol, "1d")
+            frame = self._remember(key, frame)
         return frame
 
     async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:

@@ -189,6 +189,19 @@ class BarStore:
         series = await self.series(symbols)
         return await asyncio.to_thread(_frames, series, list(symbols), self.calendar, end, lookback_days, pd)
 
+    async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":
+        """One symbol's completed daily bars with start in [start, end) as a float frame indexed by bar start
+        (UTC), like the broker's bars; None when the store does not hold the symbol."""
+        import pandas as pd
+        found = (await self.series([symbol])).get(symbol)
+        if found is None:
+            return None
+        lo = int(np.searchsorted(found.starts, to_ns(start), side="left"))
+        hi = min(found.visible(to_ns(end)), int(np.searchsorted(found.starts, to_ns(end), side="left")))
+        hi = max(hi, lo)
+        index = pd.DatetimeIndex(pd.to_datetime(found.starts[lo:hi], utc=True), name="timestamp")
+        return pd.DataFrame({f: getattr(found, f)[lo:hi] for f in DAILY_FIELDS}, index=index)
+
     async def bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[Bar]:
         """Completed bars with start in [start, end), oldest first (Decimal prices, as stored)."""
         rows = await self.pool.fetch(

@@ -1,7 +1,7 @@
-"""`--mode heartbeat`: is this agent able to trade? Config, database + schema, broker.
+"""`--mode heartbeat`: is this agent able to trade? Config, database + schema, broker, the bar store's freshness.
 
 Writes a `service_health` row and an agent_logs line, prints a short summary, and returns an exit code:
-0 healthy, 3 database problem, 4 broker problem.
+0 healthy, 3 database problem, 4 broker problem, 6 market data missing the last session (a live broker's store).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ log = logging.getLogger("catalyst.heartbeat")
 EXIT_OK = 0
 EXIT_DATABASE = 3
 EXIT_BROKER = 4
+EXIT_DATA = 6
 
 
 @dataclass
@@ -40,7 +41,7 @@ class HealthReport:
     def exit_code(self) -> int:
         for c in self.checks:
             if not c.ok:
-                return EXIT_DATABASE if c.name == "database" else EXIT_BROKER if c.name == "broker" else 1
+                return {"database": EXIT_DATABASE, "broker": EXIT_BROKER, "market data": EXIT_DATA}.get(c.name, 1)
         return EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,8 +57,30 @@ class HealthReport:
 BrokerCheck = Callable[[], Awaitable[str]]
 
 
+async def store_check(settings: Settings, pool, now) -> Check:
+    """The bar store's newest bar per timeframe; a live broker's store missing the last completed session fails
+    (the scan would refuse to run), a paper one only says so (its scan brings it up to date itself)."""
+    from core.calendar import MarketCalendar
+    from data.store import BarStore
+    from data.sync import last_completed_session
+    from runtime.wiring import dataset_of
+
+    calendar = MarketCalendar(settings.config.market.exchange)
+    store = BarStore(pool, dataset=dataset_of(settings), exchange=settings.config.market.exchange, calendar=calendar)
+    fresh = await store.freshness()
+    target = last_completed_session(calendar, now)
+    live = settings.config.broker != "paper"
+    shown = ", ".join(f"{tf} to {last.astimezone(calendar.tz):%Y-%m-%d}" for tf, last in sorted(fresh.items()))
+    daily = fresh.get("1d")
+    if target is not None and (daily is None or daily < calendar.session_bounds(target)[-1][1]):
+        why = (f"{store.dataset}: {'empty' if not fresh else shown}; missing the session of {target} — "
+               f"run ./run.sh data sync")
+        return Check("market data", not live, why if live else why + " (the paper scan syncs it itself)")
+    return Check("market data", True, f"{store.dataset}: {shown}")
+
+
 async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None, database_error: str | None,
-                        broker_check: BrokerCheck | None) -> HealthReport:
+                        broker_check: BrokerCheck | None, now=None) -> HealthReport:
     """`database` is (DatabaseTarget, pool) when the database opened, else `database_error` says why."""
     from runtime.database import schema_file_version
 
@@ -85,6 +108,12 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
         except Exception as exc:
             report.checks.append(Check("database", False, f"query failed: {exc}"))
             pool = None
+
+    if pool is not None and now is not None:
+        try:
+            report.checks.append(await store_check(settings, pool, now))
+        except Exception as exc:
+            report.checks.append(Check("market data", False, f"could not read the bar store: {exc}"))
 
     if broker_check is None:
         report.checks.append(Check("broker", False, "not checked: the database is down (the paper broker keeps "

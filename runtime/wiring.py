@@ -18,6 +18,7 @@ from core.clock import Clock
 from core.paths import project_path
 from core.settings import ConfigError, Settings
 from core.feeds import UniverseSpec
+from core.symbols import canonical_symbol
 from data.market import MarketData
 from data.scan import Scanner
 from data.store import BarStore
@@ -150,7 +151,9 @@ def universe_spec(settings: Settings) -> UniverseSpec:
     u = settings.config.market_data.universe
     if settings.config.broker == "paper" and u.kind == "board":      # the paper venue's whole (small) market
         return UniverseSpec(kind="board", min_turnover=u.min_turnover, max_symbols=u.max_symbols)
-    return UniverseSpec(kind=u.kind, symbols=tuple(u.symbols), index=u.index, min_turnover=u.min_turnover,
+    exchange = settings.config.market.exchange
+    symbols = tuple(dict.fromkeys(canonical_symbol(s, exchange) for s in u.symbols))      # one per instrument
+    return UniverseSpec(kind=u.kind, symbols=symbols, index=u.index, min_turnover=u.min_turnover,
                         max_symbols=u.max_symbols)
 
 
@@ -195,12 +198,12 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock)
     source = build_source(settings, calendar)
     broker = build_broker(settings, pool, clock, calendar, source)
     await broker.connect()
+    bar_store = BarStore(pool, dataset=dataset_of(settings), exchange=cfg.market.exchange, calendar=calendar)
     market = MarketData(broker=broker, clock=clock, calendar=calendar,
                         rsi_overbought=float(cfg.signals.rsi_overbought),
-                        rsi_oversold=float(cfg.signals.rsi_oversold))
+                        rsi_oversold=float(cfg.signals.rsi_oversold), daily=bar_store)
     store = Store(pool, clock, agent_id)
     orders = OrderPath(pool, broker, clock, agent_id)
-    bar_store = BarStore(pool, dataset=dataset_of(settings), exchange=cfg.market.exchange, calendar=calendar)
     sync = build_sync(settings, bar_store, broker, clock)
     return Services(
         settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
