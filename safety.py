@@ -13,8 +13,9 @@ Entry rules, in the order they are reported:
   long_only            entries buy; exits go through close_position.
   currency             the instrument trades in the account's currency.
   already_held         one position per symbol (the stop and take-profit belong to one entry).
+  entry_working        no second entry order while one for the symbol is still working (unfilled or partly).
   one_entry_per_day    no second entry in a symbol on the same trading day unless allow_reentry_same_day.
-  max_positions        open positions stay at or below max_positions.
+  max_positions        open positions plus symbols with a working entry stay at or below max_positions.
   orders_per_cycle     at most max_orders_per_cycle orders in one cycle.
   quote                a usable quote (positive prices) no older than max_quote_age_seconds.
   limit_price          a limit order carries a limit price.
@@ -22,9 +23,11 @@ Entry rules, in the order they are reported:
   stop_loss            every entry has a stop below the entry price and no further than max_stop_distance_pct;
                        when none is given, entry x (1 - position_stop_loss_pct).
   take_profit          if given, above the entry price.
-  quantity             after rounding down to board lots and capping by max_position_value, buying power and
-                       the loss budget left today (a stop-out may not take the day past daily_loss_limit), at
-                       least one lot remains.
+  quantity             after rounding down to board lots and capping by max_position_value, buying power (never
+                       more than cash less every working entry, unless allow_margin) and the loss budget left
+                       today (every working entry and this one stopped out together may not take the day past
+                       daily_loss_limit), at least one lot remains.
+Committed exposure: working entry orders count with the open positions in every limit above.
   min_position_value   the position is worth at least min_position_value.
 Adjustments (reported, not failures): quantity rounded down to lots or capped; limit and stop rounded onto the
 tick grid (a buy limit down, the stop down).
@@ -56,6 +59,7 @@ class RiskLimits:
     price_collar_pct: Decimal = Decimal("0.05")
     max_orders_per_cycle: int = 5
     allow_reentry_same_day: bool = False
+    allow_margin: bool = False
     max_stop_distance_pct: Decimal = Decimal("0.10")
     max_quote_age_seconds: int = 300
 
@@ -79,6 +83,24 @@ class EntryIntent:
 
 
 @dataclass(frozen=True)
+class WorkingEntry:
+    """An entry order still working at the broker: what it may still buy, at what price, with which stop."""
+    symbol: str
+    quantity: int                    # shares not yet filled
+    price: Decimal                   # its limit, or the last price for a market order
+    stop_loss: Decimal | None = None
+
+    @property
+    def value(self) -> Decimal:
+        return self.price * self.quantity
+
+    def risk(self, default_stop_pct: Decimal) -> Decimal:
+        """What it loses if it fills and is stopped out."""
+        stop = self.stop_loss if self.stop_loss is not None else self.price * (1 - default_stop_pct)
+        return max(self.price - stop, Decimal(0)) * self.quantity
+
+
+@dataclass(frozen=True)
 class RiskContext:
     now: datetime
     account: Account
@@ -92,6 +114,7 @@ class RiskContext:
     orders_this_cycle: int = 0
     trading_state: TradingState = TradingState.ACTIVE   # as stored (reconciliation may have set REDUCING)
     pending_buy_value: Decimal = Decimal(0)              # open buy orders the buying power does not reserve
+    working_entries: Sequence[WorkingEntry] = ()         # entry orders still working (committed exposure)
 
 
 @dataclass(frozen=True)
@@ -170,12 +193,17 @@ def evaluate_entry(intent: EntryIntent, ctx: RiskContext, limits: RiskLimits) ->
     if inst.currency != ctx.account.currency:
         fail("currency", f"{intent.symbol} trades in {inst.currency}, the account is in {ctx.account.currency}")
     held = {p.symbol for p in ctx.positions if p.quantity > 0}
+    working = [w for w in ctx.working_entries if w.quantity > 0]
+    committed = held | {w.symbol for w in working}
     if intent.symbol in held:
         fail("already_held", f"already holding {intent.symbol}; one position per symbol")
     elif intent.symbol in ctx.entries_today and not limits.allow_reentry_same_day:
         fail("one_entry_per_day", f"{intent.symbol} was already entered today")
-    if intent.symbol not in held and len(held) >= limits.max_positions:
-        fail("max_positions", f"{len(held)} positions open; the limit is {limits.max_positions}")
+    if any(w.symbol == intent.symbol for w in working):
+        fail("entry_working", f"an entry order for {intent.symbol} is still working; wait for it to fill or cancel")
+    if intent.symbol not in committed and len(committed) >= limits.max_positions:
+        fail("max_positions", f"{len(held)} positions open and {len(committed) - len(held)} more with working "
+                              f"entries; the limit is {limits.max_positions}")
     if ctx.orders_this_cycle >= limits.max_orders_per_cycle:
         fail("orders_per_cycle", f"{ctx.orders_this_cycle} orders already this cycle; "
                                  f"the limit is {limits.max_orders_per_cycle}")
@@ -246,13 +274,21 @@ def evaluate_entry(intent: EntryIntent, ctx: RiskContext, limits: RiskLimits) ->
         caps = [("max_position_value", int((limits.max_position_value / ref).to_integral_value(ROUND_FLOOR)),
                  f"max_position_value {limits.max_position_value}")]
         spendable = ctx.account.buying_power - ctx.pending_buy_value
+        what_power = f"buying power {_money(spendable)}"
+        if not limits.allow_margin:           # never borrow: cash less what working entries may still spend
+            on_cash = ctx.account.cash - sum((w.value for w in working), Decimal(0))
+            if on_cash < spendable:
+                spendable, what_power = on_cash, (f"cash {_money(ctx.account.cash)} less working entries "
+                                                  f"({_money(on_cash)} left; allow_margin is off)")
         caps.append(("buying_power", int((spendable / (ref * (1 + COST_BUFFER))).to_integral_value(ROUND_FLOOR))
-                     if spendable > 0 else 0, f"buying power {_money(spendable)}"))
+                     if spendable > 0 else 0, what_power))
         if stop is not None and stop < ref:
-            loss_room = limits.daily_loss_limit + min(pnl, Decimal(0))
+            at_risk = sum((w.risk(limits.position_stop_loss_pct) for w in working), Decimal(0))
+            loss_room = limits.daily_loss_limit + min(pnl, Decimal(0)) - at_risk
             caps.append(("daily_loss_limit", int((loss_room / (ref - stop)).to_integral_value(ROUND_FLOOR))
                          if loss_room > 0 else 0,
-                         f"the {_money(loss_room)} of daily loss budget left (a stop-out loses {ref - stop}/share)"))
+                         f"the {_money(loss_room)} of daily loss budget left after {_money(at_risk)} at risk in "
+                         f"working entries (a stop-out loses {ref - stop}/share)"))
         for rule, cap_shares, what in caps:
             capped = round_lots(max(cap_shares, 0), lot)
             if quantity > capped:

@@ -79,6 +79,7 @@ class TradingConfig(_Model):
     price_collar_pct: Decimal = Field(default=Decimal("0.05"), gt=0, lt=1)
     max_orders_per_cycle: int = Field(default=5, gt=0, le=100)
     allow_reentry_same_day: bool = False
+    allow_margin: bool = False           # false: entries are sized on cash, whatever buying power a margin account shows
     max_stop_distance_pct: Decimal = Field(default=Decimal("0.10"), gt=0, lt=1)
     intraday_only: bool = False
     max_quote_age_seconds: int = Field(default=300, gt=0, le=86400)

@@ -61,6 +61,7 @@ class PortfolioSnapshot:
     open_orders: tuple[dict, ...] = field(default_factory=tuple)
     pending_buy_value: Decimal = Decimal(0)
     stored_state: TradingState = TradingState.ACTIVE      # as recorded in agent_state (ACTIVE when none is)
+    working_orders: tuple[dict, ...] = ()                 # the same orders with typed values (Decimal prices)
 
     @property
     def unrealized_pnl(self) -> Decimal:
@@ -81,11 +82,12 @@ _OURS = """SELECT
     (""" + REALIZED_SINCE + """) AS realized,
     ARRAY(SELECT DISTINCT symbol FROM orders WHERE agent_id = $1 AND intent = 'entry' AND created_at >= $2
           AND status <> 'rejected') AS entries,
-    ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent)
+    ARRAY(SELECT (client_order_id, symbol, side, quantity, filled_quantity, limit_price, status, intent, stop_loss)
           FROM orders WHERE agent_id = $1 AND status IN """ + WORKING + """
           ORDER BY order_id) AS open_orders,
     (""" + LATEST_STATE + """) AS state"""
-_ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quantity", "limit_price", "status", "intent")
+_ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quantity", "limit_price", "status", "intent",
+                 "stop_loss")
 
 
 class Portfolio:
@@ -127,4 +129,5 @@ def _snapshot(account: Account, broker_positions: list[Position], ours) -> Portf
         open_orders=tuple({k: (str(v) if isinstance(v, Decimal) else v) for k, v in o.items() if v is not None}
                           for o in open_orders),
         pending_buy_value=pending_buy,
+        working_orders=tuple(open_orders),
         stored_state=state_from(ours["state"]))

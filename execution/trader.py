@@ -34,6 +34,7 @@ def risk_limits(t: "TradingConfig") -> safety.RiskLimits:
         min_position_value=t.min_position_value, daily_loss_limit=t.daily_loss_limit,
         position_stop_loss_pct=t.position_stop_loss_pct, price_collar_pct=t.price_collar_pct,
         max_orders_per_cycle=t.max_orders_per_cycle, allow_reentry_same_day=t.allow_reentry_same_day,
+        allow_margin=t.allow_margin,
         max_stop_distance_pct=t.max_stop_distance_pct, max_quote_age_seconds=t.max_quote_age_seconds)
 
 
@@ -69,8 +70,26 @@ class Trader:
             realized_pnl_today=snap.realized_pnl_today, unrealized_pnl=snap.unrealized_pnl, quote=quote,
             instrument=instrument, market=self.market_status(), entries_today=snap.entries_today,
             orders_this_cycle=self.orders_placed, trading_state=snap.stored_state,
-            pending_buy_value=Decimal(0))   # the broker's buying power already reserves open buy orders
+            pending_buy_value=Decimal(0),   # the broker's buying power already reserves open buy orders
+            working_entries=await self._working_entries(snap, symbol, quote))
         return ctx, snap
+
+    async def _working_entries(self, snap: PortfolioSnapshot, symbol: str, quote) -> list[safety.WorkingEntry]:
+        """Entry orders still working, priced at their limit (a market order at its symbol's last price)."""
+        entries = [o for o in snap.working_orders if o["side"] == "buy"]
+        unpriced = sorted({o["symbol"] for o in entries if o["limit_price"] is None} - {symbol})
+        last = {symbol: quote.last}
+        if unpriced:
+            last.update({s: q.last for s, q in (await self.broker.get_quotes(unpriced)).items()})
+        out = []
+        for o in entries:
+            price = o["limit_price"] if o["limit_price"] is not None else last.get(o["symbol"])
+            if price is None or price <= 0:
+                price = o["stop_loss"] / (1 - self.trading.position_stop_loss_pct) if o["stop_loss"] else None
+            if price is not None:
+                out.append(safety.WorkingEntry(o["symbol"], o["quantity"] - o["filled_quantity"], Decimal(price),
+                                               o["stop_loss"]))
+        return out
 
     def intent(self, *, symbol: str, quantity: int | None, value: Decimal | None, order_type: str | None,
                limit_price: Decimal | None, stop_loss: Decimal | None,
