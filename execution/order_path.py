@@ -230,8 +230,7 @@ class OrderPath:
             await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"], pid)
             return
         if pos is None:
-            log.error("sell fill for %s with no open position recorded; reconciliation will correct positions",
-                      order["symbol"])
+            await self._late_sell_fill(conn, order, qty, price, fee)
             return
         sold = min(qty, pos["quantity"])
         remaining = pos["quantity"] - sold
@@ -246,6 +245,25 @@ class OrderPath:
                 pos["position_id"], at, pnl, fee, order["intent"])
         await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"],
                            pos["position_id"])
+
+    async def _late_sell_fill(self, conn, order, qty: int, price: Decimal, fee: Decimal) -> None:
+        """A sell fill whose position reconciliation already closed (the broker had sold it before this fill was
+        recorded here): its P&L goes onto that position, never lost."""
+        closed = await conn.fetchrow(
+            "SELECT position_id, avg_entry_price FROM positions WHERE agent_id = $1 AND symbol = $2 "
+            "AND status = 'closed' AND exit_reason = 'closed_at_broker' ORDER BY closed_at DESC, position_id DESC "
+            "LIMIT 1 FOR UPDATE", self.agent_id, order["symbol"])
+        if closed is None:
+            log.error("sell fill for %s with no open position recorded; reconciliation will correct positions",
+                      order["symbol"])
+            return
+        pnl = (price - closed["avg_entry_price"]) * qty - fee
+        await conn.execute("UPDATE positions SET realized_pnl = realized_pnl + $2, fees = fees + $3, exit_reason = $4 "
+                           "WHERE position_id = $1", closed["position_id"], pnl, fee, order["intent"])
+        await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"],
+                           closed["position_id"])
+        log.warning("sell fill for %s recorded after reconciliation closed the position: P&L %s booked on it",
+                    order["symbol"], pnl)
 
     async def _set_status(self, coid: str, status: str, *, reason: str | None = None) -> None:
         await self.pool.execute("UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = $4 "

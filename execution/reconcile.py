@@ -2,13 +2,16 @@
 
 Run pre-market (`python startup_monitor.py`, cron) and at the start of every scan, trade and close cycle.
 
-1. Orders left `pending_submit` by a crash (older than a grace period, so an order another process is sending
-   right now is left alone) are looked up at the broker by client_order_id: found -> recorded with its fills;
-   not found -> marked rejected ("never reached the broker"); never resent.
+1. Orders left `pending_submit` (by a crash, or still being sent by another process) are looked up at the broker
+   by client_order_id, however young: found -> recorded with its fills (so our own order is never mistaken for
+   someone else's position); not found -> marked rejected ("never reached the broker") once older than a grace
+   period (an order another process is sending right now is left alone); never resent.
 2. Open orders are synced: fills that happened while nothing ran are recorded, positions follow from them.
 3. Broker orders we have no row for: with our agent's client-id prefix they are ambiguous (we sent something we
    did not record); others are reported as foreign.
-4. Positions are compared with the broker's, after the fills: missing here -> adopted (default stop) and
+4. Positions are compared with the broker's, after the fills. A symbol that differs first has our working orders
+   in it asked again by client id (another process may have just sent one) and the broker asked again; only a
+   difference that survives that is corrected: missing here -> adopted (default stop) and
    ambiguous; held here but not at the broker -> closed (a stop filled at the broker, a manual close) and its open
    sell orders cancelled; quantity differs -> set to the broker's, ambiguous when the broker holds more.
    One `decisions` audit row (engine 'reconcile') per correction.
@@ -102,6 +105,20 @@ class Reconciler:
         return await _reconcile(self, grace)
 
 
+async def _positions(services: Reconciler) -> tuple[dict, Any, dict]:
+    """The broker's positions, and ours with our working sells and the recorded state (one statement)."""
+    held = {p.symbol: p for p in await services.broker.get_positions()}
+    records = await services.pool.fetchrow(
+        """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
+                        WHERE agent_id = $1 AND status = 'open') AS positions,
+                  ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
+                        AND status IN """ + WORKING + """) AS sells,
+                  (""" + LATEST_STATE + """) AS state""", services.agent_id)
+    ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
+            for pid, symbol, qty in records["positions"]}
+    return held, records, ours
+
+
 async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     report = ReconcileReport(agent_id=services.agent_id)
     pool, broker, now = services.pool, services.broker, services.clock.now()
@@ -109,14 +126,16 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     try:
         # 1. orders a crash left between the write-ahead row and the broker's answer
         for row in await pool.fetch("SELECT client_order_id, symbol, side, quantity, created_at FROM orders "
-                                    "WHERE agent_id = $1 AND status = 'pending_submit' AND created_at <= $2 "
-                                    "ORDER BY order_id", services.agent_id, now - grace):
+                                    "WHERE agent_id = $1 AND status = 'pending_submit' ORDER BY order_id",
+                                    services.agent_id):
             coid = row["client_order_id"]
             result = await broker.get_order_by_client_id(coid)
             if result is not None:
                 outcome = await services.orders.record_result(result)
                 report.resolved.append(f"{coid}: reached the broker ({outcome.status}, "
                                        f"{outcome.filled_quantity}/{outcome.quantity} filled); recorded")
+            elif row["created_at"] > now - grace:
+                continue                   # young: its process may be sending it right now
             else:
                 await pool.execute("UPDATE orders SET status = 'rejected', reason = $2, updated_at = $3 "
                                    "WHERE client_order_id = $1", coid,
@@ -143,15 +162,15 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             else:
                 report.foreign_orders.append(text)
         # 4. positions
-        held = {p.symbol: p for p in await broker.get_positions()}
-        records = await pool.fetchrow(
-            """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
-                            WHERE agent_id = $1 AND status = 'open') AS positions,
-                      ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
-                            AND status IN """ + WORKING + """) AS sells,
-                      (""" + LATEST_STATE + """) AS state""", services.agent_id)
-        ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
-                for pid, symbol, qty in records["positions"]}
+        held, records, ours = await _positions(services)
+        differing = {s for s in set(held) | set(ours)
+                     if s not in held or s not in ours or held[s].quantity != ours[s]["quantity"]}
+        if differing:                      # our own orders in flight first (another process may have sent one)
+            for coid in await pool.fetch(
+                    f"SELECT client_order_id FROM orders WHERE agent_id = $1 AND symbol = ANY($2::text[]) "
+                    f"AND status IN {WORKING} ORDER BY order_id", services.agent_id, sorted(differing)):
+                await services.orders.sync(coid["client_order_id"])
+            held, records, ours = await _positions(services)
         stop_pct = services.stop_loss_pct
         for symbol, p in held.items():
             row = ours.get(symbol)
