@@ -82,16 +82,28 @@ async def _run(settings, args: argparse.Namespace) -> int:
                        durable=args.mode not in ("day", "replay")) as proc:
         try:
             return await _dispatch(settings, args, proc)
-        except Exception:
+        except Exception as exc:
+            if proc.pool is not None and not await _database_answers(proc.pool):
+                log.error("run stopped: the database went away (%s: %s)", type(exc).__name__, exc)
+                print(f"database unavailable: it stopped answering mid-run ({type(exc).__name__}: {exc}); "
+                      f"the next run reconciles what this one left", file=sys.stderr)
+                return EXIT_DATABASE
             log.exception("run failed")
             print("unexpected error; details in agent_logs and logs/agent.log", file=sys.stderr)
             return EXIT_UNEXPECTED
 
 
+async def _database_answers(pool) -> bool:
+    try:
+        return await asyncio.wait_for(pool.fetchval("SELECT 1"), 3) == 1
+    except Exception:
+        return False
+
+
 async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
     from core.clock import RealClock
     from core.errors import BrokerUnavailable
-    from runtime.wiring import build_services
+    from runtime.wiring import build_services, builder
 
     pool = proc.pool
     if args.mode == "heartbeat":
@@ -113,8 +125,7 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         print(f"database unavailable: {proc.database_error}", file=sys.stderr)
         return EXIT_DATABASE
 
-    async def build(s, clock):
-        return await build_services(s, pool, clock)
+    build = builder(pool)
 
     if args.mode == "day":
         from replay.day import run_day

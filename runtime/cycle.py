@@ -12,12 +12,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from core.calendar import MarketCalendar
 from core.clock import Clock
 from core.logcontext import log_context
 from engines.base import EngineResult
+from runtime.lock import holder_gone
 
 if TYPE_CHECKING:
     import asyncpg
@@ -26,6 +28,31 @@ if TYPE_CHECKING:
     from tool_executor import ToolExecutor
 
 log = logging.getLogger("catalyst.cycle")
+
+
+async def mark_interrupted(pool: "asyncpg.Pool", lock_dir: Path, now, *, found_by: str) -> list[uuid.UUID]:
+    """Cycles left `running` by a process that is gone (its agent's lock is free: killed, or the machine restarted)
+    become `interrupted`, with what they had done (their orders by status). Any run can do it for any agent id of
+    this installation, day and replay runs included (their ids never run again)."""
+    rows = await pool.fetch("SELECT cycle_id, agent_id, mode, started_at FROM trading_cycles WHERE status = 'running'")
+    gone = {a for a in {r["agent_id"] for r in rows} if holder_gone(lock_dir, a)}
+    marked = []
+    for r in rows:
+        if r["agent_id"] not in gone:
+            continue
+        orders = {o["status"]: o["n"] for o in await pool.fetch(
+            "SELECT status, count(*) AS n FROM orders WHERE cycle_id = $1 GROUP BY status", r["cycle_id"])}
+        found = ", ".join(f"{n} {status}" for status, n in sorted(orders.items())) or "no orders"
+        done = await pool.fetchval(
+            "UPDATE trading_cycles SET status = 'interrupted', finished_at = $2, error = $3 WHERE cycle_id = $1 "
+            "AND status = 'running' RETURNING cycle_id", r["cycle_id"], now,
+            f"interrupted: its process was gone (the lock of {r['agent_id']} was free) when {found_by} started at "
+            f"{now.isoformat()}; it had written {found}; reconciliation settles its orders")
+        if done:
+            marked.append(done)
+            log.warning("%s cycle %s of %s (started %s) marked interrupted: its process is gone; %s", r["mode"],
+                        r["cycle_id"], r["agent_id"], r["started_at"].isoformat(), found)
+    return marked
 
 
 @dataclass
@@ -44,7 +71,7 @@ class CycleRunner:
                  timezone: str, reconciler: "Reconciler",
                  executor: Callable[..., "ToolExecutor"],
                  choose_engine: Callable[[str], Awaitable[tuple[Any, str]]],
-                 after_trade: Callable[[], Awaitable[Any]]) -> None:
+                 after_trade: Callable[[], Awaitable[Any]], lock_dir: Path | None = None) -> None:
         self.pool = pool
         self.clock = clock
         self.calendar = calendar
@@ -54,10 +81,13 @@ class CycleRunner:
         self.executor = executor
         self.choose_engine = choose_engine
         self.after_trade = after_trade
+        self.lock_dir = lock_dir
 
     async def run(self, mode: str, *, engine=None) -> CycleOutcome:
         cycle_id = uuid.uuid4()
         now = self.clock.now()
+        if self.lock_dir is not None:
+            await mark_interrupted(self.pool, self.lock_dir, now, found_by=f"{self.agent_id} {mode}")
         await self.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
                                 "VALUES ($1, $2, $3, $4)", cycle_id, self.agent_id, mode, now)
         with log_context(cycle_id=str(cycle_id), mode=mode):

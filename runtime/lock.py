@@ -49,3 +49,20 @@ class AgentLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def holder_gone(lock_dir: Path, agent_id: str) -> bool:
+    """True when `agent_id` ran here (its lock file exists) and no process holds its lock now: whatever it left
+    `running` has no process any more. False when it is held, or when it never ran on this machine."""
+    path = lock_dir / f"{agent_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)              # closing releases the probe's own lock
+    return True

@@ -114,7 +114,8 @@ class Services:
         return CycleRunner(pool=self.pool, clock=self.clock, calendar=self.calendar, agent_id=self.agent_id,
                            timezone=self.settings.config.market.timezone, reconciler=self.reconciler,
                            executor=self.executor, choose_engine=self.choose_engine,
-                           after_trade=lambda: self.monitor().run_pass())
+                           after_trade=lambda: self.monitor().run_pass(),
+                           lock_dir=self.settings.var_dir / "locks")
 
     async def run_cycle(self, mode: str, *, engine=None):
         """One scan, trade or close cycle (a `trading_cycles` row); see runtime/cycle.py."""
@@ -218,7 +219,14 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock)
 
 
 def builder(pool: "asyncpg.Pool"):
-    """`build(settings, clock)` on this pool: what replay and day are given to wire each run."""
+    """`build(settings, clock)` on this pool: what replay and day are given to wire each run. Each agent id it
+    wires holds that id's run lock for the rest of the process, so its cycles read as alive to other runs (and as
+    interrupted once the process is gone)."""
+    from runtime.lock import AgentLock
+    held: dict[str, AgentLock] = {}
+
     async def build(settings: Settings, clock: Clock) -> Services:
+        if settings.agent_id not in held:
+            held[settings.agent_id] = AgentLock(settings.var_dir / "locks", settings.agent_id).acquire("replay")
         return await build_services(settings, pool, clock)
     return build
