@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Catalyst launcher: ./run.sh MODE [args...]
 #   ./run.sh heartbeat|scan|trade|close|day|replay|report|data ...   -> python unified_agent.py --mode MODE [args...]
+#   ./run.sh broker-check [--symbol S]             -> a safe smoke test of the configured broker
 #   ./run.sh reconcile [--resume REASON]           -> python startup_monitor.py (reconciliation)
 #   ./run.sh monitor                               -> python position_monitor_service.py (the daemon)
 #   ./run.sh test [pytest args...]                 -> the whole test suite
@@ -61,7 +62,7 @@ ensure_venv() {
 }
 
 if [ $# -lt 1 ]; then
-    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|report|data sync|status|import DIR|reconcile|monitor|test|bench NAME [args...]" >&2
+    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|report|data sync|status|import DIR|broker-check|reconcile|monitor|test|bench NAME [args...]" >&2
     exit 64
 fi
 

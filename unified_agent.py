@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
 
-MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data")
+MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data", "broker-check")
 
 log = logging.getLogger("catalyst.agent")
 
@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", required=True, choices=MODES, help="what this run does")
     parser.add_argument("--config", default=None, help="path to trading_config.yaml (default: config/)")
     parser.add_argument("words", nargs="*", metavar="ARG", help="data: sync | status | import DIR")
+    check = parser.add_argument_group("broker-check")
+    check.add_argument("--symbol", default=None, help="broker-check: the symbol to quote and order (default: the "
+                                                      "first of the bar store's universe)")
+    check.add_argument("--i-understand-real-money", dest="real_money_ok", action="store_true",
+                       help="broker-check: allow the test order on a real-money account (smallest lot, a price "
+                            "that cannot fill, cancelled at once)")
     replay = parser.add_argument_group("replay")
     replay.add_argument("--start", type=_date, help="replay: first day (YYYY-MM-DD)")
     replay.add_argument("--end", type=_date, help="replay: last day (YYYY-MM-DD)")
@@ -59,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_or_exit(args.config)
         # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
-        with run_lock(settings, args.mode, take=args.mode not in ("day", "replay", "report", "data")), \
-                run_lock(settings, "data", take=args.mode == "data", name=f"{settings.agent_id}-data"):
+        unlocked = ("day", "replay", "report", "data", "broker-check")     # own ids, own locks, or read-only
+        with run_lock(settings, args.mode, take=args.mode not in unlocked), \
+                run_lock(settings, "data", take=args.mode == "data", name=f"{settings.agent_id}-data"), \
+                run_lock(settings, "check", take=args.mode == "broker-check", name=f"{settings.agent_id}-check"):
             return asyncio.run(_run(settings, args))
     except SystemExit as exc:
         return int(exc.code or 0)
@@ -146,6 +154,12 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         print(f"every decision, order and log line is under agent id {result.agent_id} "
               f"(warnings: {settings.log_dir / 'agent.log'})")
         return EXIT_OK
+    if args.mode == "broker-check":
+        from runtime.broker_check import run_broker_check
+        code, text = await run_broker_check(settings, pool, symbol=args.symbol, real_money_ok=args.real_money_ok)
+        print(f"broker check of {settings.config.broker} for agent {settings.agent_id}:\n{text}")
+        print("PASS" if code == 0 else "FAIL")
+        return code
     if args.mode == "data":
         from runtime.data_cmd import run_data_command
         return await run_data_command(settings, pool, args.words)
