@@ -10,6 +10,8 @@ Entry rules, in the order they are reported:
   trading_state        today's realised + unrealised P&L at or below -daily_loss_limit, or reconciliation found
                        something it could not explain: the agent is REDUCING — exits only.
   market_open          the exchange is in continuous trading now (not pre-open, lunch, closed or a holiday).
+  monitor_watching     when the position monitor daemon is required, its last beat is recent enough: nobody
+                       enters a position that nothing would watch.
   long_only            entries buy; exits go through close_position.
   currency             the instrument trades in the account's currency.
   already_held         one position per symbol (the stop and take-profit belong to one entry).
@@ -115,6 +117,8 @@ class RiskContext:
     trading_state: TradingState = TradingState.ACTIVE   # as stored (reconciliation may have set REDUCING)
     pending_buy_value: Decimal = Decimal(0)              # open buy orders the buying power does not reserve
     working_entries: Sequence[WorkingEntry] = ()         # entry orders still working (committed exposure)
+    monitor_beat_age: float | None = None                # seconds since the daemon's last beat (None: never)
+    monitor_beat_limit: float | None = None              # None: the daemon is not required here
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,11 @@ def evaluate_entry(intent: EntryIntent, ctx: RiskContext, limits: RiskLimits) ->
     if ctx.market.status != "open":
         when = f"; next open {ctx.market.next_open.isoformat()}" if ctx.market.next_open else ""
         fail("market_open", f"the market is {ctx.market.status}{when}")
+    if ctx.monitor_beat_limit is not None and ctx.market.status == "open" and (
+            ctx.monitor_beat_age is None or ctx.monitor_beat_age > ctx.monitor_beat_limit):
+        seen = "has never beaten" if ctx.monitor_beat_age is None else f"last beat {ctx.monitor_beat_age:.0f}s ago"
+        fail("monitor_watching", f"the position monitor daemon {seen} (limit {ctx.monitor_beat_limit:.0f}s): no new "
+                                 f"entries until it runs again (./run.sh monitor / systemctl status)")
     if intent.side is not OrderSide.BUY:
         fail("long_only", "entries must buy; use close_position to sell a holding")
     if inst.currency != ctx.account.currency:

@@ -140,6 +140,14 @@ class MonitorConfig(_Model):
     heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     max_backoff_seconds: int = Field(default=60, ge=1, le=3600)
     advice_hold_minutes: int = Field(default=15, ge=0, le=390)
+    # Nobody trades unwatched: with the daemon required, new entries stop (exits still run) when its last
+    # service_health beat is older than three times max(poll_interval_seconds, heartbeat_seconds).
+    # live: required on the real clock (a simulated day or replay runs its monitor in-process); always; never.
+    require_daemon: Literal["live", "always", "never"] = "live"
+
+    @property
+    def beat_limit_seconds(self) -> int:
+        return 3 * max(self.poll_interval_seconds, self.heartbeat_seconds)
 
 
 class LoggingConfig(_Model):

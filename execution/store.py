@@ -67,6 +67,11 @@ class Store:
                                 "VALUES ($1, $2, $3, $4, $5)", self.agent_id, state.name, reason, set_by,
                                 self.clock.now())
 
+    async def last_beat(self, service: str = "position_monitor"):
+        """When `service` of this agent last wrote service_health (None: never)."""
+        return await self.pool.fetchval("SELECT max(checked_at) FROM service_health WHERE agent_id = $1 "
+                                        "AND service = $2", self.agent_id, service)
+
     # ------------------------------------------------------------------ decisions
     async def record_decision(self, *, cycle_id: uuid.UUID | None, engine: str, symbol: str | None, action: str,
                               reasoning: str, verdict: dict | None = None, details: dict | None = None) -> int:

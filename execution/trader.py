@@ -41,7 +41,7 @@ def risk_limits(t: "TradingConfig") -> safety.RiskLimits:
 class Trader:
     def __init__(self, *, broker: "BrokerClient", orders: OrderPath, portfolio: Portfolio, store: Store,
                  clock: Clock, calendar: MarketCalendar, trading: "TradingConfig", cycle_id: uuid.UUID | None,
-                 engine: str) -> None:
+                 engine: str, monitor_beat_limit: float | None = None) -> None:
         self.broker = broker
         self.orders = orders
         self.portfolio = portfolio
@@ -51,6 +51,7 @@ class Trader:
         self.trading = trading
         self.cycle_id = cycle_id
         self.engine = engine
+        self.monitor_beat_limit = monitor_beat_limit      # None: the daemon is not required
         self.orders_placed = 0
 
     # ------------------------------------------------------------------ the gate's inputs
@@ -71,8 +72,15 @@ class Trader:
             instrument=instrument, market=self.market_status(), entries_today=snap.entries_today,
             orders_this_cycle=self.orders_placed, trading_state=snap.stored_state,
             pending_buy_value=Decimal(0),   # the broker's buying power already reserves open buy orders
-            working_entries=await self._working_entries(snap, symbol, quote))
+            working_entries=await self._working_entries(snap, symbol, quote),
+            monitor_beat_age=await self._beat_age(), monitor_beat_limit=self.monitor_beat_limit)
         return ctx, snap
+
+    async def _beat_age(self) -> float | None:
+        if self.monitor_beat_limit is None:
+            return None
+        last = await self.store.last_beat()
+        return None if last is None else (self.clock.now() - last).total_seconds()
 
     async def _working_entries(self, snap: PortfolioSnapshot, symbol: str, quote) -> list[safety.WorkingEntry]:
         """Entry orders still working, priced at their limit (a market order at its symbol's last price)."""

@@ -18,6 +18,7 @@ EXIT_OK = 0
 EXIT_DATABASE = 3
 EXIT_BROKER = 4
 EXIT_DATA = 6
+EXIT_UNWATCHED = 8
 
 
 @dataclass
@@ -41,7 +42,8 @@ class HealthReport:
     def exit_code(self) -> int:
         for c in self.checks:
             if not c.ok:
-                return {"database": EXIT_DATABASE, "broker": EXIT_BROKER, "market data": EXIT_DATA}.get(c.name, 1)
+                return {"database": EXIT_DATABASE, "broker": EXIT_BROKER, "market data": EXIT_DATA,
+                        "monitor": EXIT_UNWATCHED}.get(c.name, 1)
         return EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +81,26 @@ async def store_check(settings: Settings, pool, now) -> Check:
     return Check("market data", True, f"{store.dataset}: {shown}")
 
 
+async def monitor_check(settings: Settings, pool, now) -> Check:
+    """Nobody trades unwatched: during a session with open positions the monitor daemon's last beat must be
+    younger than monitor.beat_limit_seconds."""
+    from core.calendar import MarketCalendar
+    limit = settings.config.monitor.beat_limit_seconds
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM positions WHERE agent_id = $1 AND status = 'open') AS open, "
+        "(SELECT max(checked_at) FROM service_health WHERE agent_id = $1 AND service = 'position_monitor') AS beat",
+        settings.agent_id)
+    age = None if row["beat"] is None else (now - row["beat"]).total_seconds()
+    seen = "never" if age is None else f"{age:.0f}s ago"
+    if not MarketCalendar(settings.config.market.exchange).is_open(now) or not row["open"]:
+        return Check("monitor", True, f"last beat {seen}; not needed now (market closed or no open positions)")
+    if age is None or age > limit:
+        return Check("monitor", False, f"{row['open']} open positions and the position monitor's last beat was "
+                                       f"{seen} (limit {limit}s): new entries are refused; start it (./run.sh "
+                                       f"monitor, systemctl start position-monitor)")
+    return Check("monitor", True, f"last beat {seen} (limit {limit}s), watching {row['open']} positions")
+
+
 async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None, database_error: str | None,
                         broker_check: BrokerCheck | None, now=None) -> HealthReport:
     """`database` is (DatabaseTarget, pool) when the database opened, else `database_error` says why."""
@@ -114,6 +136,10 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
             report.checks.append(await store_check(settings, pool, now))
         except Exception as exc:
             report.checks.append(Check("market data", False, f"could not read the bar store: {exc}"))
+        try:
+            report.checks.append(await monitor_check(settings, pool, now))
+        except Exception as exc:
+            report.checks.append(Check("monitor", False, f"could not read the monitor's beats: {exc}"))
 
     if broker_check is None:
         report.checks.append(Check("broker", False, "not checked: the database is down (the paper broker keeps "

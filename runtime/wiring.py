@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import signals
 from core.calendar import MarketCalendar
-from core.clock import Clock
+from core.clock import Clock, RealClock
 from core.paths import project_path
 from core.settings import ConfigError, Settings
 from core.feeds import UniverseSpec
@@ -72,7 +72,14 @@ class Services:
     def trader(self, *, cycle_id: uuid.UUID | None, engine: str) -> Trader:
         return Trader(broker=self.broker, orders=self.orders, portfolio=self.portfolio, store=self.store,
                       clock=self.clock, calendar=self.calendar, trading=self.settings.config.trading,
-                      cycle_id=cycle_id, engine=engine)
+                      cycle_id=cycle_id, engine=engine, monitor_beat_limit=self.beat_limit())
+
+    def beat_limit(self) -> float | None:
+        """How old the monitor daemon's beat may be before entries stop; None when the daemon is not required
+        (a simulated clock drives its own monitor in-process)."""
+        m = self.settings.config.monitor
+        required = m.require_daemon == "always" or (m.require_daemon == "live" and isinstance(self.clock, RealClock))
+        return float(m.beat_limit_seconds) if required else None
 
     def executor(self, *, mode: str, cycle_id: uuid.UUID | None, engine: str) -> ToolExecutor:
         return ToolExecutor(trader=self.trader(cycle_id=cycle_id, engine=engine), market=self.market,
