@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
+import types
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,6 +31,45 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_scalars(cls, data: Any) -> Any:
+        """A switch is true or false, never 'yes'; a number is written as a number, never as text: a typo in a
+        safety limit must not be read as something else."""
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            info = cls.model_fields.get(name)
+            if info is None or value is None:
+                continue
+            kinds = _scalar_kinds(info.annotation)
+            if kinds == {"bool"} and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false (got {value!r})")
+            if kinds and kinds <= {"int", "number"} and (isinstance(value, bool) or not isinstance(value, (int, float,
+                                                                                                     Decimal))):
+                raise ValueError(f"{name} must be a number written without quotes (got {value!r})")
+        return data
+
+
+def _scalar_kinds(annotation: Any) -> set[str]:
+    """{'bool'}, {'int'}, {'number'} (or a mix) when the field is such a scalar (optionally None); else empty."""
+    import typing
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    kinds = set()
+    for arg in args:
+        if arg is type(None):
+            continue
+        if arg is bool:
+            kinds.add("bool")
+        elif arg is int:
+            kinds.add("int")
+        elif arg in (float, Decimal):
+            kinds.add("number")
+        else:
+            return set()
+    return kinds
 
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -70,9 +110,9 @@ class MarketConfig(_Model):
 
 class TradingConfig(_Model):
     max_positions: int = Field(gt=0, le=500)
-    max_position_value: Decimal = Field(gt=0)
-    min_position_value: Decimal = Field(ge=0)
-    daily_loss_limit: Decimal = Field(gt=0)
+    max_position_value: Decimal = Field(gt=0, le=Decimal(10) ** 9)
+    min_position_value: Decimal = Field(ge=0, le=Decimal(10) ** 9)
+    daily_loss_limit: Decimal = Field(gt=0, le=Decimal(10) ** 9)
     position_stop_loss_pct: Decimal = Field(gt=0, lt=1)
     trailing_stop_pct: Decimal = Field(gt=0, lt=1)
     default_order_type: Literal["limit", "market"]
@@ -99,6 +139,31 @@ class ModelPrice(_Model):
     cache_read: Decimal = Field(ge=0)
 
 
+def _price(i: str, o: str, w: str, r: str) -> "ModelPrice":
+    return ModelPrice(input=Decimal(i), output=Decimal(o), cache_write=Decimal(w), cache_read=Decimal(r))
+
+
+# Published list prices (USD per million tokens); `ai.prices` in the config adds to or overrides them.
+KNOWN_MODEL_PRICES = {
+    "claude-sonnet-4-6": _price("3", "15", "3.75", "0.30"),
+    "claude-sonnet-4-5": _price("3", "15", "3.75", "0.30"),
+    "claude-haiku-4-5": _price("1", "5", "1.25", "0.10"),
+    "claude-opus-4-5": _price("5", "25", "6.25", "0.50"),
+    "claude-opus-4-1": _price("15", "75", "18.75", "1.50"),
+}
+# Models Anthropic no longer serves -> what to use instead (the seed's example names the first).
+RETIRED_MODELS = {
+    "claude-sonnet-4-20250514": "claude-sonnet-4-6",
+    "claude-3-7-sonnet-20250219": "claude-sonnet-4-6",
+    "claude-3-5-sonnet-20241022": "claude-sonnet-4-6",
+    "claude-3-5-sonnet-20240620": "claude-sonnet-4-6",
+    "claude-3-5-haiku-20241022": "claude-haiku-4-5",
+    "claude-3-haiku-20240307": "claude-haiku-4-5",
+    "claude-3-opus-20240229": "claude-opus-4-5",
+    "claude-opus-4-20250514": "claude-opus-4-5",
+}
+
+
 class AIConfig(_Model):
     model: str = Field(min_length=1)
     daily_budget_usd: Decimal = Field(ge=0, le=10_000)
@@ -108,13 +173,27 @@ class AIConfig(_Model):
     monitor_daily_budget_usd: Decimal = Field(default=Decimal("0.05"), ge=0, le=1_000)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _priced(self) -> "AIConfig":
-        for name in (self.model, self.monitor_model):
-            if name not in self.prices:
-                raise ValueError(f"prices has no entry for model {name!r}: the budget needs its price per "
-                                 f"million tokens (input, output, cache_write, cache_read)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _known_models(cls, data: Any) -> Any:
+        """Built-in prices for the published models; a retired model is replaced by its successor (load_settings
+        warns, naming both); an unknown one without a price is refused, naming what to write."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        prices = {**KNOWN_MODEL_PRICES, **(data.get("prices") or {})}
+        for key in ("model", "monitor_model"):
+            name = data.get(key)
+            if isinstance(name, str) and name in RETIRED_MODELS and name not in (data.get("prices") or {}):
+                data[key] = RETIRED_MODELS[name]
+        for key in ("model", "monitor_model"):
+            name = data.get(key, "claude-haiku-4-5" if key == "monitor_model" else None)
+            if isinstance(name, str) and name not in prices:
+                raise ValueError(f"{key} {name!r} is not a model we know the price of (known: "
+                                 f"{', '.join(sorted(KNOWN_MODEL_PRICES))}); use one of those, or add its price per "
+                                 f"million tokens under ai.prices.{name} (input, output, cache_write, cache_read)")
+        data["prices"] = prices
+        return data
 
 
 class SignalsConfig(_Model):
@@ -171,11 +250,23 @@ class FeeSchedule(_Model):
     sell_only_rate: Decimal = Field(default=Decimal(0), ge=0, lt=Decimal("0.01"))
 
 
+HKEX_FEES = {"commission_rate": Decimal("0.0003"), "commission_min": Decimal(3), "stamp_duty_rate": Decimal("0.001"),
+             "stamp_duty_round_up": True, "trading_fee_rate": Decimal("0.0000565"),
+             "sfc_levy_rate": Decimal("0.000027"), "afrc_levy_rate": Decimal("0.0000015"),
+             "settlement_fee_rate": Decimal("0.00002"), "settlement_fee_min": Decimal(2),
+             "settlement_fee_max": Decimal(100), "sell_only_rate": Decimal(0)}
+US_FEES = {"commission_rate": Decimal(0), "commission_min": Decimal(0), "stamp_duty_rate": Decimal(0),
+           "stamp_duty_round_up": False, "trading_fee_rate": Decimal(0), "sfc_levy_rate": Decimal(0),
+           "settlement_fee_rate": Decimal(0), "settlement_fee_min": Decimal(0), "settlement_fee_max": Decimal(0),
+           "sell_only_rate": Decimal("0.0000278")}
+
+
 class PaperConfig(_Model):
-    initial_cash: Decimal = Field(gt=0)
-    slippage_bps: Decimal = Field(ge=0, le=500)
-    max_volume_participation: Decimal = Field(gt=0, le=1)
-    fees: FeeSchedule
+    """The paper broker. Every key has a default (the exchange's retail fees), so a config without `paper:` works."""
+    initial_cash: Decimal = Field(default=Decimal(200_000), gt=0, le=Decimal(10) ** 10)
+    slippage_bps: Decimal = Field(default=Decimal(5), ge=0, le=500)
+    max_volume_participation: Decimal = Field(default=Decimal("0.1"), gt=0, le=1)
+    fees: FeeSchedule = FeeSchedule(**HKEX_FEES)
 
 
 class AlpacaConfig(_Model):
@@ -256,7 +347,7 @@ class RulesConfig(_Model):
     watchlist_size: int = Field(default=10, ge=1, le=50)
     candidates_per_cycle: int = Field(default=8, ge=1, le=50)
     max_new_entries_per_cycle: int = Field(default=2, ge=0, le=20)
-    entry_value: Decimal = Field(default=Decimal(9000), gt=0)
+    entry_value: Decimal = Field(default=Decimal(9000), gt=0, le=Decimal(10) ** 9)
     limit_offset_pct: Decimal = Field(default=Decimal("0.002"), ge=0, lt=Decimal("0.05"))
     rsi_min: Decimal = Field(default=Decimal(45), ge=0, le=100)
     rsi_max: Decimal = Field(default=Decimal(70), ge=0, le=100)
@@ -279,7 +370,7 @@ class TradingSystemConfig(_Model):
     real_money: bool = False
     alpaca: AlpacaConfig = AlpacaConfig()
     moomoo: MoomooConfig = MoomooConfig()
-    paper: PaperConfig
+    paper: PaperConfig = PaperConfig()
     market_data: MarketDataConfig = MarketDataConfig()
     scan: ScanConfig = ScanConfig()
     news: NewsConfig = NewsConfig()
@@ -342,9 +433,13 @@ class Environment:
                 found.append(value)
         url = self.get("DATABASE_URL")
         if url:
-            password = urlsplit(url).password
+            try:
+                password = urlsplit(url).password
+            except ValueError:                  # malformed: check_database_url says so; keep the whole URL secret
+                password = url
             if password:
                 found.append(password)
+                found.append(unquote(password))
         return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
 
 
@@ -373,7 +468,11 @@ def load_environment(env_file: Path | None = None, environ: dict[str, str] | Non
                 f"{env_file}: refusing to read a secrets file that group or others can access "
                 f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {env_file}")
         from dotenv import dotenv_values
-        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        try:
+            values = {k: v for k, v in dotenv_values(env_file, encoding="utf-8").items() if v is not None}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{env_file}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                              f"save it as UTF-8") from None
     else:
         env_file = None
     for key, value in environ.items():
@@ -390,6 +489,7 @@ class Settings:
     config: TradingSystemConfig
     env: Environment
     config_path: Path
+    warnings: tuple[str, ...] = ()       # accepted, but a person should know (logged by every process at start)
 
     @property
     def agent_id(self) -> str:
@@ -416,11 +516,30 @@ def load_settings(config_path: Path | str | None = None, env: Environment | None
             if not isinstance(raw.get(section, {}), dict):
                 continue  # the validator reports the malformed section
             raw.setdefault(section, {})[key] = value.upper() if key == "level" else value
+    if isinstance(raw.get("market"), dict) and "paper" not in raw and raw["market"].get("exchange") in ("NYSE", "NASDAQ"):
+        raw["paper"] = {"fees": US_FEES}                      # the paper broker's defaults follow the market
     try:
         config = TradingSystemConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, path, TradingSystemConfig)) from None
-    return Settings(config=config, env=env, config_path=path)
+    return Settings(config=config, env=env, config_path=path, warnings=tuple(_warnings(raw, config, path)))
+
+
+def _warnings(raw: dict[str, Any], config: TradingSystemConfig, path: Path) -> list[str]:
+    out = []
+    ai = raw.get("ai") if isinstance(raw.get("ai"), dict) else {}
+    for key in ("model", "monitor_model"):
+        asked = ai.get(key)
+        if isinstance(asked, str) and asked in RETIRED_MODELS and getattr(config.ai, key) != asked:
+            out.append(f"{path}: ai.{key} {asked!r} is retired; using its replacement {getattr(config.ai, key)!r} "
+                       f"(set ai.{key} to it to silence this)")
+    regular = {"HKEX": {"morning": ("09:30", "12:00"), "afternoon": ("13:00", "16:00")},
+               "NYSE": {"regular": ("09:30", "16:00")}, "NASDAQ": {"regular": ("09:30", "16:00")}}
+    given = {k: (v.open, v.close) for k, v in config.market.sessions.items()}
+    if given and given != regular[config.market.exchange]:
+        out.append(f"{path}: market.sessions {given} differ from {config.market.exchange}'s regular hours; trading "
+                   f"hours come from the exchange calendar (holidays and half days included), not from this key")
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -431,7 +550,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
@@ -442,6 +563,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (agent, market, trading, ...)")
     return data
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names a key twice (YAML would silently keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice in one section, on line {seen[key]} and line {line} "
+                                   f"(YAML would silently keep the second); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def format_validation_error(exc: ValidationError, path: Path, root: type[BaseModel]) -> str:
@@ -505,16 +643,43 @@ SECURE_SSLMODES = {"require", "verify-ca", "verify-full"}
 
 
 def check_database_url(url: str, allow_insecure: bool) -> None:
-    """Refuse a remote database without TLS unless explicitly allowed (CATALYST_ALLOW_INSECURE_DB=1)."""
-    parts = urlsplit(url)
+    """Refuse a malformed DATABASE_URL, and a remote database without TLS unless explicitly allowed
+    (CATALYST_ALLOW_INSECURE_DB=1). The URL is read as the driver reads it: a parameter given twice is refused
+    (asyncpg takes the last one, a naive check the first), and every host counts — the URL's and any `host=`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL is malformed: {exc}") from None
     if parts.scheme not in {"postgresql", "postgres"}:
         raise ConfigError(f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})")
-    query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host", [""])[0])
-    if host.startswith("/") or host in LOCAL_HOSTS:
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        port = item.rpartition("]")[2] if item.startswith("[") else item
+        port = port.partition(":")[2] if ":" in port else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"DATABASE_URL is malformed: port {port!r} is not a number from 1 to 65535")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    names = [k for k, _ in pairs]
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:
+        raise ConfigError(f"DATABASE_URL gives {', '.join(twice)} more than once; give each parameter once")
+    query = dict(pairs)
+    hosts = [h for h in _netloc_hosts(parts.netloc) if h] + [h for h in query.get("host", "").split(",") if h]
+    remote = [h for h in hosts if not (h.startswith("/") or h.strip("[]") in LOCAL_HOSTS)]
+    if not remote:
         return
-    sslmode = query.get("sslmode", [""])[0]
+    sslmode = query.get("sslmode", "")
     if sslmode not in SECURE_SSLMODES and not allow_insecure:
         raise ConfigError(
-            f"DATABASE_URL points at remote host {host!r} without TLS: add ?sslmode=require (or verify-full), "
+            f"DATABASE_URL points at remote host {remote[0]!r} without TLS: add ?sslmode=require (or verify-full), "
             f"or set CATALYST_ALLOW_INSECURE_DB=1 to accept an unencrypted connection")
+
+
+def _netloc_hosts(netloc: str) -> list[str]:
+    """Hosts of a netloc, multi-host lists included ('u:p@h1:5432,h2' -> ['h1', 'h2'])."""
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        if item.startswith("["):
+            hosts.append(item[1:item.find("]")] if "]" in item else item[1:])
+        else:
+            hosts.append(item.partition(":")[0])
+    return [unquote(h) for h in hosts]

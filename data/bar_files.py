@@ -29,8 +29,9 @@ order (header names are case-insensitive; other columns are ignored)::
   interval (HKEX: 09:30 and 13:00), never split into shorter ones.
 
 Optional ``instruments.csv`` in the same directory: ``symbol,name,lot_size,currency`` (and optionally
-``tick_scheme``: hkex | us). Missing values default from the exchange: HKEX -> lot 100, HKD, hkex ticks
-(HKEX board lots differ by stock: set ``lot_size``); NYSE/NASDAQ/US -> lot 1, USD, us ticks.
+``tick_scheme``: hkex | us). Missing values default from the exchange: HKEX -> lot `market.default_lot_size`
+(100 unless configured), HKD, hkex ticks (HKEX board lots differ by stock: set ``lot_size``); NYSE/NASDAQ/US ->
+lot 1, USD, us ticks.
 
 What you get back: a bar only once it has completed at or before the caller's ``end``; a quote is the close of
 the last bar completed at or before ``at`` (bid and ask one tick either side, on the exchange's tick grid). A
@@ -110,7 +111,7 @@ class BarFileSource:
     """Market data read from per-symbol bar files; implements `core.feeds.MarketDataSource`."""
 
     def __init__(self, directory: str | Path, exchange: str = "HKEX", *,
-                 calendar: MarketCalendar | None = None) -> None:
+                 calendar: MarketCalendar | None = None, default_lot: int | None = None) -> None:
         self.directory = Path(directory).expanduser()
         code = exchange_code(exchange)
         self.exchange = exchange.upper()
@@ -120,7 +121,8 @@ class BarFileSource:
         if not self.directory.is_dir():
             raise BarFileError(f"bar file directory {self.directory} does not exist or is not a directory")
         self._files = self._scan_files()
-        self._instruments = self._load_instruments(*_DEFAULTS[code])
+        lot, currency, scheme = _DEFAULTS[code]
+        self._instruments = self._load_instruments(default_lot or lot, currency, scheme)
         self._series: dict[str, _Series] = {}
         self._lock = threading.Lock()
 

@@ -9,6 +9,7 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ def start_logging(settings: Settings, target: DatabaseTarget | None, mode: str, 
                              file_keep_days=settings.config.logging.file_retention_days,
                              console_level=console_level)
     bind_log_context(mode=mode)
+    for warning in settings.warnings:
+        logging.getLogger("catalyst.config").warning(warning)
     return pipeline
 
 

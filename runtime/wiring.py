@@ -136,7 +136,9 @@ def build_source(settings: Settings, calendar: MarketCalendar) -> "MarketDataSou
     md = settings.config.market_data
     if md.source == "files":
         from data.bar_files import BarFileSource
-        return BarFileSource(project_path(md.directory), settings.config.market.exchange)
+        market = settings.config.market
+        return BarFileSource(project_path(md.directory), market.exchange,
+                             default_lot=market.default_lot_size if market.exchange == "HKEX" else None)
     from brokers.paper.simulated import SimulatedMarket
     return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
                            calendar=calendar)
