@@ -50,6 +50,11 @@ class ToolResult:
         return json.loads(self.content)
 
 
+def _brief(text: str, limit: int = 2000) -> str:
+    """A log-sized copy (the logging pipeline redacts secrets and escapes control characters)."""
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text) - limit} more characters]"
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """'quantity: must be > 0 (got -5); symbol: field required' — every field, its rule, what was sent."""
     parts = []
@@ -142,7 +147,10 @@ class ToolExecutor:
                 return self._error(name, symbol, f"internal error in {name}: {type(exc).__name__}", t0)
             ms = (time.perf_counter() - t0) * 1000
             log.info("tool %s ok in %.0f ms", name, ms, extra={})
-            return ToolResult(_json(data))
+            result = ToolResult(_json(data))
+            if log.isEnabledFor(logging.DEBUG):          # seed §7.2: tool calls and their answers, at DEBUG
+                log.debug("tool %s input %s -> %s", name, _brief(_json(raw_input)), _brief(result.content))
+            return result
 
     def _error(self, name: str, symbol: Any, message: str, t0: float | None = None) -> ToolResult:
         ms = (time.perf_counter() - t0) * 1000 if t0 else 0.0

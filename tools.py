@@ -3,6 +3,7 @@ from that model — one source of truth for the model's contract and our validat
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -29,8 +30,28 @@ Quantity = Annotated[int, Field(gt=0, le=10_000_000, strict=True)]
 Reason = Annotated[str, Field(min_length=3, max_length=2_000)]
 
 
+# C0 controls but tab, newline and carriage return; DEL; the C1 block. (Lone surrogates are caught separately.)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 class ToolInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _printable_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every text field: no NUL or other control character, no unpaired surrogate (they cannot be stored,
+        logged or shown); the field is named in the error that goes back to the model."""
+        if isinstance(value, str):
+            bad = _CONTROL.search(value)
+            if bad:
+                raise ValueError(f"contains the control character U+{ord(bad.group()):04X} at position "
+                                 f"{bad.start()}; send plain text")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"contains an unpaired surrogate at position {exc.start}; send plain text") from None
+        return value
 
 
 class ScanMarketInput(ToolInput):
@@ -102,7 +123,15 @@ class ClosePositionInput(ToolInput):
 class CloseAllInput(ToolInput):
     """Emergency exit of every open position and cancel of every open order (the kill switch)."""
     reason: Reason
-    confirm: Literal[True] = Field(description="Must be true")
+    confirm: Annotated[bool, Field(strict=True)] = Field(description="Must be true (the JSON value true)",
+                                                         json_schema_extra={"const": True})
+
+    @field_validator("confirm")
+    @classmethod
+    def _confirmed(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError("must be true to close everything")
+        return value
 
 
 class LogDecisionInput(ToolInput):

@@ -168,6 +168,10 @@ class ClaudeEngine:
                                               input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost=u.cost)
             messages.append({"role": "assistant", "content": content})
             uses = [b for b in content if b.get("type") == "tool_use"]
+            if log.isEnabledFor(logging.DEBUG):          # seed §7.2: the model's tool calls with each turn
+                log.debug("model turn %d (%s, stop %s): %s", turn + 1, self.ai.model, response.stop_reason,
+                          json.dumps([{"tool": b["name"], "input": b.get("input")} for b in uses] or text,
+                                     default=str)[:2000])
             if response.stop_reason != "tool_use" or not uses:
                 break
             results = []
