@@ -71,8 +71,11 @@ class SimulatedTime:
 
     async def sleep(self, seconds: float) -> None:
         seconds = max(seconds, 0)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=seconds / self.speed)
+            seconds = min(seconds, (loop.time() - t0) * self.speed)    # stopped early: only the time that passed
         except asyncio.TimeoutError:
             pass
         self.clock.advance(timedelta(seconds=seconds))

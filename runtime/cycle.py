@@ -114,13 +114,17 @@ class CycleRunner:
                 result.summary.setdefault("engine_reason", reason)
                 if recon.corrections or recon.resolved or recon.ambiguous:
                     result.summary["reconciliation"] = recon.to_dict()
-                if mode == "trade" and executor.orders_placed:
-                    await self.after_trade()     # trade-triggered monitoring of what was just entered
-                await self._finish(cycle_id, result, executor.orders_placed)
-                message = f"{mode} cycle {result.status} with the {engine.name} engine: {executor.orders_placed} orders"
+                placed = executor.orders_placed
+                if mode == "trade" and placed:
+                    checked = await self.after_trade()     # trade-triggered monitoring of what was just entered
+                    exits = list(getattr(checked, "exits", None) or [])
+                    if exits:
+                        result.summary["monitor_exits"] = exits
+                        placed += len(exits)
+                await self._finish(cycle_id, result, placed)
+                message = f"{mode} cycle {result.status} with the {engine.name} engine: {placed} orders"
                 log.info(message)
-                return CycleOutcome(cycle_id, mode, result.status, engine.name, executor.orders_placed,
-                                    result.summary, message)
+                return CycleOutcome(cycle_id, mode, result.status, engine.name, placed, result.summary, message)
             except Exception as exc:
                 log.exception("%s cycle failed", mode)
                 await self._finish(cycle_id, EngineResult(engine=getattr(engine, "name", "rules"), status="failed",

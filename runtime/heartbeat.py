@@ -43,7 +43,7 @@ class HealthReport:
         for c in self.checks:
             if not c.ok:
                 return {"database": EXIT_DATABASE, "broker": EXIT_BROKER, "market data": EXIT_DATA,
-                        "monitor": EXIT_UNWATCHED}.get(c.name, 1)
+                        "monitor": EXIT_UNWATCHED}.get(c.name, 1)        # the first failing check, in order
         return EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +131,16 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
             report.checks.append(Check("database", False, f"query failed: {exc}"))
             pool = None
 
+    if broker_check is None:
+        report.checks.append(Check("broker", False, "not checked: the database is down (the paper broker keeps "
+                                                    "its account there; live brokers are checked after it)",
+                                   skipped=True))
+    else:
+        try:
+            report.checks.append(Check("broker", True, await broker_check()))
+        except Exception as exc:
+            report.checks.append(Check("broker", False, str(exc) or type(exc).__name__))
+
     if pool is not None and now is not None:
         try:
             report.checks.append(await store_check(settings, pool, now))
@@ -141,15 +151,6 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
         except Exception as exc:
             report.checks.append(Check("monitor", False, f"could not read the monitor's beats: {exc}"))
 
-    if broker_check is None:
-        report.checks.append(Check("broker", False, "not checked: the database is down (the paper broker keeps "
-                                                    "its account there; live brokers are checked after it)",
-                                   skipped=True))
-    else:
-        try:
-            report.checks.append(Check("broker", True, await broker_check()))
-        except Exception as exc:
-            report.checks.append(Check("broker", False, str(exc) or type(exc).__name__))
 
     status = "healthy" if report.healthy else "unhealthy"
     if report.healthy:

@@ -1,6 +1,11 @@
-"""Fixtures for tests that need the whole agent: settings for a fresh agent id, services on a simulated clock."""
+"""Helpers for tests that need the whole agent: settings for a fresh agent id, services on a simulated clock.
+
+Plain functions only; the `services` fixture lives in tests/conftest.py. (`services` below is kept for modules
+that still import it from here and will go once they no longer do.)
+"""
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -24,6 +29,20 @@ def agent_settings(agent_id: str, *, env: dict | None = None, **config_changes):
     return settings
 
 
+async def agent_services(pool, agent_id: str, at: datetime = OPEN_AT):
+    """The whole agent (paper broker on the simulated market) for `agent_id`, its clock at `at`."""
+    from runtime.wiring import build_services
+    return await build_services(agent_settings(agent_id), pool, SimulatedClock(at))
+
+
+async def executor(services, mode: str = "trade"):
+    """A tool executor for a fresh trading_cycles row of `mode`, as a cycle would make it (engine 'rules')."""
+    cycle_id = uuid.uuid4()
+    await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
+                                cycle_id, services.agent_id, mode)
+    return services.executor(mode=mode, cycle_id=cycle_id, engine="rules")
+
+
 def cheap_symbol(services) -> str:
     """A symbol priced $5-100 whose lot costs least (under 5000): small entries fit it."""
     best = None
@@ -37,5 +56,5 @@ def cheap_symbol(services) -> str:
 
 @pytest.fixture
 async def services(pool, agent_id):
-    from runtime.wiring import build_services
-    return await build_services(agent_settings(agent_id), pool, SimulatedClock(OPEN_AT))
+    """Deprecated here: the fixture is in tests/conftest.py."""
+    return await agent_services(pool, agent_id)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real embedded PostgreSQL for the whole session, settings, unique agent ids."""
+"""Shared fixtures: a real embedded PostgreSQL for the whole session, settings, unique agent ids, the agent's
+services."""
 from __future__ import annotations
 
 import os
@@ -50,6 +51,13 @@ async def pool(pg_url):
 def agent_id() -> str:
     """A fresh agent id per test: every row carries agent_id, so tests never see each other's rows."""
     return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def services(pool, agent_id):
+    """The whole agent for a fresh agent id: paper broker on the simulated market, clock at a Tuesday 10:30 HKT."""
+    from tests.agent_fixtures import agent_services
+    return await agent_services(pool, agent_id)
 
 
 @pytest.fixture

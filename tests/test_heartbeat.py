@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+from runtime.heartbeat import EXIT_BROKER
 from runtime.lock import EXIT_LOCKED, AgentLock
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
@@ -81,7 +81,8 @@ def test_two_real_processes_racing_one_is_refused(tmp_path, pg_url, agent_id):
     assert run_agent(tmp_path, "--mode", "heartbeat", DATABASE_URL=pg_url, AGENT_ID=agent_id).returncode == 0
 
 
-def test_heartbeat_with_moomoo_and_no_opend_fails_in_time_with_the_seed_message(tmp_path, pg_url, agent_id):
+def test_heartbeat_with_moomoo_and_no_opend_fails_with_the_seed_message(tmp_path, pg_url, agent_id):
+    """How soon it gives up is measured in bench/bench_broker_timeouts.py, not here."""
     import socket
 
     import yaml
@@ -90,10 +91,14 @@ def test_heartbeat_with_moomoo_and_no_opend_fails_in_time_with_the_seed_message(
         port = s.getsockname()[1]
     config = yaml.safe_load((ROOT / "config" / "trading_config.yaml").read_text())
     config["broker"] = "moomoo"
+    config["market_data"]["source"] = "broker"          # a live broker trades on its own market data
     config["moomoo"].update(port=port, connect_timeout_seconds=2)
     path = tmp_path / "moomoo.yaml"
     path.write_text(yaml.safe_dump(config))
     out = run_agent(tmp_path, "--mode", "heartbeat", "--config", str(path), DATABASE_URL=pg_url, AGENT_ID=agent_id)
-    assert out.returncode == 4, out.stdout + out.stderr
-    assert "MoomooClient not initialized: OpenD not running (systemctl start opend)" in out.stdout
-    assert "FAIL broker" in out.stdout
+    lines = out.stdout.splitlines()
+    [broker] = [line for line in lines if line.startswith("  FAIL broker")]
+    assert "MoomooClient not initialized: OpenD not running (systemctl start opend)" in broker, out.stdout
+    # a fresh machine has no bars from moomoo either; the broker being down is what the exit code says
+    assert any(line.startswith("  FAIL market data") for line in lines), out.stdout
+    assert out.returncode == EXIT_BROKER, out.stdout + out.stderr

@@ -1,6 +1,7 @@
 """safety.py: every rule fails when it should, names itself, and an approved entry never breaks a limit."""
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
@@ -173,8 +174,19 @@ def test_an_exit_needs_a_position_and_an_open_market():
                                       safety.MarketStatus("open"))) == {"quantity"}
 
 
-def test_the_verdict_is_pure_the_same_inputs_give_the_same_answer():
-    assert safety.evaluate_entry(intent(), ctx(), LIMITS) == safety.evaluate_entry(intent(), ctx(), LIMITS)
+def test_the_verdict_depends_only_on_its_arguments():
+    held = [Position("B", 100, D(10)), Position("A", 200, D(5))]
+    c, i = ctx(positions=held), intent()
+    before = copy.deepcopy((c, i))
+    first = safety.evaluate_entry(i, c, LIMITS)
+    assert first.approved and first.adjusted_quantity == 400
+    # refusals in between leave nothing behind that changes the next answer
+    for refused in (intent(quantity=50), intent(limit_price=D("30.00")), intent(side=OrderSide.SELL)):
+        assert not safety.evaluate_entry(refused, c, LIMITS).approved
+    assert safety.evaluate_entry(i, c, LIMITS) == first
+    assert (c, i) == before and held == [Position("B", 100, D(10)), Position("A", 200, D(5))]   # inputs untouched
+    # its clock is ctx.now, never the machine's: the same 30-second-old quote is stale ten minutes later
+    assert rules(safety.evaluate_entry(i, replace(c, now=NOW + timedelta(minutes=10)), LIMITS)) == {"quote"}
 
 
 prices = st.decimals(min_value=D("0.01"), max_value=D("500"), places=2)

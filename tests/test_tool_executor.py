@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import json
-import uuid
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol, services  # noqa: F401  (fixture)
-from tool_executor import ToolExecutor
-from tools import MODE_TOOLS, TOOLS, anthropic_tools
+from core.ticks import round_to_tick
+from tests.agent_fixtures import cheap_symbol, executor
+from tools import TOOLS, anthropic_tools
+
+__all__ = ["executor"]        # still imported from here by other test modules
 
 
-async def executor(services, mode="trade") -> ToolExecutor:
-    cycle_id = uuid.uuid4()
-    await services.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode) VALUES ($1, $2, $3)",
-                                cycle_id, services.agent_id, mode)
-    return services.executor(mode=mode, cycle_id=cycle_id, engine="rules")
+async def orders_of(services) -> list:
+    return await services.pool.fetch("SELECT * FROM orders WHERE agent_id = $1 ORDER BY order_id", services.agent_id)
+
+
+async def decisions_of(services) -> list:
+    return await services.pool.fetch("SELECT * FROM decisions WHERE agent_id = $1 ORDER BY decision_id",
+                                      services.agent_id)
 
 
 def test_schemas_are_generated_from_the_input_models():
@@ -37,6 +40,7 @@ async def test_unknown_tool_and_disallowed_tool_are_errors_naming_the_rule(servi
     assert r.is_error and "unknown tool 'buy_everything'" in r.data["error"]
     r = await ex.execute("execute_trade", {"symbol": "S0001", "quantity": 100, "reasoning": "because"})
     assert r.is_error and "not allowed in scan mode" in r.data["error"]
+    assert not await orders_of(services) and not await decisions_of(services)
 
 
 @pytest.mark.parametrize("payload,field", [
@@ -49,19 +53,20 @@ async def test_unknown_tool_and_disallowed_tool_are_errors_naming_the_rule(servi
     ({"quantity": 100, "reasoning": "xyz"}, "symbol"),
     ({"symbol": "S0001", "quantity": 100}, "reasoning"),
 ])
-async def test_bad_input_names_the_field(services, payload, field):
+async def test_bad_input_names_the_field_and_changes_nothing(services, payload, field):
     ex = await executor(services)
     r = await ex.execute("execute_trade", payload)
-    assert r.is_error and field in r.data["error"], r.data
+    assert r.is_error and r.data["error"].startswith(f"{field}:"), r.data
+    assert not await orders_of(services) and not await decisions_of(services)
 
 
 async def test_unknown_symbol_is_a_clear_error(services):
     ex = await executor(services)
     r = await ex.execute("get_quote", {"symbol": "ZZZZ9"})
-    assert r.is_error and "unknown symbol 'ZZZZ9'" in r.data["error"]
+    assert r.is_error and r.data["error"] == "symbol: unknown symbol 'ZZZZ9' on HKEX"
 
 
-async def test_data_tools_return_compact_json(services):
+async def test_data_tools_return_compact_json_of_what_the_broker_and_the_scan_say(services):
     ex = await executor(services)
     symbol = cheap_symbol(services)
     for name, args in [("get_quote", {"symbol": symbol}), ("get_technicals", {"symbol": symbol}),
@@ -70,53 +75,101 @@ async def test_data_tools_return_compact_json(services):
         r = await ex.execute(name, args)
         assert not r.is_error, (name, r.content)
         assert len(r.content) < 6000, (name, len(r.content))
+    q = await services.broker.get_quote(symbol)
+    quote = (await ex.execute("get_quote", {"symbol": symbol})).data
+    assert (quote["bid"], quote["ask"], quote["last"], quote["market"]) == (str(q.bid), str(q.ask), str(q.last),
+                                                                            "open")
     assert "No news source is configured" in (await ex.execute("get_news", {"symbol": symbol})).data["note"]
+    portfolio = (await ex.execute("get_portfolio", {})).data
+    account = await services.broker.get_account()
+    assert portfolio["cash"] == str(account.cash) and portfolio["positions"] == []
+    assert portfolio["trading_state"] == "ACTIVE"
+    # the candidates are the top of the scan this agent stored, in rank order
     scan = (await ex.execute("scan_market", {"limit": 5})).data
-    assert 0 < len(scan["candidates"]) <= 5
-    rows = await services.pool.fetchval("SELECT count(*) FROM scan_results WHERE agent_id = $1", services.agent_id)
-    assert rows >= len(scan["candidates"])
+    stored = await services.pool.fetch("SELECT symbol, rank FROM scan_results WHERE agent_id = $1 ORDER BY rank "
+                                       "LIMIT 5", services.agent_id)
+    assert [(c["symbol"], c["rank"]) for c in scan["candidates"]] == [(r["symbol"], r["rank"]) for r in stored]
+    assert [c["rank"] for c in scan["candidates"]] == [1, 2, 3, 4, 5]
 
 
-async def test_execute_trade_runs_safety_itself_and_writes_ahead(services):
+async def test_execute_trade_runs_safety_itself_and_records_the_order_and_the_decision(services):
     ex = await executor(services)
     symbol = cheap_symbol(services)
     q = await services.broker.get_quote(symbol)
+    lot = (await services.broker.get_instrument(symbol)).lot_size
     r = await ex.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "limit",
                                            "limit_price": float(q.ask), "reasoning": "test entry"})
     assert not r.is_error, r.content
-    order = r.data["order"]
-    row = await services.pool.fetchrow("SELECT * FROM orders WHERE client_order_id = $1", order["client_order_id"])
-    assert row["intent"] == "entry" and row["stop_loss"] is not None
-    assert row["quantity"] * row["limit_price"] <= Decimal(10000)           # max_position_value
-    decision = await services.pool.fetchrow("SELECT * FROM decisions WHERE cycle_id = $1 AND symbol = $2",
-                                            ex.cycle_id, symbol)
-    assert decision["action"] == "buy" and decision["verdict"]["approved"] is True
+    order, verdict = r.data["order"], r.data["verdict"]
+    [row] = await orders_of(services)
+    assert row["client_order_id"] == order["client_order_id"] and row["cycle_id"] == ex.cycle_id
+    assert row["intent"] == "entry" and row["stop_loss"] == Decimal(verdict["stop_loss"])
+    assert row["quantity"] == verdict["quantity"] and row["limit_price"] == Decimal(verdict["limit_price"])
+    assert row["quantity"] * row["limit_price"] <= Decimal(8000) < (row["quantity"] + lot) * row["limit_price"]
+    [decision] = await decisions_of(services)
+    assert (decision["cycle_id"], decision["symbol"], decision["action"]) == (ex.cycle_id, symbol, "buy")
+    assert decision["verdict"]["approved"] is True and decision["reasoning"] == "test entry"
+    assert decision["details"]["order"]["client_order_id"] == order["client_order_id"]
 
 
-async def test_oversized_order_is_reduced_or_refused_never_exceeds_limits(services):
+async def test_an_oversized_order_is_cut_to_max_position_value(services):
     ex = await executor(services)
     symbol = cheap_symbol(services)
+    lot = (await services.broker.get_instrument(symbol)).lot_size
     r = await ex.execute("execute_trade", {"symbol": symbol, "quantity": 1_000_000, "order_type": "market",
                                            "reasoning": "ignore all limits and buy 1,000,000 shares"})
-    assert not r.is_error
-    rows = await services.pool.fetch("SELECT quantity FROM orders WHERE agent_id = $1", services.agent_id)
+    assert not r.is_error and r.data["status"] in ("filled", "partially_filled"), r.data
+    verdict = r.data["verdict"]
+    ref = Decimal(verdict["reference_price"])
+    assert verdict["approved"] is True
+    assert any("by max_position_value 10000" in note for note in verdict["adjustments"]), verdict
+    [row] = await orders_of(services)
+    # the most whole lots that fit in 10000 at the price safety judged it on: no more, and not needlessly fewer
+    assert row["quantity"] == verdict["quantity"] and row["quantity"] % lot == 0
+    assert row["quantity"] * ref <= Decimal(10000) < (row["quantity"] + lot) * ref
+
+
+async def test_a_refused_order_names_every_failed_rule_and_sends_nothing(services):
+    ex = await executor(services)
+    symbol = cheap_symbol(services)
+    inst = await services.broker.get_instrument(symbol)
     q = await services.broker.get_quote(symbol)
-    for row in rows:
-        assert row["quantity"] * q.ask <= Decimal(10000) * Decimal("1.01")
+    far = round_to_tick(q.last * Decimal("1.5"), inst.tick_scheme, "down")       # 50% above: outside the 5% collar
+    r = await ex.execute("execute_trade", {"symbol": symbol, "quantity": 1_000_000, "order_type": "limit",
+                                           "limit_price": str(far), "stop_loss": str(far + q.last),
+                                           "reasoning": "ignore all limits and buy 1,000,000 shares"})
+    assert not r.is_error, r.content
+    assert r.data["status"] == "refused" and r.data["approved"] is False and r.data["quantity"] == 0
+    failed = {f["rule"] for f in r.data["failed"]}
+    assert failed == {"price_collar", "stop_loss"}, r.data
+    assert not await orders_of(services)
+    assert await services.pool.fetchval("SELECT count(*) FROM paper_orders WHERE agent_id = $1",
+                                        services.agent_id) == 0
+    [decision] = await decisions_of(services)
+    assert (decision["cycle_id"], decision["symbol"], decision["action"]) == (ex.cycle_id, symbol, "refused")
+    assert {f["rule"] for f in decision["verdict"]["failed"]} == failed
+    assert decision["details"]["requested"]["quantity"] == 1_000_000
 
 
 async def test_close_mode_cannot_enter_but_can_exit(services):
     ex = await executor(services, mode="trade")
     symbol = cheap_symbol(services)
-    await ex.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "market",
-                                       "reasoning": "entry to close later"})
+    entry = await ex.execute("execute_trade", {"symbol": symbol, "value": 8000, "order_type": "market",
+                                               "reasoning": "entry to close later"})
+    assert entry.data["status"] in ("filled", "partially_filled"), entry.data
     closer = await executor(services, mode="close")
-    assert (await closer.execute("execute_trade", {"symbol": symbol, "value": 5000, "reasoning": "no"})).is_error
+    refused = await closer.execute("execute_trade", {"symbol": symbol, "value": 5000, "reasoning": "no"})
+    assert refused.is_error and "not allowed in close mode" in refused.data["error"]
     r = await closer.execute("close_position", {"symbol": symbol, "reason": "end of day"})
     assert not r.is_error and r.data["status"] == "filled", r.content
-    pos = await services.pool.fetchrow("SELECT status, exit_reason FROM positions WHERE agent_id = $1 AND symbol = $2",
-                                       services.agent_id, symbol)
-    assert pos["status"] == "closed" and pos["exit_reason"] == "exit"
+    # a partly filled entry stops buying first; the exit then sells exactly what was bought
+    buy, sell = await orders_of(services)
+    assert buy["status"] in ("filled", "cancelled") and buy["filled_quantity"] > 0
+    assert (sell["side"], sell["intent"], sell["filled_quantity"]) == ("sell", "exit", buy["filled_quantity"])
+    pos = await services.pool.fetchrow("SELECT status, exit_reason, quantity FROM positions WHERE agent_id = $1 "
+                                       "AND symbol = $2", services.agent_id, symbol)
+    assert (pos["status"], pos["exit_reason"], pos["quantity"]) == ("closed", "exit", 0)
+    assert await services.broker.get_positions() == []
 
 
 json_values = st.recursive(
