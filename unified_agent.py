@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
+from runtime.bootstrap import EXIT_BROKER, EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
 
 MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data", "broker-check")
 
@@ -145,9 +145,14 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
     if args.mode == "replay":
         from datetime import timedelta
 
-        from replay.runner import run_replay
-        result = await run_replay(settings, pool, build=build, start=args.start, end=args.end, engine=args.engine,
-                                  data=args.data, monitor_every=timedelta(minutes=args.monitor_every))
+        from replay.runner import ReplayRefused, run_replay
+        try:
+            result = await run_replay(settings, pool, build=build, start=args.start, end=args.end,
+                                      engine=args.engine, data=args.data,
+                                      monitor_every=timedelta(minutes=args.monitor_every))
+        except ReplayRefused as exc:
+            print(f"replay: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(result.table)
         print(f"{result.cycles} cycles and {result.monitor_passes} monitor passes in {result.wall_seconds:.1f} s; "
               f"equity curve: {result.png}")

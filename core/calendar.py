@@ -28,7 +28,7 @@ _EXCHANGES: dict[str, tuple[str, str]] = {
 
 # exchange_calendars' default range is "20 years ago .. one year from today", which moves with the wall clock.
 # A fixed range keeps every process on the same sessions: replay back to 2006, live runs to the end of 2035.
-DEFAULT_START = date(2006, 1, 1)
+DEFAULT_START = date(1990, 1, 2)          # as far back as exchange_calendars holds XHKG and XNYS
 DEFAULT_END = date(2035, 12, 31)
 
 _NS_PER_MIN = 60_000_000_000

@@ -465,13 +465,19 @@ class BarFileSource:
         if hi <= lo:
             return []
         sl = slice(lo, hi)
+        if want == series.minutes:                         # the file's own bars, as they are
+            keep = lo + np.flatnonzero(b.end[sl] <= t1)
+            return [self._bar(symbol, b.start[i], b.open[i], b.high[i], b.low[i], b.close[i], b.volume[i])
+                    for i in keep]
         size = want * _NS_MIN
         anchor = series.anchor[sl]
         bin_start = anchor + (b.start[sl] - anchor) // size * size
         bin_end = np.minimum(bin_start + size, series.interval_end[sl])
         heads = np.concatenate([[0], np.flatnonzero(np.diff(bin_start)) + 1])
         tails = np.concatenate([heads[1:] - 1, [hi - lo - 1]])
-        starts, ends = bin_start[heads], bin_end[heads]
+        # a bin is complete only when every bar in it is: clock-aligned bars re-binned to the session's open
+        # (10:00-11:00 in a 09:30-10:30 bin) must not hand out their close before 11:00
+        starts, ends = bin_start[heads], np.maximum(bin_end[heads], np.maximum.reduceat(b.end[sl], heads))
         high = np.maximum.reduceat(b.high[sl], heads)
         low = np.minimum.reduceat(b.low[sl], heads)
         vol = np.add.reduceat(b.volume[sl], heads)

@@ -122,8 +122,12 @@ def replay_settings(settings: Settings, *, run_id: str, engine: str, data: Path 
     if engine == "rules":
         values.pop("ANTHROPIC_API_KEY", None)
     elif not values.get("ANTHROPIC_API_KEY"):
-        raise ValueError("--engine claude needs ANTHROPIC_API_KEY")
+        raise ReplayRefused("--engine claude needs ANTHROPIC_API_KEY")
     return replace(settings, config=cfg, env=Environment(values=values, env_file=settings.env.env_file))
+
+
+class ReplayRefused(ValueError):
+    """The replay cannot run as asked (dates outside every calendar, no trading days, no engine key)."""
 
 
 # ---------------------------------------------------------------- the clock driver, shared by replay and day
@@ -204,9 +208,12 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     run_id = run_id or uuid.uuid4().hex[:8]
     rs = replay_settings(settings, run_id=run_id, engine=engine, data=data)
     calendar = MarketCalendar(rs.config.market.exchange)
+    if start < calendar.first_day or end > calendar.last_day:
+        raise ReplayRefused(f"{start}..{end} reaches outside the {calendar.code} calendar "
+                            f"({calendar.first_day}..{calendar.last_day}); choose dates inside it")
     days = calendar.trading_days(start, end)
     if not days:
-        raise ValueError(f"no trading days on {calendar.code} between {start} and {end}")
+        raise ReplayRefused(f"no trading days on {calendar.code} between {start} and {end}")
     with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
         await prepare_history(build, rs, calendar, days[0], days[-1])
         clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))

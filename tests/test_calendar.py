@@ -99,7 +99,7 @@ def test_bad_input_gets_a_clear_error(hkex):
     with pytest.raises(ValueError, match="naive"):
         hkex.state(datetime(2026, 11, 25, 10, 0))
     with pytest.raises(ValueError, match="outside"):
-        hkex.is_trading_day(date(1990, 1, 2))
+        hkex.is_trading_day(date(1989, 12, 29))
     with pytest.raises(ValueError, match="unknown exchange"):
         MarketCalendar("LSE")
 
@@ -107,3 +107,10 @@ def test_bad_input_gets_a_clear_error(hkex):
 def test_us_aliases_share_the_nyse_calendar():
     assert MarketCalendar("NASDAQ").code == MarketCalendar("US").code == "XNYS"
     assert MarketCalendar("HKEX").tz == HKT
+
+
+def test_real_history_before_2006_is_in_the_calendar(hkex):
+    """GOOG daily (backtesting.py) starts in 2004: the calendar covers it, with Hong Kong's own holidays."""
+    days = hkex.trading_days(date(2005, 1, 3), date(2005, 12, 30))
+    assert len(days) == 247 and date(2005, 2, 9) not in days          # Lunar New Year 2005
+    assert MarketCalendar("NYSE").is_trading_day(date(2004, 8, 19))     # GOOG's first day of trading
