@@ -88,7 +88,7 @@ def symbol_indicators(close: pd.Series, high: pd.Series, low: pd.Series,
 def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
                        rsi_oversold: float = 30) -> dict[str, Any]:
     """The last bar's indicators for one symbol's OHLCV frame (oldest first), compact for the model: floats
-    rounded to 4 decimals, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
+    to six significant digits, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
     1 = upper, outside [0, 1] beyond the bands) and bars_used."""
     close = frame["close"].to_numpy(dtype=np.float64)
     keep = ~np.isnan(close)
@@ -122,7 +122,9 @@ def _column(frame: pd.DataFrame | None, prefix: str) -> pd.Series | None:
 
 
 def _rounded(x: float) -> float | None:
-    return round(x, 4) + 0.0 if math.isfinite(x) else None      # + 0.0: no "-0.0" in the JSON
+    """Six significant digits: compact for the model, and never a small value rounded to zero (an hourly MACD
+    histogram of 3e-5 keeps its sign; decimal places would make it 0 and flip a `> 0` test)."""
+    return float(f"{x:.6g}") + 0.0 if math.isfinite(x) else None      # + 0.0: no "-0.0" in the JSON
 
 
 def _session_vwap(bars: pd.DataFrame) -> float | None:
