@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Catalyst launcher: ./run.sh MODE [args...]
 #   ./run.sh heartbeat|scan|trade|close|day|replay|report|data ...   -> python unified_agent.py --mode MODE [args...]
+#   ./run.sh eval --start D --end D --engines rules,claude  -> engines against baselines over history
 #   ./run.sh broker-check [--symbol S]             -> a safe smoke test of the configured broker
 #   ./run.sh reconcile [--resume REASON]           -> python startup_monitor.py (reconciliation)
 #   ./run.sh monitor                               -> python position_monitor_service.py (the daemon)
@@ -62,7 +63,7 @@ ensure_venv() {
 }
 
 if [ $# -lt 1 ]; then
-    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|report|data sync|status|import DIR|broker-check|reconcile|monitor|test|bench NAME [args...]" >&2
+    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|eval|report|data sync|status|import DIR|broker-check|reconcile|monitor|test|bench NAME [args...]" >&2
     exit 64
 fi
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.bootstrap import EXIT_BROKER, EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_UNEXPECTED
 
-MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data", "broker-check")
+MODES = ("heartbeat", "scan", "trade", "close", "day", "replay", "report", "data", "broker-check", "eval")
 
 log = logging.getLogger("catalyst.agent")
 
@@ -39,9 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     replay.add_argument("--engine", choices=("rules", "claude"), default="rules", help="replay: who decides")
     replay.add_argument("--monitor-every", type=int, default=5, metavar="MINUTES",
                         help="replay: minutes between position monitor passes (default 5)")
+    evaluation = parser.add_argument_group("eval (replay's --start, --end, --data too)")
+    evaluation.add_argument("--engines", default="rules", help="eval: rules,claude[:MODEL] (comma-separated)")
+    evaluation.add_argument("--baselines", default="buy_and_hold,cash", help="eval: buy_and_hold,cash or none")
+    evaluation.add_argument("--reuse-answers", action="store_true",
+                            help="eval: answer from recorded model answers when the request is the same (free)")
+    evaluation.add_argument("--max-usd", type=_usd, default=None, help="eval: USD cap over the whole eval")
     args = parser.parse_args(argv)
-    if args.mode == "replay" and (args.start is None or args.end is None or args.start > args.end):
-        parser.error("replay needs --start and --end, start on or before end")
+    if args.mode in ("replay", "eval") and (args.start is None or args.end is None or args.start > args.end):
+        parser.error(f"{args.mode} needs --start and --end, start on or before end")
     if args.mode == "data" and (not args.words or args.words[0] not in ("sync", "status", "import")
                                 or (args.words[0] == "import") != (len(args.words) == 2)
                                 or (args.words[0] != "import" and len(args.words) != 1)):
@@ -49,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.mode != "data" and args.words:
         parser.error(f"unexpected arguments: {' '.join(args.words)}")
     return args
+
+
+def _usd(text: str):
+    from decimal import Decimal, InvalidOperation
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}")
+    return value
 
 
 def _date(text: str):
@@ -65,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_or_exit(args.config)
         # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
-        unlocked = ("day", "replay", "report", "data", "broker-check")     # own ids, own locks, or read-only
+        unlocked = ("day", "replay", "report", "data", "broker-check", "eval")     # own ids, own locks, or read-only
         with run_lock(settings, args.mode, take=args.mode not in unlocked), \
                 run_lock(settings, "data", take=args.mode == "data", name=f"{settings.agent_id}-data"), \
                 run_lock(settings, "check", take=args.mode == "broker-check", name=f"{settings.agent_id}-check"):
@@ -168,6 +185,21 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
     if args.mode == "data":
         from runtime.data_cmd import run_data_command
         return await run_data_command(settings, pool, args.words)
+    if args.mode == "eval":
+        from replay.eval import EngineSpec, run_eval
+        from replay.runner import ReplayRefused
+        try:
+            engines = [EngineSpec.parse(e) for e in args.engines.split(",") if e.strip()]
+            baselines = [] if args.baselines in ("", "none") else [b.strip() for b in args.baselines.split(",")]
+            result = await run_eval(settings, pool, build=build, start=args.start, end=args.end, engines=engines,
+                                    baseline_names=baselines, data=args.data, reuse_answers=args.reuse_answers,
+                                    max_usd=args.max_usd)
+        except ReplayRefused as exc:
+            print(f"eval: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(result.table)
+        print(f"equity curves and drawdowns: {result.png}")
+        return EXIT_OK
     if args.mode == "report":
         from runtime.report import live_report
         print(await live_report(pool, settings, now=RealClock().now()))

@@ -172,6 +172,11 @@ class AIConfig(_Model):
     monitor_model: str = Field(default="claude-haiku-4-5", min_length=1)
     monitor_daily_budget_usd: Decimal = Field(default=Decimal("0.05"), ge=0, le=1_000)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # Set by `./run.sh eval` (not usually in the file): answer from recorded model answers when the request is
+    # the same, and a USD cap over every run of one eval (agent ids starting with total_budget_scope).
+    reuse_answers: bool = False
+    total_budget_usd: Decimal | None = Field(default=None, ge=0, le=100_000)
+    total_budget_scope: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import signals
+from engines.answers import AnswerBook, request_key
 from engines.budget import AIBudget
 from engines.llm import Prices, anthropic_client, usage_of
 
@@ -23,9 +25,10 @@ ADVISOR_PROMPT = ("You advise an automated trading agent on ONE open long positi
 
 
 class Advisor:
-    def __init__(self, settings, budget: AIBudget, *, client=None) -> None:
+    def __init__(self, settings, budget: AIBudget, *, client=None, answers: AnswerBook | None = None) -> None:
         self.settings = settings
         self.budget = budget
+        self.answers = answers
         self.model = settings.config.ai.monitor_model
         self.prices = Prices.of(settings.config.ai, self.model)
         self._client = client
@@ -43,6 +46,11 @@ class Advisor:
                               "price": str(view.price), "high_since_entry": str(view.high_water),
                               "signals": report.to_dict()})
         max_tokens = 120
+        messages = [{"role": "user", "content": payload}]
+        key = request_key(model=self.model, max_tokens=max_tokens, system=ADVISOR_PROMPT, messages=messages)
+        recorded = await self.answers.find(key) if self.answers is not None else None
+        if recorded is not None:                  # the same question was answered before: free
+            return self._read("".join(b.get("text", "") for b in recorded.content).strip(), Decimal(0), report)
         estimate = self.prices.worst_case(prompt_tokens=(len(ADVISOR_PROMPT) + len(payload)) // 3 + 1,
                                           max_tokens=max_tokens)
         reservation = await self.budget.reserve(estimate, model=self.model, cycle_id=None)
@@ -52,16 +60,19 @@ class Advisor:
         import anthropic
         try:
             response = await self.client().messages.create(
-                model=self.model, max_tokens=max_tokens, system=ADVISOR_PROMPT,
-                messages=[{"role": "user", "content": payload}])
+                model=self.model, max_tokens=max_tokens, system=ADVISOR_PROMPT, messages=messages)
         except anthropic.APIError as exc:
             await self.budget.release(reservation)
             return Advice("hold", f"uncertain ({report.reason}); advisor unavailable ({type(exc).__name__}), "
                                   f"holding", "error")
         usage = usage_of(response, self.prices)
-        cost = usage.cost
         await self.budget.settle(reservation, usage)
-        text = "".join(getattr(b, "text", "") for b in response.content).strip()
+        if self.answers is not None:
+            await self.answers.record(key, self.model, [b.model_dump(exclude_none=True) for b in response.content],
+                                      response.stop_reason)
+        return self._read("".join(getattr(b, "text", "") for b in response.content).strip(), usage.cost, report)
+
+    def _read(self, text: str, cost: Decimal, report: "signals.SignalReport") -> Advice:
         try:
             answer = json.loads(text[text.index("{"): text.rindex("}") + 1])
             action = answer["action"]

@@ -30,12 +30,15 @@ class Reservation:
 
 class AIBudget:
     def __init__(self, pool: "asyncpg.Pool", clock: Clock, agent_id: str, *, daily_limit: Decimal,
-                 purpose: str = "trade") -> None:
+                 purpose: str = "trade", total_limit: Decimal | None = None, total_scope: str | None = None) -> None:
         self.pool = pool
         self.clock = clock
         self.agent_id = agent_id
         self.daily_limit = Decimal(daily_limit)
         self.purpose = purpose
+        # an eval's cap over all its runs: every agent id starting with total_scope, whatever the day
+        self.total_limit = Decimal(total_limit) if total_limit is not None else None
+        self.total_scope = total_scope
         digest = hashlib.sha256(f"ai-budget:{agent_id}:{purpose}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -50,6 +53,10 @@ class AIBudget:
             "WHERE agent_id = $1 AND purpose = $2 AND created_at >= $3", self.agent_id, self.purpose,
             self._day_start())
 
+    def describe(self) -> str:
+        cap = f"{self.daily_limit} USD a day"
+        return cap + (f", {self.total_limit} USD in all for {self.total_scope}*" if self.total_limit is not None else "")
+
     async def remaining(self) -> Decimal:
         return self.daily_limit - await self.spent_today()
 
@@ -59,6 +66,12 @@ class AIBudget:
             spent = await self.spent_today(conn)
             if spent + amount > self.daily_limit:
                 return None
+            if self.total_limit is not None:
+                total = await conn.fetchval(
+                    "SELECT coalesce(sum(CASE WHEN status = 'reserved' THEN reserved_usd ELSE cost_usd END), 0) "
+                    "FROM ai_usage WHERE agent_id LIKE $1 || '%'", self.total_scope or self.agent_id)
+                if total + amount > self.total_limit:
+                    return None
             usage_id = await conn.fetchval(
                 "INSERT INTO ai_usage (agent_id, cycle_id, purpose, model, status, reserved_usd, created_at) "
                 "VALUES ($1, $2, $3, $4, 'reserved', $5, $6) RETURNING usage_id",

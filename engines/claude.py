@@ -16,6 +16,7 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from engines.answers import AnswerBook, request_key
 from engines.budget import AIBudget
 from engines.llm import Prices, anthropic_client, usage_of
 from engines.base import EngineResult
@@ -99,13 +100,14 @@ class ClaudeEngine:
     name = "claude"
 
     def __init__(self, settings, *, budget: AIBudget, store: "Store", client=None,
-                 prompt_caching: bool = True) -> None:
+                 prompt_caching: bool = True, answers: "AnswerBook | None" = None) -> None:
         self.settings = settings
         self.prompt_caching = prompt_caching
         self.ai = settings.config.ai
         self.budget = budget
         self.store = store
         self.prices = Prices.of(self.ai, self.ai.model)
+        self.answers = answers
         self._client = client
 
     def client(self):
@@ -133,34 +135,46 @@ class ClaudeEngine:
                                                                       f"Begin the {mode} task."}]
         final_text = ""
         for turn in range(self.ai.max_turns):
-            estimate = self.prices.worst_case(prompt_tokens=_approx_tokens([system, tools, messages]),
-                                              max_tokens=self.ai.max_tokens)
-            reservation = await self.budget.reserve(estimate, model=self.ai.model, cycle_id=ex.cycle_id)
-            if reservation is None:
-                result.status = "budget_exhausted"
-                log.warning("AI budget exhausted (daily limit %s USD): cycle stops before turn %d",
-                            self.budget.daily_limit, turn + 1)
-                await ex.record_decision(None, "budget_exhausted", f"daily AI budget {self.budget.daily_limit} "
-                                                                   f"USD reached before turn {turn + 1}")
-                break
-            try:
-                response = await self.client().messages.create(
-                    model=self.ai.model, max_tokens=self.ai.max_tokens, system=system, tools=tools,
-                    messages=_with_cache_breakpoint(messages) if prompt_caching else messages)
-            except (anthropic.APIError, RetryWaitTooLong) as exc:
-                await self.budget.release(reservation)
-                result.status, result.error = "ai_unavailable", f"{type(exc).__name__}: {exc}"[:500]
-                log.error("Claude API gave up after the SDK's retries: %s", result.error)
-                break
-            u = usage_of(response, self.prices)
-            await self.budget.settle(reservation, u)
-            result.turns += 1
-            result.input_tokens += u.input_tokens
-            result.output_tokens += u.output_tokens
-            result.cache_write_tokens += u.cache_write_tokens
-            result.cache_read_tokens += u.cache_read_tokens
-            result.cost_usd += u.cost
-            content = [block.model_dump(exclude_none=True) for block in response.content]
+            key = request_key(model=self.ai.model, max_tokens=self.ai.max_tokens, system=system, tools=tools,
+                              messages=_stable(messages))
+            recorded = await self.answers.find(key) if self.answers is not None else None
+            if recorded is not None:                     # the same request was answered before: free
+                content, stop_reason = recorded.content, recorded.stop_reason
+                result.turns += 1
+                result.summary["reused_answers"] = result.summary.get("reused_answers", 0) + 1
+                u = usage_of(None, self.prices)
+            else:
+                estimate = self.prices.worst_case(prompt_tokens=_approx_tokens([system, tools, messages]),
+                                                  max_tokens=self.ai.max_tokens)
+                reservation = await self.budget.reserve(estimate, model=self.ai.model, cycle_id=ex.cycle_id)
+                if reservation is None:
+                    result.status = "budget_exhausted"
+                    log.warning("AI budget exhausted (%s): cycle stops before turn %d", self.budget.describe(),
+                                turn + 1)
+                    await ex.record_decision(None, "budget_exhausted", f"AI budget ({self.budget.describe()}) "
+                                                                       f"reached before turn {turn + 1}")
+                    break
+                try:
+                    response = await self.client().messages.create(
+                        model=self.ai.model, max_tokens=self.ai.max_tokens, system=system, tools=tools,
+                        messages=_with_cache_breakpoint(messages) if prompt_caching else messages)
+                except (anthropic.APIError, RetryWaitTooLong) as exc:
+                    await self.budget.release(reservation)
+                    result.status, result.error = "ai_unavailable", f"{type(exc).__name__}: {exc}"[:500]
+                    log.error("Claude API gave up after the SDK's retries: %s", result.error)
+                    break
+                u = usage_of(response, self.prices)
+                await self.budget.settle(reservation, u)
+                result.turns += 1
+                result.input_tokens += u.input_tokens
+                result.output_tokens += u.output_tokens
+                result.cache_write_tokens += u.cache_write_tokens
+                result.cache_read_tokens += u.cache_read_tokens
+                result.cost_usd += u.cost
+                content = [block.model_dump(exclude_none=True) for block in response.content]
+                stop_reason = response.stop_reason
+                if self.answers is not None:
+                    await self.answers.record(key, self.ai.model, content, stop_reason)
             text = " ".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
             if text:
                 final_text = text
@@ -169,10 +183,10 @@ class ClaudeEngine:
             messages.append({"role": "assistant", "content": content})
             uses = [b for b in content if b.get("type") == "tool_use"]
             if log.isEnabledFor(logging.DEBUG):          # seed §7.2: the model's tool calls with each turn
-                log.debug("model turn %d (%s, stop %s): %s", turn + 1, self.ai.model, response.stop_reason,
+                log.debug("model turn %d (%s, stop %s): %s", turn + 1, self.ai.model, stop_reason,
                           json.dumps([{"tool": b["name"], "input": b.get("input")} for b in uses] or text,
                                      default=str)[:2000])
-            if response.stop_reason != "tool_use" or not uses:
+            if stop_reason != "tool_use" or not uses:
                 break
             results = []
             for use in uses:
@@ -185,6 +199,25 @@ class ClaudeEngine:
             result.summary["turn_cap_reached"] = True
         result.summary.update({"final": final_text[:1000], "model": self.ai.model})
         return result
+
+
+# Values that differ between two runs over the same history (ids we mint), left out of an answer's key.
+_VOLATILE = {"client_order_id", "decision_id", "cycle_id", "working", "cancelled_buy_orders", "cancelled_orders"}
+
+
+def _stable(value: Any) -> Any:
+    """The messages as the key sees them: tool results parsed, our minted ids removed."""
+    if isinstance(value, dict):
+        out = {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+        if out.get("type") == "tool_result" and isinstance(out.get("content"), str):
+            try:
+                out["content"] = _stable(json.loads(out["content"]))
+            except ValueError:
+                pass
+        return out
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
 
 
 def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

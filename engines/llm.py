@@ -48,7 +48,9 @@ class Usage:
 
 
 def usage_of(response: Any, prices: Prices) -> Usage:
-    """Tokens and USD of an SDK response (cache fields may be absent or None)."""
+    """Tokens and USD of an SDK response (cache fields may be absent or None); None (a recorded answer): zero."""
+    if response is None:
+        return Usage(0, 0, 0, 0, Decimal(0))
     u = response.usage
     cw = getattr(u, "cache_creation_input_tokens", 0) or 0
     cr = getattr(u, "cache_read_input_tokens", 0) or 0

@@ -24,6 +24,7 @@ from data.scan import Scanner
 from data.store import BarStore
 from data.sync import Sync
 from engines.advisor import Advisor
+from engines.answers import AnswerBook
 from engines.budget import AIBudget
 from engines.rules import RulesEngine
 from execution.monitor import PositionMonitor
@@ -89,10 +90,12 @@ class Services:
     def budget(self, purpose: str) -> AIBudget:
         ai = self.settings.config.ai
         limit = ai.monitor_daily_budget_usd if purpose == "monitor" else ai.daily_budget_usd
-        return AIBudget(self.pool, self.clock, self.agent_id, daily_limit=limit, purpose=purpose)
+        return AIBudget(self.pool, self.clock, self.agent_id, daily_limit=limit, purpose=purpose,
+                        total_limit=ai.total_budget_usd, total_scope=ai.total_budget_scope)
 
     def advisor(self) -> Advisor:
-        return Advisor(self.settings, self.budget("monitor"))
+        return Advisor(self.settings, self.budget("monitor"),
+                       answers=AnswerBook(self.pool, reuse=self.settings.config.ai.reuse_answers))
 
     def monitor(self, *, advisor=None) -> PositionMonitor:
         cfg = self.settings.config
@@ -110,7 +113,8 @@ class Services:
             return RulesEngine(settings), "no ANTHROPIC_API_KEY: the offline rules engine decides"
         from engines.claude import ClaudeEngine
         budget = self.budget("trade")
-        engine = ClaudeEngine(settings, budget=budget, store=self.store)
+        engine = ClaudeEngine(settings, budget=budget, store=self.store,
+                              answers=AnswerBook(self.pool, reuse=settings.config.ai.reuse_answers))
         remaining = await budget.remaining()
         if remaining < engine.first_call_estimate(mode):
             return RulesEngine(settings), (f"AI budget for today is spent ({remaining:.4f} USD left of "

@@ -410,3 +410,17 @@ CREATE INDEX IF NOT EXISTS data_syncs_dataset ON data_syncs (dataset, started_at
 INSERT INTO schema_version (version, description)
 VALUES (5, 'bar store: bars, bar_series, data_syncs; securities per dataset')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v6: recorded model answers (eval re-runs)
+-- Every answer the trade model gave, keyed by a hash of the whole request (model, system, tools, messages,
+-- max_tokens): a re-run with --reuse-answers asks PostgreSQL instead of the API when the request is the same.
+CREATE TABLE IF NOT EXISTS ai_answers (
+    request_key  text        PRIMARY KEY,
+    model        text        NOT NULL,
+    answer       jsonb       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO schema_version (version, description)
+VALUES (6, 'ai_answers: recorded model answers keyed by request')
+ON CONFLICT (version) DO NOTHING;
