@@ -175,6 +175,7 @@ class AIConfig(_Model):
     # Set by `./run.sh eval` (not usually in the file): answer from recorded model answers when the request is
     # the same, and a USD cap over every run of one eval (agent ids starting with total_budget_scope).
     reuse_answers: bool = False
+    prompt_caching: bool = True          # cache breakpoints on the tools, system prompt and newest tool results
     total_budget_usd: Decimal | None = Field(default=None, ge=0, le=100_000)
     total_budget_scope: str | None = None
 

@@ -114,7 +114,8 @@ class Services:
         from engines.claude import ClaudeEngine
         budget = self.budget("trade")
         engine = ClaudeEngine(settings, budget=budget, store=self.store,
-                              answers=AnswerBook(self.pool, reuse=settings.config.ai.reuse_answers))
+                              answers=AnswerBook(self.pool, reuse=settings.config.ai.reuse_answers),
+                              prompt_caching=settings.config.ai.prompt_caching)
         remaining = await budget.remaining()
         if remaining < engine.first_call_estimate(mode):
             return RulesEngine(settings), (f"AI budget for today is spent ({remaining:.4f} USD left of "
