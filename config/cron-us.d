@@ -8,6 +8,9 @@ CRON_TZ=America/New_York
 # Reconciliation with the broker before the open
 45 8 * * 1-5   catalyst  cd /opt/catalyst && ./run.sh reconcile >> logs/cron.log 2>&1
 
+# The broker's securities and daily bars into the bar store (08:30 New York): only what is missing
+30 8 * * 1-5   catalyst  cd /opt/catalyst && ./run.sh data sync >> logs/cron.log 2>&1
+
 # Pre-market scan (09:00 New York)
 0 9 * * 1-5    catalyst  cd /opt/catalyst && ./run.sh scan >> logs/cron.log 2>&1
 

@@ -7,6 +7,9 @@ PATH=/usr/local/bin:/usr/bin:/bin
 # Reconciliation with the broker before the open (09:00 HKT)
 45 0 * * 1-5   catalyst  cd /opt/catalyst && ./run.sh reconcile >> logs/cron.log 2>&1
 
+# The broker's securities and daily bars into the bar store (08:30 HKT): only what is missing
+30 0 * * 1-5   catalyst  cd /opt/catalyst && ./run.sh data sync >> logs/cron.log 2>&1
+
 # Pre-market scan (09:00 HKT)
 0 1 * * 1-5    catalyst  cd /opt/catalyst && ./run.sh scan >> logs/cron.log 2>&1
 
