@@ -49,13 +49,17 @@ async def test_schema_applies_twice_and_changes_nothing(fresh_db):
     assert await database.current_schema_version(fresh_db) == database.schema_file_version()
 
 
-async def test_every_table_carries_agent_id(fresh_db):
+# Shared by every agent of an installation: market data by dataset, model answers by request.
+SHARED_TABLES = {"schema_version", "securities", "bars", "bar_series", "data_syncs", "ai_answers"}
+
+
+async def test_every_agent_table_carries_agent_id_and_market_data_its_dataset(fresh_db):
     await database.ensure_schema(fresh_db)
-    missing = await fresh_db.fetch("""
-        SELECT t.tablename FROM pg_tables t WHERE t.schemaname = 'public' AND t.tablename <> 'schema_version'
-        AND NOT EXISTS (SELECT 1 FROM information_schema.columns c
-                        WHERE c.table_name = t.tablename AND c.column_name = 'agent_id')""")
-    assert [r["tablename"] for r in missing] == []
+    columns = {(r["table_name"], r["column_name"]) for r in await fresh_db.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'")}
+    tables = {t for t, _ in columns}
+    assert [t for t in sorted(tables - SHARED_TABLES) if (t, "agent_id") not in columns] == []
+    assert [t for t in ("securities", "bars", "bar_series", "data_syncs") if (t, "dataset") not in columns] == []
 
 
 async def test_money_is_numeric_and_times_are_timestamptz(fresh_db):
