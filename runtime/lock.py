@@ -52,8 +52,10 @@ class AgentLock:
 
 
 def holder_gone(lock_dir: Path, agent_id: str) -> bool:
-    """True when `agent_id` ran here (its lock file exists) and no process holds its lock now: whatever it left
-    `running` has no process any more. False when it is held, or when it never ran on this machine."""
+    """True when `agent_id` ran here (its lock file exists) and no other process holds its lock now: whatever it
+    left `running` has no process any more. Held by this very process counts as gone too: one run at a time per
+    agent, so a cycle still `running` from before this run began belongs to a run that died. False when another
+    process holds it, or when the agent never ran on this machine."""
     path = lock_dir / f"{agent_id}.lock"
     try:
         fd = os.open(path, os.O_RDWR)
@@ -62,7 +64,7 @@ def holder_gone(lock_dir: Path, agent_id: str) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
+        return os.pread(fd, 200, 0).decode(errors="replace").startswith(f"pid {os.getpid()},")
     finally:
-        os.close(fd)              # closing releases the probe's own lock
+        os.close(fd)              # closing releases the probe's own lock (never the one this process holds)
     return True

@@ -81,3 +81,20 @@ async def test_the_next_cycle_of_any_agent_marks_it(pool, pg_url, services):
     outcome = await services.run_cycle("close")
     assert outcome.status != "failed"
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "interrupted"
+
+
+async def test_the_agents_own_next_run_marks_its_dead_cycle(pool, pg_url, services):
+    """The restarted cron run holds its agent's lock itself; a cycle of that agent still `running` from before is
+    from a run that died (one run at a time), so it is marked too."""
+    from runtime.lock import AgentLock
+    lock_dir = services.settings.var_dir / "locks"
+    cycle = uuid.uuid4()
+    proc = start_holder(pg_url, lock_dir, services.agent_id, cycle)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    lock = AgentLock(lock_dir, services.agent_id).acquire("trade")        # as unified_agent does
+    try:
+        await services.run_cycle("close")
+    finally:
+        lock.release()
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "interrupted"
