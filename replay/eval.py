@@ -33,6 +33,7 @@ import numpy as np
 from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.settings import Settings
+from replay.plot import plot_curves
 from replay.runner import Build, ReplayRefused, prepare_history, replay_settings, run_replay
 from replay.stats import EquityPoint
 
@@ -190,34 +191,6 @@ def render(runs: list[Run], title: str) -> str:
     return "\n".join([title, line, head, line, *body, line])
 
 
-def plot(runs: list[Run], path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), dpi=100,
-                                      gridspec_kw={"height_ratios": [3, 1]})
-    try:
-        for r in runs:
-            days = [p.day for p in r.curve]
-            equity = np.array([float(p.equity) for p in r.curve])
-            peak = np.maximum.accumulate(equity)
-            top.plot(days, equity, linewidth=1.4, label=r.label)
-            bottom.plot(days, (equity / peak - 1) * 100, linewidth=1.0, label=r.label)
-        top.set_title(title, fontsize=10)
-        top.set_ylabel("equity")
-        top.legend(fontsize=8)
-        top.grid(alpha=0.3)
-        bottom.set_ylabel("drawdown %")
-        bottom.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
-
-
 async def run_eval(settings: Settings, pool, *, build: Build, start: date, end: date, engines: list[EngineSpec],
                    baseline_names: list[str], data: Path | None = None, reuse_answers: bool = False,
                    max_usd: Decimal | None = None, out_dir: Path | None = None,
@@ -254,5 +227,5 @@ async def run_eval(settings: Settings, pool, *, build: Build, start: date, end: 
     title = (f"Eval {start} .. {end}{f' on {data}' if data else ''} — {', '.join(r.label for r in runs)} "
              f"(eval id {eval_id}{', reusing recorded answers' if reuse_answers else ''})")
     out_dir = out_dir or settings.var_dir / "evals"
-    png = plot(runs, out_dir / f"eval-{eval_id}.png", title)
+    png = plot_curves({r.label: r.curve for r in runs}, out_dir / f"eval-{eval_id}.png", title=title)
     return EvalResult(eval_id, runs, render(runs, title), png)
