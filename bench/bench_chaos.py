@@ -3,7 +3,7 @@ then the broker against our records.
 
 Each round starts a step (tests/workers/chaos_step.py: a trade cycle that closes what it holds and buys the rest
 of three symbols, or a monitor pass that exits every position) as a separate process on the paper broker, and
-SIGKILLs it after a random 0.8-2.2 s (start-up takes about one) (or lets it finish), like a machine losing power; the next round is the
+SIGKILLs it after a random 0.8-1.8 s (start-up takes about one) (or lets it finish), like a machine losing power; the next round is the
 restart, 0-120 simulated seconds later (often under the 60 s grace for in-flight orders). At the end one clean
 trade cycle reconciles, then:
   duplicate orders     orders at the broker with no row of ours, or one intent (cycle, symbol, side) sent twice
@@ -12,7 +12,7 @@ trade cycle reconciles, then:
   P&L vs cash          our realised P&L (all positions, net of fees) against the broker's cash movement plus the
                        cost of what is still held
   cycles running       trading_cycles of the agent left 'running' (the dead ones are marked 'interrupted')
-Rounds go on until KILLS steps were killed (at most 4 x KILLS rounds).
+Rounds go on until KILLS steps were killed (at most 5 x KILLS rounds).
 Target: all zero (P&L within 0.01). Run: ./run.sh bench chaos [KILLS]   (default 50)
 """
 from __future__ import annotations
@@ -71,10 +71,10 @@ async def main(kills: int) -> int:
                     if 5 <= probe.universe.quote(i.symbol, OPEN_AT).last * i.lot_size <= 6000][:12]
         lock_dir = tmp / "var" / "locks"
         seconds, outcomes, n = 0, {"killed": 0, "finished": 0}, 0
-        while outcomes["killed"] < kills and n < 4 * kills:
+        while outcomes["killed"] < kills and n < 5 * kills:
             action = "monitor" if rng.random() < 0.3 else "trade"
             symbols = rng.sample(universe, 3)
-            kill_after = None if rng.random() < 0.15 else rng.uniform(0.8, 2.2)
+            kill_after = None if rng.random() < 0.1 else rng.uniform(0.8, 1.8)
             result = await step(agent, dsn, seconds, lock_dir, action, symbols, kill_after, env)
             outcomes[result if result in outcomes else "finished"] += 1
             seconds += rng.randint(0, 120)                   # the restart: sometimes within the 60 s grace
