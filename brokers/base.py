@@ -9,16 +9,21 @@ concrete and own what every venue shares — today, logging each call on the "ca
 debug, `place_order` and `cancel_order` at info) — and each venue fills in the `_`-hooks (`_connect`,
 `_get_quote`, `_place_order`, ...). Errors are the venue's to translate at its own boundary (each does it
 differently: a database, a REST API, a socket gateway), so the port passes them through unchanged.
+
+Every broker is also a `core.feeds.HistorySource` for the bar store (`list_securities`, `daily_history`): each
+venue keeps its own documented batch sizes, paging, rate limits and quotas behind those two calls.
 """
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from datetime import datetime
-from typing import Sequence
+from contextlib import aclosing
+from datetime import date, datetime
+from typing import AsyncIterator, Sequence
 
 from core.account import Account, Position
 from core.errors import BrokerError
+from core.feeds import Listing, UniverseSpec
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import OrderRequest, OrderResult
 
@@ -71,6 +76,22 @@ class BrokerClient(ABC):
         """Bars whose start lies in [start, end), oldest first; never past the broker's notion of now."""
         log.debug("%s: get_bars %s %s [%s, %s)", self.name, symbol, timeframe, start, end)
         return await self._get_bars(symbol, timeframe, start, end)
+
+    # ------------------------------------------------------------ history for the bar store (core.feeds.HistorySource)
+    async def list_securities(self, spec: UniverseSpec) -> list[Listing]:
+        """The universe `spec` names, with each security's name, lot, tick scheme and listing status (canonical
+        symbols). A kind the venue cannot answer is an InvalidRequest saying which kinds it can."""
+        log.debug("%s: list_securities %s", self.name, spec.kind)
+        return await self._list_securities(spec)
+
+    async def daily_history(self, wanted: Sequence[tuple[str, date]], end: date) -> AsyncIterator[dict[str, list[Bar]]]:
+        """Completed daily bars of each (symbol, first session wanted) up to `end` inclusive, as the venue's batches
+        arrive; raises `core.feeds.QuotaExhausted` when the venue's quota is spent (batches yielded stay valid)."""
+        wanted = list(wanted)
+        log.debug("%s: daily_history (%d symbols) to %s", self.name, len(wanted), end)
+        async with aclosing(self._daily_history(wanted, end)) as batches:
+            async for batch in batches:
+                yield batch
 
     # ------------------------------------------------------------ account
     async def get_account(self) -> Account:
@@ -134,6 +155,12 @@ class BrokerClient(ABC):
     @abstractmethod
     async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
         ...
+
+    @abstractmethod
+    async def _list_securities(self, spec: UniverseSpec) -> list[Listing]: ...
+
+    @abstractmethod
+    def _daily_history(self, wanted: list[tuple[str, date]], end: date) -> AsyncIterator[dict[str, list[Bar]]]: ...
 
     @abstractmethod
     async def _get_account(self) -> Account: ...

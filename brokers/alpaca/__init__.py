@@ -5,6 +5,7 @@ false; ALPACA_BASE_URL overrides it), bars and quotes through `StockHistoricalDa
 overrides https://data.alpaca.markets; the feed is config `alpaca.data_feed`).
 
     client.py   AlpacaBroker: the port's hooks, order entry and lookups, fills from FILL activities
+    history.py  the bar store's universe (assets, snapshots) and daily bars (core.feeds.HistorySource), paged
     mapping.py  pure translation alpaca-py objects <-> core values: the status table, orders, fills, quotes, bars
     sdk.py      the SDK contained: imports, worker threads, timeouts, 429 retries, error translation, endpoints
 """

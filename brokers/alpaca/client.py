@@ -16,20 +16,25 @@ connection, 5xx) the order is looked up by client_order_id before anything is co
 A refused order (403 insufficient buying power, 422 invalid ...) -> OrderRejected with Alpaca's message.
 
 Bars, like every bar, are returned only once complete by the clock.
+
+Market data for the bar store (`list_securities`, `daily_history`) is `history.py`'s; 429 waits go through the
+injected `sleep` (asyncio.sleep by default).
 """
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from brokers.alpaca import mapping
+from brokers.alpaca.history import AlpacaHistory
 from brokers.alpaca.sdk import (LIVE_URL, PAPER_URL, AlpacaRefused, AlpacaSession, AnswerLost, NotFound,
                                 check_endpoint, clean_url)
 from brokers.base import BrokerClient
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
+from core.feeds import Listing, UniverseSpec
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from core.settings import AlpacaConfig, ConfigError
@@ -54,7 +59,10 @@ class AlpacaBroker(BrokerClient):
 
     def __init__(self, config: AlpacaConfig, *, api_key: str, secret_key: str, base_url: str | None = None,
                  data_url: str | None = None, clock: Clock | None = None, calendar: "MarketCalendar | None" = None,
-                 retry_attempts: int = 3, max_retry_wait_seconds: float = 10.0) -> None:
+                 retry_attempts: int = 3, max_retry_wait_seconds: float = 10.0, rate_clock: Clock | None = None,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+        """`rate_clock` and `sleep` time the waits Alpaca's 429s ask for: real time and asyncio.sleep unless given
+        (a test passes a simulated clock and a sleep that moves it; `clock` stays the market's)."""
         if not api_key or not secret_key:
             raise ConfigError("broker alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
         from core.calendar import MarketCalendar
@@ -66,7 +74,9 @@ class AlpacaBroker(BrokerClient):
         self.calendar = calendar or MarketCalendar("NYSE")
         self._session = AlpacaSession(config, api_key=api_key, secret_key=secret_key, base_url=self.base_url,
                                       data_url=self.data_url, retry_attempts=retry_attempts,
-                                      max_retry_wait_seconds=max_retry_wait_seconds)
+                                      max_retry_wait_seconds=max_retry_wait_seconds,
+                                      clock=rate_clock or RealClock(), sleep=sleep)
+        self.history = AlpacaHistory(self._session, config=config, clock=self.clock, calendar=self.calendar)
         self._instruments: dict[str, Instrument] = {}
         self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
 
@@ -75,9 +85,10 @@ class AlpacaBroker(BrokerClient):
 
     @classmethod
     def from_settings(cls, settings: "Settings", *, clock: Clock | None = None,
-                      calendar: "MarketCalendar | None" = None) -> "AlpacaBroker":
+                      calendar: "MarketCalendar | None" = None, rate_clock: Clock | None = None,
+                      sleep: Callable[[float], Awaitable[None]] | None = None) -> "AlpacaBroker":
         """From config `alpaca:` and .env: ALPACA_API_KEY, ALPACA_SECRET_KEY (required), ALPACA_BASE_URL (trading
-        endpoint), ALPACA_DATA_URL (market data endpoint)."""
+        endpoint), ALPACA_DATA_URL (market data endpoint); `rate_clock` and `sleep` as in the constructor."""
         from core.calendar import MarketCalendar
         env, config = settings.env, settings.config.alpaca
         missing = [k for k in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if not env.get(k)]
@@ -92,7 +103,7 @@ class AlpacaBroker(BrokerClient):
         check_endpoint(base_url, config.paper)
         return cls(config, api_key=env.get("ALPACA_API_KEY"), secret_key=env.get("ALPACA_SECRET_KEY"),
                    base_url=base_url, data_url=env.get("ALPACA_DATA_URL"), clock=clock,
-                   calendar=calendar or MarketCalendar(exchange))
+                   calendar=calendar or MarketCalendar(exchange), rate_clock=rate_clock, sleep=sleep)
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
@@ -181,6 +192,13 @@ class AlpacaBroker(BrokerClient):
             if start <= bar.start < end and complete_at <= end:
                 out.append(bar)
         return sorted(out, key=lambda b: b.start)
+
+    # ------------------------------------------------------------ history for the bar store (history.py)
+    async def _list_securities(self, spec: UniverseSpec) -> list[Listing]:
+        return await self.history.list_securities(spec)
+
+    def _daily_history(self, wanted: list[tuple[str, date]], end: date) -> AsyncIterator[dict[str, list[Bar]]]:
+        return self.history.daily_history(wanted, end)
 
     # ------------------------------------------------------------ account
     async def _get_account(self) -> Account:

@@ -6,7 +6,10 @@ server would hang a worker thread forever), and alpaca-py's own retry (3 x 3 s o
 is off in favour of ours.
 
 Errors (`AlpacaSession.call`): 429 is retried up to `retry_attempts` times, waiting Retry-After (or
-X-RateLimit-Reset, or a backoff; a wait above `max_retry_wait_seconds` is not made), then BrokerUnavailable.
+X-RateLimit-Reset, or a backoff; a wait above `max_retry_wait_seconds` is not made), then `RateLimited` (a
+BrokerUnavailable saying how long Alpaca asked us to wait). Waits use the injected `sleep`, and X-RateLimit-Reset
+(epoch seconds) is read against the injected clock, so tests on a simulated clock do not wait for real. A call
+that pages (alpaca-py follows next_page_token inside one call) and meets a 429 is retried whole.
 Network errors, timeouts, 5xx, 401 (and 403 outside order entry: bad keys) -> BrokerUnavailable (`AnswerLost`
 when the request may or may not have been carried out); a 404 -> `NotFound`; any other 4xx -> `AlpacaRefused`
 (an InvalidRequest; order entry turns it into OrderRejected). A read whose connection dropped is resent once;
@@ -18,13 +21,13 @@ import asyncio
 import email.utils
 import json
 import logging
-import time
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import requests
 
+from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest
 from core.settings import AlpacaConfig, ConfigError
 
@@ -46,6 +49,15 @@ class NotFound(AlpacaRefused):
     """404: no such order, asset or position."""
 
 
+class RateLimited(BrokerUnavailable):
+    """429 after every retry we were willing to make; `retry_after` is the wait Alpaca asked for (seconds), if it
+    said."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class AnswerLost(BrokerUnavailable):
     """No usable answer (timeout, dropped connection, 5xx): the request may or may not have been carried out."""
 
@@ -55,8 +67,11 @@ class AlpacaSession:
     by `open`, and every SDK call made through `call`."""
 
     def __init__(self, config: AlpacaConfig, *, api_key: str, secret_key: str, base_url: str,
-                 data_url: str | None, retry_attempts: int, max_retry_wait_seconds: float) -> None:
+                 data_url: str | None, retry_attempts: int, max_retry_wait_seconds: float,
+                 clock: Clock | None = None, sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.config = config
+        self.clock = clock or RealClock()
+        self.sleep = sleep or asyncio.sleep
         self.base_url = base_url
         self.data_url = data_url
         self.retry_attempts = retry_attempts
@@ -103,24 +118,26 @@ class AlpacaSession:
 
     # ------------------------------------------------------------ one SDK call
     async def call(self, what: str, fn: Callable[..., Any], *args: Any, resend: bool = True,
-                   entry: bool = False) -> Any:
+                   entry: bool = False, attempts: int | None = None, max_wait: float | None = None) -> Any:
         """One SDK call in a worker thread, errors translated (module docstring). `resend`: a dropped
         connection may be retried once (reads and cancels; never an order submission). `entry`: order entry,
-        where 403 is a refusal, not bad keys."""
+        where 403 is a refusal, not bad keys. `attempts` / `max_wait`: this call's 429 retries and longest wait
+        (default: the session's), for jobs that can wait out a whole rate-limit window."""
         from alpaca.common.exceptions import APIError
+        attempts = self.retry_attempts if attempts is None else attempts
+        max_wait = self.max_retry_wait_seconds if max_wait is None else max_wait
         waited = dropped = 0
         while True:
             try:
                 return await asyncio.to_thread(fn, *args)
             except APIError as exc:
                 status = exc.status_code
-                if status == 429 and waited < self.retry_attempts:
-                    wait = self._rate_limit_wait(exc, waited)
-                    if wait is not None:
-                        waited += 1
-                        log.info("alpaca %s: rate limited, retry %d in %.2f s", what, waited, wait)
-                        await asyncio.sleep(wait)
-                        continue
+                wait = self._rate_limit_wait(exc, waited, max_wait) if status == 429 else None
+                if status == 429 and waited < attempts and wait is not None:
+                    waited += 1
+                    log.info("alpaca %s: rate limited, retry %d in %.2f s", what, waited, wait)
+                    await self.sleep(wait)
+                    continue
                 raise self._translate(what, exc, entry=entry, retries=waited) from exc
             except requests.exceptions.Timeout as exc:
                 raise AnswerLost(f"alpaca: {what}: no answer within {self.config.timeout_seconds:g} s "
@@ -136,15 +153,21 @@ class AlpacaSession:
             except (ValueError, TypeError, KeyError) as exc:   # pydantic's ValidationError is a ValueError
                 raise BrokerUnavailable(f"alpaca: {what}: reply not understood: {exc}") from exc
 
-    def _rate_limit_wait(self, exc: Any, attempt: int) -> float | None:
+    def _rate_limit_wait(self, exc: Any, attempt: int, max_wait: float) -> float | None:
         """Seconds to wait before resending after a 429, or None when Alpaca asks for longer than we wait."""
-        headers = exc.response.headers if exc.response is not None else {}
-        wait = _retry_after(headers.get("Retry-After"))
-        if wait is None and headers.get("X-RateLimit-Reset", "").isdigit():
-            wait = max(0.0, int(headers["X-RateLimit-Reset"]) - time.time())   # epoch seconds: wall clock
+        wait = self._asked_wait(exc)
         if wait is None:
-            wait = min(0.25 * 2 ** attempt, self.max_retry_wait_seconds)
-        return wait if wait <= self.max_retry_wait_seconds else None
+            wait = min(0.25 * 2 ** attempt, max_wait)
+        return wait if wait <= max_wait else None
+
+    def _asked_wait(self, exc: Any) -> float | None:
+        """The wait a 429 asked for: Retry-After (seconds or an HTTP date), else X-RateLimit-Reset (epoch s)."""
+        headers = exc.response.headers if exc.response is not None else {}
+        now = self.clock.now().timestamp()
+        wait = _retry_after(headers.get("Retry-After"), now)
+        if wait is None and headers.get("X-RateLimit-Reset", "").isdigit():
+            wait = max(0.0, int(headers["X-RateLimit-Reset"]) - now)
+        return wait
 
     def _translate(self, what: str, exc: Any, *, entry: bool, retries: int) -> BrokerError:
         status = exc.status_code
@@ -152,7 +175,9 @@ class AlpacaSession:
         if status is None or status >= 500:
             return AnswerLost(f"alpaca: {what}: server error (HTTP {status}): {message}")
         if status == 429:
-            return BrokerUnavailable(f"alpaca: {what}: rate limited (HTTP 429) after {retries} retries: {message}")
+            asked = self._asked_wait(exc)
+            return RateLimited(f"alpaca: {what}: rate limited (HTTP 429) after {retries} retries: {message}"
+                               + (f"; Alpaca asks to wait {asked:.0f} s" if asked is not None else ""), asked)
         if status == 401 or (status == 403 and not entry):
             which = "paper" if self.config.paper else "live"
             return BrokerUnavailable(f"alpaca: {what}: not authorized (HTTP {status}: {message}); check "
@@ -188,17 +213,19 @@ def load_sdk() -> SimpleNamespace:
     from alpaca.common.enums import Sort
     from alpaca.data.enums import Adjustment, DataFeed
     from alpaca.data.historical.stock import StockHistoricalDataClient
+    from alpaca.data.models import BarSet
     from alpaca.data.requests import StockBarsRequest, StockSnapshotRequest
     from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderSide as AlpacaSide, QueryOrderStatus, TimeInForce
-    from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+    from alpaca.trading.enums import AssetClass, OrderSide as AlpacaSide, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
     return SimpleNamespace(
         Sort=Sort, Adjustment=Adjustment, DataFeed=DataFeed, StockHistoricalDataClient=StockHistoricalDataClient,
         StockBarsRequest=StockBarsRequest, StockSnapshotRequest=StockSnapshotRequest, TimeFrame=TimeFrame,
         TimeFrameUnit=TimeFrameUnit, TradingClient=TradingClient, OrderSide=AlpacaSide,
         QueryOrderStatus=QueryOrderStatus, TimeInForce=TimeInForce, GetOrdersRequest=GetOrdersRequest,
-        LimitOrderRequest=LimitOrderRequest, MarketOrderRequest=MarketOrderRequest)
+        LimitOrderRequest=LimitOrderRequest, MarketOrderRequest=MarketOrderRequest, AssetClass=AssetClass,
+        GetAssetsRequest=GetAssetsRequest, BarSet=BarSet)
 
 
 class TimeoutSession(requests.Session):
@@ -225,8 +252,8 @@ def _error_body(text: str) -> tuple[Any, str]:
     return None, str(body)[:300]
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number, or an HTTP date (wall clock)."""
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date (against `now`, epoch seconds)."""
     if not value:
         return None
     try:
@@ -237,7 +264,7 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - now)
 
 
 def _host(exc: Any) -> str:

@@ -13,23 +13,30 @@ Fills: in the REAL environment from `deal_list_query` and deal pushes, `fill_id`
 neither deals nor fees, so in SIMULATE fills are derived from the order's filled quantity, one per board lot
 (`fill_id` "<order id>-L<n>"): every process sees the same ids for the same shares, so nothing is counted twice;
 fees are 0.
+
+Market data for the bar store (`list_securities`, `daily_history`) is `history.py`'s, inside OpenD's documented
+limits (`limits.py`); waits go through the injected `sleep` on the injected clock.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from brokers.base import BrokerClient
 from brokers.moomoo import mapping
 from brokers.moomoo.book import OrderBook
+from brokers.moomoo.history import OpenDHistory
+from brokers.moomoo.limits import SNAPSHOT_CODES_MAX, Sleep
 from brokers.moomoo.mapping import HKT, KLINE_TYPES, OrderView, to_moomoo_code
-from brokers.moomoo.sdk import OpenDSession, push_handlers
+from brokers.moomoo.sdk import OpenDSession, is_unknown_symbol, push_handlers
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.feeds import Listing, UniverseSpec
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from core.settings import ConfigError, MoomooConfig
@@ -44,7 +51,6 @@ log = logging.getLogger(__name__)
 REMARK_MAX_BYTES = 64
 HISTORY_DAYS = 90
 PRICE_Q = Decimal("0.000001")
-_UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
 
 
 class MoomooBroker(BrokerClient):
@@ -52,7 +58,11 @@ class MoomooBroker(BrokerClient):
 
     def __init__(self, config: MoomooConfig, *, log_dir: Path | str, clock: Clock, calendar: "MarketCalendar",
                  trade_password: str | None = None, request_timeout_seconds: float = 15.0,
-                 reconnect_interval_seconds: float = 6.0) -> None:
+                 reconnect_interval_seconds: float = 6.0, rate_clock: Clock | None = None, sleep: Sleep | None = None,
+                 snapshot_batch: int = SNAPSHOT_CODES_MAX) -> None:
+        """`rate_clock` and `sleep` time OpenD's request-frequency windows and history quota: real time and
+        asyncio.sleep unless given (a test passes a simulated clock and a sleep that moves it; `clock` stays the
+        market's). `snapshot_batch` is the codes per snapshot request (400; 20 under HK BMP quote rights)."""
         if config.trade_env == "real" and not trade_password:
             raise ConfigError("MOOMOO_TRADE_PASSWORD is not set: moomoo.trade_env is 'real', and OpenD needs the "
                               "trade password to unlock trading (put it in .env)")
@@ -68,12 +78,16 @@ class MoomooBroker(BrokerClient):
         self._book = OrderBook()
         self._instruments: dict[str, Instrument] = {}
         self._sim_fills: dict[str, list[Fill]] = {}
+        self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=rate_clock or RealClock(),
+                                    sleep=sleep or asyncio.sleep, snapshot_batch=snapshot_batch)
 
     @classmethod
     def from_settings(cls, settings: "Settings", *, clock: Clock | None = None,
-                      calendar: "MarketCalendar | None" = None) -> "MoomooBroker":
+                      calendar: "MarketCalendar | None" = None, rate_clock: Clock | None = None,
+                      sleep: Sleep | None = None) -> "MoomooBroker":
         """From config `moomoo:` (MOOMOO_HOST / MOOMOO_PORT in the environment override host and port), the trade
-        password from MOOMOO_TRADE_PASSWORD, SDK logs under `settings.log_dir / "moomoo"`."""
+        password from MOOMOO_TRADE_PASSWORD, SDK logs under `settings.log_dir / "moomoo"`; `rate_clock` and `sleep`
+        as in the constructor."""
         from core.calendar import MarketCalendar
         config = settings.config.moomoo
         changes: dict[str, Any] = {}
@@ -87,7 +101,7 @@ class MoomooBroker(BrokerClient):
         return cls(config.model_copy(update=changes), log_dir=settings.log_dir, clock=clock or RealClock(),
                    calendar=calendar or MarketCalendar("HKEX"),
                    trade_password=settings.env.get("MOOMOO_TRADE_PASSWORD"),
-                   request_timeout_seconds=config.request_timeout_seconds)
+                   request_timeout_seconds=config.request_timeout_seconds, rate_clock=rate_clock, sleep=sleep)
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
@@ -146,7 +160,7 @@ class MoomooBroker(BrokerClient):
         try:
             data = await self._opend.call("get_market_snapshot", self._q().get_market_snapshot, codes)
         except BrokerUnavailable as exc:
-            if any(w in str(exc).lower() for w in _UNKNOWN_SYMBOL_WORDS):
+            if is_unknown_symbol(exc):
                 raise InvalidRequest(f"unknown symbol: {exc}") from None
             raise
         rows = {row["code"]: row for row in mapping.records(data)}
@@ -201,6 +215,13 @@ class MoomooBroker(BrokerClient):
                             low=mapping.dec(row["low"]), close=mapping.dec(row["close"]),
                             volume=int(float(row["volume"]))))
         return sorted(bars, key=lambda b: b.start)
+
+    # ------------------------------------------------------------ history for the bar store (history.py)
+    async def _list_securities(self, spec: UniverseSpec) -> list[Listing]:
+        return await self.history.list_securities(spec)
+
+    def _daily_history(self, wanted: list[tuple[str, date]], end: date) -> AsyncIterator[dict[str, list[Bar]]]:
+        return self.history.daily_history(wanted, end)
 
     # ------------------------------------------------------------ account
     async def _get_account(self) -> Account:

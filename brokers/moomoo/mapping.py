@@ -20,6 +20,9 @@ Order status, the one table (`STATUS_MAP`, moomoo `OrderStatus` -> ours)::
 
 Prices are OpenD doubles, read back as the exact decimal they were printed from; times are OpenD's Hong Kong
 local time strings, returned as UTC. Our client_order_id travels in the order's `remark`.
+
+Listings (`listing`, `snapshot_status`) carry the canonical symbol (core.symbols); a daily K-line (`daily_bar`)
+starts at its session's open, as every daily bar of ours does.
 """
 from __future__ import annotations
 
@@ -32,8 +35,10 @@ from zoneinfo import ZoneInfo
 
 from core.account import Account, Position
 from core.errors import InvalidRequest
-from core.instruments import Instrument, Quote
+from core.feeds import Listing
+from core.instruments import Bar, Instrument, Quote
 from core.orders import Fill, OrderSide, OrderStatus, OrderType
+from core.symbols import canonical_symbol
 
 if TYPE_CHECKING:
     from core.calendar import MarketCalendar
@@ -144,6 +149,33 @@ def instrument(code: str, row: dict[str, Any]) -> Instrument:
                       name=str(row.get("name") or ""), tick_scheme="hkex")
 
 
+def listing(code: str, row: dict[str, Any], *, status: str = "listed", turnover: Decimal | None = None) -> Listing:
+    """A basic-info, plate or snapshot row -> Listing: canonical symbol, OpenD's board lot and name, the HKEX
+    spread table."""
+    name = row.get("name") or row.get("stock_name") or ""
+    inst = Instrument(symbol=canonical_symbol(code, "HKEX"), exchange="HKEX", currency="HKD",
+                      lot_size=int(row["lot_size"]), name=str(name), tick_scheme="hkex")
+    return Listing(inst, status=status, turnover=turnover)  # type: ignore[arg-type]
+
+
+def snapshot_status(row: dict[str, Any]) -> str:
+    """'listed' | 'suspended' | 'delisted' from a snapshot row (`suspension`, `sec_status`)."""
+    state = str(row.get("sec_status") or "")
+    if state == "DELISTED":
+        return "delisted"
+    return "suspended" if flag(row.get("suspension")) or state == "SUSPENDED" else "listed"
+
+
+def daily_bar(symbol: str, row: dict[str, Any], calendar: "MarketCalendar") -> tuple[Bar, datetime] | None:
+    """A daily K-line row (labelled midnight of its session's date) -> (our bar, starting at the session open; the
+    instant it is complete, the session close). None for a date that is not a session."""
+    bounds = calendar.session_bounds(calendar.local_date(hkt(row["time_key"])))
+    if not bounds:
+        return None
+    return Bar(symbol=symbol, start=bounds[0][0], open=dec(row["open"]), high=dec(row["high"]), low=dec(row["low"]),
+               close=dec(row["close"]), volume=int(float(row["volume"]))), bounds[-1][1]
+
+
 def quote(symbol: str, row: dict[str, Any], now: datetime) -> Quote:
     """A snapshot row -> Quote; a missing side (no orders on it) is shown at the last price."""
     last = dec(row["last_price"])
@@ -193,6 +225,11 @@ def dec(value: Any) -> Decimal | None:
     if value is None or value == "N/A" or value == "":
         return None
     return Decimal(repr(float(value)))
+
+
+def flag(value: Any) -> bool:
+    """An SDK boolean column (numpy bool, or 'N/A' when OpenD left the field out) -> bool."""
+    return value is not None and value != "N/A" and bool(value)
 
 
 def hkt(text: Any) -> datetime | None:

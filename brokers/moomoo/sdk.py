@@ -6,7 +6,9 @@ retry forever while no OpenD listens (constructed in a daemon thread and abandon
 
 The SDK is synchronous: every call runs in a worker thread (`asyncio.to_thread`) under a timeout
 (`OpenDSession.call`). Errors: a refused order -> OrderRejected(OpenD's message); a lost or absent gateway, or a
-request timeout -> BrokerUnavailable; bad arguments (SDK-side validation, unknown symbol) -> InvalidRequest. When
+request timeout -> BrokerUnavailable; OpenD's request-frequency refusal -> `OpenDBusy` (a BrokerUnavailable); a
+spent history K-line quota -> `core.feeds.QuotaExhausted`; bad arguments (SDK-side validation, unknown symbol) ->
+InvalidRequest. When
 OpenD does not answer the connect within `connect_timeout_seconds`: BrokerUnavailable("MoomooClient not
 initialized: OpenD not running (systemctl start opend) at host:port").
 """
@@ -26,6 +28,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.feeds import QuotaExhausted
 from core.settings import MoomooConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,12 @@ NOT_RUNNING = "MoomooClient not initialized: OpenD not running (systemctl start 
 _CONNECTION_WORDS = ("connection", "disconnect", "not connected", "timeout", "context status bad", "sendfail",
                      "abnormal event")
 _BUSY_WORDS = ("frequen", "too many requests", "频率")          # OpenD's per-30-seconds request limits
+_QUOTA_WORDS = ("quota", "额度")                                # the history K-line quota (30 days)
+_UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
+
+
+class OpenDBusy(BrokerUnavailable):
+    """OpenD refused a request for its frequency limit (another process may share the account's limit)."""
 
 
 # ---------------------------------------------------------------- the two contexts and every call
@@ -125,8 +134,9 @@ class OpenDSession:
         return ctx
 
     async def call(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True,
-                   order: bool = False, **kwargs: Any) -> Any:
-        """Run one SDK call off the loop and return its data, or raise the mapped error: OpenD refusing an order
+                   order: bool = False, full: bool = False, **kwargs: Any) -> Any:
+        """Run one SDK call off the loop and return its data (`full`: everything after the return code, as a tuple:
+        request_history_kline's (data, page_req_key)), or raise the mapped error: OpenD refusing an order
         (`order=True`) -> OrderRejected, anything else it refuses -> BrokerUnavailable. A call that lost its
         connection is retried once after the SDK has reconnected, unless it is not `idempotent`."""
         for attempt in (1, 2):
@@ -137,11 +147,15 @@ class OpenDSession:
                                         f"({self.where})") from None
             ret, data = result[0], result[1]
             if ret == self.sdk.RET_OK:
-                return data
+                return tuple(result[1:]) if full else data
             kind = classify(str(data))
             if kind == "connection" and idempotent and attempt == 1 and await self._wait_ready():
                 continue
-            if kind in ("connection", "busy"):
+            if kind == "busy":
+                raise OpenDBusy(f"moomoo {what}: {data} ({self.where})")
+            if kind == "quota" and not order:
+                raise QuotaExhausted(f"moomoo {what}: {data}")
+            if kind == "connection":
                 raise BrokerUnavailable(f"moomoo {what}: {data} ({self.where})")
             if kind == "invalid":
                 raise InvalidRequest(f"moomoo {what}: {data}")
@@ -160,15 +174,22 @@ class OpenDSession:
 
 
 def classify(message: str) -> str:
-    """'connection' | 'busy' | 'invalid' | 'refused' for an SDK / OpenD error message."""
+    """'connection' | 'busy' | 'quota' | 'invalid' | 'refused' for an SDK / OpenD error message."""
     m = message.lower()
     if any(w in m for w in _CONNECTION_WORDS):
         return "connection"
     if any(w in m for w in _BUSY_WORDS):
         return "busy"
+    if any(w in m for w in _QUOTA_WORDS):
+        return "quota"
     if m.startswith("error.") or "wrong type" in m or "wrong value" in m or "parameter" in m:
         return "invalid"
     return "refused"
+
+
+def is_unknown_symbol(error: BaseException | str) -> bool:
+    """OpenD refused the request because a code is not a security it knows (the whole request is refused)."""
+    return any(w in str(error).lower() for w in _UNKNOWN_SYMBOL_WORDS)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

@@ -22,16 +22,18 @@ decision is checked against an unmatched book.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
 
 from core.account import Account, Position
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from brokers.base import BrokerClient
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
+from core.feeds import Listing, UniverseSpec
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from brokers.paper.fees import fill_fees
+from brokers.paper.history import PaperHistory
 from core.clock import Clock
 from core.settings import PaperConfig
 from core.ticks import is_on_tick, round_to_tick
@@ -88,6 +90,7 @@ class PaperBroker(BrokerClient):
         self.currency = currency
         self.config = config
         self._matched_minute: datetime | None = None    # resting orders are matched up to this minute
+        self.history = PaperHistory(market, clock=clock, calendar=calendar)     # listings and bars for the store
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
@@ -115,6 +118,12 @@ class PaperBroker(BrokerClient):
     async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
         await self._get_instrument(symbol)
         return self.market.bars(symbol, timeframe, start, min(end, self.clock.now()))
+
+    async def _list_securities(self, spec: UniverseSpec) -> list[Listing]:
+        return await self.history.list_securities(spec)
+
+    def _daily_history(self, wanted: list[tuple[str, date]], end: date) -> AsyncIterator[dict[str, list[Bar]]]:
+        return self.history.daily_history(wanted, end)
 
     # ------------------------------------------------------------ account
     async def _get_account(self) -> Account:

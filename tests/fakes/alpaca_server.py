@@ -3,19 +3,21 @@
 A real HTTP/1.1 server (http.server, keep-alive) on 127.0.0.1 serving both of Alpaca's hosts under one base URL
 (alpaca-py appends /v2 to `url_override`):
 
-  trading  GET /v2/account, GET /v2/assets/{symbol}, GET /v2/positions, GET /v2/positions/{symbol},
+  trading  GET /v2/account, GET /v2/assets, GET /v2/assets/{symbol}, GET /v2/positions, GET /v2/positions/{symbol},
            POST /v2/orders, GET /v2/orders (status open|closed|all, limit, after, until, direction, symbols, side),
            GET /v2/orders:by_client_order_id?client_order_id=, GET|DELETE /v2/orders/{id},
            GET /v2/account/activities/FILL (after, until, date, direction, page_size, page_token)
   data     GET /v2/stocks/bars (symbols, timeframe, start, end, limit, page_token, sort),
            GET /v2/stocks/snapshots, /v2/stocks/quotes/latest, /v2/stocks/trades/latest (symbols)
+           (assets and market data: alpaca_data.py, with Alpaca's paging and, when asked, its rate limit)
 
 Every request must carry APCA-API-KEY-ID / APCA-API-SECRET-KEY with the fake's keys (else 401). JSON shapes are
 Alpaca's as alpaca-py parses them: trading numbers are strings, data numbers are JSON numbers, timestamps RFC 3339
 UTC, daily bars stamped at midnight New York, errors {"code": ..., "message": ...}.
 
-Behind it is the paper broker (brokers.paper.PaperBroker on the caller's SimulatedMarket and SimulatedClock, with an
-asyncpg pool owned by the fake's own event loop thread), so prices and fills agree with everything else. What Alpaca
+Behind it is the paper broker (brokers.paper.PaperBroker on the caller's price feed — a SimulatedMarket, or a
+tests.fakes.universe.Universe with real-looking tickers and listings — and SimulatedClock, with an asyncpg pool owned
+by the fake's own event loop thread), so prices and fills agree with everything else. What Alpaca
 does differently is translated: order ids are UUIDs (uuid5 of the paper id), a refused order leaves no order behind
 (insufficient buying power -> 403 40310000; an oversell -> 403 "insufficient qty available for order"; a sub-penny
 price -> 422 42210000 "... sub-penny increment does not fulfill minimum pricing criteria"), a repeated
@@ -28,7 +30,13 @@ Fault injection (each takes an optional `match`, e.g. "POST /v2/orders" or "/v2/
 `drop_connections(n, after_processing=False)` closes the socket without an answer (after doing the work if asked);
 `delay_next(seconds)` does the work, then waits before answering (a client timeout on an order that IS placed).
 `lagging_activities = True` makes the FILL activity list answer nothing, as Alpaca's lags its orders at times.
-Every request is recorded (`requests`, `requests_for("POST", "/v2/orders")`).
+Every request is recorded (`requests`, `requests_for("POST", "/v2/orders")`, `count("bars")`).
+`limit_rate(n, per_seconds)` turns on Alpaca's rate limit (429 + Retry-After), timed on `rate_clock` (wall time
+unless a test passes the simulated clock its broker sleeps on).
+
+    alpaca_server.py   the fake: lifecycle, faults, routing, trading routes
+    alpaca_data.py     assets and market data routes, paging, the rate limit
+    alpaca_wire.py     errors, records, HTTP plumbing, Alpaca's JSON shapes
 
 Usage:
     with FakeAlpaca(pg_url=..., market=SimulatedMarket(seed=7, exchange="NYSE"), clock=..., account_id="t_x",
@@ -39,80 +47,32 @@ Usage:
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import re
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
-from zoneinfo import ZoneInfo
 
-from core.instruments import Bar
-from core.errors import InvalidRequest, OrderRejected
-from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from brokers.paper.broker import PaperBroker
 from core.calendar import MarketCalendar
-
-NEW_YORK = ZoneInfo("America/New_York")
-ID_SPACE = uuid.UUID("5f0c7a44-5d1e-4a43-9b7e-6b1a2c3d4e5f")
-UNAUTHORIZED = {"code": 40110000, "message": "request is not authorized"}
-PAPER_TO_ALPACA = {"pending_submit": "pending_new", "submitted": "new", "partially_filled": "partially_filled",
-                   "filled": "filled", "cancel_pending": "pending_cancel", "cancelled": "canceled",
-                   "expired": "expired", "rejected": "rejected"}
-TIMEFRAMES = {"1Min": "1m", "5Min": "5m", "15Min": "15m", "30Min": "30m", "1Hour": "1h", "1Day": "1d"}
+from core.clock import Clock, RealClock
+from core.errors import InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from tests.fakes.alpaca_data import DataRoutes
+from tests.fakes.alpaca_wire import (ID_SPACE, NEW_YORK, PAPER_TO_ALPACA, UNAUTHORIZED, Recorded, _Answer, _error,
+                                     _Fault, _handler_class, _number, _s, _time_param, _ts)
 
 
-class _Answer(Exception):
-    """An HTTP answer raised from deep inside a route (an error, usually)."""
-
-    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status, self.body, self.headers = status, body, headers or {}
-
-
-def _error(status: int, code: int, message: str) -> _Answer:
-    return _Answer(status, {"code": code, "message": message})
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    status: int | None = None                 # what was answered; None when the connection was dropped
-
-
-@dataclass
-class _Fault:
-    kind: str                                 # fail | drop | delay
-    match: str | None
-    times: int
-    status: int = 0
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    after_processing: bool = False
-
-    def applies(self, method: str, path: str) -> bool:
-        if self.match is None:
-            return True
-        want_method, _, prefix = self.match.partition(" ") if " " in self.match else ("", "", self.match)
-        return (not want_method or want_method == method) and path.startswith(prefix)
-
-
-class FakeAlpaca:
+class FakeAlpaca(DataRoutes):
     def __init__(self, *, pg_url: str, market: Any, clock: Any, account_id: str, paper_config: Any,
                  calendar: MarketCalendar | None = None, api_key: str = "PKFAKEKEY0000000",
-                 secret_key: str = "fake-secret-0000000000000000") -> None:
+                 secret_key: str = "fake-secret-0000000000000000", rate_clock: Clock | None = None) -> None:
         self.pg_url, self.market, self.clock = pg_url, market, clock
+        self.rate_clock = rate_clock or RealClock()
         self.calendar = calendar or MarketCalendar("NYSE")
         self.account_id, self.paper_config = account_id, paper_config
         self.api_key, self.secret_key = api_key, secret_key
@@ -130,6 +90,7 @@ class FakeAlpaca:
         self._server_thread: threading.Thread | None = None
         self._pool: Any = None
         self._sockets: set[socket.socket] = set()
+        self._init_data()
 
     # ------------------------------------------------------------ lifecycle (any thread but the fake's loop)
     def start(self) -> "FakeAlpaca":
@@ -231,8 +192,8 @@ class FakeAlpaca:
         if headers.get("APCA-API-KEY-ID") != self.api_key or headers.get("APCA-API-SECRET-KEY") != self.secret_key:
             return 401, UNAUTHORIZED, {}
         try:
+            headers_out = self._rate_check(path)
             status, answer = self._route(method, path, query, body)
-            headers_out: dict[str, str] = {}
         except _Answer as a:
             status, answer, headers_out = a.status, a.body, a.headers
         except Exception as exc:                 # a bug in the fake or the backing broker: say so loudly
@@ -255,6 +216,7 @@ class FakeAlpaca:
     def _routes(self) -> list[tuple[str, str, Callable[..., tuple[int, Any]]]]:
         return [
             ("GET", r"/v2/account", self._get_account),
+            ("GET", r"/v2/assets", self._get_assets),
             ("GET", r"/v2/assets/(?P<symbol>[^/]+)", self._get_asset),
             ("GET", r"/v2/positions", self._get_positions),
             ("GET", r"/v2/positions/(?P<symbol>[^/]+)", self._get_position),
@@ -285,16 +247,6 @@ class FakeAlpaca:
             "long_market_value": _s(acct.equity - acct.cash), "short_market_value": "0", "initial_margin": "0",
             "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0", "options_approved_level": 0,
             "options_trading_level": 0}
-
-    def _get_asset(self, q, body, symbol: str) -> tuple[int, Any]:
-        try:
-            inst = self.market.instrument(symbol)
-        except KeyError:
-            raise _error(404, 40410000, "asset not found") from None
-        return 200, {"id": str(uuid.uuid5(ID_SPACE, symbol)), "class": "us_equity", "exchange": inst.exchange,
-                     "symbol": symbol, "name": inst.name, "status": "active", "tradable": True, "marginable": True,
-                     "maintenance_margin_requirement": 30, "shortable": False, "easy_to_borrow": False,
-                     "fractionable": False, "attributes": []}
 
     def _get_positions(self, q, body) -> tuple[int, Any]:
         return 200, [self._position_json(p, pending) for p, pending in self._positions().values()]
@@ -506,194 +458,3 @@ class FakeAlpaca:
         out.sort(key=lambda a: (a[0], a[1]["id"]))
         return out
 
-    # ------------------------------------------------------------ market data routes
-    def _symbols(self, q: dict[str, str]) -> list[str]:
-        if not q.get("symbols"):
-            raise _error(400, 40010001, "symbols is required")
-        known = []
-        for s in q["symbols"].split(","):
-            try:
-                self.market.instrument(s)
-                known.append(s)
-            except KeyError:
-                continue                          # Alpaca leaves unknown symbols out of the answer
-        return known
-
-    def _get_bars(self, q, body) -> tuple[int, Any]:
-        timeframe = TIMEFRAMES.get(q.get("timeframe", ""))
-        if timeframe is None:
-            raise _error(422, 42210000, f"invalid timeframe {q.get('timeframe')!r} for the fake Alpaca")
-        now = self.clock.now()
-        end = min(_time_param(q.get("end")) or now, now)
-        start = _time_param(q.get("start")) or end - timedelta(days=1)
-        items: list[tuple[str, dict[str, Any]]] = []
-        for symbol in self._symbols(q):
-            if timeframe == "1d":      # Alpaca stamps a session's bar at midnight New York; filter on that stamp
-                bars = self.run(self.paper.get_bars(symbol, "1d", start - timedelta(days=1), end + timedelta(days=1)))
-                rows = [(_midnight(b.start), b) for b in bars]
-                rows = [(t, b) for t, b in rows if start <= t <= end]
-            else:
-                rows = [(b.start, b) for b in self.run(self.paper.get_bars(symbol, timeframe, start, end))]
-            if q.get("sort", "asc") == "desc":
-                rows.reverse()
-            items.extend((symbol, _bar_json(b, t)) for t, b in rows)
-        offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
-        limit = min(int(q.get("limit", 1000)), 10_000)
-        page = items[offset:offset + limit]
-        token = base64.b64encode(str(offset + limit).encode()).decode() if offset + limit < len(items) else None
-        out: dict[str, list[dict[str, Any]]] = {}
-        for symbol, bar in page:
-            out.setdefault(symbol, []).append(bar)
-        return 200, {"bars": out, "next_page_token": token, "currency": "USD"}
-
-    def _get_snapshots(self, q, body) -> tuple[int, Any]:
-        return 200, {s: self._snapshot(s) for s in self._symbols(q)}
-
-    def _get_latest_quotes(self, q, body) -> tuple[int, Any]:
-        return 200, {"quotes": {s: self._snapshot(s)["latestQuote"] for s in self._symbols(q)}}
-
-    def _get_latest_trades(self, q, body) -> tuple[int, Any]:
-        return 200, {"trades": {s: self._snapshot(s)["latestTrade"] for s in self._symbols(q)}}
-
-    def _snapshot(self, symbol: str) -> dict[str, Any]:
-        now = self.clock.now()
-        quote = self.run(self.paper.get_quote(symbol))
-        ts = _ts(quote.timestamp)
-        daily = self.run(self.paper.get_bars(symbol, "1d", now - timedelta(days=10), now))
-        bounds = self.calendar.session_bounds(now.astimezone(NEW_YORK).date())
-        opened = bounds[0][0] if bounds and now > bounds[0][0] else None
-        before = [b for b in daily if opened is None or b.start < opened]          # sessions before today's
-        minutes = self.run(self.paper.get_bars(symbol, "1m", opened, now)) if opened else []
-        if minutes:        # today's bar so far, from its minutes; the volume is the paper quote's session volume
-            daily_bar = Bar(symbol, opened, minutes[0].open, max(b.high for b in minutes),
-                            min(b.low for b in minutes), minutes[-1].close, quote.volume)
-            prev = before[-1] if before else None
-        else:
-            daily_bar, prev = (before[-1] if before else None), (before[-2] if len(before) > 1 else None)
-        return {
-            "latestTrade": {"t": ts, "x": "V", "p": _f(quote.last), "s": 100, "c": ["@"], "i": 1, "z": "A"},
-            "latestQuote": {"t": ts, "ax": "V", "ap": _f(quote.ask), "as": 1, "bx": "V", "bp": _f(quote.bid),
-                            "bs": 1, "c": ["R"], "z": "A"},
-            "minuteBar": _bar_json(minutes[-1], minutes[-1].start) if minutes else None,
-            "dailyBar": _bar_json(daily_bar, _midnight(daily_bar.start)) if daily_bar else None,
-            "prevDailyBar": _bar_json(prev, _midnight(prev.start)) if prev else None}
-
-
-# ---------------------------------------------------------------- HTTP plumbing
-
-def _handler_class(fake: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"        # keep-alive, as Alpaca: a dropped connection is a reused one
-        timeout = 30
-
-        def setup(self) -> None:
-            super().setup()
-            with fake._lock:
-                fake._sockets.add(self.connection)
-
-        def finish(self) -> None:
-            with fake._lock:
-                fake._sockets.discard(self.connection)
-            try:
-                super().finish()
-            except OSError:
-                pass
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_DELETE(self) -> None:
-            self._serve("DELETE")
-
-        def do_PATCH(self) -> None:
-            self._serve("PATCH")
-
-        def _serve(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-            record = Recorded(method, parts.path, query, body)
-            with fake._lock:
-                fake.requests.append(record)
-            answer = fake.handle(method, parts.path, query, body, self.headers)
-            if answer is None:
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
-            status, payload, headers = answer
-            record.status = status
-            data = b"" if payload is None else json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                if data:
-                    self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:                      # the client gave up (timeout) before the answer
-                self.close_connection = True
-
-    return Handler
-
-
-def _s(d: Decimal) -> str:
-    """A trading-API number: a string without exponent or trailing zeros."""
-    return format(d.normalize(), "f")
-
-
-def _f(d: Decimal) -> float:
-    return float(d)
-
-
-def _number(value: Any, name: str) -> Decimal:
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise _error(422, 40010001, f"invalid {name} {value!r}") from None
-    if not number.is_finite():
-        raise _error(422, 40010001, f"invalid {name} {value!r}")
-    return number
-
-
-def _ts(when: datetime) -> str:
-    return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _midnight(when: datetime) -> datetime:
-    local = when.astimezone(NEW_YORK).date()
-    return datetime(local.year, local.month, local.day, tzinfo=NEW_YORK).astimezone(timezone.utc)
-
-
-def _bar_json(b: Bar, stamp: datetime) -> dict[str, Any]:
-    return {"t": _ts(stamp), "o": _f(b.open), "h": _f(b.high), "l": _f(b.low), "c": _f(b.close), "v": b.volume,
-            "n": max(1, b.volume // 100), "vw": _f((b.high + b.low + b.close) / 3)}
-
-
-def _time_param(text: str | None) -> datetime | None:
-    """RFC 3339, a naive ISO time (alpaca-py sends UTC without an offset) or a date (midnight New York)."""
-    if not text:
-        return None
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=NEW_YORK).astimezone(timezone.utc)
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise _error(422, 40010001, f"invalid time {text!r}") from None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)

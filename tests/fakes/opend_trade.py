@@ -1,0 +1,280 @@
+"""The fake OpenD's trading side: accounts, funds, positions, orders, deals, fees and their pushes (a mixin of
+FakeOpenD; see opend_server.py for what it models)."""
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+from brokers.paper.broker import PaperBroker
+from core.errors import InvalidRequest, OrderRejected
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, NOT_SUPPORTED, PAPER_NO_DEALS, PAPER_NO_FEES,
+                                    QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK, SIM_OPTION_ACC, SIM_STOCK_ACC,
+                                    SIMULATE, TRD_MARKET_HK, _Conn, _local, _Order, _parse_local, _Refuse)
+
+
+class TradeHandlers:
+    """Trd_* protocols over one paper account per OpenD account (`self._paper`)."""
+
+    # ------------------------------------------------------------ accounts
+    async def _on_2001(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        for acc_id, env, sim_type in ((SIM_OPTION_ACC, SIMULATE, 2), (SIM_STOCK_ACC, SIMULATE, 1),
+                                      (REAL_ACC, REAL, None)):
+            acc = s2c.accList.add()
+            acc.trdEnv, acc.accID, acc.accType = env, acc_id, 2
+            acc.trdMarketAuthList.append(TRD_MARKET_HK)
+            if sim_type is not None:
+                acc.simAccType = sim_type
+            else:
+                acc.securityFirm, acc.cardNum, acc.uniCardNum = self.firm, "1001318721909873", "1001100000000001"
+            acc.accStatus, acc.accRole = 0, 1
+
+    async def _on_2005(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        if not c2s.unlock:
+            self.unlocked = False
+            return
+        if self.password_md5 is None or c2s.pwdMD5 != self.password_md5:
+            raise _Refuse("Incorrect trade password")
+        self.unlocked = True
+
+    async def _on_2008(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        conn.accounts = set(c2s.accIDList)
+
+    def _account(self, header: Any, *, trading: bool = False) -> PaperBroker:
+        broker = self._paper.get(header.accID)
+        if broker is None or header.trdEnv != (REAL if header.accID == REAL_ACC else SIMULATE):
+            raise _Refuse(f"account {header.accID} does not exist in trading environment {header.trdEnv}")
+        if header.trdMarket != TRD_MARKET_HK:
+            raise _Refuse("this account trades only the HK market")
+        if trading and header.accID == REAL_ACC and not self.unlocked:
+            raise _Refuse("Please unlock trade first")
+        return broker
+
+    @staticmethod
+    def _header(target: Any, header: Any) -> None:
+        target.trdEnv, target.accID, target.trdMarket = header.trdEnv, header.accID, header.trdMarket
+
+    async def _on_2101(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        acct = await self._account(c2s.header).get_account()
+        self._header(s2c.header, c2s.header)
+        f = s2c.funds
+        f.power, f.totalAssets, f.cash = float(acct.buying_power), float(acct.equity), float(acct.cash)
+        f.marketVal, f.frozenCash = float(acct.equity - acct.cash), float(acct.cash - acct.buying_power)
+        f.debtCash, f.avlWithdrawalCash, f.currency = 0.0, float(acct.buying_power), CURRENCY_HKD
+
+    async def _on_2102(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        broker = self._account(c2s.header)
+        self._header(s2c.header, c2s.header)
+        selling = {}
+        for o in await broker.get_orders(open_only=True):
+            if o.side is OrderSide.SELL:
+                selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
+        for p in await broker.get_positions():
+            row = s2c.positionList.add()
+            row.positionID = int(hashlib.sha1(p.symbol.encode()).hexdigest()[:12], 16)
+            row.positionSide, row.code, row.name = 0, p.symbol, self.market.instrument(p.symbol).name
+            row.qty, row.canSellQty = p.quantity, p.quantity - selling.get(p.symbol, 0)
+            row.price, row.val = float(p.market_price), float(p.market_value)
+            row.plVal = float((p.market_price - p.avg_price) * p.quantity)
+            row.costPrice = row.averageCostPrice = row.dilutedCostPrice = float(p.avg_price)
+            row.secMarket, row.trdMarket, row.currency = SEC_MARKET_HK, TRD_MARKET_HK, CURRENCY_HKD
+
+    # ------------------------------------------------------------ orders
+    def _mine(self, acc_id: int) -> dict[str, _Order]:
+        return {o.paper_coid: o for o in self._orders.values() if o.acc_id == acc_id}
+
+    def _fill_order(self, target: Any, meta: _Order, r: OrderResult, *, stale: bool = False) -> None:
+        target.trdSide = 1 if r.side is OrderSide.BUY else 2
+        target.orderType = 2 if r.order_type is OrderType.MARKET else 1
+        filled = 0 if stale else r.filled_quantity
+        if stale or r.status is not OrderStatus.CANCELLED:
+            target.orderStatus = 5 if stale else _STATUS[r.status]
+        else:
+            target.orderStatus = 14 if r.filled_quantity else 15
+        target.orderID, target.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
+        target.code, target.name, target.qty = meta.code, self.market.instrument(r.symbol).name, r.quantity
+        target.price = float(r.limit_price or 0)
+        target.createTime, target.updateTime = _local(r.submitted_at), _local(r.updated_at or r.submitted_at)
+        target.createTimestamp = r.submitted_at.timestamp()
+        target.fillQty, target.fillAvgPrice = filled, float(r.avg_fill_price or 0) if filled else 0.0
+        target.lastErrMsg = "" if stale else (r.reason or "")
+        target.secMarket, target.trdMarket, target.currency, target.timeInForce = (SEC_MARKET_HK, TRD_MARKET_HK,
+                                                                                    CURRENCY_HKD, 0)
+        if meta.remark is not None:
+            target.remark = meta.remark
+
+    def _fill_deal(self, target: Any, meta: _Order, r: OrderResult, fill: Any) -> None:
+        if fill.fill_id not in self._fill_ids:
+            self._fill_ids[fill.fill_id] = next(self._deal_ids)
+        target.trdSide = 1 if r.side is OrderSide.BUY else 2
+        target.fillID, target.fillIDEx = self._fill_ids[fill.fill_id], fill.fill_id
+        target.orderID, target.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
+        target.code, target.name = meta.code, self.market.instrument(r.symbol).name
+        target.qty, target.price, target.createTime = fill.quantity, float(fill.price), _local(fill.timestamp)
+        target.createTimestamp, target.status = fill.timestamp.timestamp(), 0
+        target.secMarket, target.trdMarket = SEC_MARKET_HK, TRD_MARKET_HK
+
+    async def _results(self, acc_id: int) -> list[tuple[_Order, OrderResult]]:
+        mine = self._mine(acc_id)
+        return [(mine[r.client_order_id], r) for r in await self._paper[acc_id].get_orders()
+                if r.client_order_id in mine]
+
+    def _today(self, r: OrderResult) -> bool:
+        now = self.clock.now()
+        return r.status.is_open or self.calendar.local_date(r.submitted_at) == self.calendar.local_date(now)
+
+    @staticmethod
+    def _matches(c2s: Any, meta: _Order, r: OrderResult, *, by_time: bool) -> bool:
+        fc = c2s.filterConditions
+        if fc.codeList and meta.code not in fc.codeList:
+            return False
+        if fc.idList and meta.order_id not in fc.idList:
+            return False
+        if fc.orderIDExList and f"FAKE{meta.order_id}" not in fc.orderIDExList:
+            return False
+        if by_time and fc.beginTime and r.submitted_at < _parse_local(fc.beginTime):
+            return False
+        if by_time and fc.endTime and r.submitted_at > _parse_local(fc.endTime, end=True):
+            return False
+        return True
+
+    async def _order_list(self, c2s: Any, s2c: Any, *, today: bool) -> None:
+        self._account(c2s.header)
+        self._header(s2c.header, c2s.header)
+        wanted = set(c2s.filterStatusList)
+        for meta, r in await self._results(c2s.header.accID):
+            if (today and not self._today(r)) or not self._matches(c2s, meta, r, by_time=not today):
+                continue
+            row = s2c.orderList.add()
+            self._fill_order(row, meta, r, stale=self.stale_order_lists)
+            if wanted and row.orderStatus not in wanted:
+                del s2c.orderList[-1]
+
+    async def _on_2201(self, conn: _Conn, c2s: Any, s2c: Any) -> list:
+        await self._order_list(c2s, s2c, today=True)
+        return await self._changes(c2s.header.accID)
+
+    async def _on_2221(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        await self._order_list(c2s, s2c, today=False)
+
+    async def _on_2202(self, conn: _Conn, c2s: Any, s2c: Any) -> list:
+        broker = self._account(c2s.header, trading=True)
+        if c2s.packetID.connID != conn.conn_id:
+            raise _Refuse("packetID.connID does not match this connection")
+        if c2s.secMarket not in (0, SEC_MARKET_HK):
+            raise _Refuse("this account trades only the HK market")
+        if c2s.trdSide not in (1, 2):
+            raise _Refuse("short selling is not supported for HK stocks in this account")
+        if c2s.orderType not in (1, 2):
+            raise _Refuse(f"order type {c2s.orderType} {NOT_SUPPORTED}")
+        if c2s.HasField("remark") and len(c2s.remark.encode()) > 64:
+            raise _Refuse("remark is longer than 64 bytes")
+        if c2s.qty != int(c2s.qty) or c2s.qty <= 0:
+            raise _Refuse(f"quantity {c2s.qty} must be a positive whole number of shares")
+        self._instrument(QOT_MARKET_HK, c2s.code)
+        if self._rejections:
+            raise _Refuse(self._rejections.pop(0))
+        meta = _Order(order_id=next(self._order_ids), acc_id=c2s.header.accID, paper_coid="",
+                      remark=c2s.remark if c2s.HasField("remark") else None, code=c2s.code)
+        meta.paper_coid = f"fake-{meta.order_id}"
+        market = c2s.orderType == 2
+        try:
+            request = OrderRequest(client_order_id=meta.paper_coid, symbol=c2s.code,
+                                   side=OrderSide.BUY if c2s.trdSide == 1 else OrderSide.SELL,
+                                   quantity=int(c2s.qty), order_type=OrderType.MARKET if market else OrderType.LIMIT,
+                                   limit_price=None if market else Decimal(repr(c2s.price)))
+        except InvalidRequest as exc:
+            raise _Refuse(str(exc)) from None
+        try:
+            await broker.place_order(request)
+        except OrderRejected as exc:
+            raise _Refuse(exc.reason) from None      # OpenD refuses the request: no order exists
+        self._orders[meta.order_id] = meta
+        self._header(s2c.header, c2s.header)
+        s2c.orderID, s2c.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
+        return await self._changes(c2s.header.accID)
+
+    async def _on_2205(self, conn: _Conn, c2s: Any, s2c: Any) -> list:
+        broker = self._account(c2s.header, trading=True)
+        if c2s.modifyOrderOp != 2:
+            raise _Refuse(f"modify operation {c2s.modifyOrderOp} {NOT_SUPPORTED} (only cancel)")
+        mine = [o for o in self._orders.values() if o.acc_id == c2s.header.accID]
+        if not c2s.forAll:
+            mine = [o for o in mine if o.order_id == c2s.orderID or f"FAKE{o.order_id}" == c2s.orderIDEx]
+            if not mine:
+                raise _Refuse(f"order {c2s.orderIDEx or c2s.orderID} does not exist")
+        for meta in mine:
+            r = await broker.get_order_by_client_id(meta.paper_coid)
+            if r.status.is_terminal and not c2s.forAll:
+                raise _Refuse(f"order {meta.order_id} is {r.status.value} and can no longer be cancelled")
+            await broker.cancel_order(meta.paper_coid)
+        self._header(s2c.header, c2s.header)
+        s2c.orderID = mine[0].order_id if mine and not c2s.forAll else 0
+        s2c.orderIDEx = f"FAKE{mine[0].order_id}" if mine and not c2s.forAll else ""
+        return await self._changes(c2s.header.accID)
+
+    async def _deals(self, c2s: Any, s2c: Any, *, today: bool) -> None:
+        self._account(c2s.header)
+        if c2s.header.trdEnv == SIMULATE:
+            raise _Refuse(PAPER_NO_DEALS)
+        self._header(s2c.header, c2s.header)
+        for meta, r in await self._results(c2s.header.accID):
+            if not self._matches(c2s, meta, r, by_time=False):
+                continue
+            for fill in r.fills:
+                local = self.calendar.local_date(fill.timestamp)
+                if today and local != self.calendar.local_date(self.clock.now()):
+                    continue
+                if not today and not (_parse_local(c2s.filterConditions.beginTime) <= fill.timestamp
+                                      <= _parse_local(c2s.filterConditions.endTime, end=True)):
+                    continue
+                self._fill_deal(s2c.orderFillList.add(), meta, r, fill)
+
+    async def _on_2211(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        await self._deals(c2s, s2c, today=True)
+
+    async def _on_2222(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        await self._deals(c2s, s2c, today=False)
+
+    async def _on_2225(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
+        self._account(c2s.header)
+        if c2s.header.trdEnv == SIMULATE:
+            raise _Refuse(PAPER_NO_FEES)
+        self._header(s2c.header, c2s.header)
+        results = {f"FAKE{meta.order_id}": r for meta, r in await self._results(c2s.header.accID)}
+        for order_id in c2s.orderIdExList:
+            if order_id not in results:
+                raise _Refuse(f"order {order_id} does not exist")
+            fee = s2c.orderFeeList.add()
+            fee.orderIDEx, fee.feeAmount = order_id, float(results[order_id].fees)
+            item = fee.feeList.add()
+            item.title, item.value = "Total charges", float(results[order_id].fees)
+
+    async def _changes(self, acc_id: int) -> list[tuple[int, Any, int]]:
+        """Order (and, for REAL, deal) pushes for whatever changed since the last ones."""
+        pushes: list[tuple[int, Any, int]] = []
+        order_pb, fill_pb = self._module(2208), self._module(2218)
+        env = REAL if acc_id == REAL_ACC else SIMULATE
+        for meta, r in await self._results(acc_id):
+            state = (r.status, r.filled_quantity, tuple(f.fill_id for f in r.fills))
+            if state == meta.pushed:
+                continue
+            seen = set(meta.pushed[2]) if meta.pushed else set()
+            meta.pushed = state
+            push = order_pb.Response()
+            push.retType = 0
+            push.s2c.header.trdEnv, push.s2c.header.accID, push.s2c.header.trdMarket = env, acc_id, TRD_MARKET_HK
+            self._fill_order(push.s2c.order, meta, r)
+            pushes.append((2208, push, acc_id))
+            if env == REAL:
+                for fill in r.fills:
+                    if fill.fill_id in seen:
+                        continue
+                    deal = fill_pb.Response()
+                    deal.retType = 0
+                    deal.s2c.header.trdEnv, deal.s2c.header.accID = env, acc_id
+                    deal.s2c.header.trdMarket = TRD_MARKET_HK
+                    self._fill_deal(deal.s2c.orderFill, meta, r, fill)
+                    pushes.append((2218, deal, acc_id))
+        return pushes
