@@ -126,7 +126,7 @@ async def _database_answers(pool) -> bool:
 
 
 async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
-    from core.clock import RealClock
+    from core.clock import process_clock
     from core.errors import BrokerUnavailable
     from runtime.wiring import build_services, builder
 
@@ -137,13 +137,14 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         report = await run_heartbeat(settings, database=(proc.target, pool) if pool else None,
                                      database_error=proc.database_error,
                                      broker_check=_broker_check(settings, pool) if pool else None,
-                                     now=RealClock().now())
+                                     now=process_clock().now())
         if pool is not None:
-            purged = await purge_old_logs(pool, agent_id=settings.agent_id,
-                                          days=settings.config.logging.db_retention_days)
+            keep = settings.config.logging
+            purged = await purge_old_logs(pool, agent_id=settings.agent_id, days=keep.db_retention_days,
+                                          replay_days=keep.replay_retention_days)
             if purged:
-                log.info("retention: deleted %d agent_logs rows older than %d days", purged,
-                         settings.config.logging.db_retention_days)
+                log.info("retention: deleted %d agent_logs rows older than %d days (day and replay runs: %d days)",
+                         purged, keep.db_retention_days, keep.replay_retention_days)
         print(report.render())
         return report.exit_code
     if pool is None:
@@ -202,10 +203,10 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         return EXIT_OK
     if args.mode == "report":
         from runtime.report import live_report
-        print(await live_report(pool, settings, now=RealClock().now()))
+        print(await live_report(pool, settings, now=process_clock().now()))
         return EXIT_OK
     try:
-        services = await build_services(settings, pool, RealClock())
+        services = await build_services(settings, pool, process_clock())
     except BrokerUnavailable as exc:
         print(f"broker unavailable: {exc}", file=sys.stderr)
         return EXIT_BROKER
@@ -218,10 +219,10 @@ def _broker_check(settings, pool):
     async def check() -> str:
         import time
 
-        from core.clock import RealClock
+        from core.clock import process_clock
         from runtime.wiring import build_services
         t0 = time.perf_counter()
-        services = await build_services(settings, pool, RealClock())
+        services = await build_services(settings, pool, process_clock())
         try:
             acct = await services.broker.get_account()
             positions = await services.broker.get_positions()

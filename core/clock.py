@@ -42,6 +42,32 @@ class SimulatedClock:
         return self._now
 
 
+class ScaledClock:
+    """Real time running `speed` times faster (from the moment it was made): what a rehearsal or a test uses to time
+    a venue's rate windows without waiting them out. `sleep` waits the matching real time."""
+
+    def __init__(self, speed: float) -> None:
+        import time
+        self.speed = float(speed)
+        self._start, self._t0 = datetime.now(timezone.utc), time.monotonic()
+
+    def now(self) -> datetime:
+        import time
+        return self._start + timedelta(seconds=(time.monotonic() - self._t0) * self.speed)
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+        await asyncio.sleep(max(seconds, 0) / self.speed)
+
+
+def process_clock(environ=None) -> "Clock":
+    """The market clock of a process: real, unless CATALYST_SIMULATED_NOW=<ISO instant> fixes it (rehearsal and
+    process tests only; the position monitor daemon has CATALYST_SIMULATED_START, a clock that moves)."""
+    import os
+    fixed = (environ if environ is not None else os.environ).get("CATALYST_SIMULATED_NOW")
+    return SimulatedClock(datetime.fromisoformat(fixed)) if fixed else RealClock()
+
+
 def _utc(when: datetime) -> datetime:
     if when.tzinfo is None:
         raise ValueError("naive datetime given to a clock; pass a timezone-aware datetime")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from core.clock import RealClock
+from core.clock import process_clock
 from core.errors import BrokerUnavailable
 from core.settings import Settings
 from data.importer import import_bar_files
@@ -19,7 +19,7 @@ EXIT_PARTIAL = 6          # the sync skipped something (a spent quota): the summ
 async def run_data_command(settings: Settings, pool, args: list[str]) -> int:
     action = args[0]
     try:
-        services = await build_services(settings, pool, RealClock())
+        services = await build_services(settings, pool, process_clock())
     except BrokerUnavailable as exc:
         print(f"broker unavailable: {exc}", file=sys.stderr)
         return EXIT_BROKER
@@ -34,7 +34,7 @@ async def run_data_command(settings: Settings, pool, args: list[str]) -> int:
         directory = Path(args[1]).expanduser().resolve()
         store = BarStore(pool, dataset=f"files:{settings.config.market.exchange}:{directory}",
                          exchange=settings.config.market.exchange, calendar=services.calendar)
-        report = await import_bar_files(directory, store, now=RealClock().now())
+        report = await import_bar_files(directory, store, now=services.clock.now())
         print(report.render(settings.config.market.exchange))
         print(f"to trade on them: market_data.source: files, market_data.directory: {directory}")
         return EXIT_OK

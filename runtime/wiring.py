@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import signals
 from core.calendar import MarketCalendar
-from core.clock import Clock, RealClock
+from core.clock import Clock, RealClock, ScaledClock
 from core.paths import project_path
 from core.settings import ConfigError, Settings
 from core.feeds import UniverseSpec
@@ -186,12 +186,16 @@ def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calenda
         from brokers.paper.broker import PaperBroker
         return PaperBroker(pool, source, clock, calendar, account_id=settings.agent_id,
                            currency=settings.config.market.currency, config=settings.config.paper)
+    # The venues' rate windows run on real time; CATALYST_RATE_SPEED (tests, rehearsal) runs them faster.
+    speed = settings.env.get("CATALYST_RATE_SPEED")
+    rate = ScaledClock(float(speed)) if speed else None
+    timing = {"rate_clock": rate, "sleep": rate.sleep} if rate else {}
     if name == "alpaca":
         from brokers.alpaca import AlpacaBroker
-        return AlpacaBroker.from_settings(settings, clock=clock, calendar=calendar)
+        return AlpacaBroker.from_settings(settings, clock=clock, calendar=calendar, **timing)
     if name == "moomoo":
         from brokers.moomoo import MoomooBroker
-        return MoomooBroker.from_settings(settings, clock=clock, calendar=calendar)
+        return MoomooBroker.from_settings(settings, clock=clock, calendar=calendar, **timing)
     raise ConfigError(f"{settings.config_path}: unknown broker {name!r}")
 
 
