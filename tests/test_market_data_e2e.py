@@ -1,4 +1,5 @@
-"""The live path, as processes: with `broker: moomoo` and a fake OpenD serving ~700 real-looking HKEX listings,
+"""The live path, as processes: with `broker: moomoo` and a fake OpenD serving ~700 real-looking HKEX listings (and
+the same with `broker: alpaca` and a fake Alpaca serving ~700 US listings, 200 requests a minute),
 `./run.sh data sync` fills the bar store with 500+ symbols x a year; a second sync asks the fake for nothing it
 already has; a sync killed halfway and run again ends with the same rows as an uninterrupted one; then `scan`
 and `trade` pick and buy symbols of that universe (0700-style codes), with lots and ticks from `securities`.
@@ -129,3 +130,58 @@ async def test_moomoo_sync_scan_and_trade_real_looking_symbols(pool, pg_url, tmp
         assert o["limit_price"] is None or is_on_tick(Decimal(o["limit_price"]), listed[o["symbol"]]["tick_scheme"])
     placed = [r for r in opend.requests if r.proto_id == 2202]
     assert len(placed) >= len([o for o in orders if o["status"] != "rejected"]) > 0
+
+
+@pytest.fixture
+async def alpaca(pg_url):
+    from tests.fakes.alpaca_server import FakeAlpaca
+    from tests.test_alpaca_broker import US_FEES
+    from tests.test_paper_broker import paper_config
+    us_now = datetime(2026, 11, 24, 15, 30, tzinfo=timezone.utc)       # 10:30 in New York
+    fake = FakeAlpaca(pg_url=pg_url, market=Universe("US", n=700), clock=SimulatedClock(us_now),
+                      account_id=f"alpaca_{uuid.uuid4().hex[:8]}", calendar=MarketCalendar("NYSE"),
+                      paper_config=paper_config(fees=US_FEES), rate_clock=ScaledClock(SPEED))
+    fake.bars_page_max = 10_000                                          # Alpaca's page: several pages here
+    fake.limit_rate(200, 60.0)                                           # Alpaca's 200 a minute, 429 past it
+    await asyncio.to_thread(fake.start)
+    yield fake, us_now
+    await asyncio.to_thread(fake.stop)
+
+
+@pytest.mark.slow
+async def test_alpaca_sync_scan_and_trade_real_looking_symbols(pool, pg_url, tmp_path, alpaca):
+    fake, us_now = alpaca
+    for table in ("bars", "bar_series", "securities", "data_syncs"):
+        await pool.execute(f"DELETE FROM {table} WHERE dataset = 'alpaca:iex'")
+    config = yaml.safe_load((ROOT / "config" / "trading_config.yaml").read_text())
+    config.update(broker="alpaca", paper={"initial_cash": 200000})
+    config["market"] = {"exchange": "NYSE", "timezone": "America/New_York", "currency": "USD",
+                        "sessions": {"regular": {"open": "09:30", "close": "16:00"}}, "default_lot_size": 1}
+    config["market_data"].update(source="broker", history_days=370)
+    config["market_data"]["universe"].update(kind="board", min_turnover=0, max_symbols=520)
+    config["trading"].update(max_position_value=10000, min_position_value=100)
+    path = tmp_path / "alpaca.yaml"
+    path.write_text(yaml.safe_dump(config))
+    agent = f"t_e2e_us_{uuid.uuid4().hex[:6]}"
+    env = subprocess_env(tmp_path, DATABASE_URL=pg_url, AGENT_ID=agent, CATALYST_SIMULATED_NOW=us_now.isoformat(),
+                         CATALYST_RATE_SPEED=str(SPEED), ALPACA_API_KEY=fake.api_key,
+                         ALPACA_SECRET_KEY=fake.secret_key, ALPACA_BASE_URL=fake.base_url,
+                         ALPACA_DATA_URL=fake.base_url)
+    sync = run(env, str(path), "--mode", "data", "sync")
+    assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-2000:]
+    assert await pool.fetchval("SELECT count(DISTINCT symbol) FROM bars WHERE dataset = 'alpaca:iex'") >= 500
+    bars_requests = fake.count("bars")
+    assert bars_requests >= 3                                            # grouped, multi-symbol, paged
+    again = run(env, str(path), "--mode", "data", "sync")
+    assert again.returncode == 0 and "0 bars added" in again.stdout, again.stdout
+    assert fake.count("bars") == bars_requests
+    scan = run(env, str(path), "--mode", "scan")
+    assert scan.returncode == 0, scan.stdout[-2000:] + scan.stderr[-2000:]
+    trade = run(env, str(path), "--mode", "trade")
+    assert trade.returncode == 0, trade.stdout[-2000:] + trade.stderr[-2000:]
+    listed = {r["symbol"] for r in await pool.fetch("SELECT symbol FROM securities WHERE dataset = 'alpaca:iex'")}
+    orders = await pool.fetch("SELECT symbol, limit_price FROM orders WHERE agent_id = $1 AND intent = 'entry'",
+                              agent)
+    assert orders and {o["symbol"] for o in orders} <= listed, trade.stdout
+    assert all(o["symbol"].replace(".", "").isalpha() for o in orders)
+    assert all(o["limit_price"] is None or is_on_tick(Decimal(o["limit_price"]), "us") for o in orders)
