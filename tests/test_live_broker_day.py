@@ -9,7 +9,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from core.clock import SimulatedClock
+from core.clock import ScaledClock, SimulatedClock
 from core.calendar import MarketCalendar
 from brokers.paper.simulated import SimulatedMarket
 from replay.day import run_day
@@ -17,6 +17,8 @@ from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
 from tests.test_paper_broker import paper_config
 
+# OpenD's rate windows (60 K-line requests a 30 s) kept, on both sides, 2,000 times faster than real time.
+RATE_SPEED = 2000
 SESSION = date(2026, 11, 24)                       # a Tuesday; the day starts at 08:00 HKT on the shared clock
 
 
@@ -42,10 +44,12 @@ async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_
     clock = SimulatedClock(datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc))
     account = f"opend_{uuid.uuid4().hex[:8]}"
     fake = FakeOpenD(pg_url=pg_url, market=SimulatedMarket(seed=7, exchange="HKEX", n_symbols=240, calendar=calendar),
-                     clock=clock, account_id=account, paper_config=paper_config(), calendar=calendar)
+                     clock=clock, account_id=account, paper_config=paper_config(), calendar=calendar,
+                     rate_clock=ScaledClock(RATE_SPEED))
     await asyncio.to_thread(fake.start)
     try:
-        settings = agent_settings(f"t_mm_{uuid.uuid4().hex[:6]}", env={"CATALYST_LOG_DIR": str(tmp_path / "logs")})
+        settings = agent_settings(f"t_mm_{uuid.uuid4().hex[:6]}", env={"CATALYST_LOG_DIR": str(tmp_path / "logs"),
+                                                                        "CATALYST_RATE_SPEED": str(RATE_SPEED)})
         cfg = settings.config.model_copy(update={"broker": "moomoo", "moomoo": MoomooConfig(
             host=fake.host, port=fake.port, trade_env="simulate", connect_timeout_seconds=5)})
         settings = replace(settings, config=cfg)
