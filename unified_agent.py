@@ -176,6 +176,9 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
               f"equity curve: {result.png}")
         print(f"every decision, order and log line is under agent id {result.agent_id} "
               f"(warnings: {settings.log_dir / 'agent.log'})")
+        if result.failed:
+            print(f"replay FAILED: {result.failed}", file=sys.stderr)
+            return EXIT_UNEXPECTED
         return EXIT_OK
     if args.mode == "broker-check":
         from runtime.broker_check import run_broker_check

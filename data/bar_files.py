@@ -201,6 +201,12 @@ class BarFileSource:
         return self._get(symbol).kind
 
     @property
+    def coarsest_minutes(self) -> int | None:
+        """The longest intraday bar among the files (None when every file is daily): a price is that old at worst."""
+        sizes = [self._get(s).minutes for s in self._files if self._get(s).kind == "intraday"]
+        return max(sizes) if sizes else None
+
+    @property
     def daily_only(self) -> bool:
         """Every file holds daily bars: replay then runs its cycles at each bar's open and close."""
         return all(self._get(symbol).kind == "daily" for symbol in self._files)

@@ -18,7 +18,7 @@ from core.calendar import MarketCalendar
 from core.clock import RealClock, SimulatedClock
 from core.settings import Settings
 from core.logcontext import log_context
-from replay.runner import Build, Drive, drive_day, prepare_history, schedule_for
+from replay.runner import Build, Drive, widen_quote_age, drive_day, prepare_history, quote_age_for, schedule_for
 
 log = logging.getLogger("catalyst.day")
 
@@ -48,6 +48,9 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
     await prepare_history(build, day_settings, calendar, session, session)
     clock = clock or SimulatedClock(calendar.day_start(calendar.session_bounds(session)[0][0]))
     agent = await build(day_settings, clock)
+    age = quote_age_for(agent.universe)
+    if age is not None:
+        agent.settings = widen_quote_age(agent.settings, age)
     daily_only, schedule = schedule_for(agent, calendar)
     today = schedule(session)
     clock.set(today[0][0] if today else calendar.session_bounds(session)[0][0])

@@ -18,7 +18,8 @@ and its close), so each day runs at the bar's open (scan, a monitor pass, a trad
 last minute (a monitor pass, the close cycle). Orders fill at the two prints such a file offers, the day's open
 and its close (data/bar_files.py): a decision at the open is made on yesterday's bar and fills at today's open;
 one at the close is made knowing today's open and fills at today's close. `--monitor-every` does not apply,
-and the fresh-quote limit (`trading.max_quote_age_seconds`) is widened to DAILY_QUOTE_AGE: a daily price is
+and the fresh-quote limit (`trading.max_quote_age_seconds`) is widened to DAILY_QUOTE_AGE (intraday files: two of their
+bars, see quote_age_for): a daily price is
 always up to a session (or a long weekend) old.
 """
 from __future__ import annotations
@@ -77,10 +78,21 @@ Build = Callable[[Settings, SimulatedClock], Awaitable[Session]]
 DAILY_QUOTE_AGE = timedelta(days=10)
 
 
-def _daily_quote_age(settings: Settings) -> Settings:
+def widen_quote_age(settings: Settings, age: timedelta) -> Settings:
+    """The fresh-quote limit widened to what the data's resolution allows (never narrowed)."""
     cfg = settings.config
-    trading = cfg.trading.model_copy(update={"max_quote_age_seconds": int(DAILY_QUOTE_AGE.total_seconds())})
+    seconds = max(int(age.total_seconds()), cfg.trading.max_quote_age_seconds)
+    trading = cfg.trading.model_copy(update={"max_quote_age_seconds": seconds})
     return replace(settings, config=cfg.model_copy(update={"trading": trading}))
+
+
+def quote_age_for(universe) -> timedelta | None:
+    """How old a price may be on this data: a daily file's up to a long weekend; an intraday file's two of its bars
+    (the last completed bar closed up to one bar ago, and a quote is its close)."""
+    if getattr(universe, "daily_only", False):
+        return DAILY_QUOTE_AGE
+    minutes = getattr(universe, "coarsest_minutes", None)
+    return timedelta(minutes=2 * minutes) if minutes else None
 
 
 def daily_bar_schedule(calendar, day: date) -> list[tuple[datetime, str]]:
@@ -108,6 +120,17 @@ class ReplayResult:
     table: str
     png: Path
     wall_seconds: float
+    orders_sent: int = 0
+    orders_failed: int = 0
+
+    @property
+    def failed(self) -> str | None:
+        """Why this replay is not a success, or None: every order it tried failed (a broken data path, not a
+        strategy that chose not to trade)."""
+        if self.orders_sent and self.orders_failed == self.orders_sent:
+            return (f"every one of the {self.orders_sent} orders this replay sent failed (rejected or never "
+                    f"sent); see `SELECT status, reason FROM orders WHERE agent_id = '{self.agent_id}'`")
+        return None
 
 
 def replay_settings(settings: Settings, *, run_id: str, engine: str, data: Path | None) -> Settings:
@@ -219,8 +242,9 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
         clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
         session = await build(rs, clock)
         daily_only, schedule = schedule_for(session, calendar, cron_text)
-        if daily_only:
-            session.settings = _daily_quote_age(session.settings)
+        age = quote_age_for(session.universe)
+        if age is not None:
+            session.settings = widen_quote_age(session.settings, age)
         first_day = schedule(days[0])
         first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
         clock.set(first - timedelta(minutes=1))
@@ -247,8 +271,10 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     out_dir = out_dir or rs.var_dir / "replays"
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot_equity(curve, out_dir / f"{rs.agent_id}.png", title=title)
+    sent = await pool.fetchrow("SELECT count(*) AS n, count(*) FILTER (WHERE status IN ('rejected', 'pending_submit')) "
+                               "AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
     return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
-                        render_table(metrics, title=title), png, _time.perf_counter() - t0)
+                        render_table(metrics, title=title), png, _time.perf_counter() - t0, sent["n"], sent["failed"])
 
 
 def _progress(n: int, total: int, day: date, equity, t0: float) -> None:
