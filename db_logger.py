@@ -23,150 +23,32 @@ Context (agent_id, cycle_id, mode, symbol, tool, ...) rides in a contextvar: `lo
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import itertools
 import json
 import logging
 import math
-import os
 import queue
 import sys
 import threading
 import time
 import traceback
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from core import redaction
-from core.logcontext import (NAME_MAX, _context, bind_log_context, current_log_context, log_context,
-                             storable_context)
+from core.logcontext import NAME_MAX, bind_log_context, storable_context
 from core.logcontext import text_of as _text_of
-from core.redaction import RedactingFilter, RedactingFormatter, Redactor, storable
-
-__all__ = ["log_context", "bind_log_context", "current_log_context", "Redactor", "RedactingFilter",
-           "RedactingFormatter", "setup_logging", "purge_old_logs", "LogPipeline", "LogWriter", "DatabaseLogHandler",
-           "storable_context"]
+from core.redaction import RedactingFormatter, Redactor, storable
+from logpipe.files import DailyFile
+from logpipe.handler import DatabaseLogHandler
+from logpipe.rows import (EXCEPTION_MAX, MESSAGE_MAX, _UNSET, _IdMaker, _encode_jsonb, _level_name,
+                          _rows_at_fault, _spool_form, row_from_spool)
+from logpipe.spool import SpoolFiles, quarantine
 
 COLUMNS = ("id", "timestamp", "agent_id", "level", "logger", "message", "context", "exception")
 _STOP = object()
 _EMPTY_JSONB = b"\x01{}"
 
-# What one stored record may hold.
-MESSAGE_MAX = 32_000
-EXCEPTION_MAX = 64_000
-
-
-# ---------------------------------------------------------------- handler
-
-class DatabaseLogHandler(logging.Handler):
-    """Enqueue-only handler; the `LogWriter` does everything else."""
-
-    def __init__(self, writer: "LogWriter", level: int = logging.DEBUG) -> None:
-        super().__init__(level)
-        self._put = writer.queue.put
-        self._get_context = _context.get
-
-    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: the queue is thread-safe
-        if record.levelno >= self.level and (not self.filters or self.filter(record)):
-            self._put((record, self._get_context()))
-            return True
-        return False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._put((record, self._get_context()))
-
-
-# ---------------------------------------------------------------- files
-
-class DailyFile:
-    """`logs/<name>.log`, rotated at UTC midnight to `<name>.log.YYYY-MM-DD`, keeping `keep_days` old files."""
-
-    def __init__(self, directory: Path, name: str, keep_days: int) -> None:
-        self.directory = directory
-        self.path = directory / f"{name}.log"
-        self.keep_days = keep_days
-        self._day: str | None = None
-        self._fh = None
-
-    def write(self, lines: list[str], when: datetime) -> None:
-        day = when.strftime("%Y-%m-%d")
-        if day != self._day:
-            self._rotate(day)
-        assert self._fh is not None
-        self._fh.write("".join(lines))
-        self._fh.flush()
-
-    def _rotate(self, today: str) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self._fh:
-            self._fh.close()
-        if self.path.exists():
-            mday = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d")
-            if mday != today:
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.{mday}"))
-        cutoff = (datetime.strptime(today, "%Y-%m-%d") - timedelta(days=self.keep_days)).strftime("%Y-%m-%d")
-        for old in self.directory.glob(f"{self.path.name}.*"):
-            if old.name[len(self.path.name) + 1:] < cutoff:
-                old.unlink(missing_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
-        self._day = today
-
-    def close(self) -> None:
-        if self._fh:
-            self._fh.close()
-            self._fh = None
-
-
-# ---------------------------------------------------------------- what a row may hold
-
-_LEVELS = ((50, "CRITICAL"), (40, "ERROR"), (30, "WARNING"), (20, "INFO"), (0, "DEBUG"))
-_UNSET = object()
-
-
-def _encode_jsonb(value: bytes) -> bytes:
-    """Rows carry their context already encoded (storable_context): version byte 1 + JSON text."""
-    return value
-
-
-def _level_name(levelno: int) -> str:
-    for floor, name in _LEVELS:
-        if levelno >= floor:
-            return name
-    return "DEBUG"
-
-
-def _rows_at_fault(exc: BaseException) -> bool:
-    """The rows are at fault (PostgreSQL refuses a value: data exception, integrity, program limit; or the client
-    cannot encode one), not the connection, the server or the schema."""
-    import asyncpg
-    if isinstance(exc, asyncpg.PostgresError):
-        return (getattr(exc, "sqlstate", None) or "")[:2] in ("22", "23", "54")
-    if isinstance(exc, asyncpg.DataError):                 # the driver refused to encode a value
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):
-        return False
-    return isinstance(exc, (UnicodeError, ValueError, TypeError, OverflowError))
-
-
-def _spool_form(row: tuple) -> list:
-    """A row as one JSON line of a spool or quarantine file."""
-    context = json.loads(row[6][1:]) if isinstance(row[6], bytes) else row[6]
-    return [str(row[0]), row[1].isoformat(), row[2], row[3], row[4], row[5], context, row[7]]
-
-
-class _IdMaker:
-    """Time-ordered UUIDs (48-bit ms timestamp, then a per-process random prefix and a counter)."""
-
-    def __init__(self) -> None:
-        self._prefix = int.from_bytes(os.urandom(5), "big")
-        self._counter = itertools.count()
-
-    def __call__(self, created: float) -> uuid.UUID:
-        ms = int(created * 1000) & ((1 << 48) - 1)
-        n = next(self._counter) & ((1 << 40) - 1)
-        return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (self._prefix << 40) | n)
 
 
 # ---------------------------------------------------------------- writer
@@ -184,15 +66,13 @@ class LogWriter:
         self.agent_id = agent_id
         self.redactor = redactor or redaction.installed()
         self.log_dir = log_dir
-        self.spool_dir = log_dir / "spool"
+        self.spool = SpoolFiles(log_dir / "spool")
         self.quarantine_path = log_dir / "quarantine" / "agent_logs.jsonl"
         self.file = DailyFile(log_dir, service, file_keep_days)
         self.batch_max = batch_max
         self.flush_interval = flush_interval
         self.retry_max = retry_max
         self._make_id = _IdMaker()
-        self._spool_path = self._new_spool_path()
-        self._spool_fh = None
         self._conn = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_retry = 0.0
@@ -268,7 +148,7 @@ class LogWriter:
                 self._write_file(more, lines)
                 rows += more
             if rows:
-                self._spool_to(self._new_spool_path(), rows)
+                self._spool_apart(rows)
         self._marks_done(marks)
 
     # -------- thread
@@ -488,13 +368,7 @@ class LogWriter:
     def _quarantine(self, entry: dict, exc: BaseException) -> None:
         """A row the table refuses (or a spool line that is no row) goes to logs/quarantine/, never lost."""
         error = f"{type(exc).__name__}: {_text_of(exc)}"
-        entry = {"at": datetime.now(timezone.utc).isoformat(), "error": error, **entry}
-        try:
-            self.quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.quarantine_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, default=str) + "\n")
-        except OSError:
-            pass
+        quarantine(self.quarantine_path, {"at": datetime.now(timezone.utc).isoformat(), "error": error, **entry})
         self.stats["quarantined"] += 1
         self._quarantine_unreported += 1
         self._quarantine_error = error
@@ -512,40 +386,23 @@ class LogWriter:
              self.stats["quarantined"]), None)
         self.queue.put((record, None))
 
-    # -------- spool
-    def _new_spool_path(self) -> Path:
-        return self.spool_dir / f"agent_logs.{os.getpid()}.{uuid.uuid4().hex[:12]}.jsonl"
-
-    def _has_spool(self) -> bool:
-        return self._spool_fh is not None or (self.spool_dir.exists() and any(self.spool_dir.glob("*.jsonl")))
-
+    # -------- spool (logpipe/spool.py keeps the files)
     def _spool(self, rows: list[tuple]) -> None:
-        """Append to this process's spool (held with flock while the process lives)."""
-        if self._spool_fh is None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            self._spool_fh = open(self._spool_path, "a", encoding="utf-8")
-            fcntl.flock(self._spool_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._append(self._spool_fh, rows)
+        before = self.spool.rows_written
+        self.spool.append(rows)
+        self.stats["spooled"] += self.spool.rows_written - before
         self._replay_wanted = True
 
-    def _spool_to(self, path: Path, rows: list[tuple]) -> None:
-        """A spool file of its own, closed (and so unlocked: any later process replays it) when written."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._append(fh, rows)
-
-    def _append(self, fh, rows: list[tuple]) -> None:
-        fh.write("".join(json.dumps(_spool_form(r), default=str) + "\n" for r in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
-        self.stats["spooled"] += len(rows)
+    def _spool_apart(self, rows: list[tuple]) -> None:
+        before = self.spool.rows_written
+        self.spool.write_apart(rows)
+        self.stats["spooled"] += self.spool.rows_written - before
 
     def _replay_due(self) -> bool:
         return self._replay_wanted and bool(self.dsn) and time.monotonic() >= self._next_replay
 
     def _replay(self) -> None:
-        if not self._has_spool():
+        if not self.spool.pending():
             self._replay_wanted = False
             return
         if not self._ensure_connection():
@@ -559,36 +416,9 @@ class LogWriter:
         self._report_quarantine()
 
     def _replay_spools(self) -> bool:
-        """Replay our spool and any spool whose owner is gone; delete each once it is in the table. Lines that are
-        no rows, and rows the table refuses, go to quarantine; False when the database stopped answering."""
-        if not self.spool_dir.exists():
-            return True
-        for path in sorted(self.spool_dir.glob("*.jsonl")):
-            own = path == self._spool_path and self._spool_fh is not None
-            if own:
-                fh = self._spool_fh
-            else:
-                try:
-                    fh = open(path, "r+", encoding="utf-8")
-                except OSError:
-                    continue
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    fh.close()
-                    continue  # a live process owns it
-            try:
-                done = self._replay_file(path)
-            finally:
-                if own:
-                    self._spool_fh.close()
-                    self._spool_fh = None
-                else:
-                    fh.close()
-            if not done:
-                return False
-            path.unlink(missing_ok=True)
-        return True
+        """Replay our spool and any spool whose owner is gone; lines that are no rows, and rows the table refuses,
+        go to quarantine; False when the database stopped answering."""
+        return self.spool.replay(self._replay_file)
 
     def _replay_file(self, path: Path) -> bool:
         with open(path, encoding="utf-8", errors="surrogateescape") as reader:
@@ -598,7 +428,7 @@ class LogWriter:
                 if not line:
                     continue
                 try:
-                    batch.append(self._spooled_row(json.loads(line)))
+                    batch.append(row_from_spool(json.loads(line), self.redactor))
                 except Exception as exc:             # a torn last line from a killed process, or no row at all
                     self._quarantine({"line": line, "file": path.name}, exc)
                     continue
@@ -608,22 +438,10 @@ class LogWriter:
                     batch = []
             return not (batch and self._store(batch, self._insert_deduplicated, "replayed"))
 
-    def _spooled_row(self, v: list) -> tuple:
-        """A spool line as a row, made storable again (spools written before sanitising may hold anything)."""
-        red = self.redactor
-        agent, text = storable_context(v[6] if isinstance(v[6], Mapping) else {}, red)
-        return (uuid.UUID(v[0]), datetime.fromisoformat(v[1]),
-                agent or storable(red.text(_text_of(v[2])), NAME_MAX, one_line=True), _text_of(v[3]),
-                storable(red.text(_text_of(v[4])), NAME_MAX, one_line=True),
-                storable(red.text(_text_of(v[5])), MESSAGE_MAX), b"\x01" + (text or "{}").encode(),
-                None if v[7] is None else storable(red.text(_text_of(v[7])), EXCEPTION_MAX))
-
     def _shutdown(self) -> None:
         self._drop_connection()
         with self._lock:
-            if self._spool_fh is not None:
-                self._spool_fh.close()
-                self._spool_fh = None
+            self.spool.close()
             self.file.close()
         if self._loop is not None:
             self._loop.close()
@@ -679,28 +497,3 @@ def setup_logging(*, agent_id: str, log_dir: Path, secrets: tuple[str, ...] = ()
 
 
 # Agent ids this installation derives from its own (runtime/broker_check.py, replay/day.py, replay/runner.py).
-DERIVED_IDS = ("{agent}-check",)
-SIMULATED_ID_PREFIXES = ("{agent}-day-", "{agent}-replay-")
-
-
-async def purge_old_logs(pool, *, agent_id: str, days: int, replay_days: int | None = None,
-                         batch: int = 10_000) -> int:
-    """Retention, in small batches: agent_logs rows of this agent (and its broker checks) older than `days`, and of
-    its day and replay runs (`<agent>-day-...`, `<agent>-replay-...`) older than `replay_days` (default `days`)."""
-    live = [agent_id, *(d.format(agent=agent_id) for d in DERIVED_IDS)]
-    simulated = [p.format(agent=agent_id) for p in SIMULATED_ID_PREFIXES]
-    total = 0
-    # ^@ is "starts with": unlike LIKE, it gives no meaning to the _ and % an agent id may hold
-    for where, arg, keep in (("agent_id = ANY($1::text[])", live, days),
-                             ("agent_id ^@ ANY($1::text[])", simulated,
-                              replay_days if replay_days is not None else days)):
-        while True:
-            deleted = await pool.fetchval(
-                f"""WITH doomed AS (SELECT id FROM agent_logs WHERE {where}
-                                    AND timestamp < now() - make_interval(days => $2) LIMIT $3)
-                    , gone AS (DELETE FROM agent_logs a USING doomed d WHERE a.id = d.id RETURNING 1)
-                    SELECT count(*) FROM gone""", arg, keep, batch)
-            total += deleted
-            if deleted < batch:
-                break
-    return total

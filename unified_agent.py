@@ -132,7 +132,7 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
 
     pool = proc.pool
     if args.mode == "heartbeat":
-        from db_logger import purge_old_logs
+        from runtime.retention import purge_old_logs
         from runtime.heartbeat import run_heartbeat
         report = await run_heartbeat(settings, database=(proc.target, pool) if pool else None,
                                      database_error=proc.database_error,

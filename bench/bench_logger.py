@@ -24,7 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import database  # noqa: E402
-from db_logger import DatabaseLogHandler, LogWriter, Redactor, log_context  # noqa: E402
+from logpipe.handler import DatabaseLogHandler  # noqa: E402
+from db_logger import LogWriter  # noqa: E402
+from core.redaction import Redactor  # noqa: E402
+from core.logcontext import log_context  # noqa: E402
 
 N_END_TO_END = 200_000
 N_BASELINE = 4_000

@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from db_logger import DatabaseLogHandler, LogWriter  # noqa: E402
+from logpipe.handler import DatabaseLogHandler  # noqa: E402
+from db_logger import LogWriter  # noqa: E402
 from runtime import database  # noqa: E402
 
 RECORDS = 500

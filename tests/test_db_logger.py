@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from runtime import database
-from db_logger import (DailyFile, DatabaseLogHandler, LogWriter, Redactor, log_context, setup_logging)
+from logpipe.files import DailyFile
+from logpipe.handler import DatabaseLogHandler
+from db_logger import LogWriter, setup_logging
+from core.redaction import Redactor
+from core.logcontext import log_context
 
 SECRETS = ("sk-ant-api03-SECRETSECRETSECRET", "alpaca-secret-XYZ123", "dbpass-42-hunter")
 

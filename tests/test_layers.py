@@ -9,6 +9,7 @@ goes to a lower layer or stays inside its own package; `brokers` and `data` are 
     execution      trader, order path, reconciliation, portfolio, monitor, store (SQL)
     brokers | data the broker port and venues | the agent's view of the market
     safety, signals, tools, db_logger   pure rules, the tools' schema, logging to PostgreSQL
+    logpipe        the log pipeline's parts (file, rows, spool, handler) db_logger puts together
     core           values, errors, settings, clock, calendar, ticks — imports nothing of ours but core
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RANK = {"core": 0, "safety": 1, "signals": 1, "tools": 1, "db_logger": 1, "brokers": 2, "data": 2,
+RANK = {"core": 0, "logpipe": 0.5, "safety": 1, "signals": 1, "tools": 1, "db_logger": 1, "brokers": 2, "data": 2,
         "execution": 3, "tool_executor": 4, "engines": 5, "replay": 6, "runtime": 7,
         "unified_agent": 8, "startup_monitor": 8, "position_monitor_service": 8}
 PEERS_THAT_MUST_NOT_MEET = {frozenset({"brokers", "data"})}

@@ -17,7 +17,9 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from db_logger import DatabaseLogHandler, LogWriter, log_context
+from logpipe.handler import DatabaseLogHandler
+from db_logger import LogWriter
+from core.logcontext import log_context
 from runtime import database
 
 CONTROLS = "".join(chr(c) for c in (*range(0x20), *range(0x7f, 0xa0)))

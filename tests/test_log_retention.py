@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from core.settings import Environment, LoggingConfig, load_settings
-from db_logger import purge_old_logs
+from runtime.retention import purge_old_logs
 
 
 async def insert(pool, agent_id: str, days_old: float) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from core.redaction import Redactor
 from core.settings import Environment
-from db_logger import log_context, setup_logging
+from core.logcontext import log_context
+from db_logger import setup_logging
 from tests.agent_fixtures import OPEN_AT, agent_settings
 
 # As python-dotenv reads KEY="value\n" from a .env file (a trailing newline is common there).
