@@ -39,7 +39,7 @@ from core.calendar import MarketCalendar  # noqa: E402
 from core.clock import SimulatedClock  # noqa: E402
 from core.errors import BrokerUnavailable  # noqa: E402
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType  # noqa: E402
-from core.settings import MoomooConfig  # noqa: E402
+from core.config_model import MoomooConfig  # noqa: E402
 from runtime import database  # noqa: E402
 from tests.fakes.alpaca_server import FakeAlpaca  # noqa: E402
 from tests.fakes.opend_server import FakeOpenD  # noqa: E402

@@ -35,3 +35,7 @@ class UnknownSymbol(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message, quotes and all
         return str(self.args[0]) if self.args else "unknown symbol"
+
+
+class ConfigError(Exception):
+    """A configuration problem a person must fix; the message says where and how."""

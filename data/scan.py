@@ -25,7 +25,7 @@ from core.clock import Clock
 if TYPE_CHECKING:
     import asyncpg
 
-    from core.settings import ScanConfig
+    from core.config_model import ScanConfig
     from data.store import BarStore
     from data.sync import Sync
 

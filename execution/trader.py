@@ -22,7 +22,7 @@ from execution.store import Store
 
 if TYPE_CHECKING:
     from brokers.base import BrokerClient
-    from core.settings import TradingConfig
+    from core.config_model import TradingConfig
 
 log = logging.getLogger("catalyst.trader")
 

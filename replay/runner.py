@@ -34,7 +34,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
-from core.settings import Environment, Settings
+from core.environment import Environment
+from core.settings import Settings
 from replay.plot import plot_equity
 from replay.schedule import day_schedule, read_schedule
 from replay.stats import EquityPoint, Metrics, compute_metrics, load_costs, load_trades, render_table

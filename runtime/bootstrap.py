@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
-from core.settings import ConfigError, Settings, load_settings
+from core.errors import ConfigError
+from core.settings import Settings, load_settings
 from core.logcontext import bind_log_context
 from db_logger import LogPipeline, setup_logging
 from runtime.database import DatabaseTarget, DatabaseUnavailable, create_pool, ensure_schema, resolve_target

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.paths import PROJECT_ROOT
-from core.settings import ConfigError, Environment, Settings, check_database_url
+from core.errors import ConfigError
+from core.environment import Environment, check_database_url
+from core.settings import Settings
 
 if TYPE_CHECKING:
     import asyncpg
@@ -294,7 +296,7 @@ def psql_command(target: DatabaseTarget, args: list[str]) -> tuple[list[str], di
 
 
 def _environment() -> tuple[Environment, Path]:
-    from core.settings import load_environment
+    from core.environment import load_environment
     env = load_environment()
     # as Settings.var_dir reads it, without needing a valid trading config to reach the database
     return env, Path(env.get("CATALYST_VAR_DIR") or PROJECT_ROOT / "var")

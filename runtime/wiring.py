@@ -16,7 +16,8 @@ import signals
 from core.calendar import MarketCalendar
 from core.clock import Clock, RealClock, ScaledClock
 from core.paths import project_path
-from core.settings import ConfigError, Settings
+from core.errors import ConfigError
+from core.settings import Settings
 from core.feeds import UniverseSpec
 from core.symbols import canonical_symbol
 from data.market import MarketData

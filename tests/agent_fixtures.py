@@ -13,7 +13,8 @@ from decimal import Decimal
 import pytest
 
 from core.clock import SimulatedClock
-from core.settings import Environment, load_settings
+from core.environment import Environment
+from core.settings import load_settings
 
 # Tuesday 2026-11-24 10:30 Hong Kong time: the market is open.
 OPEN_AT = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)

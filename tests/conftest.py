@@ -16,7 +16,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from runtime import database  # noqa: E402
-from core.settings import Environment, load_settings  # noqa: E402
+from core.environment import Environment
+from core.settings import load_settings  # noqa: E402
 
 PYTHON = sys.executable
 

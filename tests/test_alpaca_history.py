@@ -17,7 +17,7 @@ from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.errors import InvalidRequest
 from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
-from core.settings import AlpacaConfig
+from core.config_model import AlpacaConfig
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.fakes.universe import Universe
 from tests.test_alpaca_broker import US_FEES

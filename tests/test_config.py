@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.settings import (DEFAULT_CONFIG_PATH, ConfigError, Environment, check_database_url, load_environment,
-    load_settings)
+from core.settings import DEFAULT_CONFIG_PATH, load_settings
+from core.errors import ConfigError
+from core.environment import Environment, check_database_url, load_environment
 
 
 def write_config(tmp_path: Path, mutate) -> Path:
@@ -126,7 +127,7 @@ def test_tls_or_local_database_is_accepted(url):
 def test_env_example_documents_exactly_the_variables_the_code_reads():
     import re
 
-    from core.settings import ENV_KEYS
+    from core.environment import ENV_KEYS
     from tests.conftest import ROOT
     text = (ROOT / "config" / ".env.example").read_text()
     documented = set(re.findall(r"^# ?([A-Z][A-Z0-9_]+)=", text, flags=re.M))

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.settings import (ConfigError, Environment, check_database_url, load_environment, load_settings)
+from core.errors import ConfigError
+from core.environment import Environment, check_database_url, load_environment
+from core.settings import load_settings
 from runtime.bootstrap import EXIT_CONFIG
 from tests.conftest import PYTHON, ROOT, subprocess_env
 

@@ -36,7 +36,7 @@ async def assert_a_trading_day(pool, summary: dict) -> None:
 @pytest.mark.slow
 async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_path):
     from brokers.moomoo import load_sdk
-    from core.settings import MoomooConfig
+    from core.config_model import MoomooConfig
     from tests.fakes.opend_server import FakeOpenD
 
     load_sdk(tmp_path / "logs")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from core.settings import Environment, LoggingConfig, load_settings
+from core.environment import Environment
+from core.config_model import LoggingConfig
+from core.settings import load_settings
 from runtime.retention import purge_old_logs
 
 

@@ -20,7 +20,7 @@ from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.errors import BrokerUnavailable, InvalidRequest
 from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
-from core.settings import MoomooConfig
+from core.config_model import MoomooConfig
 from tests.fakes.opend_server import FakeOpenD
 from tests.fakes.universe import Universe
 from tests.test_paper_broker import paper_config

@@ -10,7 +10,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from core.redaction import Redactor
-from core.settings import Environment
+from core.environment import Environment
 from core.logcontext import log_context
 from db_logger import setup_logging
 from tests.agent_fixtures import OPEN_AT, agent_settings

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from core.clock import SimulatedClock
-from core.settings import ScanConfig
+from core.config_model import ScanConfig
 from data.scan import rank_universe
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings

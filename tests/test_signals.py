@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import signals
-from core.settings import SignalsConfig
+from core.config_model import SignalsConfig
 from signals import PositionView, Signal, SignalThresholds, evaluate
 
 T = SignalThresholds(stop_loss_strong=D("-0.03"), stop_loss_moderate=D("-0.02"), take_profit_strong=D("0.08"),

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from core.settings import Environment, load_settings
+from core.environment import Environment
+from core.settings import load_settings
 from runtime.database import DatabaseUnavailable, resolve_target
 from tests.conftest import ROOT
 
