@@ -11,6 +11,9 @@ account read at once):
           a server that keeps dropping connections: one resend, then out  < 3 s
           an order whose answer is late (timeout 0.5 s, answer at 1.5 s)  < 1.4 s  (found by client_order_id)
   moomoo  connect with no OpenD listening (connect timeout 1 s)           < 3 s
+          an OpenD that never answers a read, request timeout 15 s         15..17 s, one request  (the SDK's own
+          ... and request timeout 30 s                                      30..32 s, one request   12 s fired
+                                                                                 first and was retried: 24 s)
           an OpenD that stays down (connect 1 s, request timeout 3 s)     < 6 s
           a process that found no OpenD exits by itself                   < 30 s   (baseline: python -c pass)
 
@@ -51,6 +54,7 @@ RUNS = 5
 HKEX = MarketCalendar("HKEX")
 RATE_LIMITED = {"code": 42910000, "message": "rate limit exceeded"}
 PASSWORD = "bench-trade-pw"
+P_GET_FUNDS = 2101                  # Trd_GetFunds: accinfo_query
 
 
 async def timed(work: Callable[[], Awaitable[object]]) -> float:
@@ -74,7 +78,10 @@ async def expect_unavailable(work: Awaitable[object]) -> None:
 def report(results: list[bool], case: str, took: float, base: float, *, below: float | None = None,
            above: float | None = None) -> None:
     ok = (below is None or took < below) and (above is None or took >= above)
-    bound = f"< {below:g} s" if below is not None else f">= {above:g} s"
+    if below is not None and above is not None:
+        bound = f"{above:g}..{below:g} s"
+    else:
+        bound = f"< {below:g} s" if below is not None else f">= {above:g} s"
     print(f"{case:<62} {took:7.3f} s  (bound {bound:>9}; {took / base:8.1f}x baseline)  {'PASS' if ok else 'FAIL'}")
     results.append(ok)
 
@@ -152,6 +159,19 @@ async def moomoo_cases(url: str, log_dir: Path, results: list[bool]) -> None:
         took = await timed(lambda: expect_unavailable(nowhere.connect()))
         report(results, "moomoo: connect with no OpenD (connect timeout 1 s)", took, base, below=3)
 
+        fake.silence(P_GET_FUNDS)
+        for timeout in (15, 30):
+            silent = MoomooBroker(config, log_dir=log_dir, clock=clock, calendar=HKEX,
+                                  request_timeout_seconds=timeout, reconnect_interval_seconds=0.3)
+            brokers.append(silent)
+            await silent.connect()
+            asked = len(fake.requests_for(P_GET_FUNDS))
+            took = await timed(lambda: expect_unavailable(silent.get_account()))
+            if len(fake.requests_for(P_GET_FUNDS)) - asked != 1:
+                raise SystemExit(f"a silent read was sent {len(fake.requests_for(P_GET_FUNDS)) - asked} times")
+            report(results, f"moomoo: a silent read, request timeout {timeout} s (one request)", took, base,
+                   above=timeout, below=timeout + 2)
+
         await asyncio.to_thread(fake.stop)
         took = await timed(lambda: expect_unavailable(broker.get_account()))
         report(results, "moomoo: OpenD stays down (connect 1 s, request 3 s)", took, base, below=6)
@@ -181,7 +201,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from core.errors import BrokerUnavailable
 from brokers.moomoo import MoomooBroker
 from core.clock import RealClock
-from core.settings import MoomooConfig
+from core.config_model import MoomooConfig
 from core.calendar import MarketCalendar
 async def main():
     b = MoomooBroker(MoomooConfig(port={closed_port()}, connect_timeout_seconds=1), log_dir={str(tmp / 'plogs')!r},

@@ -3,10 +3,14 @@
 A test module opts in by subclassing `BrokerConformance` and providing a `venue` fixture (a `Venue`):
 the broker under test plus the few controls a test needs over the world it trades in (advance time, open a
 second client as another process would). The paper broker runs it in tests/test_paper_broker.py; the live
-adapters run it against their wire-level fakes.
+adapters run it against their wire-level fakes, and can run it against the real services: nothing here assumes
+a market order is filled when `place_order` returns. A live venue may answer "accepted" and fill a moment later,
+so the suite reads the order again (`settled`: every `poll_seconds`, for at most `settle_seconds`) before it
+asserts a fill; the fakes' late-fill switch (`fill_delay`) makes them do the same.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Awaitable, Callable
@@ -15,8 +19,10 @@ import pytest
 
 from brokers.base import BrokerClient
 from core.errors import OrderRejected
-from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from core.ticks import round_to_tick
+
+WAITING = (OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED)
 
 
 @dataclass
@@ -26,13 +32,27 @@ class Venue:
     reopen: Callable[[], Awaitable[BrokerClient]]       # a fresh client on the same account ("new process")
     symbols: list[str]                                  # liquid symbols to trade, cheapest first
     coid: Callable[[str], str]                          # unique client_order_id for a label
+    settle_seconds: float = 15.0                        # how long an accepted market order may take to fill
+    poll_seconds: float = 0.1                           # how often it is read meanwhile
 
 
-async def _buy_lots(venue: Venue, symbol: str, lots: int, label: str):
+async def settled(venue: Venue, order: OrderResult) -> OrderResult:
+    """The order once it is no longer waiting to fill (or as it stands after `venue.settle_seconds`): a market
+    order a venue accepted fills a moment later there, not necessarily before `place_order` returns."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + venue.settle_seconds
+    while order.status in WAITING and loop.time() < give_up:
+        await asyncio.sleep(venue.poll_seconds)
+        order = await venue.broker.get_order_by_client_id(order.client_order_id) or order
+    return order
+
+
+async def _buy_lots(venue: Venue, symbol: str, lots: int, label: str) -> OrderResult:
+    """A market buy of `lots` board lots, read again until it has filled (or the venue's patience ran out)."""
     inst = await venue.broker.get_instrument(symbol)
-    return await venue.broker.place_order(OrderRequest(
+    return await settled(venue, await venue.broker.place_order(OrderRequest(
         client_order_id=venue.coid(label), symbol=symbol, side=OrderSide.BUY, quantity=inst.lot_size * lots,
-        order_type=OrderType.MARKET))
+        order_type=OrderType.MARKET)))
 
 
 class BrokerConformance:
@@ -97,7 +117,7 @@ class BrokerConformance:
         acct = await venue.broker.get_account()
         q = await venue.broker.get_quote(symbol)
         lots = int(acct.buying_power * Decimal("0.5") / (q.ask * Decimal("1.01") * inst.lot_size))
-        result = await _buy_lots(venue, symbol, lots, "big")
+        result = await _buy_lots(venue, symbol, lots, "big")     # read until something filled
         assert result.status is OrderStatus.PARTIALLY_FILLED, result
         assert 0 < result.filled_quantity < result.quantity
         await venue.advance(30)
@@ -135,8 +155,10 @@ class BrokerConformance:
         req = OrderRequest(client_order_id=venue.coid("idem"), symbol=symbol, side=OrderSide.BUY,
                            quantity=inst.lot_size, order_type=OrderType.MARKET)
         first = await venue.broker.place_order(req)
-        second = await venue.broker.place_order(req)
+        second = await venue.broker.place_order(req)              # before it filled, where the venue fills later
         assert second.broker_order_id == first.broker_order_id
+        first = await settled(venue, first)
+        assert first.status is OrderStatus.FILLED, first
         mine = [o for o in await venue.broker.get_orders() if o.client_order_id == req.client_order_id]
         assert len(mine) == 1
         positions = {p.symbol: p for p in await venue.broker.get_positions()}
@@ -145,15 +167,16 @@ class BrokerConformance:
     async def test_selling_more_than_held_is_rejected_and_a_full_sell_closes(self, venue: Venue):
         symbol = venue.symbols[0]
         bought = await _buy_lots(venue, symbol, 2, "pos")
+        assert bought.status is OrderStatus.FILLED, bought
         with pytest.raises(OrderRejected, match="(?i)held|short|position"):
             await venue.broker.place_order(OrderRequest(client_order_id=venue.coid("oversell"), symbol=symbol,
                                                         side=OrderSide.SELL, quantity=bought.quantity * 3,
                                                         order_type=OrderType.MARKET))
         held = {p.symbol: p.quantity for p in await venue.broker.get_positions()}[symbol]
         assert held == bought.filled_quantity
-        closed = await venue.broker.place_order(OrderRequest(client_order_id=venue.coid("close"), symbol=symbol,
-                                                             side=OrderSide.SELL, quantity=held,
-                                                             order_type=OrderType.MARKET))
+        closed = await settled(venue, await venue.broker.place_order(OrderRequest(
+            client_order_id=venue.coid("close"), symbol=symbol, side=OrderSide.SELL, quantity=held,
+            order_type=OrderType.MARKET)))
         assert closed.status is OrderStatus.FILLED and closed.side is OrderSide.SELL
         assert closed.filled_quantity == held
         assert symbol not in {p.symbol for p in await venue.broker.get_positions()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import functools
+import json
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -17,11 +19,14 @@ from brokers.alpaca import STATUS_MAP, AlpacaBroker, map_status
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from core.clock import SimulatedClock
-from core.settings import AlpacaConfig, ConfigError, Environment, FeeSchedule, MarketConfig, Settings, load_settings
+from core.config_model import AlpacaConfig, FeeSchedule, MarketConfig
+from core.errors import ConfigError
+from core.environment import Environment
+from core.settings import Settings, load_settings
 from core.calendar import MarketCalendar
 from brokers.paper.simulated import SimulatedMarket
 from core.ticks import round_to_tick
-from tests.broker_conformance import BrokerConformance, Venue
+from tests.broker_conformance import BrokerConformance, Venue, settled
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.test_paper_broker import advance_trading_minutes, paper_config
 
@@ -126,8 +131,12 @@ def market_buy(world: World, symbol: str, qty: int, label: str) -> OrderRequest:
 # ---------------------------------------------------------------- the conformance suite
 
 class TestAlpacaConformance(BrokerConformance):
+    """A margin account (multiplier 2) whose market orders fill before the order's answer."""
+    fill_delay: float | None = None
+
     @pytest.fixture
     async def venue(self, world):
+        world.fake.fill_delay = self.fill_delay
         return Venue(broker=await world.connect(), advance=world.advance, reopen=world.connect,
                      symbols=us_symbols(), coid=world.coid)
 
@@ -135,14 +144,47 @@ class TestAlpacaConformance(BrokerConformance):
         """As the suite's, except fees: Alpaca is commission-free and reports no fee on an order, so 0."""
         symbol = venue.symbols[0]
         q = await venue.broker.get_quote(symbol)
-        result = await venue.broker.place_order(OrderRequest(venue.coid("mkt"), symbol, OrderSide.BUY, 1,
-                                                             OrderType.MARKET))
+        result = await settled(venue, await venue.broker.place_order(OrderRequest(venue.coid("mkt"), symbol,
+                                                                                  OrderSide.BUY, 1, OrderType.MARKET)))
         assert result.status is OrderStatus.FILLED
         assert q.ask <= result.avg_fill_price <= q.ask * Decimal("1.01")
         assert result.fees == 0
         assert sum(f.quantity for f in result.fills) == result.filled_quantity == 1
         positions = {p.symbol: p for p in await venue.broker.get_positions()}
         assert positions[symbol].quantity == result.quantity
+
+
+class TestAlpacaConformanceWithLateFills(TestAlpacaConformance):
+    """As live Alpaca does at times: a market order answered "accepted", filled a moment later."""
+    fill_delay = 0.3
+
+
+def raw_account(fake: FakeAlpaca) -> dict:
+    """GET /v2/account as Alpaca answers it, past the adapter."""
+    request = urllib.request.Request(f"{fake.base_url}/v2/account", headers={
+        "APCA-API-KEY-ID": fake.api_key, "APCA-API-SECRET-KEY": fake.secret_key})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+async def test_buying_power_is_the_cash_not_alpacas_margin_buying_power(world):
+    broker = await world.connect()
+    acct = await broker.get_account()
+    raw = await asyncio.to_thread(raw_account, world.fake)
+    assert Decimal(raw["buying_power"]) > Decimal(raw["cash"]) and raw["multiplier"] == "2"    # what Alpaca offers
+    assert acct.buying_power == acct.cash == Decimal(raw["cash"])                              # what we take
+
+
+async def test_a_market_order_accepted_now_fills_a_moment_later_and_is_read_until_it_has(world):
+    world.fake.fill_delay = 1.0
+    broker = await world.connect()
+    placed = await broker.place_order(market_buy(world, us_symbols()[0], 3, "late"))
+    assert placed.status is OrderStatus.SUBMITTED and placed.filled_quantity == 0
+    venue = Venue(broker=broker, advance=world.advance, reopen=world.connect, symbols=us_symbols(), coid=world.coid)
+    filled = await settled(venue, placed)
+    assert filled.status is OrderStatus.FILLED and filled.broker_order_id == placed.broker_order_id
+    assert sum(f.quantity for f in filled.fills) == 3
+    assert {p.symbol: p.quantity for p in await broker.get_positions()} == {us_symbols()[0]: 3}
 
 
 # ---------------------------------------------------------------- the network's failure modes

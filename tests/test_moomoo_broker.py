@@ -21,16 +21,21 @@ from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from brokers.moomoo import (NOT_RUNNING, STATUS_MAP, MoomooBroker, from_moomoo_code, load_sdk, map_status,
                             to_moomoo_code)
 from core.clock import SimulatedClock
-from core.settings import ConfigError, MoomooConfig, Settings
+from core.errors import ConfigError
+from core.config_model import MoomooConfig
+from core.settings import Settings
 from core.calendar import MarketCalendar
-from tests.broker_conformance import BrokerConformance, Venue
+from core.ticks import round_to_tick
+from tests.broker_conformance import BrokerConformance, Venue, settled
 from tests.conftest import PYTHON, ROOT
 from tests.fakes.opend_server import FakeOpenD
+from tests.fakes.opend_wire import REAL_ACC, SIM_STOCK_ACC
 from tests.test_paper_broker import OPEN_AT, advance_trading_minutes, liquid_symbols, paper_config, shared_market
 
 PASSWORD = "fake-trade-pw-1234"
 CALENDAR = MarketCalendar("HKEX")
 P_PLACE_ORDER, P_INIT_CONNECT, P_ORDER_PUSH, P_SUB_ACC_PUSH = 2202, 1001, 2208, 2008   # moomoo ProtoId
+P_GET_FUNDS = 2101
 
 
 def closed_port() -> int:
@@ -49,12 +54,12 @@ class World:
     brokers: list[MoomooBroker] = field(default_factory=list)
 
     def broker(self, trade_env: str = "simulate", *, password: str | None = PASSWORD, connect_timeout: float = 5,
-               request_timeout: float = 5) -> MoomooBroker:
+               request_timeout: float = 5, allow_margin: bool = False) -> MoomooBroker:
         config = MoomooConfig(host=self.fake.host, port=self.fake.port, trade_env=trade_env,
                               connect_timeout_seconds=connect_timeout)
         broker = MoomooBroker(config, log_dir=self.log_dir, clock=self.clock, calendar=CALENDAR,
                               trade_password=password, request_timeout_seconds=request_timeout,
-                              reconnect_interval_seconds=0.3)
+                              reconnect_interval_seconds=0.3, allow_margin=allow_margin)
         self.brokers.append(broker)
         return broker
 
@@ -98,11 +103,14 @@ async def buy(broker: MoomooBroker, world: World, symbol: str, lots: int, label:
 # ---------------------------------------------------------------- the conformance suite
 
 class TestMoomooConformance(BrokerConformance):
-    """A REAL account at the fake: trade unlocked with the password, fills are OpenD deals, fees from OpenD."""
+    """A REAL margin account at the fake: trade unlocked with the password, fills are OpenD deals, fees from OpenD,
+    OpenD's `power` above the cash, and market orders accepted at once but filled a moment later."""
     trade_env = "real"
+    fill_delay: float | None = 0.3
 
     @pytest.fixture
     async def venue(self, world):
+        world.fake.fill_delay = self.fill_delay
         broker = await world.connect(self.trade_env)
         return Venue(broker=broker, advance=world.advance, reopen=lambda: world.connect(self.trade_env),
                      symbols=symbols(), coid=world.coid)
@@ -110,15 +118,16 @@ class TestMoomooConformance(BrokerConformance):
 
 class TestMoomooPaperAccountConformance(TestMoomooConformance):
     """A moomoo paper (SIMULATE) account: OpenD answers no deals and no fees there, so fills come from the filled
-    quantity and fees are 0; everything else the suite asks holds."""
+    quantity and fees are 0; everything else the suite asks holds. Market orders fill before the reply here."""
     trade_env = "simulate"
+    fill_delay = None
 
     async def test_market_order_fills_near_the_quote(self, venue: Venue):
         symbol = venue.symbols[0]
         q = await venue.broker.get_quote(symbol)
         inst = await venue.broker.get_instrument(symbol)
-        result = await venue.broker.place_order(OrderRequest(venue.coid("mkt"), symbol, OrderSide.BUY,
-                                                             inst.lot_size, OrderType.MARKET))
+        result = await settled(venue, await venue.broker.place_order(OrderRequest(
+            venue.coid("mkt"), symbol, OrderSide.BUY, inst.lot_size, OrderType.MARKET)))
         assert result.status is OrderStatus.FILLED
         assert q.ask <= result.avg_fill_price <= q.ask * Decimal("1.01")
         assert result.fees == 0                      # the one difference: paper accounts report no fees
@@ -142,7 +151,9 @@ async def test_connect_without_opend_fails_with_the_seed_message(tmp_path):
 
 
 def test_a_process_that_found_no_opend_exits_and_logs_only_under_our_log_dir(tmp_path):
-    """The SDK's constructor retries forever and its logger writes under $HOME: neither may leak out."""
+    """The SDK's constructor retries forever and its logger writes under $HOME and to the console: none of it may
+    leak out. Its warnings ("Connect fail") belong in logs/moomoo, not on stdout or stderr (with its console
+    handler gone, Python's last-resort handler printed them to stderr)."""
     home, logs = tmp_path / "home", tmp_path / "logs"
     home.mkdir()
     script = f"""
@@ -151,7 +162,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from core.errors import BrokerUnavailable
 from brokers.moomoo import MoomooBroker
 from core.clock import RealClock
-from core.settings import MoomooConfig
+from core.config_model import MoomooConfig
 from core.calendar import MarketCalendar
 async def main():
     b = MoomooBroker(MoomooConfig(port={closed_port()}, connect_timeout_seconds=1), log_dir={str(logs)!r},
@@ -167,6 +178,7 @@ asyncio.run(main())
     assert out.returncode == 0, out.stderr                # it exited by itself: no connect thread kept it alive
     assert f"UNAVAILABLE {NOT_RUNNING}" in out.stdout
     assert "Connect fail" not in out.stdout               # the SDK's console lines stay out of our stdout
+    assert out.stderr == ""                               # ... and its warnings out of stderr
     assert list(home.rglob("*")) == []                    # nothing under $HOME
     assert "Connect fail" in (logs / "moomoo" / "moomoo-sdk.log").read_text()
     assert sorted(p.name for p in (logs / "moomoo").iterdir()) == ["moomoo-sdk.log"]
@@ -205,6 +217,100 @@ async def test_an_opend_that_stays_down_gives_a_clear_broker_unavailable(world):
     where = re.escape(f"({world.fake.host}:{world.fake.port})")
     with pytest.raises(BrokerUnavailable, match=rf"^moomoo accinfo_query: .+ {where}$"):   # the call and the gateway
         await broker.get_account()
+
+
+# ---------------------------------------------------------------- money safety on a margin account
+
+async def test_buying_power_is_the_cash_not_opends_margin_power_unless_margin_is_allowed(world):
+    """OpenD's `power` on a margin account is about twice the cash (a 50% financing margin): we size on cash."""
+    on_cash = await (await world.connect("real")).get_account()
+    on_margin = await (await world.connect("real", allow_margin=True)).get_account()
+    assert on_margin.cash == on_cash.cash and on_margin.buying_power > on_margin.cash     # the venue offers margin
+    assert on_cash.buying_power == on_cash.cash                                           # and we decline it
+
+
+def test_from_settings_allows_margin_only_when_trading_allow_margin_says_so(settings):
+    assert MoomooBroker.from_settings(settings).allow_margin is False
+    trading = settings.config.trading.model_copy(update={"allow_margin": True})
+    config = settings.config.model_copy(update={"trading": trading})
+    margin = MoomooBroker.from_settings(Settings(config=config, env=settings.env, config_path=settings.config_path))
+    assert margin.allow_margin is True
+
+
+async def test_a_sell_larger_than_the_position_is_refused_before_it_reaches_opend(world):
+    """On a margin account OpenD would take it and go short (the fake does too): it must never be sent."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "long")
+    coid = world.coid("oversell")
+    with pytest.raises(OrderRejected, match=rf"cannot sell {bought.filled_quantity * 3} {symbol}: "
+                                            rf"{bought.filled_quantity} held") as err:
+        await broker.place_order(OrderRequest(coid, symbol, OrderSide.SELL, bought.filled_quantity * 3,
+                                              OrderType.MARKET))
+    assert err.value.client_order_id == coid
+    assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
+    assert await asyncio.to_thread(world.fake.positions, "REAL") == {symbol: bought.filled_quantity}
+    closed = await broker.place_order(OrderRequest(world.coid("close"), symbol, OrderSide.SELL,
+                                                   bought.filled_quantity, OrderType.MARKET))
+    assert closed.status is OrderStatus.FILLED
+
+
+async def test_shares_already_in_an_open_sell_order_cannot_be_sold_again(world):
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 2, "long2")
+    lot = bought.filled_quantity // 2
+    far = round_to_tick((await broker.get_quote(symbol)).ask * Decimal("1.2"), "hkex", "up")
+    await broker.place_order(OrderRequest(world.coid("rest"), symbol, OrderSide.SELL, lot, OrderType.LIMIT, far))
+    with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
+        await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, 2 * lot,
+                                              OrderType.MARKET))
+
+
+async def test_the_fake_takes_an_oversell_on_the_margin_account_as_opend_does_and_refuses_it_on_paper(world):
+    """What the adapter guards against, at the venue: the SDK sends the oversell straight to the fake."""
+    sdk = load_sdk(world.log_dir)
+    code, lot = to_moomoo_code(symbols()[0]), shared_market().instrument(symbols()[0]).lot_size
+
+    def oversell(env: str, acc_id: int) -> tuple[int, object]:
+        ctx = sdk.OpenSecTradeContext(filter_trdmarket=sdk.TrdMarket.HK, host=world.fake.host, port=world.fake.port,
+                                      security_firm=sdk.SecurityFirm.FUTUSECURITIES)
+        try:
+            if env == "REAL":
+                ctx.unlock_trade(password=PASSWORD)
+            return ctx.place_order(price=0, qty=lot, code=code, trd_side=sdk.TrdSide.SELL,
+                                   order_type=sdk.OrderType.MARKET, trd_env=env, acc_id=acc_id)
+        finally:
+            ctx.close()
+
+    ret, data = await asyncio.to_thread(oversell, "REAL", REAL_ACC)
+    assert ret == sdk.RET_OK, data                        # accepted: a short, left working (the fake lends nothing)
+    assert data.to_dict("records")[0]["order_status"] == "SUBMITTED"
+    ret, data = await asyncio.to_thread(oversell, "SIMULATE", SIM_STOCK_ACC)
+    assert ret != sdk.RET_OK and "short selling is not supported" in data
+
+
+@pytest.mark.slow
+async def test_a_silent_opend_is_given_the_configured_timeout_once_not_the_sdks_12_seconds_twice(world):
+    """request_timeout_seconds above the SDK's own 12 s: one request, given up by our timeout (the SDK's fired first,
+    was read as a lost connection and retried: 24 s at 15 and at 30). How long it takes: bench_broker_timeouts.py."""
+    broker = await world.connect(request_timeout=14)
+    world.fake.silence(P_GET_FUNDS)
+    with pytest.raises(BrokerUnavailable, match=r"^moomoo accinfo_query: no answer from OpenD within 14s"):
+        await broker.get_account()
+    assert len(world.fake.requests_for(P_GET_FUNDS)) == 1
+
+
+async def test_a_market_order_accepted_now_fills_a_moment_later_and_is_read_until_it_has(world):
+    """The fake's late fills (the conformance suite's REAL account runs with them): what `settled` waits for."""
+    world.fake.fill_delay = 1.0
+    broker = await world.connect("real")
+    placed = await buy(broker, world, symbols()[0], 1, "late")
+    assert placed.status is OrderStatus.SUBMITTED and placed.filled_quantity == 0
+    venue = Venue(broker=broker, advance=world.advance, reopen=world.connect, symbols=symbols(), coid=world.coid)
+    filled = await settled(venue, placed)
+    assert filled.status is OrderStatus.FILLED and sum(f.quantity for f in filled.fills) == filled.quantity
+    assert {p.symbol: p.quantity for p in await broker.get_positions()} == {symbols()[0]: filled.quantity}
 
 
 async def test_a_refused_order_carries_opends_reason(world):

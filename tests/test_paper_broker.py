@@ -13,7 +13,8 @@ from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from brokers.paper.fees import fill_fees
 from brokers.paper.broker import PaperBroker
 from core.clock import SimulatedClock
-from core.settings import load_settings, Environment
+from core.settings import load_settings
+from core.environment import Environment
 from core.calendar import MarketCalendar
 from brokers.paper.simulated import SimulatedMarket
 from tests.broker_conformance import BrokerConformance, Venue

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from core.calendar import MarketCalendar
-from brokers.paper.simulated import SimulatedMarket, _Grid
+from brokers.paper.simulated import SimulatedMarket
+from brokers.paper.tick_grid import TickGrid
 from core.feeds import MarketDataSource
 from core.errors import UnknownSymbol
 from core.ticks import is_on_tick, round_to_tick
@@ -166,7 +167,7 @@ def test_prices_are_on_tick_and_positive(market):
 def test_vectorised_rounding_agrees_with_the_decimal_tick_table():
     rng = np.random.default_rng(0)
     for scheme in ("hkex", "us"):
-        grid = _Grid(scheme, Decimal("0.01"))
+        grid = TickGrid(scheme, Decimal("0.01"))
         prices = np.exp(rng.uniform(np.log(0.02), np.log(9000), 4000))
         units = grid.round(prices)
         for p, u in zip(prices, units):
@@ -222,3 +223,9 @@ def test_unknown_symbol_and_bad_input_are_clear(market):
         market.bars("S0001", "2m", NOW - timedelta(days=1), NOW)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="2015"):
         market.quote("S0001", datetime(2012, 5, 2, 3, 0, tzinfo=timezone.utc))
+
+
+def test_the_paper_exchange_modules_each_stay_under_500_lines():
+    """A module does one thing: the simulated market is its prices (price_paths), its tick grid and its cache."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "brokers" / "paper").glob("*.py")}
+    assert max(sizes.values()) <= 500, sizes

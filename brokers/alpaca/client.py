@@ -37,7 +37,8 @@ from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRej
 from core.feeds import Listing, UniverseSpec
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
-from core.settings import AlpacaConfig, ConfigError
+from core.config_model import AlpacaConfig
+from core.errors import ConfigError
 from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:

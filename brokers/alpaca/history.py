@@ -43,7 +43,7 @@ from core.symbols import InvalidSymbol, canonical_symbol
 
 if TYPE_CHECKING:
     from core.calendar import MarketCalendar
-    from core.settings import AlpacaConfig
+    from core.config_model import AlpacaConfig
 
 log = logging.getLogger(__name__)
 

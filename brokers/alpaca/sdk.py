@@ -29,7 +29,8 @@ import requests
 
 from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest
-from core.settings import AlpacaConfig, ConfigError
+from core.config_model import AlpacaConfig
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,11 @@
 The trading environment is SIMULATE (moomoo's paper account) unless the config says `trade_env: real`; then
 `unlock_trade` runs with MOOMOO_TRADE_PASSWORD from `.env` (missing -> ConfigError).
 
+Money safety on a margin account (a moomoo securities account usually is one): `Account.buying_power` is OpenD's
+`power` capped at the cash (`power` is about twice the net assets there, a 50% financing margin) unless margin is
+allowed (`allow_margin`, config `trading.allow_margin`); a sell larger than the shares free to sell (held, less
+those in open sell orders) is refused with OrderRejected before it is sent, as OpenD would take it and go short.
+
 Our client_order_id travels in the order's `remark` (OpenD has no client id field; at most 64 UTF-8 bytes).
 `place_order` first looks for the remark in today's orders (idempotency); after a timeout or a lost connection
 it looks again before giving up, so an order is never sent twice. `get_order_by_client_id` scans today's orders,
@@ -39,7 +44,8 @@ from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.feeds import Listing, UniverseSpec
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
-from core.settings import ConfigError, MoomooConfig
+from core.errors import ConfigError
+from core.config_model import MoomooConfig
 from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:
@@ -59,15 +65,17 @@ class MoomooBroker(BrokerClient):
     def __init__(self, config: MoomooConfig, *, log_dir: Path | str, clock: Clock, calendar: "MarketCalendar",
                  trade_password: str | None = None, request_timeout_seconds: float = 15.0,
                  reconnect_interval_seconds: float = 6.0, rate_clock: Clock | None = None, sleep: Sleep | None = None,
-                 snapshot_batch: int = SNAPSHOT_CODES_MAX) -> None:
+                 snapshot_batch: int = SNAPSHOT_CODES_MAX, allow_margin: bool = False) -> None:
         """`rate_clock` and `sleep` time OpenD's request-frequency windows and history quota: real time and
         asyncio.sleep unless given (a test passes a simulated clock and a sleep that moves it; `clock` stays the
-        market's). `snapshot_batch` is the codes per snapshot request (400; 20 under HK BMP quote rights)."""
+        market's). `snapshot_batch` is the codes per snapshot request (400; 20 under HK BMP quote rights).
+        `allow_margin`: report OpenD's margin `power` as buying power (otherwise it is capped at the cash)."""
         if config.trade_env == "real" and not trade_password:
             raise ConfigError("MOOMOO_TRADE_PASSWORD is not set: moomoo.trade_env is 'real', and OpenD needs the "
                               "trade password to unlock trading (put it in .env)")
         self.config = config
         self.environment = config.trade_env
+        self.allow_margin = allow_margin
         self.log_dir = Path(log_dir)
         self.clock = clock
         self.calendar = calendar
@@ -85,9 +93,9 @@ class MoomooBroker(BrokerClient):
     def from_settings(cls, settings: "Settings", *, clock: Clock | None = None,
                       calendar: "MarketCalendar | None" = None, rate_clock: Clock | None = None,
                       sleep: Sleep | None = None) -> "MoomooBroker":
-        """From config `moomoo:` (MOOMOO_HOST / MOOMOO_PORT in the environment override host and port), the trade
-        password from MOOMOO_TRADE_PASSWORD, SDK logs under `settings.log_dir / "moomoo"`; `rate_clock` and `sleep`
-        as in the constructor."""
+        """From config `moomoo:` (MOOMOO_HOST / MOOMOO_PORT in the environment override host and port) and
+        `trading.allow_margin`, the trade password from MOOMOO_TRADE_PASSWORD, SDK logs under
+        `settings.log_dir / "moomoo"`; `rate_clock` and `sleep` as in the constructor."""
         from core.calendar import MarketCalendar
         config = settings.config.moomoo
         changes: dict[str, Any] = {}
@@ -101,7 +109,8 @@ class MoomooBroker(BrokerClient):
         return cls(config.model_copy(update=changes), log_dir=settings.log_dir, clock=clock or RealClock(),
                    calendar=calendar or MarketCalendar("HKEX"),
                    trade_password=settings.env.get("MOOMOO_TRADE_PASSWORD"),
-                   request_timeout_seconds=config.request_timeout_seconds, rate_clock=rate_clock, sleep=sleep)
+                   request_timeout_seconds=config.request_timeout_seconds, rate_clock=rate_clock, sleep=sleep,
+                   allow_margin=settings.config.trading.allow_margin)
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
@@ -226,7 +235,7 @@ class MoomooBroker(BrokerClient):
     # ------------------------------------------------------------ account
     async def _get_account(self) -> Account:
         data = await self._opend.call("accinfo_query", self._t().accinfo_query, currency="HKD", **self._acc())
-        return mapping.account(mapping.records(data)[0])
+        return mapping.account(mapping.records(data)[0], allow_margin=self.allow_margin)
 
     async def _get_positions(self) -> list[Position]:
         data = await self._opend.call("position_list_query", self._t().position_list_query, currency="HKD",
@@ -244,6 +253,8 @@ class MoomooBroker(BrokerClient):
         existing = await self._find(order.client_order_id, history=False)   # orders are day orders
         if existing is not None:
             return await self._finish(existing)
+        if order.side is OrderSide.SELL:
+            await self._check_sellable(order)
         sdk = self._opend.sdk
         try:
             data = await self._opend.call(
@@ -269,6 +280,20 @@ class MoomooBroker(BrokerClient):
             raise BrokerUnavailable(f"moomoo place_order {order.client_order_id}: accepted, but OpenD does not "
                                     "list it yet; reconcile by client_order_id")
         return await self._finish(view)
+
+    async def _check_sellable(self, order: OrderRequest) -> None:
+        """OrderRejected unless the position's shares free to sell cover the sell: on a margin account OpenD takes a
+        larger one and the account goes short."""
+        data = await self._opend.call("position_list_query", self._t().position_list_query, currency="HKD",
+                                      **self._acc())
+        code, held, free = to_moomoo_code(order.symbol), 0, 0
+        for row in mapping.records(data):
+            if row["code"] == code:
+                held, free = mapping.sellable(row)
+        if order.quantity > free:
+            raise OrderRejected(f"cannot sell {order.quantity} {order.symbol}: {held} held, {held - free} already in "
+                                f"open sell orders (short selling is not supported); not sent to OpenD",
+                                client_order_id=order.client_order_id)
 
     async def _cancel_order(self, order_id: str) -> bool:
         view = await self._find(order_id)

@@ -202,10 +202,19 @@ def bar_start(label: datetime, minutes: int, calendar: "MarketCalendar") -> date
     return None
 
 
-def account(row: dict[str, Any]) -> Account:
-    """An accinfo_query row (HKD) -> Account."""
-    return Account(currency="HKD", cash=dec(row["cash"]), buying_power=dec(row["power"]),
+def account(row: dict[str, Any], *, allow_margin: bool = False) -> Account:
+    """An accinfo_query row (HKD) -> Account. Buying power is OpenD's `power`, capped at the cash unless margin is
+    allowed: on a margin account `power` is what OpenD would lend against (net assets at a 50% margin rate)."""
+    cash, power = dec(row["cash"]), dec(row["power"])
+    return Account(currency="HKD", cash=cash, buying_power=power if allow_margin else min(power, cash),
                    equity=dec(row["total_assets"]))
+
+
+def sellable(row: dict[str, Any]) -> tuple[int, int]:
+    """A position_list_query row -> (shares held, shares free to sell: not already in open sell orders)."""
+    held = int(float(row["qty"]))
+    free = row.get("can_sell_qty")
+    return held, held if free in (None, "N/A", "") else min(int(float(free)), held)
 
 
 def position(row: dict[str, Any]) -> Position | None:

@@ -1,14 +1,19 @@
 """moomoo-api, contained: importing it, its two contexts, worker threads, timeouts, reconnects and errors.
 
 SDK side effects we contain (`load_sdk`): it writes logs under ~/.com.moomoo.OpenD/Log at import time (here:
-`<log_dir>/moomoo/`), installs a SIGINT handler that calls os._exit(0) (restored), and its context constructors
-retry forever while no OpenD listens (constructed in a daemon thread and abandoned on timeout: `OpenDSession`).
+`<log_dir>/moomoo/`), prints to the console (its console handler removed, and a NullHandler in its place: without
+one, Python's last-resort handler prints the SDK's warnings to stderr; every console line is a file line too),
+installs a SIGINT handler that calls os._exit(0) (restored), and its context constructors retry forever while no
+OpenD listens (constructed in a daemon thread and abandoned on timeout: `OpenDSession`).
 
-The SDK is synchronous: every call runs in a worker thread (`asyncio.to_thread`) under a timeout
-(`OpenDSession.call`). Errors: a refused order -> OrderRejected(OpenD's message); a lost or absent gateway, or a
-request timeout -> BrokerUnavailable; OpenD's request-frequency refusal -> `OpenDBusy` (a BrokerUnavailable); a
-spent history K-line quota -> `core.feeds.QuotaExhausted`; bad arguments (SDK-side validation, unknown symbol) ->
-InvalidRequest. When
+The SDK is synchronous: every call runs in a worker thread (`asyncio.to_thread`) under the configured request
+timeout (`OpenDSession.call`). The SDK has timeouts of its own that would fire first: 12 s per request
+(`OpenContextBase._query_timeout`, checked once a second) and a hard 20 s wait for any reply (`ReqInfo.wait`);
+both are set just past ours, so ours is the one that answers, once (a timeout is not retried).
+
+Errors: a refused order -> OrderRejected(OpenD's message); a lost or absent gateway, or a request timeout ->
+BrokerUnavailable; OpenD's request-frequency refusal -> `OpenDBusy` (a BrokerUnavailable); a spent history K-line
+quota -> `core.feeds.QuotaExhausted`; bad arguments (SDK-side validation, unknown symbol) -> InvalidRequest. When
 OpenD does not answer the connect within `connect_timeout_seconds`: BrokerUnavailable("MoomooClient not
 initialized: OpenD not running (systemctl start opend) at host:port").
 """
@@ -29,14 +34,17 @@ from typing import Any, Callable
 
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.feeds import QuotaExhausted
-from core.settings import MoomooConfig
+from core.config_model import MoomooConfig
 
 log = logging.getLogger(__name__)
 
 NOT_RUNNING = "MoomooClient not initialized: OpenD not running (systemctl start opend)"
 
+_TIMEOUT_WORDS = ("packeterr.timeout", "abnormal event timeout")  # the SDK gave up waiting for a reply
 _CONNECTION_WORDS = ("connection", "disconnect", "not connected", "timeout", "context status bad", "sendfail",
                      "abnormal event")
+SDK_TICK = 1.0             # how often the SDK's network thread checks its requests' timeouts
+SDK_REPLY_WAIT = 20.0      # the SDK's hard bound on waiting for a reply (ReqInfo.wait)
 _BUSY_WORDS = ("frequen", "too many requests", "频率")          # OpenD's per-30-seconds request limits
 _QUOTA_WORDS = ("quota", "额度")                                # the history K-line quota (30 days)
 _UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
@@ -57,6 +65,7 @@ class OpenDSession:
         self.config = config
         self.log_dir = log_dir
         self.request_timeout = request_timeout_seconds
+        self.sdk_request_timeout = request_timeout_seconds + 2 * SDK_TICK    # the SDK's own: just past ours
         self.reconnect_interval = reconnect_interval_seconds
         self.sdk: ModuleType | None = None
         self._quote: Any = None
@@ -84,6 +93,7 @@ class OpenDSession:
         """Import the SDK (off the loop) and open both contexts; BrokerUnavailable(NOT_RUNNING ...) when OpenD does
         not answer within the connect timeout."""
         sdk = self.sdk = await asyncio.to_thread(load_sdk, self.log_dir)
+        _let_replies_wait(self.sdk_request_timeout + 2 * SDK_TICK)
         cfg = self.config
         self._quote = await self._open(sdk.OpenQuoteContext, host=cfg.host, port=cfg.port)
         try:
@@ -130,6 +140,7 @@ class OpenDSession:
             ctx.abandon()
             raise BrokerUnavailable(f"{NOT_RUNNING} at {self.where}") from None
         ctx.set_sync_query_connect_timeout(self.config.connect_timeout_seconds)
+        ctx.set_request_timeout(self.sdk_request_timeout)
         ctx.reconnect_interval = self.reconnect_interval
         return ctx
 
@@ -138,17 +149,21 @@ class OpenDSession:
         """Run one SDK call off the loop and return its data (`full`: everything after the return code, as a tuple:
         request_history_kline's (data, page_req_key)), or raise the mapped error: OpenD refusing an order
         (`order=True`) -> OrderRejected, anything else it refuses -> BrokerUnavailable. A call that lost its
-        connection is retried once after the SDK has reconnected, unless it is not `idempotent`."""
+        connection is retried once after the SDK has reconnected, unless it is not `idempotent`; one OpenD did not
+        answer in time is not (another request_timeout of silence would only double the wait)."""
+        silent = BrokerUnavailable(f"moomoo {what}: no answer from OpenD within {self.request_timeout:g}s "
+                                   f"({self.where})")
         for attempt in (1, 2):
             try:
                 result = await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.request_timeout)
             except TimeoutError:
-                raise BrokerUnavailable(f"moomoo {what}: no answer from OpenD within {self.request_timeout:g}s "
-                                        f"({self.where})") from None
+                raise silent from None
             ret, data = result[0], result[1]
             if ret == self.sdk.RET_OK:
                 return tuple(result[1:]) if full else data
             kind = classify(str(data))
+            if kind == "timeout":
+                raise silent
             if kind == "connection" and idempotent and attempt == 1 and await self._wait_ready():
                 continue
             if kind == "busy":
@@ -174,8 +189,10 @@ class OpenDSession:
 
 
 def classify(message: str) -> str:
-    """'connection' | 'busy' | 'quota' | 'invalid' | 'refused' for an SDK / OpenD error message."""
+    """'timeout' | 'connection' | 'busy' | 'quota' | 'invalid' | 'refused' for an SDK / OpenD error message."""
     m = message.lower()
+    if any(w in m for w in _TIMEOUT_WORDS):
+        return "timeout"
     if any(w in m for w in _CONNECTION_WORDS):
         return "connection"
     if any(w in m for w in _BUSY_WORDS):
@@ -204,6 +221,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
 _sdk_lock = threading.Lock()
 _loaded_sdk: ModuleType | None = None
 _sdk_log_dir: Path | None = None
+_reply_wait = SDK_REPLY_WAIT          # how long the SDK waits for any reply (ReqInfo.wait), raised per session
 
 
 def load_sdk(log_dir: Path | str) -> ModuleType:
@@ -235,11 +253,33 @@ def _import_sdk(target: Path) -> ModuleType:
         if threading.current_thread() is threading.main_thread() and old_sigint is not None:
             signal.signal(signal.SIGINT, old_sigint)
     sdk.SysConfig.set_all_thread_daemon(True)     # a forgotten context must not keep the process alive
-    sdk.SysConfig.enable_console_log(False)       # its console lines would land in our stdout
+    # Its console lines would land in our stdout; with their handler gone, Python's last-resort handler would print
+    # its warnings to stderr. Each of them is in its log file already.
+    sdk.SysConfig.enable_console_log(False)
+    importlib.import_module("moomoo.common.ft_logger").logger.console_logger.addHandler(logging.NullHandler())
+    _bound_reply_waits(importlib.import_module("moomoo.common.open_context_base"))
     with warnings.catch_warnings():               # its network thread uses the deprecated Thread.setDaemon()
         warnings.simplefilter("ignore", DeprecationWarning)
         importlib.import_module("moomoo.common.network_manager").NetManager.default()
     return sdk
+
+
+def _bound_reply_waits(base: ModuleType) -> None:
+    """`ReqInfo.wait` waits for a reply at most a hard-coded 20 s, which would cut a longer request timeout short:
+    make it wait `_reply_wait` (raised by `_let_replies_wait`). The SDK's per-request timeout still ends the wait."""
+    timeout = base.PacketErr.Timeout
+
+    def wait(req: Any) -> None:
+        if req.is_sync and not req.event.wait(timeout=_reply_wait):
+            req.err, req.msg = timeout, "Abnormal event timeout"
+
+    base.ReqInfo.wait = wait
+
+
+def _let_replies_wait(seconds: float) -> None:
+    global _reply_wait
+    with _sdk_lock:
+        _reply_wait = max(_reply_wait, seconds)
 
 
 def _point_sdk_log(target: Path) -> None:
@@ -264,7 +304,8 @@ _context_classes: dict[type, type] = {}
 
 
 def _context_class(base: type) -> type:
-    """`base` whose endless connect loop can be stopped from outside: once abandoned, auto-reconnect reads False."""
+    """`base` whose endless connect loop can be stopped from outside (once abandoned, auto-reconnect reads False)
+    and whose request timeout can be set."""
     if base in _context_classes:
         return _context_classes[base]
 
@@ -278,6 +319,11 @@ def _context_class(base: type) -> type:
         @_auto_reconnect.setter
         def _auto_reconnect(self, value: bool) -> None:
             self.__dict__["_auto_reconnect_value"] = value
+
+        def set_request_timeout(self, seconds: float) -> None:
+            """The SDK's own per-request timeout (12 s unless set; it has no setter)."""
+            with self._lock:
+                self._query_timeout = seconds
 
         def abandon(self) -> None:
             self._abandoned = True

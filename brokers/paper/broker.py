@@ -35,7 +35,7 @@ from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus,
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
 from core.clock import Clock
-from core.settings import PaperConfig
+from core.config_model import PaperConfig
 from core.ticks import is_on_tick, round_to_tick
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
-from core.settings import FeeSchedule
+from core.config_model import FeeSchedule
 
 CENT = Decimal("0.01")
 ONE = Decimal("1")

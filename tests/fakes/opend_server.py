@@ -26,8 +26,22 @@ a REAL account, each its own paper account. As at the real OpenD, paper (SIMULAT
 nor order fees, a refused order leaves no order behind (the paper broker's rejected row is hidden), the remark is
 stored but never deduplicated, and REAL accounts trade only after Trd_UnlockTrade with the right password.
 
+Margin, as the venue has it (`margin_accounts`: the STOCK and REAL accounts): Trd_GetFunds reports `power` as the
+docs define it, net assets at a 50% initial margin rate less what is held (about twice the cash of an account with
+no positions), `maxPowerShort` at 60%, `netCashPower` the cash that is free. A sell larger than the shares free to
+sell is accepted on the REAL margin account (OpenD would let it go short) and stays working, unfilled: the paper
+exchange behind the fake lends no shares. Paper accounts refuse it (no HK short selling in paper trading). Not
+like OpenD: the paper exchange lends no money either, so a buy above the cash is refused even where `power`
+covers it.
+
+Late fills (`fill_delay = seconds`, off by default): a market order is accepted at once (SUBMITTED, nothing
+filled) and reaches the paper exchange that many (wall-clock) seconds later, filling then, as a live venue fills a
+moment after it accepts. What the exchange would refuse at once (a buy above the cash at the quote, a sell of more
+than a paper account holds) is refused at once; an order it refuses later shows FAILED with the reason.
+
 Fault injection: `drop_connections()`, `delay_next_place_order(seconds)` (the order is placed at once, the reply
-waits), `reject_next_order(message)`, `pushes_before_reply` (order pushes go out before the PlaceOrder reply) and
+waits), `reject_next_order(message)`, `silence(proto_id)` (requests of that kind are recorded and never answered,
+as an OpenD that hangs), `pushes_before_reply` (order pushes go out before the PlaceOrder reply) and
 `stale_order_lists` (order lists report every order as SUBMITTED with nothing filled, as a lagging OpenD cache
 would; pushes stay true). Every request is recorded (`requests`, `requests_for(proto_id)`), every packet sent too
 (`sent`: proto id and serial, in order); `positions(env)` shows what the exchange holds (from a worker thread);
@@ -59,6 +73,7 @@ from core.clock import Clock, RealClock
 from core.errors import BrokerError
 from tests.fakes.opend_quotes import QuoteHandlers
 from tests.fakes.opend_trade import TradeHandlers
+from core.orders import OrderResult
 from tests.fakes.opend_wire import (FIRMS, HEAD, NOT_SUPPORTED, REAL_ACC, SIM_OPTION_ACC, SIM_STOCK_ACC, Recorded,
                                     _Conn, _Order, _Refuse)
 
@@ -82,6 +97,9 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         self.port = 0
         self.pushes_before_reply = False
         self.stale_order_lists = False
+        self.margin_accounts = {SIM_STOCK_ACC, REAL_ACC}
+        self.fill_delay: float | None = None
+        self._silent: set[int] = set()
         self.unlocked = False
         self.requests: list[Recorded] = []
         self._requests_lock = threading.Lock()
@@ -94,6 +112,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         self._paper: dict[int, PaperBroker] = {}
         self._conns: dict[int, _Conn] = {}
         self._orders: dict[int, _Order] = {}
+        self._held: dict[int, OrderResult] = {}        # accepted by OpenD, not (yet) at the paper exchange
         self._fill_ids: dict[str, int] = {}
         self._conn_ids = itertools.count(7_000_001)
         self._order_ids = itertools.count(5_000_000_000_001)
@@ -167,6 +186,10 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
     def reject_next_order(self, message: str) -> None:
         self._rejections.append(message)
 
+    def silence(self, proto_id: int) -> None:
+        """Record requests of this proto id and never answer them (an OpenD that hangs on them)."""
+        self._silent.add(proto_id)
+
     def requests_for(self, proto_id: int) -> list[Recorded]:
         with self._requests_lock:
             return [r for r in self.requests if r.proto_id == proto_id]
@@ -228,6 +251,8 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         with self._requests_lock:
             self.requests.append(Recorded(proto_id, serial, conn.conn_id,
                                           MessageToDict(request, preserving_proto_field_name=True)))
+        if proto_id in self._silent:
+            return
         response = module.Response()
         handler = getattr(self, f"_on_{proto_id}", None)
         after: list[Any] = []

@@ -1,17 +1,24 @@
 """The fake OpenD's trading side: accounts, funds, positions, orders, deals, fees and their pushes (a mixin of
-FakeOpenD; see opend_server.py for what it models)."""
+FakeOpenD; see opend_server.py for what it models).
+
+Orders OpenD has accepted but the paper exchange does not hold (yet) are `_held`: a late fill's market order until
+its delay passes, a short sell on the margin account for good. They are listed, pushed and cancelled like any other.
+"""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from brokers.paper.broker import PaperBroker
 from core.errors import InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
-from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, NOT_SUPPORTED, PAPER_NO_DEALS, PAPER_NO_FEES,
-                                    QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK, SIM_OPTION_ACC, SIM_STOCK_ACC,
-                                    SIMULATE, TRD_MARKET_HK, _Conn, _local, _Order, _parse_local, _Refuse)
+from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, FINANCING_MARGIN_RATE, NOT_SUPPORTED, PAPER_NO_DEALS,
+                                    PAPER_NO_FEES, QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK, SHORT_MARGIN_RATE,
+                                    SIM_OPTION_ACC, SIM_STOCK_ACC, SIMULATE, TRD_MARKET_HK, _Conn, _local, _Order,
+                                    _parse_local, _Refuse)
 
 
 class TradeHandlers:
@@ -59,22 +66,33 @@ class TradeHandlers:
         acct = await self._account(c2s.header).get_account()
         self._header(s2c.header, c2s.header)
         f = s2c.funds
-        f.power, f.totalAssets, f.cash = float(acct.buying_power), float(acct.equity), float(acct.cash)
-        f.marketVal, f.frozenCash = float(acct.equity - acct.cash), float(acct.cash - acct.buying_power)
+        frozen, market_val = acct.cash - acct.buying_power, acct.equity - acct.cash
+        if c2s.header.accID in self.margin_accounts:     # the docs' approximations, from the net assets not frozen
+            power = max((acct.equity - frozen) / FINANCING_MARGIN_RATE - market_val, Decimal(0))
+            f.maxPowerShort = float(max((acct.equity - frozen) / SHORT_MARGIN_RATE, Decimal(0)))
+        else:
+            power = acct.buying_power
+        f.power, f.totalAssets, f.cash = float(power), float(acct.equity), float(acct.cash)
+        f.marketVal, f.frozenCash, f.netCashPower = float(market_val), float(frozen), float(acct.buying_power)
         f.debtCash, f.avlWithdrawalCash, f.currency = 0.0, float(acct.buying_power), CURRENCY_HKD
+
+    async def _selling(self, acc_id: int) -> dict[str, int]:
+        """Shares in open sell orders, by symbol (at the exchange or held by OpenD)."""
+        selling: dict[str, int] = {}
+        for _, o in await self._results(acc_id):
+            if o.side is OrderSide.SELL and o.status.is_open:
+                selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
+        return selling
 
     async def _on_2102(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
         broker = self._account(c2s.header)
         self._header(s2c.header, c2s.header)
-        selling = {}
-        for o in await broker.get_orders(open_only=True):
-            if o.side is OrderSide.SELL:
-                selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
+        selling = await self._selling(c2s.header.accID)
         for p in await broker.get_positions():
             row = s2c.positionList.add()
             row.positionID = int(hashlib.sha1(p.symbol.encode()).hexdigest()[:12], 16)
             row.positionSide, row.code, row.name = 0, p.symbol, self.market.instrument(p.symbol).name
-            row.qty, row.canSellQty = p.quantity, p.quantity - selling.get(p.symbol, 0)
+            row.qty, row.canSellQty = p.quantity, max(p.quantity - selling.get(p.symbol, 0), 0)
             row.price, row.val = float(p.market_price), float(p.market_value)
             row.plVal = float((p.market_price - p.avg_price) * p.quantity)
             row.costPrice = row.averageCostPrice = row.dilutedCostPrice = float(p.avg_price)
@@ -117,8 +135,12 @@ class TradeHandlers:
 
     async def _results(self, acc_id: int) -> list[tuple[_Order, OrderResult]]:
         mine = self._mine(acc_id)
-        return [(mine[r.client_order_id], r) for r in await self._paper[acc_id].get_orders()
-                if r.client_order_id in mine]
+        placed = [(mine[r.client_order_id], r) for r in await self._paper[acc_id].get_orders()
+                  if r.client_order_id in mine]
+        at_exchange = {meta.order_id for meta, _ in placed}
+        held = [(self._orders[order_id], r) for order_id, r in list(self._held.items())
+                if self._orders[order_id].acc_id == acc_id and order_id not in at_exchange]
+        return placed + held
 
     def _today(self, r: OrderResult) -> bool:
         now = self.clock.now()
@@ -175,7 +197,8 @@ class TradeHandlers:
         self._instrument(QOT_MARKET_HK, c2s.code)
         if self._rejections:
             raise _Refuse(self._rejections.pop(0))
-        meta = _Order(order_id=next(self._order_ids), acc_id=c2s.header.accID, paper_coid="",
+        acc_id = c2s.header.accID
+        meta = _Order(order_id=next(self._order_ids), acc_id=acc_id, paper_coid="",
                       remark=c2s.remark if c2s.HasField("remark") else None, code=c2s.code)
         meta.paper_coid = f"fake-{meta.order_id}"
         market = c2s.orderType == 2
@@ -186,14 +209,54 @@ class TradeHandlers:
                                    limit_price=None if market else Decimal(repr(c2s.price)))
         except InvalidRequest as exc:
             raise _Refuse(str(exc)) from None
-        try:
-            await broker.place_order(request)
-        except OrderRejected as exc:
-            raise _Refuse(exc.reason) from None      # OpenD refuses the request: no order exists
+        short = request.side is OrderSide.SELL and request.quantity > await self._free_to_sell(acc_id, c2s.code)
+        if short and acc_id == REAL_ACC and acc_id in self.margin_accounts:
+            self._hold(meta, request)                # OpenD takes it (a short); the paper exchange lends no shares
+        elif market and self.fill_delay is not None and not short and await self._affordable(broker, request):
+            self._hold(meta, request)
+            task = asyncio.create_task(self._place_late(meta, request, self.fill_delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            try:
+                await broker.place_order(request)
+            except OrderRejected as exc:
+                raise _Refuse(exc.reason) from None      # OpenD refuses the request: no order exists
         self._orders[meta.order_id] = meta
         self._header(s2c.header, c2s.header)
         s2c.orderID, s2c.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
-        return await self._changes(c2s.header.accID)
+        return await self._changes(acc_id)
+
+    async def _free_to_sell(self, acc_id: int, symbol: str) -> int:
+        held = {p.symbol: p.quantity for p in await self._paper[acc_id].get_positions()}.get(symbol, 0)
+        return held - (await self._selling(acc_id)).get(symbol, 0)
+
+    async def _affordable(self, broker: PaperBroker, request: OrderRequest) -> bool:
+        """A buy the account's cash covers at the ask (what a late fill may accept before it reaches the exchange)."""
+        if request.side is OrderSide.SELL:
+            return True
+        ask = self.market.quote(request.symbol, self.clock.now()).ask
+        return ask * request.quantity <= (await broker.get_account()).buying_power
+
+    def _hold(self, meta: _Order, request: OrderRequest) -> None:
+        now = self.clock.now()
+        self._held[meta.order_id] = OrderResult(
+            client_order_id=meta.paper_coid, broker_order_id=f"FAKE{meta.order_id}", symbol=request.symbol,
+            side=request.side, order_type=request.order_type, quantity=request.quantity,
+            limit_price=request.limit_price, status=OrderStatus.SUBMITTED, submitted_at=now, updated_at=now)
+
+    async def _place_late(self, meta: _Order, request: OrderRequest, delay: float) -> None:
+        """The held market order reaches the paper exchange (unless it was cancelled meanwhile) and fills there; the
+        exchange's refusal shows as a FAILED order."""
+        await asyncio.sleep(delay)
+        if self._held[meta.order_id].status is not OrderStatus.SUBMITTED:
+            return
+        try:
+            await self._paper[meta.acc_id].place_order(request)
+        except OrderRejected:
+            pass                                     # the paper exchange keeps the refused order, with its reason
+        del self._held[meta.order_id]
+        await self._flush(await self._changes(meta.acc_id))
 
     async def _on_2205(self, conn: _Conn, c2s: Any, s2c: Any) -> list:
         broker = self._account(c2s.header, trading=True)
@@ -205,10 +268,15 @@ class TradeHandlers:
             if not mine:
                 raise _Refuse(f"order {c2s.orderIDEx or c2s.orderID} does not exist")
         for meta in mine:
-            r = await broker.get_order_by_client_id(meta.paper_coid)
+            held = self._held.get(meta.order_id)
+            r = held or await broker.get_order_by_client_id(meta.paper_coid)
             if r.status.is_terminal and not c2s.forAll:
                 raise _Refuse(f"order {meta.order_id} is {r.status.value} and can no longer be cancelled")
-            await broker.cancel_order(meta.paper_coid)
+            if held is None:
+                await broker.cancel_order(meta.paper_coid)
+            elif held.status.is_open:
+                self._held[meta.order_id] = replace(held, status=OrderStatus.CANCELLED, reason="cancelled by request",
+                                                    updated_at=self.clock.now())
         self._header(s2c.header, c2s.header)
         s2c.orderID = mine[0].order_id if mine and not c2s.forAll else 0
         s2c.orderIDEx = f"FAKE{mine[0].order_id}" if mine and not c2s.forAll else ""

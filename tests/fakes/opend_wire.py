@@ -9,6 +9,7 @@ import asyncio
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,10 @@ NOT_SUPPORTED = "not supported by the fake OpenD"
 PAPER_NO_DEALS = "Paper trading does not support deals related operations"
 PAPER_NO_FEES = "Paper trading accounts do not support querying order fees"
 FIRMS = {"FUTUSECURITIES": 1, "FUTUINC": 2, "FUTUSG": 3, "FUTUAU": 4}
+# accinfo_query's `power` is "an approximation computed at a 50% initial margin rate for financing" and
+# `max_power_short` "at a 60% margin rate for short selling" (futu-api-doc trade/get-funds.html)
+FINANCING_MARGIN_RATE = Decimal("0.5")
+SHORT_MARGIN_RATE = Decimal("0.6")
 
 # status of a paper order -> Trd_Common.OrderStatus
 _STATUS = {OrderStatus.SUBMITTED: 5, OrderStatus.PARTIALLY_FILLED: 10, OrderStatus.FILLED: 11,
