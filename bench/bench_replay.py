@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from runtime import database  # noqa: E402
 from core.calendar import MarketCalendar  # noqa: E402
 from replay.runner import run_replay  # noqa: E402
-from runtime.wiring import builder
+from runtime.wiring import builder  # noqa: E402
 from tests.agent_fixtures import agent_settings  # noqa: E402
 
 TARGET_S = 60.0

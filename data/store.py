@@ -68,7 +68,7 @@ class BarStore:
         self.dataset = dataset
         self.exchange = exchange
         self.calendar = calendar
-        self._series_cache: tuple[Any, dict[str, Series]] | None = None
+        self._series_cache: tuple[tuple, float, dict[str, Series]] | None = None
 
     # ------------------------------------------------------------------ securities
     async def upsert_securities(self, listings: Sequence[Listing], *, source: str, now: datetime) -> int:
@@ -168,8 +168,27 @@ class BarStore:
         return await self.pool.fetchval("SELECT max(bar_end) FROM bars WHERE dataset = $1 AND timeframe = $2",
                                         self.dataset, timeframe)
 
+    # A whole-dataset read is kept this long (real seconds) for the reads of single symbols that follow it (the
+    # tools' technicals after a scan): a sync in this process clears it; one in another process is seen after it.
+    SERIES_CACHE_SECONDS = 60.0
+
     async def series(self, symbols: Sequence[str] | None = None, timeframe: str = "1d") -> dict[str, Series]:
         """Packed series of `symbols` (all when None): one binary COPY, parsed without a Python loop per bar."""
+        import time
+        cached = self._series_cache
+        if cached is not None and cached[0] == (timeframe, ) and time.monotonic() - cached[1] < self.SERIES_CACHE_SECONDS:
+            everything = cached[2]
+            return everything if symbols is None else {s: everything[s] for s in symbols if s in everything}
+        found = await self._read_series(symbols, timeframe)
+        if symbols is None:
+            self._series_cache = ((timeframe, ), time.monotonic(), found)
+        return found
+
+    def forget_cached(self) -> None:
+        """The next read goes to PostgreSQL (a bench measuring the read; a caller that knows the store changed)."""
+        self._series_cache = None
+
+    async def _read_series(self, symbols: Sequence[str] | None, timeframe: str) -> dict[str, Series]:
         chunks: list[bytes] = []
 
         async def out(chunk: bytes) -> None:
@@ -186,7 +205,7 @@ class BarStore:
         """{"open"|"high"|"low"|"close"|"volume": DataFrame(session date x symbol, float, NaN where no bar)} of the
         last `lookback_days` sessions whose close is at or before `end`: the scan's frames."""
         import pandas as pd
-        series = await self.series(symbols)
+        series = await self.series()                    # the whole dataset, kept for the single-symbol reads after
         return await asyncio.to_thread(_frames, series, list(symbols), self.calendar, end, lookback_days, pd)
 
     async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":

@@ -424,3 +424,11 @@ CREATE TABLE IF NOT EXISTS ai_answers (
 INSERT INTO schema_version (version, description)
 VALUES (6, 'ai_answers: recorded model answers keyed by request')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v7: finding cycles left running
+-- Every cycle looks for cycles whose process is gone (runtime/cycle.py mark_interrupted): only the running ones.
+CREATE INDEX IF NOT EXISTS trading_cycles_running ON trading_cycles (agent_id) WHERE status = 'running';
+
+INSERT INTO schema_version (version, description)
+VALUES (7, 'index of the cycles still running')
+ON CONFLICT (version) DO NOTHING;
