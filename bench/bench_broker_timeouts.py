@@ -46,9 +46,9 @@ from core.config_model import MoomooConfig  # noqa: E402
 from runtime import database  # noqa: E402
 from tests.fakes.alpaca_server import FakeAlpaca  # noqa: E402
 from tests.fakes.opend_server import FakeOpenD  # noqa: E402
-from tests.test_alpaca_broker import CALENDAR as NYSE, OPEN_AT as NY_OPEN  # noqa: E402
-from tests.test_alpaca_broker import US_FEES, us_market, us_settings, us_symbols  # noqa: E402
-from tests.test_paper_broker import OPEN_AT as HK_OPEN, paper_config, shared_market  # noqa: E402
+from tests.venues import NYSE, NY_OPEN_AT as NY_OPEN  # noqa: E402
+from tests.venues import US_FEES, us_market, us_settings, us_symbols  # noqa: E402
+from tests.venues import OPEN_AT as HK_OPEN, paper_config, shared_market  # noqa: E402
 
 RUNS = 5
 HKEX = MarketCalendar("HKEX")

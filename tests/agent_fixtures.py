@@ -10,7 +10,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import pytest
 
 from core.clock import SimulatedClock
 from core.environment import Environment
@@ -54,8 +53,3 @@ def cheap_symbol(services) -> str:
             best = (lot_value, inst.symbol)
     return best[1]
 
-
-@pytest.fixture
-async def services(pool, agent_id):
-    """Deprecated here: the fixture is in tests/conftest.py."""
-    return await agent_services(pool, agent_id)

@@ -2,8 +2,10 @@
 services."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -84,3 +86,16 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
                 "CATALYST_ENV_FILE": str(tmp_path / "no.env"), "PYTHONDONTWRITEBYTECODE": "1"})
     env.update(extra)
     return env
+
+
+def venv_is_current() -> bool:
+    """run.sh reuses .venv only when its stamp matches the requirements; otherwise running it would reinstall."""
+    stamp = ROOT / ".venv" / ".requirements.sha256"
+    python = ROOT / ".venv" / "bin" / "python"
+    if not stamp.is_file() or not python.exists():
+        return False
+    digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()
+                            + (ROOT / "requirements-dev.txt").read_bytes()).hexdigest()
+    version = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    return stamp.read_text().strip() == f"{digest}-{version}"

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.test_paper_broker import OPEN_AT, liquid_symbols, shared_market
+from tests.venues import OPEN_AT, liquid_symbols, shared_market
 
 POINTS = ["before_write_ahead", "after_write_ahead", "after_broker_call", "after_fills_recorded"]
 # (phase, kill point, which occurrence): buys of two symbols (1st and 2nd order), then the exit of one.

@@ -2,7 +2,6 @@
 is what CI runs (`.ci/run` executes exactly the README's `./run.sh test`)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -12,25 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, venv_is_current
 from unified_agent import MODES
 
 def clean_env(home: Path) -> dict[str, str]:
     """What a user's shell gives run.sh: a PATH and a HOME, nothing of ours."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
-
-
-def venv_is_current() -> bool:
-    """run.sh reuses .venv only when its stamp matches the requirements; otherwise running it would reinstall."""
-    stamp = ROOT / ".venv" / ".requirements.sha256"
-    python = ROOT / ".venv" / "bin" / "python"
-    if not stamp.is_file() or not python.exists():
-        return False
-    digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()
-                            + (ROOT / "requirements-dev.txt").read_bytes()).hexdigest()
-    version = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    return stamp.read_text().strip() == f"{digest}-{version}"
 
 
 def test_run_sh_names_what_to_install_when_no_python_312(tmp_path):

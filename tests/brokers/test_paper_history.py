@@ -14,7 +14,7 @@ from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.errors import InvalidRequest
 from core.feeds import HistorySource, UniverseSpec
-from tests.test_paper_broker import paper_config
+from tests.venues import paper_config
 
 CAL = MarketCalendar("HKEX")
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)          # Tuesday 17:00 HKT, after the close

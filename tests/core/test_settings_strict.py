@@ -15,7 +15,7 @@ from core.settings import load_settings
 from runtime.bootstrap import EXIT_CONFIG
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "catalyst-trading-system-architecture.md"
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "catalyst-trading-system-architecture.md"
 ENV = Environment(values={})
 
 

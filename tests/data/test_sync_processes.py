@@ -35,7 +35,7 @@ SPEED = 2000
 async def opend(pg_url, tmp_path):
     from brokers.moomoo import load_sdk
     from tests.fakes.opend_server import FakeOpenD
-    from tests.test_paper_broker import paper_config
+    from tests.venues import paper_config
     load_sdk(tmp_path / "logs")
     fake = FakeOpenD(pg_url=pg_url, market=Universe("HKEX", n=700), clock=SimulatedClock(NOW),
                      account_id=f"opend_{uuid.uuid4().hex[:8]}", paper_config=paper_config(),
@@ -135,8 +135,8 @@ async def test_moomoo_sync_scan_and_trade_real_looking_symbols(pool, pg_url, tmp
 @pytest.fixture
 async def alpaca(pg_url):
     from tests.fakes.alpaca_server import FakeAlpaca
-    from tests.test_alpaca_broker import US_FEES
-    from tests.test_paper_broker import paper_config
+    from tests.venues import US_FEES
+    from tests.venues import paper_config
     us_now = datetime(2026, 11, 24, 15, 30, tzinfo=timezone.utc)       # 10:30 in New York
     fake = FakeAlpaca(pg_url=pg_url, market=Universe("US", n=700), clock=SimulatedClock(us_now),
                       account_id=f"alpaca_{uuid.uuid4().hex[:8]}", calendar=MarketCalendar("NYSE"),

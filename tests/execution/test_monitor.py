@@ -10,8 +10,8 @@ from core.clock import SimulatedClock
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings
 from tests.fakes.anthropic_server import FakeAnthropic, reply
-from tests.test_paper_broker import liquid_symbols
-from tests.test_tool_executor import executor
+from tests.venues import liquid_symbols
+from tests.agent_fixtures import executor
 
 
 async def make_services(pool, agent_id, env=None, **ai):

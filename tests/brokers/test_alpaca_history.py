@@ -20,8 +20,8 @@ from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
 from core.config_model import AlpacaConfig
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.fakes.universe import Universe
-from tests.test_alpaca_broker import US_FEES
-from tests.test_paper_broker import paper_config
+from tests.venues import US_FEES
+from tests.venues import paper_config
 
 CAL = MarketCalendar("NYSE")
 NOW = datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc)          # Tuesday 17:00 New York, after the close

@@ -26,11 +26,11 @@ from core.config_model import MoomooConfig
 from core.settings import Settings
 from core.calendar import MarketCalendar
 from core.ticks import round_to_tick
-from tests.broker_conformance import BrokerConformance, Venue, settled
+from tests.brokers.conformance import BrokerConformance, Venue, settled
 from tests.conftest import PYTHON, ROOT
 from tests.fakes.opend_server import FakeOpenD
 from tests.fakes.opend_wire import REAL_ACC, SIM_STOCK_ACC
-from tests.test_paper_broker import OPEN_AT, advance_trading_minutes, liquid_symbols, paper_config, shared_market
+from tests.venues import OPEN_AT, advance_trading_minutes, liquid_symbols, paper_config, shared_market
 
 PASSWORD = "fake-trade-pw-1234"
 CALENDAR = MarketCalendar("HKEX")

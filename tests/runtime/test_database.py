@@ -11,7 +11,7 @@ import pytest
 
 from runtime import database
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CATALOG_SNAPSHOT = """
 SELECT 'col' AS k, table_name || '.' || column_name || ':' || data_type || ':' || is_nullable AS v

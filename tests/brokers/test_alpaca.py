@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import functools
 import json
 import urllib.request
 import uuid
@@ -19,70 +18,15 @@ from brokers.alpaca import STATUS_MAP, AlpacaBroker, map_status
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from core.clock import SimulatedClock
-from core.config_model import AlpacaConfig, FeeSchedule, MarketConfig
 from core.errors import ConfigError
 from core.environment import Environment
 from core.settings import Settings, load_settings
-from core.calendar import MarketCalendar
-from brokers.paper.simulated import SimulatedMarket
 from core.ticks import round_to_tick
-from tests.broker_conformance import BrokerConformance, Venue, settled
+from tests.brokers.conformance import BrokerConformance, Venue, settled
 from tests.fakes.alpaca_server import FakeAlpaca
-from tests.test_paper_broker import advance_trading_minutes, paper_config
+from tests.venues import advance_trading_minutes, paper_config
 
-# Tuesday 2026-11-24 10:30 New York time: the market is open.
-OPEN_AT = datetime(2026, 11, 24, 15, 30, tzinfo=timezone.utc)
-SEED = 7
-CALENDAR = MarketCalendar("NYSE")
-# Alpaca charges no commission; the SEC fee on sells is taken from cash (as Alpaca does), not reported per order.
-US_FEES = FeeSchedule(commission_rate=0, commission_min=0, stamp_duty_rate=0, stamp_duty_round_up=False,
-                      trading_fee_rate=0, sfc_levy_rate=0, settlement_fee_rate=0, settlement_fee_min=0,
-                      settlement_fee_max=0, sell_only_rate=Decimal("0.0000278"))
-US_MARKET = MarketConfig(exchange="NYSE", timezone="America/New_York", currency="USD",
-                         sessions={"regular": {"open": "09:30", "close": "16:00"}}, default_lot_size=1)
-
-_market: SimulatedMarket | None = None
-
-
-def us_market() -> SimulatedMarket:
-    global _market
-    if _market is None:
-        _market = SimulatedMarket(seed=SEED, exchange="NYSE", calendar=CALENDAR)
-    return _market
-
-
-@functools.cache
-def us_symbols() -> list[str]:
-    """$5..60 symbols, cheapest first, that traded at least 20,000 shares in the 5 minutes to OPEN_AT but under
-    $500k (so half the account's buying power is more than an order's 10% share of that depth: the partial-fill
-    test) and that later trade 0.5% under the bid before the close (the limit-order test needs the market to
-    cross; in a deterministic simulated market that is a fact the venue can look up)."""
-    picks = []
-    m = us_market()
-    close = CALENDAR.state(OPEN_AT).next_close
-    for inst in m.instruments():
-        q = m.quote(inst.symbol, OPEN_AT)
-        recent = sum(b.volume for b in m.bars(inst.symbol, "1m", OPEN_AT - timedelta(minutes=5), OPEN_AT))
-        if not (Decimal(5) <= q.last <= Decimal(60) and recent >= 20_000 and recent * q.last <= 500_000):
-            continue
-        if min(b.low for b in m.bars(inst.symbol, "1m", OPEN_AT, close)) < q.bid * Decimal("0.995"):
-            picks.append((q.last, inst.symbol))
-    return [s for _, s in sorted(picks)][:5]
-
-
-def us_settings(fake: FakeAlpaca | None = None, *, paper: bool = True, timeout_seconds: float = 5,
-                **env: str | None) -> Settings:
-    values = {"ALPACA_API_KEY": "PKTESTKEY", "ALPACA_SECRET_KEY": "test-secret-key"}
-    if fake is not None:
-        values.update(ALPACA_API_KEY=fake.api_key, ALPACA_SECRET_KEY=fake.secret_key, ALPACA_BASE_URL=fake.base_url,
-                      ALPACA_DATA_URL=fake.base_url)
-    values.update(env)
-    base = load_settings(env=Environment())
-    alpaca = AlpacaConfig(paper=paper, timeout_seconds=timeout_seconds)
-    config = base.config.model_copy(update={"broker": "alpaca", "market": US_MARKET, "real_money": not paper,
-                                            "alpaca": alpaca})
-    return Settings(config=config, env=Environment(values={k: v for k, v in values.items() if v is not None}),
-                    config_path=base.config_path)
+from tests.venues import NY_OPEN_AT as OPEN_AT, NYSE as CALENDAR, US_FEES, us_market, us_settings, us_symbols
 
 
 @dataclass
@@ -448,7 +392,7 @@ def test_from_settings_refuses_a_live_endpoint_on_a_paper_config_and_a_non_us_ma
 
 
 def test_the_adapter_never_imports_from_tests_or_from_layers_above_brokers():
-    package = Path(__file__).resolve().parents[1] / "brokers" / "alpaca"
+    package = Path(__file__).resolve().parents[2] / "brokers" / "alpaca"
     above = ("tests", "data", "execution", "engines", "runtime", "replay", "tool_executor", "safety")
     files = sorted(package.glob("*.py"))
     assert {f.name for f in files} >= {"__init__.py", "client.py", "mapping.py", "sdk.py"}

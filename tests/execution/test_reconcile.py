@@ -8,7 +8,7 @@ from core.orders import OrderRequest, OrderSide, OrderType
 from core.state import TradingState
 from core.ticks import round_to_tick
 from tests.agent_fixtures import executor
-from tests.test_paper_broker import liquid_symbols
+from tests.venues import liquid_symbols
 
 
 async def buy(services, symbol: str, value=9500, **extra):

@@ -23,7 +23,7 @@ from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
 from core.config_model import MoomooConfig
 from tests.fakes.opend_server import FakeOpenD
 from tests.fakes.universe import Universe
-from tests.test_paper_broker import paper_config
+from tests.venues import paper_config
 
 CAL = MarketCalendar("HKEX")
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)          # Tuesday 17:00 HKT, after the close

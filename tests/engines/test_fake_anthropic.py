@@ -24,7 +24,7 @@ from tests.fakes.anthropic_server import (
     tool_use,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "claude-sonnet-4-6"
 QUOTE_TOOL = {
     "name": "get_quote",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.test_run_sh import venv_is_current
+from tests.conftest import venv_is_current
 
 SEED = ROOT.parent / "shared" / "seed" / "catalyst-trading-system-architecture.md"
 

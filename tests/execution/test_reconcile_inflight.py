@@ -12,7 +12,7 @@ import pytest
 
 from core.orders import OrderRequest, OrderSide, OrderType
 from tests.agent_fixtures import executor
-from tests.test_paper_broker import liquid_symbols
+from tests.venues import liquid_symbols
 
 RESTARTS = [0, 10, 30, 59, 61]
 

@@ -18,7 +18,7 @@ from core.feeds import MarketDataSource
 from core.errors import UnknownSymbol
 from core.ticks import is_on_tick, round_to_tick
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HKT = ZoneInfo("Asia/Hong_Kong")
 ET = ZoneInfo("America/New_York")
 SEED = 7

@@ -11,62 +11,12 @@ import pytest
 
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from brokers.paper.fees import fill_fees
-from brokers.paper.broker import PaperBroker
 from core.clock import SimulatedClock
-from core.settings import load_settings
-from core.environment import Environment
 from core.calendar import MarketCalendar
-from brokers.paper.simulated import SimulatedMarket
-from tests.broker_conformance import BrokerConformance, Venue
+from tests.brokers.conformance import BrokerConformance, Venue
 from tests.conftest import PYTHON, ROOT
 
-# Tuesday 2026-11-24 10:30 Hong Kong time: the market is open.
-OPEN_AT = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)
-SEED = 7
-
-_market = None
-
-
-def shared_market() -> SimulatedMarket:
-    global _market
-    if _market is None:
-        _market = SimulatedMarket(seed=SEED, exchange="HKEX")
-    return _market
-
-
-def paper_config(**changes):
-    cfg = load_settings(env=Environment()).config.paper
-    return cfg.model_copy(update=changes)
-
-
-async def make_broker(pool, account_id: str, clock, **changes) -> PaperBroker:
-    broker = PaperBroker(pool, shared_market(), clock, MarketCalendar("HKEX"), account_id=account_id,
-                         currency="HKD", config=paper_config(**changes))
-    await broker.connect()
-    return broker
-
-
-async def advance_trading_minutes(clock: SimulatedClock, calendar: MarketCalendar, minutes: int) -> None:
-    left = minutes
-    while left > 0:
-        if calendar.is_open(clock.now()):
-            clock.advance(timedelta(minutes=1))
-            left -= 1
-        else:
-            clock.set(calendar.state(clock.now()).next_open)
-
-
-def liquid_symbols(market: SimulatedMarket, at: datetime) -> list[str]:
-    """Symbols priced 5..60 HKD with a lot worth < 10,000 HKD that traded at least 20 lots in the 5 minutes to OPEN_AT,
-    cheapest lot first."""
-    picks = []
-    for inst in market.instruments():
-        q = market.quote(inst.symbol, at)
-        recent = sum(b.volume for b in market.bars(inst.symbol, "1m", OPEN_AT - timedelta(minutes=5), OPEN_AT))
-        if (Decimal(5) <= q.last <= Decimal(60) and q.last * inst.lot_size < 10_000
-                and recent >= 20 * inst.lot_size):
-            picks.append((q.last * inst.lot_size, inst.symbol))
-    return [s for _, s in sorted(picks)][:5]
+from tests.venues import OPEN_AT, advance_trading_minutes, liquid_symbols, make_broker, paper_config, shared_market
 
 
 class TestPaperConformance(BrokerConformance):
@@ -147,7 +97,7 @@ import asyncio, json, sys
 sys.path.insert(0, {str(ROOT)!r})
 from datetime import datetime, timezone
 from runtime import database
-from tests.test_paper_broker import make_broker, OPEN_AT
+from tests.venues import make_broker, OPEN_AT
 from core.clock import SimulatedClock
 async def main():
     pool = await database.create_pool({pg_url!r})

@@ -15,7 +15,7 @@ from brokers.paper.simulated import SimulatedMarket
 from replay.day import run_day
 from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
-from tests.test_paper_broker import paper_config
+from tests.venues import paper_config
 
 # OpenD's rate windows (60 K-line requests a 30 s) kept, on both sides, 2,000 times faster than real time.
 RATE_SPEED = 2000
@@ -65,7 +65,7 @@ async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_
 @pytest.mark.slow
 async def test_an_offline_day_through_alpaca_and_a_fake_rest_server(pool, pg_url):
     from tests.fakes.alpaca_server import FakeAlpaca
-    from tests.test_alpaca_broker import US_FEES, us_settings
+    from tests.venues import US_FEES, us_settings
 
     calendar = MarketCalendar("NYSE")
     clock = SimulatedClock(datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc))          # 07:00 New York
