@@ -133,16 +133,8 @@ class LogWriter:
             self._abandoned = True
             rows = list(self._inflight or ())
             self._inflight_taken = True
-            items = []
-            while True:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, tuple) and item and item[0] == "__flush__":
-                    marks.append(item[1])
-                elif item is not _STOP:
-                    items.append(item)
+            items: list = []
+            self._take_queued(items, marks)
             if items:
                 more, lines = self._rows(items)
                 self._write_file(more, lines)
@@ -200,16 +192,20 @@ class LogWriter:
             else:
                 items.append(item)
         if stop:  # take whatever arrived after the stop marker too
-            while True:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, tuple) and item and item[0] == "__flush__":
-                    marks.append(item[1])
-                elif item is not _STOP:
-                    items.append(item)
+            self._take_queued(items, marks)
         return items, stop, marks
+
+    def _take_queued(self, items: list, marks: list[int]) -> None:
+        """Everything queued now, without waiting: records into `items`, flush marks into `marks`."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple) and item and item[0] == "__flush__":
+                marks.append(item[1])
+            elif item is not _STOP:
+                items.append(item)
 
     def _rows(self, items: list) -> tuple[list[tuple], list[str]]:
         red = self.redactor
