@@ -24,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 from core.account import Account, Position
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from brokers.base import BrokerClient
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
-from core.feeds import Listing, UniverseSpec
+from core.feeds import Listing, PriceFeed, UniverseSpec
 from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
@@ -56,19 +56,6 @@ _OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) F
                         AND status IN ('submitted', 'partially_filled')) AS buys"""
 
 
-class PaperMarket(Protocol):
-    """What the paper exchange needs of a market (injected: data.source.MarketDataSource, SimulatedMarket and
-    the bar files all fit): instruments, the quote as of an instant, completed bars."""
-
-    def instrument(self, symbol: str) -> Instrument:
-        """One instrument; an unknown symbol raises a KeyError (`core.errors.UnknownSymbol`)."""
-        ...
-
-    def quote(self, symbol: str, at: datetime) -> Quote: ...
-
-    def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]: ...
-
-
 @dataclass
 class _Fill:
     quantity: int
@@ -80,7 +67,7 @@ class PaperBroker(BrokerClient):
     name = "paper"
     environment = "paper"
 
-    def __init__(self, pool: "asyncpg.Pool", market: PaperMarket, clock: Clock,
+    def __init__(self, pool: "asyncpg.Pool", market: PriceFeed, clock: Clock,
                  calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig) -> None:
         self.pool = pool
         self.market = market
