@@ -154,6 +154,11 @@ class BarFileSource:
         """'daily' or 'intraday': what the symbol's file holds (reads the file once)."""
         return self._get(symbol).kind
 
+    def bar_minutes(self, symbol: str) -> int:
+        """The bar size a venue trades this symbol's file on: its own (a daily file's prints are one minute)."""
+        series = self._get(symbol)
+        return series.minutes if series.kind == "intraday" and series.minutes else 1
+
     @property
     def coarsest_minutes(self) -> int | None:
         """The longest intraday bar among the files (None when every file is daily): a price is that old at worst."""

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # Book depth at the touch, for an order that is marketable when placed: this many minutes of recent volume.
 DEPTH_MINUTES = 5
 MINUTE = timedelta(minutes=1)
+_TIMEFRAMES = {1: ("1m", 1), 5: ("5m", 5), 15: ("15m", 15), 30: ("30m", 30), 60: ("1h", 60)}
 BPS = Decimal("0.0001")
 PRICE_Q = Decimal("0.000001")
 OPEN_STATUSES = ("submitted", "partially_filled")
@@ -335,7 +336,9 @@ class PaperBroker(BrokerClient):
                 price = None
             if price is not None and self.calendar.is_open(now):
                 # The depth resting at the touch is taken as the last DEPTH_MINUTES minutes of traded volume.
-                recent = self.market.bars(row["symbol"], "1m", now - timedelta(minutes=DEPTH_MINUTES), now)
+                timeframe, size = self._resolution(row["symbol"])
+                recent = self.market.bars(row["symbol"], timeframe, now - max(timedelta(minutes=DEPTH_MINUTES), size),
+                                          now)
                 qty = min(remaining, self._cap(sum(b.volume for b in recent), participation, inst.lot_size))
                 if qty > 0:
                     fills.append(_Fill(qty, price, now))
@@ -345,7 +348,8 @@ class PaperBroker(BrokerClient):
             # since it was placed: over many small bars it fills a lot at a time, as a real working order does.
             end = min(now, self._expiry(row["submitted_at"]))
             first = _next_minute(row["submitted_at"])
-            bars = self.market.bars(row["symbol"], "1m", first, end) if end > matched_until else []
+            timeframe, size = self._resolution(row["symbol"])
+            bars = self.market.bars(row["symbol"], timeframe, first, end) if end > matched_until else []
             immediate = await conn.fetchval(
                 "SELECT coalesce(sum(quantity), 0) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
                 "AND filled_at = $3", self.account_id, row["client_order_id"], row["submitted_at"])
@@ -360,11 +364,11 @@ class PaperBroker(BrokerClient):
                     continue                                     # matched on an earlier call
                 qty = min(remaining, self._cap(eligible_volume, participation, inst.lot_size) - worked)
                 if qty > 0:
-                    fills.append(_Fill(qty, price, bar.start + MINUTE))
+                    fills.append(_Fill(qty, price, bar.start + size))
                     remaining -= qty
                     worked += qty
             if bars:
-                matched_until = max(matched_until, bars[-1].start + MINUTE)
+                matched_until = max(matched_until, bars[-1].start + size)
 
         for fill in fills:
             await self._apply_fill(conn, row, fill, inst)
@@ -380,6 +384,12 @@ class PaperBroker(BrokerClient):
         await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6 "
                            "WHERE agent_id = $1 AND client_order_id = $2", self.account_id,
                            row["client_order_id"], status, matched_until, reason, now)
+
+    def _resolution(self, symbol: str) -> tuple[str, timedelta]:
+        """The bars the venue trades on: the feed's own resolution (one minute unless it says otherwise; an
+        hourly file fills on its hourly bars, at each bar's end)."""
+        minutes = getattr(self.market, "bar_minutes", lambda _s: 1)(symbol)
+        return _TIMEFRAMES.get(minutes, ("1m", 1))[0], timedelta(minutes=_TIMEFRAMES.get(minutes, ("1m", 1))[1])
 
     def _expiry(self, submitted_at: datetime) -> datetime:
         """Day orders end at the close of the session they were placed in (or the next one, if placed off-hours)."""
