@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _F8 = np.dtype("<f8")
 _I8 = np.dtype("<i8")
+TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "1d")
 _SERIES_COLUMNS = ("starts", "ends", "open", "high", "low", "close", "volume")
 
 
@@ -242,9 +243,10 @@ class BarStore:
 
     async def freshness(self) -> dict[str, datetime]:
         """The newest bar end per timeframe (what heartbeat reports)."""
-        rows = await self.pool.fetch("SELECT timeframe, max(bar_end) AS last FROM bars WHERE dataset = $1 "
-                                     "GROUP BY timeframe", self.dataset)
-        return {r["timeframe"]: r["last"] for r in rows}
+        rows = await self.pool.fetch(     # one index probe per timeframe (bars_dataset_end), not a scan of all bars
+            "SELECT tf, (SELECT max(bar_end) FROM bars WHERE dataset = $1 AND timeframe = tf) AS last "
+            "FROM unnest($2::text[]) AS tf", self.dataset, list(TIMEFRAMES))
+        return {r["tf"]: r["last"] for r in rows if r["last"] is not None}
 
 
 # ---------------------------------------------------------------- binary COPY parsing

@@ -165,8 +165,6 @@ def dataset_of(settings: Settings) -> str:
 
 def universe_spec(settings: Settings) -> UniverseSpec:
     u = settings.config.market_data.universe
-    if settings.config.broker == "paper" and u.kind == "board":      # the paper venue's whole (small) market
-        return UniverseSpec(kind="board", min_turnover=u.min_turnover, max_symbols=u.max_symbols)
     exchange = settings.config.market.exchange
     symbols = tuple(dict.fromkeys(canonical_symbol(s, exchange) for s in u.symbols))      # one per instrument
     return UniverseSpec(kind=u.kind, symbols=symbols, index=u.index, min_turnover=u.min_turnover,

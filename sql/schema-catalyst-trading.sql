@@ -432,3 +432,11 @@ CREATE INDEX IF NOT EXISTS trading_cycles_running ON trading_cycles (agent_id) W
 INSERT INTO schema_version (version, description)
 VALUES (7, 'index of the cycles still running')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v8: the newest bar of a dataset, by index
+-- Every scan and heartbeat asks how fresh the store is (max(bar_end) of a dataset and timeframe).
+CREATE INDEX IF NOT EXISTS bars_dataset_end ON bars (dataset, timeframe, bar_end);
+
+INSERT INTO schema_version (version, description)
+VALUES (8, 'index of the newest bar per dataset and timeframe')
+ON CONFLICT (version) DO NOTHING;

@@ -9,28 +9,15 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 
 from runtime import database
+from tests.log_helpers import make_logger, spooled_lines
 from logpipe.files import DailyFile
-from logpipe.handler import DatabaseLogHandler
 from db_logger import LogWriter, setup_logging
 from core.redaction import Redactor
 from core.logcontext import log_context
 
 SECRETS = ("sk-ant-api03-SECRETSECRETSECRET", "alpaca-secret-XYZ123", "dbpass-42-hunter")
-
-
-def make_logger(name: str, writer: LogWriter) -> logging.Logger:
-    logger = logging.getLogger(name)
-    logger.handlers[:] = [DatabaseLogHandler(writer)]
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    return logger
-
-
-def spooled_lines(log_dir: Path) -> list[str]:
-    return [line for f in sorted((log_dir / "spool").glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
 async def test_records_reach_the_table_with_context_and_all_levels(pool, pg_url, agent_id, tmp_path):

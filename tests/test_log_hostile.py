@@ -21,20 +21,9 @@ from logpipe.handler import DatabaseLogHandler
 from db_logger import LogWriter
 from core.logcontext import log_context
 from runtime import database
+from tests.log_helpers import make_logger, spooled_lines
 
 CONTROLS = "".join(chr(c) for c in (*range(0x20), *range(0x7f, 0xa0)))
-
-
-def make_logger(name: str, writer: LogWriter) -> logging.Logger:
-    logger = logging.getLogger(name)
-    logger.handlers[:] = [DatabaseLogHandler(writer)]
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    return logger
-
-
-def spooled_lines(log_dir: Path) -> list[str]:
-    return [line for f in sorted((log_dir / "spool").glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
 def quarantined(log_dir: Path) -> list[dict]:

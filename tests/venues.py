@@ -124,3 +124,17 @@ def us_settings(fake: "FakeAlpaca | None" = None, *, paper: bool = True, timeout
                                             "alpaca": alpaca})
     return Settings(config=config, env=Environment(values={k: v for k, v in values.items() if v is not None}),
                     config_path=base.config_path)
+
+
+# ---------------------------------------------------------------- waiting without waiting
+
+class Sleep:
+    """The broker's sleep: moves the simulated clock instead of waiting, and remembers each wait."""
+
+    def __init__(self, clock: SimulatedClock) -> None:
+        self.clock = clock
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.advance(timedelta(seconds=seconds))

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # Book depth at the touch, for an order that is marketable when placed: this many minutes of recent volume.
 DEPTH_MINUTES = 5
 MINUTE = timedelta(minutes=1)
-_TIMEFRAMES = {1: ("1m", 1), 5: ("5m", 5), 15: ("15m", 15), 30: ("30m", 30), 60: ("1h", 60)}
+_TIMEFRAMES = {m: (tf, timedelta(minutes=m)) for m, tf in ((1, "1m"), (5, "5m"), (15, "15m"), (30, "30m"), (60, "1h"))}
 BPS = Decimal("0.0001")
 PRICE_Q = Decimal("0.000001")
 OPEN_STATUSES = ("submitted", "partially_filled")
@@ -389,7 +389,7 @@ class PaperBroker(BrokerClient):
         """The bars the venue trades on: the feed's own resolution (one minute unless it says otherwise; an
         hourly file fills on its hourly bars, at each bar's end)."""
         minutes = getattr(self.market, "bar_minutes", lambda _s: 1)(symbol)
-        return _TIMEFRAMES.get(minutes, ("1m", 1))[0], timedelta(minutes=_TIMEFRAMES.get(minutes, ("1m", 1))[1])
+        return _TIMEFRAMES.get(minutes, ("1m", timedelta(minutes=1)))
 
     def _expiry(self, submitted_at: datetime) -> datetime:
         """Day orders end at the close of the session they were placed in (or the next one, if placed off-hours)."""

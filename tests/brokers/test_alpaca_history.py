@@ -20,8 +20,7 @@ from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
 from core.config_model import AlpacaConfig
 from tests.fakes.alpaca_server import FakeAlpaca
 from tests.fakes.universe import Universe
-from tests.venues import US_FEES
-from tests.venues import paper_config
+from tests.venues import US_FEES, Sleep, paper_config
 
 CAL = MarketCalendar("NYSE")
 NOW = datetime(2026, 11, 24, 22, 0, tzinfo=timezone.utc)          # Tuesday 17:00 New York, after the close
@@ -33,18 +32,6 @@ BOARD = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS")
 @functools.cache
 def universe() -> Universe:
     return Universe("US", calendar=CAL)
-
-
-class Sleep:
-    """The broker's sleep: moves the simulated clock instead of waiting, and remembers each wait."""
-
-    def __init__(self, clock: SimulatedClock) -> None:
-        self.clock = clock
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.clock.advance(timedelta(seconds=seconds))
 
 
 @dataclass

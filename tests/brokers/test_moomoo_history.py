@@ -23,7 +23,7 @@ from core.feeds import HistorySource, QuotaExhausted, UniverseSpec
 from core.config_model import MoomooConfig
 from tests.fakes.opend_server import FakeOpenD
 from tests.fakes.universe import Universe
-from tests.venues import paper_config
+from tests.venues import Sleep, paper_config
 
 CAL = MarketCalendar("HKEX")
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)          # Tuesday 17:00 HKT, after the close
@@ -34,18 +34,6 @@ YEAR_AGO = date(2025, 11, 24)
 @functools.cache
 def universe() -> Universe:
     return Universe("HKEX", calendar=CAL)
-
-
-class Sleep:
-    """The broker's sleep: moves the simulated clock instead of waiting, and remembers each wait."""
-
-    def __init__(self, clock: SimulatedClock) -> None:
-        self.clock = clock
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.clock.advance(timedelta(seconds=seconds))
 
 
 @dataclass
