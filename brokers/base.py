@@ -10,16 +10,22 @@ debug, `place_order` and `cancel_order` at info) — and each venue fills in the
 `_get_quote`, `_place_order`, ...). Errors are the venue's to translate at its own boundary (each does it
 differently: a database, a REST API, a socket gateway), so the port passes them through unchanged.
 
+Two capabilities a venue may lack, each with a safe default: `open_quote_stream` (pushed quotes for the monitor;
+None = the monitor polls) and `supports_stop_orders` (a protective STOP order held at the venue; False = the
+monitor alone protects a position, and heartbeat says so).
+
 Every broker is also a `core.feeds.HistorySource` for the bar store (`list_securities`, `daily_history`): each
 venue keeps its own documented batch sizes, paging, rate limits and quotas behind those two calls.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from contextlib import aclosing
 from datetime import date, datetime
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Iterable, Sequence
 
 from core.account import Account, Position
 from core.errors import BrokerError
@@ -28,6 +34,92 @@ from core.instruments import Bar, Instrument, Quote, Timeframe
 from core.orders import OrderRequest, OrderResult
 
 log = logging.getLogger("catalyst.broker")
+
+
+# ---------------------------------------------------------------- pushed quotes
+
+class StreamClosed(BrokerError):
+    """The venue's quote stream is gone (dropped connection, refused login, closed by us); open a new one."""
+
+
+class QuoteStream(ABC):
+    """Quotes a venue pushes for the symbols it is told to follow (the monitor's fast path).
+
+    `follow(symbols)` makes the venue push exactly those symbols as far as its quota allows and answers the ones it
+    pushes; the rest must be polled. `get(timeout)` returns the next pushed quote, None when nothing came within
+    the timeout, and raises `StreamClosed` once the connection is gone. `last_heard` is the monotonic time of the
+    venue's last message of any kind (a quote or a keep-alive): the caller judges a stall from it. Quotes arrive in
+    the order the venue sent them; a buffer that fills drops the oldest quote (a newer one supersedes it) and
+    counts it in `dropped`.
+
+    Venues implement `_follow` and `_close`, and deliver with `_push` (on the event loop) or `_push_threadsafe`
+    (from an SDK's own thread), `_heard` on a keep-alive, `_lost(reason)` when the connection drops.
+    """
+
+    def __init__(self, *, buffer: int = 20_000) -> None:
+        self._queue: asyncio.Queue[Quote] = asyncio.Queue(maxsize=buffer)
+        self._loop = asyncio.get_running_loop()
+        self.followed: frozenset[str] = frozenset()
+        self.last_heard: float = time.monotonic()
+        self.closed_reason: str | None = None
+        self.dropped = 0
+        self.received = 0
+
+    async def follow(self, symbols: Iterable[str]) -> frozenset[str]:
+        if self.closed_reason is not None:
+            raise StreamClosed(self.closed_reason)
+        wanted = frozenset(symbols)
+        self.followed = frozenset(await self._follow(wanted))
+        log.debug("quote stream: following %d of %d symbols", len(self.followed), len(wanted))
+        return self.followed
+
+    async def get(self, timeout: float) -> Quote | None:
+        if self.closed_reason is not None and self._queue.empty():
+            raise StreamClosed(self.closed_reason)
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            if self.closed_reason is not None:
+                raise StreamClosed(self.closed_reason) from None
+            return None
+
+    def pending(self) -> int:
+        """Quotes delivered but not yet taken (a growing number means the reader falls behind)."""
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = "closed"
+        await self._close()
+
+    # ------------------------------------------------------------ for the venue
+    def _push(self, quote: Quote) -> None:
+        self.last_heard = time.monotonic()
+        self.received += 1
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(quote)
+
+    def _push_threadsafe(self, quote: Quote) -> None:
+        self._loop.call_soon_threadsafe(self._push, quote)
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def _lost(self, reason: str) -> None:
+        if self.closed_reason is None:
+            log.warning("quote stream lost: %s", reason)
+            self.closed_reason = reason
+
+    def _lost_threadsafe(self, reason: str) -> None:
+        self._loop.call_soon_threadsafe(self._lost, reason)
+
+    @abstractmethod
+    async def _follow(self, wanted: frozenset[str]) -> Iterable[str]: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
 
 
 # ---------------------------------------------------------------- the contract
@@ -77,6 +169,11 @@ class BrokerClient(ABC):
         log.debug("%s: get_bars %s %s [%s, %s)", self.name, symbol, timeframe, start, end)
         return await self._get_bars(symbol, timeframe, start, end)
 
+    async def open_quote_stream(self) -> QuoteStream | None:
+        """A new stream of pushed quotes, or None when this venue (or account) cannot push: the monitor polls."""
+        log.debug("%s: open_quote_stream", self.name)
+        return await self._open_quote_stream()
+
     # ------------------------------------------------------------ history for the bar store (core.feeds.HistorySource)
     async def list_securities(self, spec: UniverseSpec) -> list[Listing]:
         """The universe `spec` names, with each security's name, lot, tick scheme and listing status (canonical
@@ -108,11 +205,17 @@ class BrokerClient(ABC):
         return await self._get_account_and_positions()
 
     # ------------------------------------------------------------ orders
+    def supports_stop_orders(self) -> bool:
+        """True when this account holds a sell STOP order at the venue (a protective stop that fires while we are
+        down); False: the monitor alone protects positions here, and heartbeat says so."""
+        return self._supports_stop_orders()
+
     async def place_order(self, order: OrderRequest) -> OrderResult:
         """Submit an order. Idempotent on client_order_id: a repeat returns the existing order."""
-        log.info("%s(%s): place_order %s: %s %s %s %s%s", self.name, self.environment, order.client_order_id,
+        log.info("%s(%s): place_order %s: %s %s %s %s%s%s", self.name, self.environment, order.client_order_id,
                  order.side.value, order.quantity, order.symbol, order.order_type.value,
-                 "" if order.limit_price is None else f" @ {order.limit_price}")
+                 "" if order.limit_price is None else f" @ {order.limit_price}",
+                 "" if order.stop_price is None else f" stop {order.stop_price}")
         return await self._place_order(order)
 
     async def cancel_order(self, order_id: str) -> bool:
@@ -175,6 +278,12 @@ class BrokerClient(ABC):
 
     @abstractmethod
     async def _place_order(self, order: OrderRequest) -> OrderResult: ...
+
+    def _supports_stop_orders(self) -> bool:
+        return False
+
+    async def _open_quote_stream(self) -> QuoteStream | None:
+        return None
 
     @abstractmethod
     async def _cancel_order(self, order_id: str) -> bool: ...

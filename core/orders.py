@@ -19,6 +19,8 @@ class OrderSide(str, enum.Enum):
 class OrderType(str, enum.Enum):
     MARKET = "market"
     LIMIT = "limit"
+    STOP = "stop"          # a stop-market order: once the market trades at or through stop_price it becomes a market
+                           # order (a sell stop triggers at or below, a buy stop at or above); a protective stop
 
 
 class OrderStatus(str, enum.Enum):
@@ -78,6 +80,7 @@ class OrderRequest:
     quantity: int
     order_type: OrderType
     limit_price: Decimal | None = None
+    stop_price: Decimal | None = None    # the trigger of a STOP order; nothing else carries one
 
     def __post_init__(self) -> None:
         if not self.client_order_id or len(self.client_order_id) > 48:
@@ -88,7 +91,12 @@ class OrderRequest:
             if self.limit_price is None or self.limit_price <= 0:
                 raise InvalidRequest("a limit order needs a positive limit_price")
         elif self.limit_price is not None:
-            raise InvalidRequest("a market order must not carry a limit_price")
+            raise InvalidRequest(f"a {self.order_type.value} order must not carry a limit_price")
+        if self.order_type is OrderType.STOP:
+            if self.stop_price is None or self.stop_price <= 0:
+                raise InvalidRequest("a stop order needs a positive stop_price")
+        elif self.stop_price is not None:
+            raise InvalidRequest(f"a {self.order_type.value} order must not carry a stop_price")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +129,7 @@ class OrderResult:
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
     fills: tuple[Fill, ...] = field(default_factory=tuple)
+    stop_price: Decimal | None = None    # a STOP order's trigger, as the broker holds it
 
     @property
     def remaining_quantity(self) -> int:

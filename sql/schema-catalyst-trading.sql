@@ -440,3 +440,34 @@ CREATE INDEX IF NOT EXISTS bars_dataset_end ON bars (dataset, timeframe, bar_end
 INSERT INTO schema_version (version, description)
 VALUES (8, 'index of the newest bar per dataset and timeframe')
 ON CONFLICT (version) DO NOTHING;
+
+-- ================================================================== v9: protective stop orders at the broker
+-- A stop order (order_type 'stop', its trigger in stop_price) protects each open position at the broker while our
+-- machine is down (execution/protection.py). Its intent is 'protective_stop': it is an exit the monitor cancels
+-- before its own, never "an exit already working". The paper venue holds and triggers them too.
+DO $$
+DECLARE c record;
+BEGIN
+    FOR c IN SELECT conname, conrelid::regclass::text AS tbl FROM pg_constraint
+             WHERE conrelid IN ('orders'::regclass, 'paper_orders'::regclass) AND contype = 'c'
+               AND (pg_get_constraintdef(oid) LIKE '%order_type%' OR pg_get_constraintdef(oid) LIKE '%intent%')
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', c.tbl, c.conname);
+    END LOOP;
+END $$;
+ALTER TABLE orders ADD COLUMN IF NOT EXISTS stop_price numeric CHECK (stop_price > 0);
+ALTER TABLE orders ADD CONSTRAINT orders_order_type_v9 CHECK (order_type IN ('market', 'limit', 'stop'));
+ALTER TABLE orders ADD CONSTRAINT orders_limit_price_v9 CHECK ((order_type = 'limit') = (limit_price IS NOT NULL));
+ALTER TABLE orders ADD CONSTRAINT orders_stop_price_v9 CHECK ((order_type = 'stop') = (stop_price IS NOT NULL));
+ALTER TABLE orders ADD CONSTRAINT orders_intent_v9 CHECK (intent IN ('entry', 'exit', 'stop_loss', 'take_profit',
+    'trailing_stop', 'signal_exit', 'kill_switch', 'end_of_day', 'reconcile', 'protective_stop'));
+CREATE INDEX IF NOT EXISTS orders_working_stops ON orders (agent_id, symbol)
+    WHERE intent = 'protective_stop' AND status IN ('pending_submit', 'submitted', 'partially_filled', 'cancel_pending');
+ALTER TABLE paper_orders ADD COLUMN IF NOT EXISTS stop_price numeric CHECK (stop_price > 0);
+ALTER TABLE paper_orders ADD COLUMN IF NOT EXISTS triggered_at timestamptz;
+ALTER TABLE paper_orders ADD CONSTRAINT paper_orders_order_type_v9 CHECK (order_type IN ('market', 'limit', 'stop'));
+ALTER TABLE paper_orders ADD CONSTRAINT paper_orders_stop_price_v9 CHECK ((order_type = 'stop') = (stop_price IS NOT NULL));
+
+INSERT INTO schema_version (version, description)
+VALUES (9, 'protective stop orders: order_type stop, stop_price, intent protective_stop (orders and paper_orders)')
+ON CONFLICT (version) DO NOTHING;
