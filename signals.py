@@ -191,6 +191,23 @@ def evaluate(position: PositionView, thresholds: SignalThresholds, *, rsi: float
     return SignalReport(action=action, signals=signals, pnl_pct=pnl, reason=reason, held_seconds=held)
 
 
+def protective_level(position: PositionView, thresholds: SignalThresholds) -> Decimal:
+    """The highest price at which a price-only strong exit fires for this position: the level a protective stop at
+    the broker holds, so a stop that fires while we are down sells where the monitor would have (hard_stop,
+    stop_loss_strong, or the trailing stop once it protects a gain). Uses the high-water mark, not the current
+    price: the level only rises as the high rises. Unrounded (the caller puts it on the tick grid)."""
+    p, t = position, thresholds
+    levels = [p.entry_price * (1 + t.stop_loss_strong)]
+    if p.stop_loss is not None:
+        levels.append(p.stop_loss)
+    high = p.high_water
+    if high > p.entry_price:
+        trailing = high * (1 - t.trailing_stop_pct)
+        if trailing > p.entry_price:
+            levels.append(trailing)
+    return max(levels)
+
+
 # ---------------------------------------------------------------- the rules, one function each
 
 def _hard_stop(p: PositionView) -> Signal | None:

@@ -209,6 +209,14 @@ class MonitorConfig(_Model):
     # service_health beat is older than three times max(poll_interval_seconds, heartbeat_seconds).
     # live: required on the real clock (a simulated day or replay runs its monitor in-process); always; never.
     require_daemon: Literal["live", "always", "never"] = "live"
+    # Pushed quotes for the open positions where the venue can push (paper, OpenD, Alpaca's stream): a stop is
+    # judged on the price that crossed it, not on the next poll. No message of any kind for stream_stall_seconds
+    # in a session = stalled: the monitor polls (and checks the gap), then re-opens the stream with backoff.
+    stream: bool = True
+    stream_stall_seconds: float = Field(default=20, ge=0.1, le=600)
+    # A protective sell STOP at the broker for each open position (where the venue holds one), moved up with the
+    # trailing stop and cancelled before any other exit: it protects the position while this machine is down.
+    broker_stops: bool = True
 
     @property
     def beat_limit_seconds(self) -> int:

@@ -4,6 +4,8 @@ Order of work, so a crossed stop is never waiting behind slow analytics:
   1. quotes for every open position; the high-water mark rises with them (stored with the pass's status rows,
      in the same statement); price-only signals (the position's stop,
      stop loss, take profit, trailing stop) are evaluated and every "exit" is sent at once;
+  1b. the protective stops at the broker follow the positions (execution/protection.py): placed where missing,
+     raised with the trailing stop;
   2. for the rest, RSI(14) and patterns of the daily bars (cached per symbol until the next session close, the
      only time daily bars change) join the evaluation; "exit" is sent; "uncertain" (exactly one moderate signal) goes to the advisor.
 The advisor is a cheap model (`ai.monitor_model`) within its own daily budget (`ai.monitor_daily_budget_usd`,
@@ -12,10 +14,15 @@ says why, and a "hold" stands for `monitor.advice_hold_minutes` while the signal
 gets a `position_monitor_status` row per pass; every exit and every fresh answer in the uncertain band a
 `decisions` row (engine 'monitor').
 
+Between passes, pushed prices (execution/quote_watch.py) come to `on_price`: the price-only signals of that one
+position are evaluated on each price and an exit is sent at once. One exit per symbol at a time (a lock per
+symbol), whichever path saw the crossing first.
+
 Used by the daemon (position_monitor_service.py) and right after every trade cycle that placed orders.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import signals
 from core.clock import Clock
+from core.instruments import Quote
 from core.logcontext import log_context
+from execution.protection import Protection
 from execution.store import Store
 
 if TYPE_CHECKING:
@@ -57,7 +66,8 @@ class PositionMonitor:
     session by MarketData.) Exits go through the Trader it is given, never around it."""
 
     def __init__(self, *, trader: "Trader", market: "MarketData", store: Store, clock: Clock,
-                 thresholds: signals.SignalThresholds, advisor: Advisor, advice_hold: timedelta) -> None:
+                 thresholds: signals.SignalThresholds, advisor: Advisor, advice_hold: timedelta,
+                 protection: Protection | None = None) -> None:
         self.trader = trader
         self.market = market
         self.store = store
@@ -65,19 +75,77 @@ class PositionMonitor:
         self.thresholds = thresholds
         self.advisor = advisor
         self.advice_hold = advice_hold
+        self.protection = protection
         # position_id -> (the signals a "hold" was about, when it lapses)
         self._standing: dict[int, tuple[tuple, datetime]] = {}
+        # symbol -> its position row as of the last pass (what pushed prices are judged against)
+        self._rows: dict[str, Any] = {}
+        self._exit_locks: dict[str, asyncio.Lock] = {}
+        self.stream_exits = 0
+
+    # ------------------------------------------------------------ pushed prices
+    def watched_symbols(self) -> frozenset[str]:
+        """The symbols whose prices should be pushed: open positions with no exit working."""
+        return frozenset(s for s, r in self._rows.items() if not r["exit_working"])
+
+    async def on_price(self, quote: Quote) -> dict | None:
+        """One pushed price: the position's price-only signals, and an exit at once when one is strong."""
+        row = self._rows.get(quote.symbol)
+        if row is None or row["exit_working"] or quote.last <= 0:
+            return None
+        hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)
+        view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"], entry_price=row["avg_entry_price"],
+                                    price=quote.last, high_water=hwm, stop_loss=row["stop_loss"],
+                                    take_profit=row["take_profit"], opened_at=row["opened_at"])
+        report = signals.evaluate(view, self.thresholds, now=self.clock.now())
+        if report.action != "exit" or self._rows.pop(quote.symbol, None) is None:
+            return None                    # popped: one attempt per symbol until the next pass re-reads it
+        result = PassResult(checked=1)
+        await self._exit(row, report, result, source="pushed price")
+        self.stream_exits += len(result.exits)
+        return result.exits[0] if result.exits else None
+
+    async def check_gap(self, since: datetime) -> PassResult:
+        """After a stream failed: did a price cross a stop between the last pushed price and now? The lowest
+        minute-bar low of each watched position since `since` is judged like a price (an exit if it was through a
+        stop: a stop at the venue would have fired on it)."""
+        result = PassResult()
+        now = self.clock.now()
+        for symbol in sorted(self.watched_symbols()):
+            row = self._rows[symbol]
+            try:
+                bars = await self.trader.broker.get_bars(symbol, "1m", since - timedelta(minutes=1), now)
+            except Exception as exc:
+                result.errors.append(f"{symbol}: bars for the stream gap unavailable ({exc})")
+                continue
+            lows = [b.low for b in bars if b.low > 0]
+            if not lows:
+                continue
+            low = min(lows)
+            result.checked += 1
+            view = signals.PositionView(symbol=symbol, quantity=row["quantity"], entry_price=row["avg_entry_price"],
+                                        price=low, high_water=max(row["high_water_mark"] or row["avg_entry_price"],
+                                                                  low),
+                                        stop_loss=row["stop_loss"], take_profit=row["take_profit"])
+            report = signals.evaluate(view, self.thresholds, now=now)
+            if report.action == "exit" and report.strong:
+                await self._exit(row, report, result, source=f"the stream gap since {since:%H:%M:%S} (low {low})")
+        return result
 
     async def run_pass(self) -> PassResult:
         t0 = time.perf_counter()
         result = PassResult()
         rows = await self.store.positions_to_monitor()
         if not rows:
+            self._rows = {}
+            if self.protection is not None:        # stops whose position is gone
+                await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
             return result
         now = self.clock.now()
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
+        self._rows = {r["symbol"]: r for r in rows}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written
@@ -107,6 +175,12 @@ class PositionMonitor:
                 else:
                     statuses[pid] = self._status_row(row, view, report, "not finished: the pass stopped before its indicators")
                     pending.append((row, view, report))
+            # 1b. the protective stops at the broker follow the positions
+            if self.protection is not None:
+                exited = {e["symbol"] for e in result.exits}
+                await self._protect([r for r in rows if r["symbol"] not in exited],
+                                    {s: q.last for s, q in quotes.items()},
+                                    {pid: st[6] for pid, st in statuses.items()}, result)
             # 2. indicators for the rest
             for row, view, report in pending:
                 rsi, patterns = await self._indicators(row["symbol"])
@@ -171,10 +245,25 @@ class PositionMonitor:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
             return None, ()
 
-    async def _exit(self, row, report, result: PassResult, advised: str | None = None) -> str:
+    async def _protect(self, rows, prices, high_water, result: PassResult) -> None:
+        try:
+            report = await self.protection.ensure(rows, prices=prices, high_water=high_water)
+        except Exception as exc:           # the stops are retried next pass; the pass goes on
+            result.errors.append(f"protective stops: {type(exc).__name__}: {exc}")
+            log.error("protective stops failed: %s", exc)
+            return
+        result.errors.extend(report.errors)
+
+    async def _exit(self, row, report, result: PassResult, advised: str | None = None, source: str = "") -> str:
+        lock = self._exit_locks.setdefault(row["symbol"], asyncio.Lock())
+        async with lock:                   # one exit per symbol at a time (a pass and a pushed price may race)
+            return await self._exit_locked(row, report, result, advised, source)
+
+    async def _exit_locked(self, row, report, result: PassResult, advised: str | None, source: str) -> str:
         kinds = [s.kind for s in report.signals if s.strength == "strong"] or [s.kind for s in report.signals]
         intent = EXIT_INTENT.get(kinds[0], "signal_exit") if kinds else "signal_exit"
-        reason = report.reason + (f"; advisor: {advised}" if advised else "")
+        reason = report.reason + (f"; advisor: {advised}" if advised else "") + (f"; seen on {source}" if source
+                                                                                  else "")
         with log_context(symbol=row["symbol"]):
             try:
                 outcome = await self.trader.exit_position(row["symbol"], None, reason, intent=intent)

@@ -79,11 +79,11 @@ class OrderPath:
     async def submit(self, *, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide, quantity: int,
                      order_type: OrderType, intent: str, limit_price: Decimal | None = None,
                      stop_loss: Decimal | None = None, take_profit: Decimal | None = None,
-                     client_order_id: str | None = None) -> OrderOutcome:
+                     client_order_id: str | None = None, stop_price: Decimal | None = None) -> OrderOutcome:
         coid = client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
         try:
             request = OrderRequest(client_order_id=coid, symbol=symbol, side=side, quantity=quantity,
-                                   order_type=order_type, limit_price=limit_price)
+                                   order_type=order_type, limit_price=limit_price, stop_price=stop_price)
         except InvalidRequest as exc:
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
         position_id = None
@@ -95,11 +95,11 @@ class OrderPath:
         kill_point("before_write_ahead")
         await self.pool.execute(
             """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
-                   quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending_submit', $13, $13)
+                   quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending_submit', $13, $13, $14)
                ON CONFLICT (client_order_id) DO NOTHING""",
             self.agent_id, coid, cycle_id, position_id, symbol, side.value, order_type.value, intent, quantity,
-            limit_price, stop_loss, take_profit, self.clock.now())
+            limit_price, stop_loss, take_profit, self.clock.now(), stop_price)
         log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,
                  extra={})
         kill_point("after_write_ahead")

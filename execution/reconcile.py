@@ -15,7 +15,10 @@ Run pre-market (`python startup_monitor.py`, cron) and at the start of every sca
    ambiguous; held here but not at the broker -> closed (a stop filled at the broker, a manual close) and its open
    sell orders cancelled; quantity differs -> set to the broker's, ambiguous when the broker holds more.
    One `decisions` audit row (engine 'reconcile') per correction.
-5. Anything ambiguous sets the trading state to REDUCING (no new entries) with the exact reasons. It stays so
+5. Protective stops at the broker (execution/protection.py) are brought in line: a missing one is placed again,
+   one whose position is gone is cancelled. They are our orders like any other: synced in step 2 (a stop that
+   fired while nothing ran books its fills and closes its position with its P&L), never unknown, never resent.
+6. Anything ambiguous sets the trading state to REDUCING (no new entries) with the exact reasons. It stays so
    until a person has looked and runs `python startup_monitor.py --resume "why it is fine"` (also clears HALTED).
 
 Exit codes of the command: 0 in sync (corrections, if any, were applied and audited), 5 action needed
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from brokers.base import BrokerClient
+    from execution.protection import Protection
 
 log = logging.getLogger("catalyst.reconcile")
 
@@ -57,6 +61,7 @@ class ReconcileReport:
     corrections: list[str] = field(default_factory=list)
     ambiguous: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)       # protective stops placed again or replaced
     foreign_orders: list[str] = field(default_factory=list)
     state: str = "ACTIVE"
     broker_error: str | None = None
@@ -85,6 +90,7 @@ class ReconcileReport:
         lines += [f"  resolved   {x}" for x in self.resolved]
         lines += [f"  corrected  {x}" for x in self.corrections]
         lines += [f"  cancelled  {x}" for x in self.cancelled]
+        lines += [f"  protected  {x}" for x in self.protected]
         lines += [f"  foreign    {x}" for x in self.foreign_orders]
         lines += [f"  AMBIGUOUS  {x}" for x in self.ambiguous]
         return "\n".join(lines)
@@ -92,7 +98,8 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(self, *, pool: "asyncpg.Pool", store: Store, orders: OrderPath, broker: "BrokerClient",
-                 clock: Clock, agent_id: str, stop_loss_pct: Decimal) -> None:
+                 clock: Clock, agent_id: str, stop_loss_pct: Decimal,
+                 protection: "Protection | None" = None) -> None:
         self.pool = pool
         self.store = store
         self.orders = orders
@@ -100,6 +107,7 @@ class Reconciler:
         self.clock = clock
         self.agent_id = agent_id
         self.stop_loss_pct = stop_loss_pct
+        self.protection = protection
 
     async def run(self, *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
         return await _reconcile(self, grace)
@@ -214,6 +222,11 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
                 await services.orders.cancel(coid)
                 report.cancelled.append(f"{coid} (sell {symbol}: no position any more)")
                 await services.store.audit(symbol, "reconcile_cancel", report.cancelled[-1], {"client_order_id": coid})
+        # 6. protective stops follow the positions (restored where one went missing)
+        if services.protection is not None and services.protection.active:
+            protected = await services.protection.ensure()
+            report.protected += protected.placed + protected.raised
+            report.protected += [f"NOT PLACED {e}" for e in protected.errors]
     except (BrokerUnavailable, BrokerError, OSError) as exc:
         report.broker_error = f"{type(exc).__name__}: {exc}"
         log.error("reconciliation stopped: %s", report.broker_error)

@@ -109,22 +109,36 @@ class Store:
 
     # ------------------------------------------------------------------ orders
     async def working_orders(self, symbol: str | None = None) -> list:
-        """Working orders (oldest first), of one symbol or all: client_order_id, symbol, side, quantity, filled."""
+        """Working orders (oldest first), of one symbol or all: client_order_id, symbol, side, quantity, filled,
+        intent ('protective_stop' for a stop held at the broker), stop_price."""
         return await self.pool.fetch(
-            "SELECT client_order_id, symbol, side, quantity, filled_quantity FROM orders WHERE agent_id = $1 "
+            "SELECT client_order_id, symbol, side, quantity, filled_quantity, intent, stop_price, status "
+            "FROM orders WHERE agent_id = $1 "
             f"AND ($2::text IS NULL OR symbol = $2) AND status IN {WORKING} ORDER BY order_id",
             self.agent_id, symbol)
 
     # ------------------------------------------------------------------ positions (the monitor's)
     async def positions_to_monitor(self) -> list:
-        """Open positions with their stops, high-water marks and whether an exit is already working."""
+        """Open positions with their stops, high-water marks and whether an exit is already working (a protective
+        stop resting at the broker is not an exit in progress)."""
         return await self.pool.fetch(
             """SELECT p.position_id, p.symbol, p.quantity, p.avg_entry_price, p.stop_loss, p.take_profit,
                       p.high_water_mark, p.opened_at,
                       EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
-                              AND o.side = 'sell' AND o.status IN """ + WORKING + """) AS exit_working
+                              AND o.side = 'sell' AND o.intent <> 'protective_stop'
+                              AND o.status IN """ + WORKING + """) AS exit_working
                FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.position_id""",
             self.agent_id)
+
+    async def working_stops(self) -> dict[str, list]:
+        """Protective stops still working, by symbol (oldest first): client_order_id, quantity, stop_price, status."""
+        out: dict[str, list] = {}
+        for r in await self.pool.fetch(
+                "SELECT client_order_id, symbol, quantity, filled_quantity, stop_price, status FROM orders "
+                "WHERE agent_id = $1 AND intent = 'protective_stop' AND status IN " + WORKING + " ORDER BY order_id",
+                self.agent_id):
+            out.setdefault(r["symbol"], []).append(r)
+        return out
 
     async def write_monitor_statuses(self, rows: list[tuple]) -> None:
         """One position_monitor_status row per position, high-water marks raised with them (one statement)."""

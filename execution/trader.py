@@ -17,6 +17,8 @@ from core.clock import Clock
 from core.orders import OrderSide, OrderType
 from core.state import TradingState
 from execution.order_path import OrderPath
+from execution.protection import INTENT as PROTECTIVE_STOP
+from execution.protection import release_stops
 from execution.portfolio import Portfolio, PortfolioSnapshot
 from execution.store import Store
 
@@ -140,8 +142,26 @@ class Trader:
         if not verdict.approved:
             await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
             return {"status": "refused", **verdict.to_dict()}
-        # A closing position stops buying; an exit already working is not doubled.
         working = await self.store.working_orders(symbol)
+        if any(o["intent"] == PROTECTIVE_STOP for o in working):
+            # the protective stop at the broker goes first, so the two never both sell
+            released, clear = await release_stops(self.orders, self.store, symbol)
+            held = {p.symbol: p for p in await self.broker.get_positions()}
+            if symbol not in held:
+                text = f"the protective stop at the broker sold {symbol} before this exit"
+                await self.record_decision(symbol, "closed_by_stop", reason, details={"detail": text})
+                return {"status": "closed_by_broker_stop", "detail": text}
+            if not clear:
+                text = (f"the protective stop for {symbol} could not be cancelled yet (triggered or cancel pending); "
+                        f"not sending another sell")
+                await self.record_decision(symbol, "exit_in_progress", reason, details={"detail": text})
+                return {"status": "exit_in_progress", "detail": text}
+            verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument, market)
+            if not verdict.approved:
+                await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
+                return {"status": "refused", **verdict.to_dict(), "cancelled_stops": released}
+            working = [o for o in working if o["intent"] != PROTECTIVE_STOP]
+        # A closing position stops buying; an exit already working is not doubled.
         cancelled = []
         for o in working:
             if o["side"] == "buy" and await self.orders.cancel(o["client_order_id"]):

@@ -31,6 +31,7 @@ from engines.rules import RulesEngine
 from execution.monitor import PositionMonitor
 from execution.order_path import OrderPath
 from execution.portfolio import Portfolio
+from execution.protection import Protection
 from execution.reconcile import Reconciler
 from execution.store import Store
 from execution.trader import Trader
@@ -98,14 +99,21 @@ class Services:
         return Advisor(self.settings, self.budget("monitor"),
                        answers=AnswerBook(self.pool, reuse=self.settings.config.ai.reuse_answers))
 
+    def thresholds(self) -> signals.SignalThresholds:
+        cfg = self.settings.config
+        return signals.SignalThresholds.from_config(cfg.signals, cfg.trading.trailing_stop_pct)
+
+    def protection(self) -> Protection:
+        return Protection(broker=self.broker, orders=self.orders, store=self.store, thresholds=self.thresholds(),
+                          enabled=self.settings.config.monitor.broker_stops)
+
     def monitor(self, *, advisor=None) -> PositionMonitor:
         cfg = self.settings.config
         return PositionMonitor(
             trader=self.trader(cycle_id=None, engine="monitor"), market=self.market, store=self.store,
-            clock=self.clock, thresholds=signals.SignalThresholds.from_config(cfg.signals,
-                                                                              cfg.trading.trailing_stop_pct),
+            clock=self.clock, thresholds=self.thresholds(),
             advisor=advisor if advisor is not None else self.advisor(),
-            advice_hold=timedelta(minutes=cfg.monitor.advice_hold_minutes))
+            advice_hold=timedelta(minutes=cfg.monitor.advice_hold_minutes), protection=self.protection())
 
     async def choose_engine(self, mode: str):
         """Claude when configured and within budget; otherwise the rules engine, with the reason."""
@@ -232,7 +240,11 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock)
                         refresh=sync, live=cfg.broker != "paper"),
         bar_store=bar_store, sync=sync,
         reconciler=Reconciler(pool=pool, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
-                              stop_loss_pct=cfg.trading.position_stop_loss_pct))
+                              stop_loss_pct=cfg.trading.position_stop_loss_pct,
+                              protection=Protection(broker=broker, orders=orders, store=store,
+                                                    thresholds=signals.SignalThresholds.from_config(
+                                                        cfg.signals, cfg.trading.trailing_stop_pct),
+                                                    enabled=cfg.monitor.broker_stops)))
 
 
 def builder(pool: "asyncpg.Pool"):
