@@ -1,7 +1,9 @@
 """The position monitor daemon: `python position_monitor_service.py` (systemd: config/position-monitor.service).
 
-While the market is in continuous trading it runs a monitor pass (position_monitor.py) every
-`monitor.poll_interval_seconds`; through the HKEX lunch break, nights, weekends and holidays (the exchange
+While the market is in continuous trading it runs a monitor pass (execution/monitor.py) every
+`monitor.poll_interval_seconds`, and beside it (`monitor.stream`) a quote stream for the open positions
+(execution/quote_watch.py) that judges every pushed price at once and falls back to the poll when it drops or
+stalls; through the HKEX lunch break, nights, weekends and holidays (the exchange
 calendar) it sleeps until the next open, waking every `monitor.heartbeat_seconds` to tell systemd it is alive.
 A failed pass (database down, broker down, a bad quote) is logged and retried with exponential backoff up to
 `monitor.max_backoff_seconds`; nothing but SIGTERM/SIGINT stops it, and then it stops within a second or two.
@@ -94,6 +96,8 @@ class MonitorService:
         self.pool = None
         self.services = None
         self.monitor = None
+        self.watch = None
+        self._watch_task: asyncio.Task | None = None
         self.passes = 0
         self.exits = 0
         self.failures = 0
@@ -109,6 +113,26 @@ class MonitorService:
             await database.ensure_schema(self.pool)
         self.services = await build_services(self.settings, self.pool, self.clock)
         self.monitor = self.services.monitor()
+
+    def _start_watch(self, stop: asyncio.Event) -> None:
+        if not self.cfg.stream or self._watch_task is not None or self.monitor is None:
+            return
+        from execution.quote_watch import QuoteWatch
+        self.watch = QuoteWatch(broker=self.services.broker, monitor=self.monitor, clock=self.clock,
+                                stall_seconds=self.cfg.stream_stall_seconds,
+                                max_backoff=float(self.cfg.max_backoff_seconds), on_change=self._stream_changed)
+        self._watch_task = asyncio.create_task(
+            self.watch.run(stop, lambda: self.calendar.state(self.clock.now()).status == "open"),
+            name="quote-watch")
+
+    async def _stream_changed(self, watch) -> None:
+        """The stream went down or came back: STATUS and service_health say so at once."""
+        self.notifier.send(f"STATUS=monitoring; {watch.status_text()}")
+        await self._heartbeat("degraded" if watch.state == "polling" else "healthy",
+                              {"state": "monitoring", **watch.health()}, force=True)
+
+    def _stream_text(self) -> str:
+        return f"; {self.watch.status_text()}" if self.watch is not None else ""
 
     async def _heartbeat(self, status: str, detail: dict[str, Any], *, force: bool = False) -> None:
         now = self.clock.now()
@@ -148,6 +172,7 @@ class MonitorService:
                 try:
                     await self._ensure_monitor()
                     result = await self.monitor.run_pass()
+                    self._start_watch(stop)
                 except Exception as exc:
                     self.failures += 1
                     log.error("monitor pass failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
@@ -159,15 +184,24 @@ class MonitorService:
                 backoff = 1.0
                 self.passes += 1
                 self.exits += len(result.exits)
-                self.notifier.send(f"STATUS=monitoring {result.checked} positions; {self.exits} exits so far")
-                await self._heartbeat("healthy" if not result.errors else "degraded",
+                self.notifier.send(f"STATUS=monitoring {result.checked} positions; {self.exits} exits so far"
+                                   f"{self._stream_text()}")
+                stream_down = self.watch is not None and self.watch.state == "polling"
+                await self._heartbeat("healthy" if not result.errors and not stream_down else "degraded",
                                       {"state": "monitoring", "checked": result.checked, "exits": len(result.exits),
-                                       "errors": result.errors[:5], "pass_ms": round(result.seconds * 1000, 1)})
+                                       "errors": result.errors[:5], "pass_ms": round(result.seconds * 1000, 1),
+                                       **(self.watch.health() if self.watch is not None else {})})
                 wait = max(float(self.cfg.poll_interval_seconds) - result.seconds, 0.0)   # keep the cadence
                 if state.interval_end is not None:
                     wait = min(wait, max((state.interval_end - now).total_seconds(), 0.0) + 0.001)
                 await self.time.sleep(wait)
         finally:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+                try:
+                    await self._watch_task
+                except (asyncio.CancelledError, Exception):
+                    pass
             self.notifier.send("STOPPING=1")
             await self._heartbeat("stopped", {"passes": self.passes, "exits": self.exits,
                                               "failures": self.failures}, force=True)

@@ -101,6 +101,26 @@ async def monitor_check(settings: Settings, pool, now) -> Check:
     return Check("monitor", True, f"last beat {seen} (limit {limit}s), watching {row['open']} positions")
 
 
+async def protection_check(settings: Settings, pool) -> Check:
+    """Which open positions have a protective stop working at the broker, and which are protected only by the
+    monitor (the venue holds no stops for this account, monitor.broker_stops is off, or it is not placed yet).
+    Informational: the monitor places a missing stop on its next pass."""
+    rows = await pool.fetch(
+        "SELECT p.symbol, EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol "
+        "AND o.intent = 'protective_stop' AND o.status IN ('pending_submit', 'submitted', 'partially_filled')) "
+        "AS stopped FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.symbol",
+        settings.agent_id)
+    if not rows:
+        return Check("protection", True, "no open positions")
+    bare = [r["symbol"] for r in rows if not r["stopped"]]
+    if not bare:
+        return Check("protection", True, f"all {len(rows)} open positions have a stop at the broker")
+    why = ("monitor.broker_stops is off" if not settings.config.monitor.broker_stops else
+           f"{settings.config.broker} holds no stop orders for this account, or the stop is not placed yet")
+    return Check("protection", True, f"{len(bare)} of {len(rows)} open positions protected only by the monitor "
+                                     f"({why}): {', '.join(bare[:10])}{' ...' if len(bare) > 10 else ''}")
+
+
 async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None, database_error: str | None,
                         broker_check: BrokerCheck | None, now=None) -> HealthReport:
     """`database` is (DatabaseTarget, pool) when the database opened, else `database_error` says why."""
@@ -150,6 +170,10 @@ async def run_heartbeat(settings: Settings, *, database: tuple[Any, Any] | None,
             report.checks.append(await monitor_check(settings, pool, now))
         except Exception as exc:
             report.checks.append(Check("monitor", False, f"could not read the monitor's beats: {exc}"))
+        try:
+            report.checks.append(await protection_check(settings, pool))
+        except Exception as exc:
+            report.checks.append(Check("protection", False, f"could not read the protective stops: {exc}"))
 
 
     status = "healthy" if report.healthy else "unhealthy"

@@ -1,0 +1,174 @@
+"""The monitor's fast path: one quote stream following the open positions, each pushed price judged at once.
+
+`QuoteWatch.run` keeps a stream (`broker.open_quote_stream()`) open while the market is in a session:
+  - it follows exactly the monitor's watched symbols (open positions with no exit working), re-following whenever
+    they change; symbols the venue's quota cannot hold are left to the monitor's poll (`polled`);
+  - every pushed quote goes to `PositionMonitor.on_price` (stop, stop_loss, take-profit, trailing on that price);
+  - never blind: a stream that drops (StreamClosed), stalls (no message of any kind for `stall_seconds` during a
+    session) or falls behind (more than BEHIND quotes waiting) is closed; the watch says so (`state` 'polling' and
+    `reason`, shown in the daemon's STATUS line and service_health), checks the gap since the last pushed price for
+    crossed stops (`PositionMonitor.check_gap`), runs a poll pass at once, and re-opens the stream with backoff
+    (1 s doubling up to `max_backoff`).
+A venue that cannot push (`open_quote_stream()` is None) leaves the watch 'unavailable': the poll alone watches.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from brokers.base import QuoteStream, StreamClosed
+from core.clock import Clock
+
+if TYPE_CHECKING:
+    from brokers.base import BrokerClient
+    from execution.monitor import PositionMonitor
+
+log = logging.getLogger("catalyst.monitor.stream")
+
+BEHIND = 5_000            # quotes waiting to be judged: the reader has fallen behind the venue
+READ_SLICE = 0.25         # seconds a read waits before the watch looks at its clock and symbols again
+
+
+class _Failed(Exception):
+    """The stream is no longer trustworthy (stalled, behind)."""
+
+
+class QuoteWatch:
+    def __init__(self, *, broker: "BrokerClient", monitor: "PositionMonitor", clock: Clock,
+                 stall_seconds: float, max_backoff: float = 60.0,
+                 on_change: Callable[["QuoteWatch"], Awaitable[None]] | None = None) -> None:
+        self.broker = broker
+        self.monitor = monitor
+        self.clock = clock
+        self.stall_seconds = stall_seconds
+        self.max_backoff = max_backoff
+        self.state = "starting"          # starting | streaming | polling | unavailable | closed (market)
+        self.reason = ""
+        self.followed: frozenset[str] = frozenset()
+        self.polled: frozenset[str] = frozenset()
+        self.quotes = 0
+        self.failures = 0
+        self.last_quote_at: datetime | None = None     # the market time of the last pushed price
+        self._silent_since: datetime | None = None     # when the failed stream last said anything
+        self._on_change = on_change                    # told at once when the stream goes down or comes back
+
+    # ------------------------------------------------------------ what the daemon shows
+    def status_text(self) -> str:
+        if self.state == "streaming":
+            text = f"streaming {len(self.followed)} symbols"
+            return text + (f", polling {len(self.polled)} over the quota" if self.polled else "")
+        if self.state == "polling":
+            return f"stream down ({self.reason}); polling"
+        if self.state == "unavailable":
+            return "no quote stream at this venue; polling"
+        return f"stream {self.state}"
+
+    def health(self) -> dict:
+        return {"stream": self.state, "stream_reason": self.reason or None, "streamed": len(self.followed),
+                "polled_over_quota": len(self.polled), "pushed_quotes": self.quotes,
+                "stream_failures": self.failures, "stream_exits": self.monitor.stream_exits}
+
+    # ------------------------------------------------------------ the loop
+    async def run(self, stop: asyncio.Event, in_session: Callable[[], bool]) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            if not in_session():
+                self.state = "closed"
+                await self._wait(stop, 1.0)
+                continue
+            try:
+                stream = await self.broker.open_quote_stream()
+            except Exception as exc:
+                await self._fell_back(f"could not open: {type(exc).__name__}: {exc}")
+                await self._wait(stop, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if stream is None:
+                self.state, self.reason = "unavailable", ""
+                log.info("the venue pushes no quotes: the monitor polls")
+                return
+            opened = time.monotonic()
+            try:
+                await self._pump(stream, stop, in_session)
+                reason = None
+            except StreamClosed as exc:
+                reason = f"dropped: {exc}"
+            except _Failed as exc:
+                reason = str(exc)
+            except Exception as exc:      # never let the fast path take the daemon down
+                reason = f"{type(exc).__name__}: {exc}"
+                log.exception("quote stream failed")
+            finally:
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+            if reason is None:            # stopped, or the session ended
+                continue
+            if time.monotonic() - opened > 4 * self.max_backoff:
+                backoff = 1.0             # it had been healthy for a while: start the backoff again
+            await self._fell_back(reason)
+            await self._wait(stop, backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _pump(self, stream: QuoteStream, stop: asyncio.Event, in_session: Callable[[], bool]) -> None:
+        wanted: frozenset[str] | None = None
+        while not stop.is_set():
+            if not in_session():
+                self.state = "closed"
+                return
+            symbols = self.monitor.watched_symbols()
+            if symbols != wanted:
+                self.followed = await stream.follow(symbols)
+                self.polled = symbols - self.followed
+                wanted = symbols
+                if self.state != "streaming":
+                    self.state, self.reason = "streaming", ""
+                    log.info("quote stream: %s", self.status_text())
+                    await self._changed()
+            try:
+                quote = await stream.get(READ_SLICE)
+            finally:
+                silent = time.monotonic() - stream.last_heard
+                self._silent_since = self.clock.now() - timedelta(seconds=silent)
+            if quote is not None:
+                self.quotes += 1
+                self.last_quote_at = quote.timestamp
+                await self.monitor.on_price(quote)
+            elif self.followed and silent > self.stall_seconds:
+                raise _Failed(f"stalled: no message for {silent:.1f}s")
+            if stream.pending() > BEHIND:
+                raise _Failed(f"fell behind: {stream.pending()} quotes waiting")
+
+    async def _fell_back(self, reason: str) -> None:
+        """Poll at once: the gap since the last pushed price is checked for crossed stops, then a full pass."""
+        self.failures += 1
+        self.state, self.reason = "polling", reason
+        log.warning("quote stream %s; polling (the gap since the last pushed price is checked)", reason)
+        await self._changed()
+        since = self._silent_since
+        self._silent_since = None
+        try:
+            if since is not None:
+                gap = await self.monitor.check_gap(since)
+                if gap.exits:
+                    log.warning("stops crossed during the stream gap: %s", [e["symbol"] for e in gap.exits])
+            await self.monitor.run_pass()
+        except Exception as exc:          # the daemon's own pass loop retries
+            log.error("poll after the stream failed: %s", exc)
+
+    async def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                await self._on_change(self)
+            except Exception as exc:
+                log.warning("stream state not reported: %s", exc)
+
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
