@@ -53,3 +53,25 @@ def cheap_symbol(services) -> str:
             best = (lot_value, inst.symbol)
     return best[1]
 
+
+
+async def movable_services(pool, agent_id: str, at: datetime = OPEN_AT, **config_changes):
+    """The whole agent on the paper venue whose prices a test can move (`services.broker.market.move`)."""
+    from runtime.wiring import build_services
+    from tests.fakes.movable import MovableMarket
+    services = await build_services(agent_settings(agent_id, **config_changes), pool, SimulatedClock(at))
+    services.broker.market = MovableMarket(services.broker.market, services.clock)
+    return services
+
+
+async def enter_position(services, symbol: str | None = None, value: int = 3000) -> tuple[str, dict]:
+    """A filled market entry through execute_trade (a liquid symbol unless named); its positions row."""
+    from tests.venues import liquid_symbols
+    symbol = symbol or liquid_symbols(services.universe, services.clock.now())[0]
+    ex = await executor(services)
+    r = await ex.execute("execute_trade", {"symbol": symbol, "value": value, "order_type": "market",
+                                           "reasoning": "an entry for the test"})
+    assert r.data["status"] == "filled", r.data
+    row = await services.pool.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 "
+                                       "AND status = 'open'", services.agent_id, symbol)
+    return symbol, dict(row)

@@ -450,3 +450,26 @@ def test_indicators_matter_reads_rsi_as_evaluate_does_at_a_threshold_with_no_exa
     t = replace(T, rsi_overbought=D("72.3"))
     assert signals.indicators_matter(t, rsi=72.3) and "rsi_overbought" in kinds(evaluate(pos("20.00"), t, rsi=72.3))
     assert not signals.indicators_matter(t, rsi=72.29) and not signals.indicators_matter(t, rsi=float("nan"))
+
+
+# ---------------------------------------------------------------- the protective stop's level
+def test_protective_level_is_the_tightest_price_only_exit_and_rises_with_the_high():
+    # no recorded stop, never in profit: stop_loss_strong (-3% of 20.00)
+    assert signals.protective_level(pos("20.00"), T) == D("19.4000")
+    # a recorded stop above that wins
+    assert signals.protective_level(pos("20.00", stop="19.60"), T) == D("19.60")
+    # the trailing stop counts once it protects a gain: high 21.00 -> 20.37 (> entry 20.00)
+    assert signals.protective_level(pos("20.80", high="21.00", stop="19.60"), T) == D("20.3700")
+    # a high whose trailing level is still below the entry does not count
+    assert signals.protective_level(pos("20.50", high="20.50", stop="19.60"), T) == D("19.60")
+
+
+@PROPS
+@given(positions(), thresholds())
+def test_a_price_at_the_protective_level_exits_and_one_tick_above_a_stop_level_never_does_by_a_price_rule(p, t):
+    level = signals.protective_level(p, t)
+    at = replace(p, price=level, high_water=max(p.high_water, level))
+    assert evaluate(at, t, now=NOW).action == "exit"        # the broker's stop sells where the monitor would
+    above = replace(p, price=level + D("0.0001"), high_water=max(p.high_water, level + D("0.0001")))
+    strong_price_rules = {"hard_stop", "stop_loss", "trailing_stop"}
+    assert not strong_price_rules & {s.kind for s in evaluate(above, t, now=NOW).strong}

@@ -1,0 +1,141 @@
+"""execution/quote_watch.py on the paper venue's stream: a pushed price through a stop exits without waiting for a
+poll; a stream that stalls or drops is noticed, the gap is checked, the poll takes over at once, and the stream
+comes back."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from execution.quote_watch import QuoteWatch
+from tests.agent_fixtures import enter_position as enter
+from tests.agent_fixtures import movable_services as paper_services
+
+NO_STOPS = {"broker_stops": False}           # the monitor alone protects: what is tested is the monitor's path
+
+
+async def until(predicate, what: str, timeout: float = 10.0):
+    """Wait (bounded) until `predicate()` (sync or async) is true."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Watching:
+    """A monitor, its quote watch running on the paper venue's stream, and the streams it opened."""
+
+    def __init__(self, s, *, stall_seconds: float = 30.0) -> None:
+        self.s = s
+        self.monitor = s.monitor()
+        self.streams: list = []
+        self.changes: list[str] = []
+        self.reasons: list[str] = []
+        opener = s.broker.open_quote_stream
+
+        async def open_and_keep():
+            stream = await opener()
+            self.streams.append(stream)
+            return stream
+
+        s.broker.open_quote_stream = open_and_keep
+
+        async def changed(watch):
+            self.changes.append(watch.state)
+            self.reasons.append(watch.reason)
+
+        self.watch = QuoteWatch(broker=s.broker, monitor=self.monitor, clock=s.clock, stall_seconds=stall_seconds,
+                                max_backoff=0.2, on_change=changed)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Watching":
+        await self.monitor.run_pass()             # the pass tells the watch which positions exist
+        self.task = asyncio.create_task(self.watch.run(self.stop, lambda: True))
+        await until(lambda: self.watch.state == "streaming" and self.watch.followed, "the stream to follow")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 5)
+
+    async def sells(self):
+        return await self.s.pool.fetch("SELECT intent, status, quantity FROM orders WHERE agent_id = $1 "
+                                       "AND side = 'sell' ORDER BY order_id", self.s.agent_id)
+
+
+async def test_a_pushed_price_through_the_stop_exits_without_waiting_for_a_poll(pool, agent_id):
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    async with Watching(s) as w:
+        assert w.watch.followed == {symbol}
+        s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))
+        rows = await until(w.sells, "the exit order")
+        assert [(r["intent"], r["quantity"]) for r in rows] == [("stop_loss", pos["quantity"])]
+        assert w.monitor.stream_exits == 1
+        reason = await s.pool.fetchval("SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'",
+                                       agent_id)
+        assert "seen on pushed price" in reason
+        # the position's exit is working/filled: the watch stops following it after the next pass
+        await w.monitor.run_pass()
+        await until(lambda: not w.watch.followed, "the stream to drop the exited symbol")
+
+
+async def test_a_stalled_stream_falls_back_to_the_poll_which_catches_the_stop_crossed_during_the_stall(pool, agent_id):
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    async with Watching(s, stall_seconds=0.5) as w:
+        w.streams[-1].stall()                          # the venue goes silent, the socket stays open
+        s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))
+        rows = await until(w.sells, "the fallback poll's exit")
+        assert [r["intent"] for r in rows] == ["stop_loss"]
+        assert w.monitor.stream_exits == 0             # the stream never delivered that price: the poll caught it
+        assert "polling" in w.changes and w.watch.failures >= 1
+        assert w.reasons[w.changes.index("polling")].startswith("stalled: no message for")
+        await until(lambda: w.watch.state == "streaming" and len(w.streams) >= 2, "a new stream")
+
+
+async def test_a_stop_crossed_and_recovered_during_a_stall_is_found_in_the_gap(pool, agent_id):
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    async with Watching(s, stall_seconds=0.5) as w:
+        w.streams[-1].stall()
+        s.clock.advance(timedelta(minutes=1))
+        s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))       # through the stop ...
+        s.clock.advance(timedelta(minutes=2))
+        s.broker.market.move(symbol, pos["avg_entry_price"])                    # ... and back before any poll
+        rows = await until(w.sells, "the exit for the crossing inside the gap")
+        assert [r["intent"] for r in rows] == ["stop_loss"]          # the hard stop, judged on the gap's low
+        reason = await s.pool.fetchval("SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'",
+                                       agent_id)
+        assert "stream gap" in reason
+
+
+async def test_a_dropped_stream_is_reported_and_reopened(pool, agent_id):
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    await enter(s)
+    async with Watching(s) as w:
+        w.streams[-1]._lost("connection reset by the test")
+        await until(lambda: len(w.streams) >= 2 and w.watch.state == "streaming", "the stream to come back")
+        assert w.changes[:3] == ["streaming", "polling", "streaming"]
+        assert w.reasons[1] == "dropped: connection reset by the test" and w.watch.failures == 1
+
+
+async def test_the_stream_follows_positions_as_they_open(pool, agent_id):
+    from tests.venues import liquid_symbols
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    first, _ = await enter(s)
+    async with Watching(s) as w:
+        second = next(x for x in liquid_symbols(s.universe, s.clock.now()) if x != first)
+        await enter(s, second)
+        await w.monitor.run_pass()
+        await until(lambda: w.watch.followed == {first, second}, "the new position to be followed")
