@@ -1,61 +1,131 @@
-"""How long a year of replay takes: every HKEX trading day of a year on a 100-symbol simulated market, the full
-config/cron.d schedule (scan, 11 trade cycles, close), the position monitor every 5 minutes, the rules engine,
-embedded PostgreSQL — the production path. Prints the wall time and the time per simulated trading day.
+"""How long a year of replay takes, against commit e409bb7 in the same run: every HKEX trading day of a year on a
+100-symbol simulated market, the full config/cron.d schedule (scan, 11 trade cycles, close), the position monitor
+every 5 minutes, the rules engine, embedded PostgreSQL — the production path.
 
-Baseline in the same run: one simulated day, so the ratio says how far the year is from 250 independent days.
-Target: <= 60 s for the year.  Run: ./run.sh bench replay [--days N]   (N trading days instead of a year)
+Each side runs in its own subprocess (its own interpreter and embedded PostgreSQL), one after the other: this
+checkout, then e409bb7 checked out in a git worktree (BASE_DIR, made with `git worktree add` and this checkout's
+.venv when missing). The time is the replay's own wall time (run_replay: history sync, every day, the report),
+not the interpreter's start or the database's.
+
+Target: this checkout takes at most a quarter of e409bb7's time (ratio <= 0.25).
+Run: ./run.sh bench replay [--days N] [--base DIR] [--only head|base]   (N trading days instead of a year)
 """
 from __future__ import annotations
 
-import asyncio
-import shutil
+import json
+import os
+import subprocess
 import sys
-import tempfile
-from datetime import date, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from runtime import database  # noqa: E402
-from core.calendar import MarketCalendar  # noqa: E402
-from replay.runner import run_replay  # noqa: E402
-from runtime.wiring import builder  # noqa: E402
-from tests.agent_fixtures import agent_settings  # noqa: E402
-
-TARGET_S = 60.0
-END = date(2026, 11, 20)
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+BASE_COMMIT = "e409bb7"
+BASE_DIR = Path("/tmp/base")
+TARGET_RATIO = 0.25
+END = "2026-11-20"
 
 
-async def main() -> int:
-    days_arg = int(sys.argv[sys.argv.index("--days") + 1]) if "--days" in sys.argv else None
-    cal = MarketCalendar("HKEX")
-    year = cal.trading_days(END - timedelta(days=365), END)
-    days = year[-days_arg:] if days_arg else year
-    tmp = Path(tempfile.mkdtemp(prefix="catalyst-bench-replay-"))
-    try:
-        url = database.start_embedded(tmp / "pgdata")
-        pool = await database.create_pool(url, max_size=4, durable=False)     # as ./run.sh replay opens it
-        await database.ensure_schema(pool)
-        settings = agent_settings("bench_replay", market_data={"universe_size": 100})
-        one = await run_replay(settings, pool, build=builder(pool), start=days[0], end=days[0], progress=False, out_dir=tmp,
-                               run_id="baseline")
-        result = await run_replay(settings, pool, build=builder(pool), start=days[0], end=days[-1], progress=True, out_dir=tmp)
-        await pool.close()
-    finally:
-        database.stop_embedded(tmp / "pgdata")
-        shutil.rmtree(tmp, ignore_errors=True)
-    per_day = result.wall_seconds / result.days
-    print(result.table)
-    print(f"one day alone: {one.wall_seconds:.2f} s   {result.days} days: {result.wall_seconds:.1f} s "
-          f"({per_day:.2f} s per trading day, {per_day / one.wall_seconds:.2f}x the single day), "
-          f"{result.cycles} cycles, {result.monitor_passes} monitor passes")
-    scaled = per_day * len(year)
-    ok = scaled <= TARGET_S
-    print(f"a year ({len(year)} trading days) at this rate: {scaled:.0f} s; target <= {TARGET_S:.0f} s: "
-          f"{'PASS' if ok else 'FAIL'}")
+def _arg(name: str, default: str | None = None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+# ---------------------------------------------------------------- one side, in its own process
+
+def worker(root: Path, days: int | None) -> dict:
+    """Replay `days` trading days (a year when None) with the code under `root`; what happened, as a dict."""
+    import asyncio
+    import shutil
+    import tempfile
+    from datetime import date, timedelta
+
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    try:                                    # this layout (runtime/, replay/runner.py, core/calendar.py)
+        from runtime import database
+        from core.calendar import MarketCalendar
+        from replay.runner import run_replay
+        from runtime.wiring import builder
+        wired = True
+    except ImportError:                     # e409bb7's layout (top-level modules)
+        import database  # type: ignore[no-redef]
+        from data.calendar import MarketCalendar  # type: ignore[no-redef]
+        from replay import run_replay  # type: ignore[no-redef]
+        wired = False
+    from tests.agent_fixtures import agent_settings
+
+    async def main() -> dict:
+        cal = MarketCalendar("HKEX")
+        end = date.fromisoformat(END)
+        year = cal.trading_days(end - timedelta(days=365), end)
+        chosen = year[-days:] if days else year
+        tmp = Path(tempfile.mkdtemp(prefix="catalyst-bench-replay-"))
+        try:
+            url = database.start_embedded(tmp / "pgdata")
+            pool = await database.create_pool(url, max_size=4, durable=False)    # as ./run.sh replay opens it
+            await database.ensure_schema(pool)
+            settings = agent_settings("bench_replay", market_data={"universe_size": 100})
+            extra = {"build": builder(pool)} if wired else {}
+            result = await run_replay(settings, pool, start=chosen[0], end=chosen[-1], progress=False, out_dir=tmp,
+                                      run_id="bench", **extra)
+            counts = await pool.fetchrow(
+                "SELECT (SELECT count(*) FROM orders WHERE agent_id = $1) AS orders, "
+                "(SELECT count(*) FROM fills WHERE agent_id = $1) AS fills", result.agent_id)
+            await pool.close()
+        finally:
+            database.stop_embedded(tmp / "pgdata")
+            shutil.rmtree(tmp, ignore_errors=True)
+        return {"seconds": result.wall_seconds, "days": result.days, "cycles": result.cycles,
+                "monitor_passes": result.monitor_passes, "orders": counts["orders"], "fills": counts["fills"],
+                "final_equity": str(result.curve[-1].equity)}
+
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the comparison
+
+def ensure_base(base: Path) -> None:
+    """The e409bb7 worktree with this checkout's .venv, made when missing."""
+    if not (base / "replay.py").exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), BASE_COMMIT], check=True)
+    venv = base / ".venv"
+    if not venv.exists():
+        venv.symlink_to(ROOT / ".venv")
+
+
+def run_side(root: Path, days: int | None) -> dict:
+    cmd = [sys.executable, str(HERE), "--worker", str(root)] + (["--days", str(days)] if days else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"the replay under {root} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    days = int(_arg("--days")) if _arg("--days") else None
+    if _arg("--worker"):
+        print(json.dumps(worker(Path(_arg("--worker")), days)))
+        return 0
+    base = Path(_arg("--base", str(BASE_DIR)))
+    only = _arg("--only")
+    ensure_base(base)
+    sides = {}
+    for name, root in (("head", ROOT), ("e409bb7", base)):
+        if only and not name.startswith(only):
+            continue
+        sides[name] = run_side(root, days)
+        s = sides[name]
+        print(f"{name:>8}: {s['seconds']:7.1f} s for {s['days']} days ({s['seconds'] / s['days'] * 1000:.0f} ms a day), "
+              f"{s['cycles']} cycles, {s['monitor_passes']} monitor passes, {s['orders']} orders, {s['fills']} fills, "
+              f"final equity {s['final_equity']}", flush=True)
+    if len(sides) < 2:
+        return 0
+    ratio = sides["head"]["seconds"] / sides["e409bb7"]["seconds"]
+    ok = ratio <= TARGET_RATIO
+    print(f"head / e409bb7 = {ratio:.3f} ({1 / ratio:.2f}x faster); target <= {TARGET_RATIO}: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
