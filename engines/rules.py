@@ -19,14 +19,22 @@ scan:   scan_market; log_decision 'watch' for the top candidates.
 close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions whose price alone
         says "exit" under signals.evaluate; log_decision with the day's summary.
 Every skip and every refusal is recorded with its reason.
+
+Daily bars change only when a session closes, so what the rules read from them (a candidate's entry verdict, a
+position's RSI(14) and patterns) cannot change between the trade cycles of one session: the engine remembers them
+per agent and session (`SessionMemo`) and does not ask the tools again, and a skip is recorded once per session
+(the first cycle that judged it), not once per cycle. A tool that failed is asked again next cycle.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import signals
+from core.calendar import MarketCalendar
 
 if TYPE_CHECKING:
     from tool_executor import ToolExecutor
@@ -36,18 +44,54 @@ log = logging.getLogger("catalyst.rules")
 from engines.base import EngineResult
 
 
+@dataclass
+class SessionMemo:
+    """What the rules judged on one session's daily bars: (local date, session closed yet?) names them, as
+    data/market.py's daily cache does, so a verdict here is what the tools would answer again."""
+    session: tuple
+    entries: dict[str, tuple[str | None, str]] = field(default_factory=dict)   # symbol -> (why not, why yes)
+    indicators: dict[str, tuple[float | None, tuple]] = field(default_factory=dict)   # symbol -> (RSI, patterns)
+
+
+_CALENDARS: dict[str, MarketCalendar] = {}
+
+
+def session_of(exchange: str, now: datetime) -> tuple:
+    """(local date, closed yet?) of `now`: daily bars are the same everywhere inside one of these."""
+    calendar = _CALENDARS.get(exchange)
+    if calendar is None:
+        calendar = _CALENDARS[exchange] = MarketCalendar(exchange)
+    day = calendar.local_date(now)
+    bounds = calendar.session_bounds(day)
+    return day, bool(bounds) and now >= bounds[-1][1]
+
+
 class RulesEngine:
     name = "rules"
+    # (agent id, rules and thresholds) -> its memo; an engine is made per cycle, the memo outlives it
+    _memos: dict[tuple, SessionMemo] = {}
+    MAX_MEMOS = 64
 
     def __init__(self, settings) -> None:
         self.cfg = settings.config
         self.rules = settings.config.rules
         self.thresholds = signals.SignalThresholds.from_config(self.cfg.signals, self.cfg.trading.trailing_stop_pct)
+        self._memo_key = (settings.agent_id, repr(self.rules), repr(self.thresholds), self.cfg.market.exchange)
+
+    def _session_memo(self) -> SessionMemo:
+        session = session_of(self.cfg.market.exchange, self._ex.now())
+        memo = self._memos.get(self._memo_key)
+        if memo is None or memo.session != session:
+            if len(self._memos) >= self.MAX_MEMOS:
+                self._memos.pop(next(iter(self._memos)))
+            memo = self._memos[self._memo_key] = SessionMemo(session)
+        return memo
 
     async def run(self, mode: str, ex: "ToolExecutor") -> EngineResult:
         result = EngineResult(engine=self.name)
         self._ex = ex
         self._calls = 0
+        self._memo = self._session_memo()
         if mode == "scan":
             result.summary = await self._scan()
         elif mode == "trade":
@@ -101,11 +145,18 @@ class RulesEngine:
             symbol = cand["symbol"]
             if symbol in held:
                 continue
-            why_not = await self._entry_check(symbol)
-            if why_not:
-                skipped[symbol] = why_not
-                await self._call("log_decision", {"action": "skip", "symbol": symbol, "reasoning": why_not})
-                continue
+            known = self._memo.entries.get(symbol)
+            if known is not None:                  # judged earlier this session on the same daily bars
+                why_not, self._last_reason = known
+                if why_not:
+                    skipped[symbol] = why_not
+                    continue
+            else:
+                why_not = await self._entry_check(symbol)
+                if why_not:
+                    skipped[symbol] = why_not
+                    await self._call("log_decision", {"action": "skip", "symbol": symbol, "reasoning": why_not})
+                    continue
             quote, err = await self._call("get_quote", {"symbol": symbol})
             if err:
                 continue
@@ -169,35 +220,53 @@ class RulesEngine:
             take_profit=Decimal(p["take_profit"]) if "take_profit" in p else None)
         report = signals.evaluate(view, self.thresholds)
         if report.action != "exit" and with_indicators:
-            tech, terr = await self._call("get_technicals", {"symbol": p["symbol"]})
-            pats, perr = await self._call("detect_patterns", {"symbol": p["symbol"]})
-            rsi = None if terr else tech.get("rsi14")
-            patterns = () if perr else tuple(pats["patterns"])
+            rsi, patterns = await self._indicators(p["symbol"])
             if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
                 report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns)
         return report.reason if report.action == "exit" else None
 
+    async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
+        """A held symbol's daily RSI(14) and patterns, asked of the tools once per session."""
+        known = self._memo.indicators.get(symbol)
+        if known is not None:
+            return known
+        tech, terr = await self._call("get_technicals", {"symbol": symbol})
+        pats, perr = await self._call("detect_patterns", {"symbol": symbol})
+        found = (None if terr else tech.get("rsi14"), () if perr else tuple(pats["patterns"]))
+        if not terr and not perr:
+            self._memo.indicators[symbol] = found
+        return found
+
     async def _entry_check(self, symbol: str) -> str | None:
-        """None when the entry rules pass (with self._last_reason set), else why not."""
+        """None when the entry rules pass (with self._last_reason set), else why not. A verdict the tools gave
+        without an error is remembered for the rest of the session."""
+        self._last_reason = ""
+        why_not, complete = await self._judge_entry(symbol)
+        if complete:
+            self._memo.entries[symbol] = (why_not, self._last_reason)
+        return why_not
+
+    async def _judge_entry(self, symbol: str) -> tuple[str | None, bool]:
+        """(why not or None, judged on complete answers?)"""
         r = self.rules
         tech, err = await self._call("get_technicals", {"symbol": symbol})
         if err:
-            return f"no technicals: {tech['error']}"
+            return f"no technicals: {tech['error']}", False
         rsi, close, sma20, hist = tech.get("rsi14"), tech.get("close"), tech.get("sma20"), tech.get("macd_hist")
         if rsi is None or close is None:
-            return "not enough history for RSI(14)"
+            return "not enough history for RSI(14)", True
         if not (float(r.rsi_min) <= rsi <= float(r.rsi_max)):
-            return f"RSI(14) {rsi:.1f} outside [{r.rsi_min}, {r.rsi_max}]"
+            return f"RSI(14) {rsi:.1f} outside [{r.rsi_min}, {r.rsi_max}]", True
         if r.require_above_sma20 and (sma20 is None or close <= sma20):
-            return f"close {close} not above SMA(20) {sma20}"
+            return f"close {close} not above SMA(20) {sma20}", True
         pats, perr = await self._call("detect_patterns", {"symbol": symbol})
         found = [] if perr else pats["patterns"]
         bearish = [p["name"] for p in found if p["direction"] == "bearish"]
         bullish = [p["name"] for p in found if p["direction"] == "bullish"]
         if bearish:
-            return f"bearish pattern(s): {', '.join(bearish)}"
+            return f"bearish pattern(s): {', '.join(bearish)}", not perr
         if not bullish and (hist is None or hist <= 0):
-            return "no bullish pattern and MACD histogram not positive"
+            return "no bullish pattern and MACD histogram not positive", not perr
         self._last_reason = (f"RSI {rsi:.1f}, close {close} > SMA20 {sma20}, MACD hist {hist}, "
                              f"patterns: {', '.join(bullish) or 'none'}")
-        return None
+        return None, not perr
