@@ -8,6 +8,13 @@ Money safety on a margin account (a moomoo securities account usually is one): `
 allowed (`allow_margin`, config `trading.allow_margin`); a sell larger than the shares free to sell (held, less
 those in open sell orders) is refused with OrderRejected before it is sent, as OpenD would take it and go short.
 
+Protective stops (`supports_stop_orders`): REAL accounts take a STOP order (OpenD's `OrderType.STOP`, a stop-market
+order: `aux_price` is the trigger; it becomes a market order when the price trades at or through it, in the
+continuous session) placed GTC (OpenD keeps a GTC order for at most 90 calendar days, then cancels it); it is listed
+as a working order (order_type STOP, stop_price) and fills like a market order. Paper (SIMULATE) accounts take limit
+and market day orders only, so there a STOP is refused before it is sent. A resting stop freezes no position at
+OpenD until it triggers, so the oversell guard counts the shares in our working sells, stops included, itself.
+
 Our client_order_id travels in the order's `remark` (OpenD has no client id field; at most 64 UTF-8 bytes).
 `place_order` first looks for the remark in today's orders (idempotency); after a timeout or a lost connection
 it looks again before giving up, so an order is never sent twice. `get_order_by_client_id` scans today's orders,
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 REMARK_MAX_BYTES = 64
 HISTORY_DAYS = 90
 PRICE_Q = Decimal("0.000001")
+STOP_ACCOUNTS = ("paper trading supports limit and market orders only, day orders only (moomoo OpenAPI docs, "
+                 "Transaction related Q1); REAL accounts hold stop orders")
 
 
 class MoomooBroker(BrokerClient):
@@ -249,20 +258,31 @@ class MoomooBroker(BrokerClient):
         if len(order.client_order_id.encode("utf-8")) > REMARK_MAX_BYTES:
             raise InvalidRequest(f"client_order_id {order.client_order_id!r} is longer than OpenD's remark "
                                  f"({REMARK_MAX_BYTES} bytes of UTF-8)")
+        stop = order.order_type is OrderType.STOP
+        if stop and not self._supports_stop_orders():
+            raise OrderRejected(f"a stop order cannot be held by a moomoo {self.environment} account: {STOP_ACCOUNTS}",
+                                client_order_id=order.client_order_id)
         _check_order(order, await self._get_instrument(order.symbol))
-        existing = await self._find(order.client_order_id, history=False)   # orders are day orders
+        today = await self._today_orders()
+        # day orders are found in today's list; a GTC stop placed on an earlier day may be history already
+        existing = _first(today, order.client_order_id) or (
+            await self._find(order.client_order_id) if stop else None)
         if existing is not None:
             return await self._finish(existing)
         if order.side is OrderSide.SELL:
-            await self._check_sellable(order)
+            await self._check_sellable(order, today)
         sdk = self._opend.sdk
+        kind = {OrderType.MARKET: sdk.OrderType.MARKET, OrderType.STOP: sdk.OrderType.STOP}.get(
+            order.order_type, sdk.OrderType.NORMAL)
+        trigger = {} if not stop else {"aux_price": float(order.stop_price)}
         try:
             data = await self._opend.call(
-                "place_order", self._t().place_order, price=float(order.limit_price or 0), qty=order.quantity,
-                code=code, trd_side=sdk.TrdSide.BUY if order.side is OrderSide.BUY else sdk.TrdSide.SELL,
-                order_type=sdk.OrderType.MARKET if order.order_type is OrderType.MARKET else sdk.OrderType.NORMAL,
-                remark=order.client_order_id, time_in_force=sdk.TimeInForce.DAY, idempotent=False,
-                order=True, **self._acc())
+                "place_order", self._t().place_order, price=float(order.limit_price or order.stop_price or 0),
+                qty=order.quantity, code=code,
+                trd_side=sdk.TrdSide.BUY if order.side is OrderSide.BUY else sdk.TrdSide.SELL, order_type=kind,
+                remark=order.client_order_id,
+                time_in_force=sdk.TimeInForce.GTC if stop else sdk.TimeInForce.DAY, idempotent=False,
+                order=True, **trigger, **self._acc())
         except OrderRejected as exc:
             raise OrderRejected(exc.reason, client_order_id=order.client_order_id) from None
         except BrokerUnavailable:
@@ -281,19 +301,30 @@ class MoomooBroker(BrokerClient):
                                     "list it yet; reconcile by client_order_id")
         return await self._finish(view)
 
-    async def _check_sellable(self, order: OrderRequest) -> None:
+    async def _check_sellable(self, order: OrderRequest, today: list[OrderView]) -> None:
         """OrderRejected unless the position's shares free to sell cover the sell: on a margin account OpenD takes a
-        larger one and the account goes short."""
+        larger one and the account goes short. Free: OpenD's `can_sell_qty`, and never more than the shares held
+        less every working sell of ours, stops included (a conditional order freezes no position at OpenD until it
+        triggers, so `can_sell_qty` does not count a resting stop; taking the smaller of the two counts no order
+        twice whichever way OpenD counts it)."""
         data = await self._opend.call("position_list_query", self._t().position_list_query, currency="HKD",
                                       **self._acc())
         code, held, free = to_moomoo_code(order.symbol), 0, 0
         for row in mapping.records(data):
             if row["code"] == code:
                 held, free = mapping.sellable(row)
+        working = sum(v.quantity - v.filled_quantity for v in map(self._book.merge, today)
+                      if to_moomoo_code(v.symbol) == code and v.side is OrderSide.SELL and v.status.is_open)
+        free = max(min(free, held - working), 0)
         if order.quantity > free:
             raise OrderRejected(f"cannot sell {order.quantity} {order.symbol}: {held} held, {held - free} already in "
                                 f"open sell orders (short selling is not supported); not sent to OpenD",
                                 client_order_id=order.client_order_id)
+
+    def _supports_stop_orders(self) -> bool:
+        """REAL accounts hold stop orders (OrderType.STOP, trigger in aux_price, GTC for up to 90 days); paper
+        (SIMULATE) accounts take limit and market day orders only."""
+        return self.environment == "real"
 
     async def _cancel_order(self, order_id: str) -> bool:
         view = await self._find(order_id)
@@ -341,13 +372,9 @@ class MoomooBroker(BrokerClient):
     async def _find(self, client_order_id: str, *, history: bool = True) -> OrderView | None:
         """Our order by remark: today's orders, then (history=True) the last HISTORY_DAYS days."""
         for load in (self._today_orders, self._history_orders)[:2 if history else 1]:
-            mine = sorted((v for v in await load() if v.client_order_id == client_order_id),
-                          key=lambda v: (v.submitted_at or datetime.min.replace(tzinfo=timezone.utc)))
-            if len(mine) > 1:
-                log.error("%d moomoo orders carry remark %s; using the first (%s)", len(mine), client_order_id,
-                          mine[0].broker_order_id)
-            if mine:
-                return self._book.merge(mine[0])
+            found = _first(await load(), client_order_id)
+            if found is not None:
+                return self._book.merge(found)
         return None
 
     async def _finish(self, view: OrderView) -> OrderResult:
@@ -374,7 +401,7 @@ class MoomooBroker(BrokerClient):
                 order_type=v.order_type, quantity=v.quantity, limit_price=v.limit_price, status=v.status,
                 filled_quantity=v.filled_quantity, avg_fill_price=v.avg_fill_price,
                 fees=fees.get(v.broker_order_id, Decimal(0)), reason=v.reason, submitted_at=v.submitted_at,
-                updated_at=v.updated_at, fills=tuple(deals.get(v.broker_order_id, ()))))
+                updated_at=v.updated_at, fills=tuple(deals.get(v.broker_order_id, ())), stop_price=v.stop_price))
         return out
 
     async def _real_deals(self, views: list[OrderView]) -> dict[str, list[Fill]]:
@@ -442,8 +469,19 @@ def _check_order(order: OrderRequest, inst: Instrument) -> None:
     if order.quantity % inst.lot_size:
         raise OrderRejected(f"quantity {order.quantity} is not a multiple of the board lot {inst.lot_size} for "
                             f"{order.symbol}", client_order_id=order.client_order_id)
-    price = order.limit_price
-    if price is not None and not is_on_tick(price, inst.tick_scheme):
-        raise OrderRejected(f"limit price {price} is not on the HKEX tick grid for {order.symbol} (nearest valid: "
-                            f"{round_to_tick(price, inst.tick_scheme, 'down')} or "
-                            f"{round_to_tick(price, inst.tick_scheme, 'up')})", client_order_id=order.client_order_id)
+    for what, price in (("limit price", order.limit_price), ("stop price", order.stop_price)):
+        if price is not None and not is_on_tick(price, inst.tick_scheme):
+            raise OrderRejected(f"{what} {price} is not on the HKEX tick grid for {order.symbol} (nearest valid: "
+                                f"{round_to_tick(price, inst.tick_scheme, 'down')} or "
+                                f"{round_to_tick(price, inst.tick_scheme, 'up')})",
+                                client_order_id=order.client_order_id)
+
+
+def _first(views: list[OrderView], client_order_id: str) -> OrderView | None:
+    """The first order placed under this remark (OpenD does not deduplicate remarks: more than one is logged)."""
+    mine = sorted((v for v in views if v.client_order_id == client_order_id),
+                  key=lambda v: (v.submitted_at or datetime.min.replace(tzinfo=timezone.utc)))
+    if len(mine) > 1:
+        log.error("%d moomoo orders carry remark %s; using the first (%s)", len(mine), client_order_id,
+                  mine[0].broker_order_id)
+    return mine[0] if mine else None

@@ -18,8 +18,15 @@ Order status, the one table (`STATUS_MAP`, moomoo `OrderStatus` -> ours)::
     SUBMIT_FAILED, FAILED, FILL_CANCELLED                  -> REJECTED        (FILL_CANCELLED: fills reversed)
     DISABLED                                               -> EXPIRED         (a day order past its session)
 
+A STOP order (OpenD's `STOP`, a stop-market order, its trigger in `aux_price`) that OpenD lists as WAITING_SUBMIT
+is SUBMITTED here: accepted and held by the broker until it triggers (which status a live OpenD shows for an
+untriggered stop is not documented; the fake shows SUBMITTED).
+
 Prices are OpenD doubles, read back as the exact decimal they were printed from; times are OpenD's Hong Kong
 local time strings, returned as UTC. Our client_order_id travels in the order's `remark`.
+
+A pushed basic quote (`basic_quote`, SubType QUOTE) carries the last price but no bid or ask: both are shown at the
+last price.
 
 Listings (`listing`, `snapshot_status`) carry the canonical symbol (core.symbols); a daily K-line (`daily_bar`)
 starts at its session's open, as every daily bar of ours does.
@@ -115,22 +122,30 @@ class OrderView:
     reason: str | None
     submitted_at: datetime | None
     updated_at: datetime | None
+    stop_price: Decimal | None = None
+
+
+_ORDER_TYPES = {"MARKET": OrderType.MARKET, "STOP": OrderType.STOP}     # any other (NORMAL, ...) is a limit order
 
 
 def order_view(row: dict[str, Any]) -> OrderView:
     """An SDK order row (order list, history or push) -> OrderView."""
     order_id = str(row["order_id"])
     filled = int(float(row.get("dealt_qty") or 0))
-    is_market = row.get("order_type") == "MARKET"
+    kind = _ORDER_TYPES.get(str(row.get("order_type")), OrderType.LIMIT)
+    status = map_status(row["order_status"])
+    if kind is OrderType.STOP and row["order_status"] == "WAITING_SUBMIT":
+        status = OrderStatus.SUBMITTED
     return OrderView(
         broker_order_id=order_id, client_order_id=row.get("remark") or f"moomoo:{order_id}",
         symbol=from_moomoo_code(row["code"]),
         side=OrderSide.SELL if str(row.get("trd_side", "")).startswith("SELL") else OrderSide.BUY,
-        order_type=OrderType.MARKET if is_market else OrderType.LIMIT, quantity=int(float(row["qty"])),
-        limit_price=None if is_market else dec(row.get("price")), status=map_status(row["order_status"]),
+        order_type=kind, quantity=int(float(row["qty"])),
+        limit_price=dec(row.get("price")) if kind is OrderType.LIMIT else None, status=status,
         filled_quantity=filled, avg_fill_price=dec(row.get("dealt_avg_price")) if filled else None,
         reason=row.get("last_err_msg") or None, submitted_at=hkt(row.get("create_time")),
-        updated_at=hkt(row.get("updated_time")))
+        updated_at=hkt(row.get("updated_time")),
+        stop_price=dec(row.get("aux_price")) if kind is OrderType.STOP else None)
 
 
 def deal_fill(deal_id: str, deal: dict[str, Any], view: OrderView) -> Fill:
@@ -184,6 +199,14 @@ def quote(symbol: str, row: dict[str, Any], now: datetime) -> Quote:
         log.warning("moomoo snapshot of %s has no %s; using the last price", symbol, "bid" if bid is None else "ask")
     return Quote(symbol=symbol, bid=bid or last, ask=ask or last, last=last, volume=int(float(row["volume"])),
                  timestamp=hkt(row.get("update_time")) or now)
+
+
+def basic_quote(symbol: str, row: dict[str, Any], now: datetime) -> Quote:
+    """A pushed basic quote (StockQuoteHandlerBase row) -> Quote; it has no bid or ask, so both are the last."""
+    last = dec(row["last_price"])
+    stamp = hkt(f"{row.get('data_date')} {row.get('data_time')}") if row.get("data_date") else None
+    return Quote(symbol=symbol, bid=last, ask=last, last=last, volume=int(float(row["volume"])),
+                 timestamp=stamp or now)
 
 
 def bar_start(label: datetime, minutes: int, calendar: "MarketCalendar") -> datetime | None:

@@ -12,11 +12,17 @@ Answers (each proto id checked against `moomoo.common.constant.ProtoId`):
   3203 Qot_GetSecuritySnapshot, 3103 Qot_RequestHistoryKL, 3104 Qot_RequestHistoryKLQuota, 3202 Qot_GetStaticInfo,
   3205 Qot_GetPlateSecurity, with OpenD's batch sizes, page sizes, frequency limits and history K-line quota
   (opend_quotes.py);
+  3001 Qot_Sub, 3002 Qot_RegQotPush, 3003 Qot_GetSubInfo and the push 3005 Qot_UpdateBasicQot, with the
+  subscription quota and OpenD's one-minute minimum before an unsubscribe (opend_push.py);
   2001 Trd_GetAccList, 2005 Trd_UnlockTrade, 2008 Trd_SubAccPush, 2101 Trd_GetFunds, 2102 Trd_GetPositionList,
-  2201 Trd_GetOrderList, 2202 Trd_PlaceOrder, 2205 Trd_ModifyOrder (cancel), 2211 Trd_GetOrderFillList,
-  2221 Trd_GetHistoryOrderList, 2222 Trd_GetHistoryOrderFillList, 2225 Trd_GetOrderFee;
-  pushes 2208 Trd_UpdateOrder and (REAL accounts) 2218 Trd_UpdateOrderFill to connections that subscribed the
-  account. Anything else gets retType -1 "not supported by the fake OpenD".
+  2201 Trd_GetOrderList, 2202 Trd_PlaceOrder (limit, market and, on the REAL account, stop orders), 2205
+  Trd_ModifyOrder (cancel), 2211 Trd_GetOrderFillList, 2221 Trd_GetHistoryOrderList, 2222
+  Trd_GetHistoryOrderFillList, 2225 Trd_GetOrderFee; pushes 2208 Trd_UpdateOrder and (REAL accounts) 2218
+  Trd_UpdateOrderFill to connections that subscribed the account. Anything else gets retType -1 "not supported by
+  the fake OpenD".
+
+A price feed with `listen` (tests/fakes/movable.py MovableMarket) is followed: a move is pushed at once to the
+connections subscribed to that security and triggers the resting stop orders it crosses.
 
 Behind it is the paper broker (brokers.paper.PaperBroker on the caller's price feed — a SimulatedMarket, or a
 tests.fakes.universe.Universe with real-looking HKEX codes, listings and plates — and SimulatedClock, an asyncpg
@@ -39,7 +45,8 @@ filled) and reaches the paper exchange that many (wall-clock) seconds later, fil
 moment after it accepts. What the exchange would refuse at once (a buy above the cash at the quote, a sell of more
 than a paper account holds) is refused at once; an order it refuses later shows FAILED with the reason.
 
-Fault injection: `drop_connections()`, `delay_next_place_order(seconds)` (the order is placed at once, the reply
+Fault injection: `drop_connections()`, `stall()` / `resume()` (no quote pushes, no keep-alive answers),
+`delay_next_place_order(seconds)` (the order is placed at once, the reply
 waits), `reject_next_order(message)`, `silence(proto_id)` (requests of that kind are recorded and never answered,
 as an OpenD that hangs), `pushes_before_reply` (order pushes go out before the PlaceOrder reply) and
 `stale_order_lists` (order lists report every order as SUBMITTED with nothing filled, as a lagging OpenD cache
@@ -51,6 +58,7 @@ on `rate_clock` (wall time by default, as OpenD's; a test may pass the simulated
     opend_server.py   the fake: lifecycle, framing, connections, fault injection
     opend_trade.py    accounts, funds, positions, orders, deals, fees, pushes
     opend_quotes.py   snapshots, K-lines, listings, plates, the K-line quota, frequency limits
+    opend_push.py     quote subscriptions, their quota and minimum age, basic-quote pushes, the feed's moves
     opend_wire.py     the header, the protocol's numbers, the records kept
 
 Usage: import the SDK through `brokers.moomoo.load_sdk(log_dir)` first (its import has side effects), then
@@ -71,6 +79,7 @@ from brokers.paper.broker import PaperBroker
 from core.calendar import MarketCalendar
 from core.clock import Clock, RealClock
 from core.errors import BrokerError
+from tests.fakes.opend_push import PushHandlers
 from tests.fakes.opend_quotes import QuoteHandlers
 from tests.fakes.opend_trade import TradeHandlers
 from core.orders import OrderResult
@@ -78,7 +87,7 @@ from tests.fakes.opend_wire import (FIRMS, HEAD, NOT_SUPPORTED, REAL_ACC, SIM_OP
                                     _Conn, _Order, _Refuse)
 
 
-class FakeOpenD(TradeHandlers, QuoteHandlers):
+class FakeOpenD(TradeHandlers, QuoteHandlers, PushHandlers):
     def __init__(self, *, pg_url: str, market: Any, clock: Any, account_id: str, paper_config: Any,
                  calendar: MarketCalendar | None = None, trade_password: str | None = None,
                  security_firm: str = "FUTUSECURITIES", keep_alive_interval: int = 10,
@@ -113,6 +122,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         self._conns: dict[int, _Conn] = {}
         self._orders: dict[int, _Order] = {}
         self._held: dict[int, OrderResult] = {}        # accepted by OpenD, not (yet) at the paper exchange
+        self._firing: set[int] = set()                  # stops being sent to the exchange right now
         self._fill_ids: dict[str, int] = {}
         self._conn_ids = itertools.count(7_000_001)
         self._order_ids = itertools.count(5_000_000_000_001)
@@ -123,6 +133,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         self._tasks: set[asyncio.Task] = set()
         self.sent: list[tuple[int, int]] = []          # (proto id, serial no) in the order they went out
         self._init_quotes()
+        self._init_push()
 
     # ------------------------------------------------------------ lifecycle (any thread)
     def start(self) -> "FakeOpenD":
@@ -132,11 +143,15 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-opend", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._startup(), self._loop).result(30)
+        if hasattr(self.market, "listen"):
+            self.market.listen(self._moved)
         return self
 
     def stop(self) -> None:
         if self._loop is None or not self._loop.is_running():
             return
+        if hasattr(self.market, "unlisten"):
+            self.market.unlisten(self._moved)
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -159,6 +174,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
             self._paper[acc_id] = broker
         self._server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._pulse())
 
     async def _shutdown(self) -> None:
         self._server.close()
@@ -223,6 +239,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
             pass
         finally:
             self._conns.pop(conn.conn_id, None)
+            self._conn_closed(conn)
             writer.transport.abort()
 
     async def _send(self, conn: _Conn, proto_id: int, serial: int, message: Any) -> None:
@@ -279,10 +296,15 @@ class FakeOpenD(TradeHandlers, QuoteHandlers):
         await self._send(conn, proto_id, serial, response)
         await self._flush(after)
 
-    async def _flush(self, pushes: list[tuple[int, Any, int]]) -> None:
-        for proto_id, message, acc_id in pushes:
+    async def _flush(self, pushes: list[tuple[int, Any, int | _Conn]]) -> None:
+        """Send pushes: to every connection that subscribed an account (an account id), or to one connection."""
+        for proto_id, message, target in pushes:
+            if isinstance(target, _Conn):
+                if target.conn_id in self._conns:
+                    await self._send(target, proto_id, next(self._push_serials), message)
+                continue
             for conn in list(self._conns.values()):
-                if acc_id in conn.accounts:
+                if target in conn.accounts:
                     await self._send(conn, proto_id, next(self._push_serials), message)
 
     # ------------------------------------------------------------ connection

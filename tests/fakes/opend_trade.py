@@ -2,7 +2,24 @@
 FakeOpenD; see opend_server.py for what it models).
 
 Orders OpenD has accepted but the paper exchange does not hold (yet) are `_held`: a late fill's market order until
-its delay passes, a short sell on the margin account for good. They are listed, pushed and cancelled like any other.
+its delay passes, a short sell on the margin account for good, a stop order until it triggers. They are listed,
+pushed and cancelled like any other.
+
+Stop orders (Trd_Common.OrderType_Stop, "止损市价单"), as the docs describe them:
+  - only the REAL account takes them: paper trading supports limit and market orders only, and day orders only
+    (futu-api-doc/en/qa/trade.html, Q1); a paper account refuses a stop and a GTC order;
+  - `auxPrice` is the trigger and is required ("aux_price: 止损/止盈类订单必传"); a sell stop's trigger must be below
+    the current price and a buy stop's above it (futuhk.com/en/support/topic346, "Stop order");
+  - day or GTC (TimeInForce_GTC "撤单前有效，最多持续90自然日", Trd_Common.proto); a HK market order is a day order
+    only ("港股、A 股、环球期货的市价单仅支持当日有效", the place_order docs);
+  - held by the broker, not at the exchange, and not freezing the position until triggered ("Placement of the
+    conditional order does not directly freeze the customer's buying power or position", topic346 5.1): the
+    position's canSellQty does not count an untriggered stop;
+  - triggered only in the continuous trading session, when the last price trades at or through the trigger (at or
+    below for a sell): it then goes to the exchange as a market order and fills like one; the order keeps its id,
+    its type (stop) and its trigger, and moves SUBMITTED -> FILLED_ALL (or FAILED with the exchange's reason, e.g. a
+    position sold meanwhile). Untriggered it is listed as SUBMITTED (unverified against a live OpenD: it may show
+    WAITING_SUBMIT there; the adapter reads both as working).
 """
 from __future__ import annotations
 
@@ -15,10 +32,11 @@ from typing import Any
 from brokers.paper.broker import PaperBroker
 from core.errors import InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
-from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, FINANCING_MARGIN_RATE, NOT_SUPPORTED, PAPER_NO_DEALS,
-                                    PAPER_NO_FEES, QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK, SHORT_MARGIN_RATE,
-                                    SIM_OPTION_ACC, SIM_STOCK_ACC, SIMULATE, TRD_MARKET_HK, _Conn, _local, _Order,
-                                    _parse_local, _Refuse)
+from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, FINANCING_MARGIN_RATE, NOT_SUPPORTED, ORDER_MARKET,
+                                    ORDER_NORMAL, ORDER_STOP, PAPER_DAY_ONLY, PAPER_NO_DEALS, PAPER_NO_FEES,
+                                    PAPER_ORDER_TYPES, QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK,
+                                    SHORT_MARGIN_RATE, SIM_OPTION_ACC, SIM_STOCK_ACC, SIMULATE, TIF_DAY, TIF_GTC,
+                                    TRD_MARKET_HK, _Conn, _local, _Order, _parse_local, _Refuse)
 
 
 class TradeHandlers:
@@ -77,9 +95,12 @@ class TradeHandlers:
         f.debtCash, f.avlWithdrawalCash, f.currency = 0.0, float(acct.buying_power), CURRENCY_HKD
 
     async def _selling(self, acc_id: int) -> dict[str, int]:
-        """Shares in open sell orders, by symbol (at the exchange or held by OpenD)."""
+        """Shares in open sell orders, by symbol (at the exchange or held by OpenD), except untriggered stops: a
+        conditional order freezes no position until it triggers."""
         selling: dict[str, int] = {}
-        for _, o in await self._results(acc_id):
+        for meta, o in await self._results(acc_id):
+            if meta.order_type == ORDER_STOP and meta.order_id in self._held:
+                continue
             if o.side is OrderSide.SELL and o.status.is_open:
                 selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
         return selling
@@ -104,7 +125,9 @@ class TradeHandlers:
 
     def _fill_order(self, target: Any, meta: _Order, r: OrderResult, *, stale: bool = False) -> None:
         target.trdSide = 1 if r.side is OrderSide.BUY else 2
-        target.orderType = 2 if r.order_type is OrderType.MARKET else 1
+        target.orderType = meta.order_type
+        if meta.aux_price is not None:
+            target.auxPrice = meta.aux_price
         filled = 0 if stale else r.filled_quantity
         if stale or r.status is not OrderStatus.CANCELLED:
             target.orderStatus = 5 if stale else _STATUS[r.status]
@@ -118,7 +141,7 @@ class TradeHandlers:
         target.fillQty, target.fillAvgPrice = filled, float(r.avg_fill_price or 0) if filled else 0.0
         target.lastErrMsg = "" if stale else (r.reason or "")
         target.secMarket, target.trdMarket, target.currency, target.timeInForce = (SEC_MARKET_HK, TRD_MARKET_HK,
-                                                                                    CURRENCY_HKD, 0)
+                                                                                    CURRENCY_HKD, meta.time_in_force)
         if meta.remark is not None:
             target.remark = meta.remark
 
@@ -188,8 +211,18 @@ class TradeHandlers:
             raise _Refuse("this account trades only the HK market")
         if c2s.trdSide not in (1, 2):
             raise _Refuse("short selling is not supported for HK stocks in this account")
-        if c2s.orderType not in (1, 2):
+        paper = c2s.header.trdEnv == SIMULATE
+        tif = c2s.timeInForce if c2s.HasField("timeInForce") else TIF_DAY
+        if paper and c2s.orderType not in (ORDER_NORMAL, ORDER_MARKET):
+            raise _Refuse(PAPER_ORDER_TYPES)
+        if paper and tif != TIF_DAY:
+            raise _Refuse(PAPER_DAY_ONLY)
+        if c2s.orderType not in (ORDER_NORMAL, ORDER_MARKET, ORDER_STOP):
             raise _Refuse(f"order type {c2s.orderType} {NOT_SUPPORTED}")
+        if tif not in (TIF_DAY, TIF_GTC):
+            raise _Refuse(f"time in force {tif} {NOT_SUPPORTED}")
+        if c2s.orderType == ORDER_MARKET and tif != TIF_DAY:
+            raise _Refuse("market orders of HK stocks support only good-for-day (DAY) orders")
         if c2s.HasField("remark") and len(c2s.remark.encode()) > 64:
             raise _Refuse("remark is longer than 64 bytes")
         if c2s.qty != int(c2s.qty) or c2s.qty <= 0:
@@ -199,18 +232,31 @@ class TradeHandlers:
             raise _Refuse(self._rejections.pop(0))
         acc_id = c2s.header.accID
         meta = _Order(order_id=next(self._order_ids), acc_id=acc_id, paper_coid="",
-                      remark=c2s.remark if c2s.HasField("remark") else None, code=c2s.code)
+                      remark=c2s.remark if c2s.HasField("remark") else None, code=c2s.code,
+                      order_type=c2s.orderType, time_in_force=tif)
         meta.paper_coid = f"fake-{meta.order_id}"
-        market = c2s.orderType == 2
+        market, stop = c2s.orderType == ORDER_MARKET, c2s.orderType == ORDER_STOP
+        side = OrderSide.BUY if c2s.trdSide == 1 else OrderSide.SELL
+        if stop:
+            self._check_trigger(c2s, side)
+            meta.aux_price = c2s.auxPrice
         try:
-            request = OrderRequest(client_order_id=meta.paper_coid, symbol=c2s.code,
-                                   side=OrderSide.BUY if c2s.trdSide == 1 else OrderSide.SELL,
-                                   quantity=int(c2s.qty), order_type=OrderType.MARKET if market else OrderType.LIMIT,
-                                   limit_price=None if market else Decimal(repr(c2s.price)))
+            if stop:
+                request = OrderRequest(client_order_id=meta.paper_coid, symbol=c2s.code, side=side,
+                                       quantity=int(c2s.qty), order_type=OrderType.STOP,
+                                       stop_price=Decimal(repr(c2s.auxPrice)))
+            else:
+                request = OrderRequest(client_order_id=meta.paper_coid, symbol=c2s.code, side=side,
+                                       quantity=int(c2s.qty),
+                                       order_type=OrderType.MARKET if market else OrderType.LIMIT,
+                                       limit_price=None if market else Decimal(repr(c2s.price)))
         except InvalidRequest as exc:
             raise _Refuse(str(exc)) from None
-        short = request.side is OrderSide.SELL and request.quantity > await self._free_to_sell(acc_id, c2s.code)
-        if short and acc_id == REAL_ACC and acc_id in self.margin_accounts:
+        short = (not stop and request.side is OrderSide.SELL
+                 and request.quantity > await self._free_to_sell(acc_id, c2s.code))
+        if stop:
+            self._hold(meta, request)                # held by the broker until it triggers
+        elif short and acc_id == REAL_ACC and acc_id in self.margin_accounts:
             self._hold(meta, request)                # OpenD takes it (a short); the paper exchange lends no shares
         elif market and self.fill_delay is not None and not short and await self._affordable(broker, request):
             self._hold(meta, request)
@@ -226,6 +272,51 @@ class TradeHandlers:
         self._header(s2c.header, c2s.header)
         s2c.orderID, s2c.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
         return await self._changes(acc_id)
+
+    def _check_trigger(self, c2s: Any, side: OrderSide) -> None:
+        """A stop needs a trigger on the right side of the market: below it to sell, above it to buy."""
+        if not c2s.HasField("auxPrice") or c2s.auxPrice <= 0:
+            raise _Refuse("aux_price (the trigger price) is required for a stop order")
+        last = self.market.quote(self.market.instrument(c2s.code).symbol, self.clock.now()).last
+        trigger = Decimal(repr(c2s.auxPrice))
+        if side is OrderSide.SELL and trigger >= last:
+            raise _Refuse(f"the trigger price of a sell stop order must be below the current price {last}")
+        if side is OrderSide.BUY and trigger <= last:
+            raise _Refuse(f"the trigger price of a buy stop order must be above the current price {last}")
+
+    async def _trigger_stops(self, symbol: str | None = None) -> None:
+        """Resting stops (of `symbol`, or all) whose trigger the last price has reached go to the exchange as market
+        orders (continuous session only); their pushes follow."""
+        now = self.clock.now()
+        if not self.calendar.is_open(now):
+            return
+        wanted = None if symbol is None else self.market.instrument(symbol).symbol
+        fired: set[int] = set()
+        for order_id, r in list(self._held.items()):
+            meta = self._orders.get(order_id)
+            if (meta is None or meta.order_type != ORDER_STOP or r.status is not OrderStatus.SUBMITTED
+                    or order_id in self._firing):
+                continue
+            inst = self.market.instrument(r.symbol)
+            if wanted is not None and inst.symbol != wanted:
+                continue
+            last = self.market.quote(inst.symbol, now).last
+            if not (last <= r.stop_price if r.side is OrderSide.SELL else last >= r.stop_price):
+                continue
+            self._firing.add(order_id)
+            try:
+                try:
+                    await self._paper[meta.acc_id].place_order(OrderRequest(
+                        client_order_id=meta.paper_coid, symbol=r.symbol, side=r.side, quantity=r.quantity,
+                        order_type=OrderType.MARKET))
+                except OrderRejected:
+                    pass                             # the paper exchange keeps the refused order, with its reason
+                del self._held[order_id]
+                fired.add(meta.acc_id)
+            finally:
+                self._firing.discard(order_id)
+        for acc_id in fired:
+            await self._flush(await self._changes(acc_id))
 
     async def _free_to_sell(self, acc_id: int, symbol: str) -> int:
         held = {p.symbol: p.quantity for p in await self._paper[acc_id].get_positions()}.get(symbol, 0)
@@ -243,7 +334,8 @@ class TradeHandlers:
         self._held[meta.order_id] = OrderResult(
             client_order_id=meta.paper_coid, broker_order_id=f"FAKE{meta.order_id}", symbol=request.symbol,
             side=request.side, order_type=request.order_type, quantity=request.quantity,
-            limit_price=request.limit_price, status=OrderStatus.SUBMITTED, submitted_at=now, updated_at=now)
+            limit_price=request.limit_price, status=OrderStatus.SUBMITTED, submitted_at=now, updated_at=now,
+            stop_price=request.stop_price)
 
     async def _place_late(self, meta: _Order, request: OrderRequest, delay: float) -> None:
         """The held market order reaches the paper exchange (unless it was cancelled meanwhile) and fills there; the

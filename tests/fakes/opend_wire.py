@@ -27,6 +27,13 @@ SIM_OPTION_ACC, SIM_STOCK_ACC, REAL_ACC = 9_000_001, 9_000_002, 281_756_480_572_
 NOT_SUPPORTED = "not supported by the fake OpenD"
 PAPER_NO_DEALS = "Paper trading does not support deals related operations"
 PAPER_NO_FEES = "Paper trading accounts do not support querying order fees"
+# "Order Types: limit order and market order" / "Valid Period: Paper trading only supports good for day order"
+# (futu-api-doc/en/qa/trade.html, Q1 paper trading)
+PAPER_ORDER_TYPES = "Paper trading supports limit orders and market orders only"
+PAPER_DAY_ONLY = "Paper trading supports only good-for-day orders"
+# Trd_Common.OrderType / TimeInForce
+ORDER_NORMAL, ORDER_MARKET, ORDER_STOP = 1, 2, 10
+TIF_DAY, TIF_GTC = 0, 1
 FIRMS = {"FUTUSECURITIES": 1, "FUTUINC": 2, "FUTUSG": 3, "FUTUAU": 4}
 # accinfo_query's `power` is "an approximation computed at a 50% initial margin rate for financing" and
 # `max_power_short` "at a 60% margin rate for short selling" (futu-api-doc trade/get-funds.html)
@@ -59,6 +66,9 @@ class _Order:
     remark: str | None
     code: str
     pushed: tuple = ()
+    order_type: int = ORDER_NORMAL      # as placed (a triggered stop stays a stop order)
+    aux_price: float | None = None      # a stop order's trigger
+    time_in_force: int = TIF_DAY
 
 
 @dataclass
