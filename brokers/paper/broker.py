@@ -5,15 +5,24 @@ person with psql all see one account, and it survives restarts. Every change run
 the account row lock, which serialises concurrent processes.
 
 Matching is driven by the injected clock: whenever the broker is called, resting orders are matched against
-the completed one-minute bars since they were last matched. Bars (and quotes) change only at minute boundaries,
+the completed bars of the feed's resolution (`_resolution`: one minute unless the feed says otherwise) since they
+were last matched. Bars (and quotes) change only at minute boundaries,
 so a process that has already matched within the current minute reads without matching again: a read is then
 one statement (one snapshot), with no lock, and may miss, until the next minute, a fill due to an order another
 process placed meanwhile. Every change (placing, cancelling) matches everything first, under the lock, so no
 decision is checked against an unmatched book.
-- Market orders fill at once at the quote (ask for buys, bid for sells) worsened by `slippage_bps`; outside
-  trading hours they are rejected (no surprise fill at tomorrow's open).
+- Market orders fill at once at the quote (ask for buys, bid for sells) worsened by `slippage_bps`, but not past
+  the last completed bar the quote was built from; outside trading hours they are rejected (no surprise fill at
+  tomorrow's open).
 - Limit orders are day orders: they rest and fill when a bar trades through the limit (at the limit, or at the
   bar's open when it opens through it), and expire at the session's close.
+- Stop orders (sells only: a protective stop) are good till cancelled. A bar that trades at or below the stop
+  triggers it (`triggered_at`, the end of that bar); it then fills like a market sell: at the stop, or at the bar's
+  open when the bar opened below it (a gap), slipped; what the volume cap leaves works on as a market sell.
+- Every fill lies inside the bar it trades in and on the tick grid, and is never better than the quote
+  (`paper.fill_prices`).
+- A sell may not exceed the position less what open sell orders already hold (stops included): Alpaca's
+  "insufficient qty available", as a margin venue does it; no short selling.
 - No order takes more than `max_volume_participation` of a bar's volume; the rest waits for later bars
   (partial fills).
 - Lot size and tick size are enforced; fees come from `paper.fees`; resubmitting a client_order_id returns the
@@ -21,7 +30,6 @@ decision is checked against an unmatched book.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
@@ -31,9 +39,11 @@ from core.instruments import Bar, Instrument, Quote, Timeframe
 from brokers.base import BrokerClient
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.feeds import Listing, PriceFeed, UniverseSpec
-from core.orders import Fill, OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
+from brokers.paper.ledger import RESULTS, PaperFill, record_fill, to_result
 from core.clock import Clock
 from core.config_model import PaperConfig
 from core.ticks import is_on_tick, round_to_tick
@@ -47,7 +57,6 @@ if TYPE_CHECKING:
 DEPTH_MINUTES = 5
 MINUTE = timedelta(minutes=1)
 _TIMEFRAMES = {m: (tf, timedelta(minutes=m)) for m, tf in ((1, "1m"), (5, "5m"), (15, "15m"), (30, "30m"), (60, "1h"))}
-BPS = Decimal("0.0001")
 PRICE_Q = Decimal("0.000001")
 OPEN_STATUSES = ("submitted", "partially_filled")
 # The account's open buy orders as (symbol, quantity left, limit price) rows: the cash they hold back
@@ -55,13 +64,6 @@ OPEN_STATUSES = ("submitted", "partially_filled")
 _OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
                       WHERE agent_id = a.agent_id AND side = 'buy'
                         AND status IN ('submitted', 'partially_filled')) AS buys"""
-
-
-@dataclass
-class _Fill:
-    quantity: int
-    price: Decimal
-    at: datetime
 
 
 class PaperBroker(BrokerClient):
@@ -146,12 +148,15 @@ class PaperBroker(BrokerClient):
             if existing is None:
                 reason = await self._rejection(conn, order, now)
                 row = await self._insert_order(conn, order, now, reason)
-                if reason is None:
+                if reason is None and order.order_type is not OrderType.STOP:   # a stop rests until a bar crosses it
                     await self._match_order(conn, row, now, immediate=True)
             result = await self._result(conn, order.client_order_id)
         if result.status is OrderStatus.REJECTED:
             raise OrderRejected(result.reason or "rejected", client_order_id=order.client_order_id)
         return result
+
+    def _supports_stop_orders(self) -> bool:
+        return True
 
     async def _cancel_order(self, order_id: str) -> bool:
         async with self._locked() as (conn, now):
@@ -167,14 +172,14 @@ class PaperBroker(BrokerClient):
 
     async def _get_orders(self, *, open_only: bool) -> list[OrderResult]:
         await self._catch_up()
-        rows = await self._fetch(_RESULTS + ("AND o.status IN ('submitted', 'partially_filled') " if open_only else "")
+        rows = await self._fetch(RESULTS + ("AND o.status IN ('submitted', 'partially_filled') " if open_only else "")
                                  + "ORDER BY o.submitted_at, o.broker_order_id", self.account_id)
-        return [self._to_result(r) for r in rows]
+        return [to_result(r) for r in rows]
 
     async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None:
         await self._catch_up()
-        row = await self._fetchrow(_RESULTS + "AND o.client_order_id = $2", self.account_id, client_order_id)
-        return None if row is None else self._to_result(row)
+        row = await self._fetchrow(RESULTS + "AND o.client_order_id = $2", self.account_id, client_order_id)
+        return None if row is None else to_result(row)
 
     # ------------------------------------------------------------ internals
     async def _catch_up(self) -> datetime:
@@ -262,17 +267,25 @@ class PaperBroker(BrokerClient):
         if order.quantity % inst.lot_size:
             return (f"quantity {order.quantity} is not a multiple of the board lot {inst.lot_size} for "
                     f"{order.symbol}")
-        if order.limit_price is not None and not is_on_tick(order.limit_price, inst.tick_scheme):
-            return (f"limit price {order.limit_price} is not on the tick grid for {order.symbol} (nearest valid: "
-                    f"{round_to_tick(order.limit_price, inst.tick_scheme, 'down')} or "
-                    f"{round_to_tick(order.limit_price, inst.tick_scheme, 'up')})")
+        for what, price in (("limit", order.limit_price), ("stop", order.stop_price)):
+            if price is not None and not is_on_tick(price, inst.tick_scheme):
+                return (f"{what} price {price} is not on the tick grid for {order.symbol} (nearest valid: "
+                        f"{round_to_tick(price, inst.tick_scheme, 'down')} or "
+                        f"{round_to_tick(price, inst.tick_scheme, 'up')})")
         if order.order_type is OrderType.MARKET and not self.calendar.is_open(now):
             state = self.calendar.state(now)
             return (f"market closed ({state.status}); market orders are accepted only during trading hours; "
                     f"next open {state.next_open.isoformat()}")
         quote = self.market.quote(order.symbol, now)
+        if order.order_type is OrderType.STOP:
+            if order.side is OrderSide.BUY:
+                return "the paper venue takes sell stop orders only (a protective stop on a long position)"
+            if order.stop_price >= quote.bid:        # it would trigger at once (Alpaca: below the base price)
+                return (f"a sell stop must be below the market: stop price {order.stop_price} is not below the "
+                        f"bid {quote.bid} of {order.symbol}")
         if order.side is OrderSide.BUY:
-            price = order.limit_price or self._slipped(quote.ask, inst, OrderSide.BUY)
+            price = order.limit_price or fill_prices.slipped(quote.ask, self.config.slippage_bps, inst.tick_scheme,
+                                                             OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
             row = await conn.fetchrow("SELECT a.cash, " + _OPEN_BUYS + " FROM paper_accounts a WHERE a.agent_id = $1",
@@ -300,27 +313,53 @@ class PaperBroker(BrokerClient):
             """WITH seq AS (UPDATE paper_accounts SET order_seq = order_seq + 1, updated_at = now()
                             WHERE agent_id = $1 RETURNING order_seq)
                INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type,
-                   quantity, limit_price, status, reason, submitted_at, matched_until, updated_at)
-               SELECT $1, $2, 'PAPER-' || $1 || '-' || seq.order_seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10
+                   quantity, limit_price, stop_price, status, reason, submitted_at, matched_until, updated_at)
+               SELECT $1, $2, 'PAPER-' || $1 || '-' || seq.order_seq, $3, $4, $5, $6, $7, $12, $8, $9, $10, $11, $10
                FROM seq RETURNING *""",
             self.account_id, order.client_order_id, order.symbol, order.side.value, order.order_type.value,
             order.quantity, order.limit_price, "rejected" if reason else "submitted", reason, now,
-            _next_minute(now))
+            _next_minute(now), order.stop_price)
 
     async def _match_all(self, conn, now: datetime) -> None:
         rows = await conn.fetch("SELECT * FROM paper_orders WHERE agent_id = $1 AND status IN "
                                 "('submitted', 'partially_filled') ORDER BY submitted_at, broker_order_id",
                                 self.account_id)
+        untouched: dict[str, datetime] = {}              # stops no bar crossed: only matched_until moves
         for row in rows:
-            await self._match_order(conn, row, now, immediate=False)
+            if row["order_type"] == "stop" and row["triggered_at"] is None:
+                until = self._watch_stop(row, now)
+                if until is None:
+                    await self._match_order(conn, row, now, immediate=False)
+                elif until > row["matched_until"]:
+                    untouched[row["client_order_id"]] = until
+            else:
+                await self._match_order(conn, row, now, immediate=False)
+        if untouched:                                    # one statement however many stops rest
+            await conn.execute(
+                "UPDATE paper_orders o SET matched_until = u.until FROM unnest($2::text[], $3::timestamptz[]) "
+                "AS u(coid, until) WHERE o.agent_id = $1 AND o.client_order_id = u.coid", self.account_id,
+                list(untouched), list(untouched.values()))
+
+    def _watch_stop(self, row, now: datetime) -> datetime | None:
+        """A resting stop's new matched_until when no bar since the last match crossed it; None when one did."""
+        timeframe, size = self._resolution(row["symbol"])
+        if now <= row["matched_until"]:
+            return row["matched_until"]
+        bars = self.market.bars(row["symbol"], timeframe, row["matched_until"], now)
+        if any(bar.low <= row["stop_price"] for bar in bars):
+            return None
+        return bars[-1].start + size if bars else row["matched_until"]
 
     async def _match_order(self, conn, row, now: datetime, *, immediate: bool) -> None:
         inst = self.market.instrument(row["symbol"])
+        scheme, slippage = inst.tick_scheme, self.config.slippage_bps
         side = OrderSide(row["side"])
-        limit = row["limit_price"]
+        limit, stop = row["limit_price"], row["stop_price"]
+        is_stop = row["order_type"] == OrderType.STOP.value
+        triggered_at = row["triggered_at"]
         remaining = row["quantity"] - row["filled_quantity"]
         participation = self.config.max_volume_participation
-        fills: list[_Fill] = []
+        fills: list[PaperFill] = []
         matched_until = row["matched_until"]
 
         if immediate:
@@ -328,50 +367,61 @@ class PaperBroker(BrokerClient):
             # liquidity now (capped by the last minute's volume); the rest works against later bars.
             quote = self.market.quote(row["symbol"], now)
             touch = quote.ask if side is OrderSide.BUY else quote.bid
-            if limit is None:
-                price = self._slipped(touch, inst, side)
-            elif (side is OrderSide.BUY and limit >= touch) or (side is OrderSide.SELL and limit <= touch):
-                price = touch
-            else:
-                price = None
-            if price is not None and self.calendar.is_open(now):
+            marketable = limit is None or (side is OrderSide.BUY and limit >= touch) or (
+                side is OrderSide.SELL and limit <= touch)
+            if marketable and self.calendar.is_open(now):
                 # The depth resting at the touch is taken as the last DEPTH_MINUTES minutes of traded volume.
                 timeframe, size = self._resolution(row["symbol"])
                 recent = self.market.bars(row["symbol"], timeframe, now - max(timedelta(minutes=DEPTH_MINUTES), size),
                                           now)
                 qty = min(remaining, self._cap(sum(b.volume for b in recent), participation, inst.lot_size))
                 if qty > 0:
-                    fills.append(_Fill(qty, price, now))
+                    price = touch if limit is not None else fill_prices.on_arrival(
+                        touch, recent[-1], slippage, scheme, side)
+                    fills.append(PaperFill(qty, price, now))
                     remaining -= qty
         else:
             # A working order takes its share of the volume that trades at prices it accepts, accumulated
-            # since it was placed: over many small bars it fills a lot at a time, as a real working order does.
-            end = min(now, self._expiry(row["submitted_at"]))
-            first = _next_minute(row["submitted_at"])
+            # since it was placed (a stop: since it triggered): over many small bars it fills a lot at a time, as
+            # a real working order does. A stop is good till cancelled; other orders end at the session close.
             timeframe, size = self._resolution(row["symbol"])
+            end = now if is_stop else min(now, self._expiry(row["submitted_at"]))
+            if not is_stop:
+                first = _next_minute(row["submitted_at"])
+            elif triggered_at is None:
+                first = matched_until                    # nothing before it crossed the stop
+            else:
+                first = triggered_at - size              # from the bar that triggered it
             bars = self.market.bars(row["symbol"], timeframe, first, end) if end > matched_until else []
-            immediate = await conn.fetchval(
+            on_arrival = 0 if is_stop else await conn.fetchval(
                 "SELECT coalesce(sum(quantity), 0) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
                 "AND filled_at = $3", self.account_id, row["client_order_id"], row["submitted_at"])
-            worked = row["filled_quantity"] - immediate          # filled from bars so far
+            worked = row["filled_quantity"] - on_arrival          # filled from bars so far
             eligible_volume = 0
             for bar in bars:
-                price = self._bar_price(bar, side, limit, inst)
-                if price is None:
-                    continue
+                if is_stop and triggered_at is None:
+                    price = fill_prices.stop_triggered(bar, stop, slippage, scheme)
+                    if price is None:
+                        continue
+                    triggered_at = bar.start + size      # known once the bar that crossed it completes
+                else:
+                    price = fill_prices.in_bar(bar, side, limit, slippage, scheme)
+                    if price is None:
+                        continue
                 eligible_volume += bar.volume
                 if bar.start < matched_until or remaining <= 0:
                     continue                                     # matched on an earlier call
                 qty = min(remaining, self._cap(eligible_volume, participation, inst.lot_size) - worked)
                 if qty > 0:
-                    fills.append(_Fill(qty, price, bar.start + size))
+                    fills.append(PaperFill(qty, price, bar.start + size))
                     remaining -= qty
                     worked += qty
             if bars:
                 matched_until = max(matched_until, bars[-1].start + size)
 
         for fill in fills:
-            await self._apply_fill(conn, row, fill, inst)
+            fee = fill_fees(self.config.fees, value=fill.price * fill.quantity, is_sell=side is OrderSide.SELL)
+            await record_fill(conn, self.account_id, row, fill, fee)
         status = row["status"]
         filled_now = row["quantity"] - remaining
         if remaining == 0:
@@ -379,11 +429,11 @@ class PaperBroker(BrokerClient):
         elif filled_now > 0:
             status = "partially_filled"
         reason = row["reason"]
-        if remaining > 0 and not immediate and now >= self._expiry(row["submitted_at"]):
+        if remaining > 0 and not immediate and not is_stop and now >= self._expiry(row["submitted_at"]):
             status, reason = "expired", "day order expired at the session close"
-        await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6 "
-                           "WHERE agent_id = $1 AND client_order_id = $2", self.account_id,
-                           row["client_order_id"], status, matched_until, reason, now)
+        await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, "
+                           "triggered_at = $7 WHERE agent_id = $1 AND client_order_id = $2", self.account_id,
+                           row["client_order_id"], status, matched_until, reason, now, triggered_at)
 
     def _resolution(self, symbol: str) -> tuple[str, timedelta]:
         """The bars the venue trades on: the feed's own resolution (one minute unless it says otherwise; an
@@ -403,85 +453,9 @@ class PaperBroker(BrokerClient):
         shares = int((Decimal(volume) * participation).to_integral_value(rounding=ROUND_DOWN))
         return shares - shares % lot
 
-    def _slipped(self, price: Decimal, inst: Instrument, side: OrderSide) -> Decimal:
-        factor = self.config.slippage_bps * BPS
-        raw = price * (1 + factor) if side is OrderSide.BUY else price * (1 - factor)
-        return round_to_tick(raw, inst.tick_scheme, "up" if side is OrderSide.BUY else "down")
-
-    def _bar_price(self, bar: Bar, side: OrderSide, limit: Decimal | None, inst: Instrument) -> Decimal | None:
-        if limit is None:  # a market order still working after a partial fill: the bar's open, slipped
-            return self._slipped(bar.open, inst, side)
-        if side is OrderSide.BUY:
-            return min(limit, bar.open) if bar.low <= limit else None
-        return max(limit, bar.open) if bar.high >= limit else None
-
-    async def _apply_fill(self, conn, row, fill: _Fill, inst: Instrument) -> None:
-        side = row["side"]
-        value = fill.price * fill.quantity
-        fee = fill_fees(self.config.fees, value=value, is_sell=side == "sell")
-        cash_delta = -(value + fee) if side == "buy" else value - fee
-        await conn.execute(
-            """WITH fill AS (
-                   INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee,
-                                            filled_at)
-                   SELECT $3 || '-F' || (count(*) + 1), $1, $2, $4, $5, $6, $7, $8, $9
-                   FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2),
-               ord AS (
-                   UPDATE paper_orders SET filled_quantity = filled_quantity + $6, fees = fees + $8,
-                       avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $7::numeric * $6)
-                                              / (filled_quantity + $6), 6)
-                   WHERE agent_id = $1 AND client_order_id = $2)
-               UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1""",
-            self.account_id, row["client_order_id"], row["broker_order_id"], row["symbol"], side, fill.quantity,
-            fill.price, fee, fill.at, cash_delta)
-        if side == "buy":
-            await conn.execute(
-                """INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (agent_id, symbol) DO UPDATE SET
-                     avg_price = round((paper_positions.avg_price * paper_positions.quantity + $4 * $3)
-                                       / (paper_positions.quantity + $3), 6),
-                     quantity = paper_positions.quantity + $3""",
-                self.account_id, row["symbol"], fill.quantity, fill.price)
-        else:
-            closed = await conn.fetchval("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 "
-                                         "AND quantity <= $3 RETURNING symbol", self.account_id, row["symbol"],
-                                         fill.quantity)
-            if closed is None:
-                await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 "
-                                   "AND symbol = $2", self.account_id, row["symbol"], fill.quantity)
-
     async def _result(self, conn, client_order_id: str) -> OrderResult:
-        return self._to_result(await conn.fetchrow(_RESULTS + "AND o.client_order_id = $2", self.account_id,
+        return to_result(await conn.fetchrow(RESULTS + "AND o.client_order_id = $2", self.account_id,
                                                    client_order_id))
-
-    @staticmethod
-    def _to_result(row) -> OrderResult:
-        side = OrderSide(row["side"])
-        coid = row["client_order_id"]
-        fills = zip(row["fill_ids"] or (), row["fill_quantities"] or (), row["fill_prices"] or (),
-                    row["fill_fees"] or (), row["fill_times"] or ())
-        return OrderResult(
-            client_order_id=coid, broker_order_id=row["broker_order_id"], symbol=row["symbol"],
-            side=side, order_type=OrderType(row["order_type"]), quantity=row["quantity"],
-            limit_price=row["limit_price"], status=OrderStatus(row["status"]), filled_quantity=row["filled_quantity"],
-            avg_fill_price=row["avg_fill_price"], fees=row["fees"], reason=row["reason"],
-            submitted_at=row["submitted_at"], updated_at=row["updated_at"],
-            fills=tuple(Fill(fill_id=fid, client_order_id=coid, symbol=row["symbol"], side=side, quantity=qty,
-                             price=price, fee=fee, timestamp=at) for fid, qty, price, fee, at in fills))
-
-
-# An order with its fills in one statement (one snapshot): append "AND ..." conditions and an ORDER BY.
-_RESULTS = """SELECT o.*, f.fill_ids, f.fill_quantities, f.fill_prices, f.fill_fees, f.fill_times
-    FROM paper_orders o
-    CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,
-                               array_agg(quantity ORDER BY filled_at, fill_id) AS fill_quantities,
-                               array_agg(price ORDER BY filled_at, fill_id) AS fill_prices,
-                               array_agg(fee ORDER BY filled_at, fill_id) AS fill_fees,
-                               array_agg(filled_at ORDER BY filled_at, fill_id) AS fill_times
-                        FROM paper_fills pf
-                        WHERE pf.agent_id = o.agent_id AND pf.client_order_id = o.client_order_id) f
-    WHERE o.agent_id = $1 """
-
 
 def _minute(when: datetime) -> datetime:
     return when.replace(second=0, microsecond=0)

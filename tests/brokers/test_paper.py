@@ -174,3 +174,27 @@ async def test_placing_an_order_first_matches_what_another_process_left_resting(
                               big.client_order_id)
     assert row["matched_until"] == OPEN_AT + timedelta(minutes=20)    # matched through the bars completed by M
     assert row["filled_quantity"] > placed.filled_quantity
+
+
+async def test_a_day_order_partly_filled_on_arrival_still_expires_at_the_close(pool, agent_id):
+    """Regression: an order that took liquidity when placed (a marketable limit, partly filled at once) never
+    expired: the quantity filled on arrival was read as "this is the placement", which skips expiry."""
+    from brokers.paper.broker import PaperBroker
+    from tests.fakes.movable import MovableMarket
+    clock = SimulatedClock(OPEN_AT)
+    market = MovableMarket(shared_market(), clock)
+    broker = PaperBroker(pool, market, clock, MarketCalendar("HKEX"), account_id=agent_id, currency="HKD",
+                         config=paper_config())
+    await broker.connect()
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await broker.get_instrument(symbol)
+    ask = (await broker.get_quote(symbol)).ask
+    placed = await broker.place_order(OrderRequest(f"{agent_id}-big", symbol, OrderSide.BUY, inst.lot_size * 40,
+                                                   OrderType.LIMIT, limit_price=ask))
+    assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
+    market.move(symbol, ask * 2)                                # the market leaves the limit behind for good
+    clock.set(datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc))  # 17:00 HKT
+    done = await broker.get_order_by_client_id(placed.client_order_id)
+    assert done.status is OrderStatus.EXPIRED and done.filled_quantity == placed.filled_quantity, done
+    acct = await broker.get_account()
+    assert acct.buying_power == acct.cash                       # nothing held back for it any more

@@ -1,0 +1,79 @@
+"""The paper account's books in SQL: a fill written into its order, the cash and the position (in the caller's
+transaction, under the account lock); an order read back with its fills in one statement."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from core.orders import Fill, OrderResult, OrderSide, OrderStatus, OrderType
+
+# An order with its fills in one statement (one snapshot): append "AND ..." conditions and an ORDER BY.
+RESULTS = """SELECT o.*, f.fill_ids, f.fill_quantities, f.fill_prices, f.fill_fees, f.fill_times
+    FROM paper_orders o
+    CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,
+                               array_agg(quantity ORDER BY filled_at, fill_id) AS fill_quantities,
+                               array_agg(price ORDER BY filled_at, fill_id) AS fill_prices,
+                               array_agg(fee ORDER BY filled_at, fill_id) AS fill_fees,
+                               array_agg(filled_at ORDER BY filled_at, fill_id) AS fill_times
+                        FROM paper_fills pf
+                        WHERE pf.agent_id = o.agent_id AND pf.client_order_id = o.client_order_id) f
+    WHERE o.agent_id = $1 """
+
+
+@dataclass
+class PaperFill:
+    quantity: int
+    price: Decimal
+    at: datetime
+
+
+async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal) -> None:
+    """The fill (numbered after the order's earlier ones), the order's totals, the cash and the position."""
+    side = row["side"]
+    value = fill.price * fill.quantity
+    cash_delta = -(value + fee) if side == "buy" else value - fee
+    await conn.execute(
+        """WITH fill AS (
+               INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee,
+                                        filled_at)
+               SELECT $3 || '-F' || (count(*) + 1), $1, $2, $4, $5, $6, $7, $8, $9
+               FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2),
+           ord AS (
+               UPDATE paper_orders SET filled_quantity = filled_quantity + $6, fees = fees + $8,
+                   avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $7::numeric * $6)
+                                          / (filled_quantity + $6), 6)
+               WHERE agent_id = $1 AND client_order_id = $2)
+           UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1""",
+        account_id, row["client_order_id"], row["broker_order_id"], row["symbol"], side, fill.quantity,
+        fill.price, fee, fill.at, cash_delta)
+    if side == "buy":
+        await conn.execute(
+            """INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (agent_id, symbol) DO UPDATE SET
+                 avg_price = round((paper_positions.avg_price * paper_positions.quantity + $4 * $3)
+                                   / (paper_positions.quantity + $3), 6),
+                 quantity = paper_positions.quantity + $3""",
+            account_id, row["symbol"], fill.quantity, fill.price)
+    else:
+        closed = await conn.fetchval("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 "
+                                     "AND quantity <= $3 RETURNING symbol", account_id, row["symbol"], fill.quantity)
+        if closed is None:
+            await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 "
+                               "AND symbol = $2", account_id, row["symbol"], fill.quantity)
+
+
+def to_result(row) -> OrderResult:
+    """A `RESULTS` row as the port's `OrderResult`."""
+    side = OrderSide(row["side"])
+    coid = row["client_order_id"]
+    fills = zip(row["fill_ids"] or (), row["fill_quantities"] or (), row["fill_prices"] or (),
+                row["fill_fees"] or (), row["fill_times"] or ())
+    return OrderResult(
+        client_order_id=coid, broker_order_id=row["broker_order_id"], symbol=row["symbol"],
+        side=side, order_type=OrderType(row["order_type"]), quantity=row["quantity"],
+        limit_price=row["limit_price"], status=OrderStatus(row["status"]), filled_quantity=row["filled_quantity"],
+        avg_fill_price=row["avg_fill_price"], fees=row["fees"], reason=row["reason"],
+        submitted_at=row["submitted_at"], updated_at=row["updated_at"], stop_price=row["stop_price"],
+        fills=tuple(Fill(fill_id=fid, client_order_id=coid, symbol=row["symbol"], side=side, quantity=qty,
+                         price=price, fee=fee, timestamp=at) for fid, qty, price, fee, at in fills))
