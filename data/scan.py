@@ -146,6 +146,8 @@ class Scanner:
         self.agent_id = agent_id
         self.refresh = refresh
         self.live = live
+        # today's latest scan as last read: (day start, read at (clock), read at (monotonic), candidates)
+        self._latest: tuple | None = None
 
     async def ensure_fresh(self) -> None:
         if self.refresh is None or not await self.refresh.is_stale():
@@ -163,6 +165,7 @@ class Scanner:
 
     async def run(self, *, cycle_id: uuid.UUID | None) -> list[Candidate]:
         import pandas as pd
+        self._latest = None
         await self.ensure_fresh()
         cfg = self.cfg
         now = self.clock.now()
@@ -183,14 +186,29 @@ class Scanner:
 
     async def latest_or_run(self, *, cycle_id: uuid.UUID | None, limit: int | None = None) -> list[Candidate]:
         """Today's most recent scan (this session's daily bars have not changed since), or a fresh one; its top
-        `limit` candidates (all when None)."""
+        `limit` candidates (all when None).
+
+        The scan read last is served again, without asking the database, while the clock is still on that day and
+        not before the read, this scanner has not scanned since, and it was read less than LATEST_SECONDS ago
+        (real time: a scan another process recorded is seen after that)."""
+        import time
         now = self.clock.now()
+        day = self.calendar.day_start(now)
+        latest = self._latest
+        if (latest is not None and latest[0] == day and latest[1] <= now
+                and time.monotonic() - latest[2] < self.LATEST_SECONDS):
+            return latest[3][:limit]
         rows = await self.pool.fetch(
             """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
                WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
                                                       WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)
-               ORDER BY rank LIMIT $4""", self.agent_id, self.calendar.day_start(now), now, limit)
+               ORDER BY rank""", self.agent_id, day, now)
         if rows:
-            return [Candidate(r["symbol"], r["rank"], float(r["score"]), float(r["price"]), tuple(r["reasons"]),
-                              r["metrics"]) for r in rows]
+            found = [Candidate(r["symbol"], r["rank"], float(r["score"]), float(r["price"]), tuple(r["reasons"]),
+                               r["metrics"]) for r in rows]
+            self._latest = (day, now, time.monotonic(), found)
+            return found[:limit]
         return (await self.run(cycle_id=cycle_id))[:limit]
+
+    # How long (real seconds) the scan read last is served again without asking the database.
+    LATEST_SECONDS = 60.0
