@@ -6,11 +6,14 @@ the order's cumulative filled_qty ("<order id>-<filled_qty>" per observed change
 different steps (A saw 100 then 300, B only 300) would record the same id with different quantities, or
 different ids for the same shares (A's "-100" plus B's "-300" = 400 shares for 300 filled).
 
-Orders are DAY orders, whole shares, our client_order_id sent and used for every lookup
-(GET /v2/orders:by_client_order_id). Before the network: a sub-penny limit price (core/ticks.py "us") is refused
-with OrderRejected, a market order outside the session is refused as the paper broker does (Alpaca would queue
-it for the next open), and a sell larger than the position's unencumbered shares is refused (short selling is
-not supported; Alpaca would open a short on a margin account). A repeated client_order_id returns the existing
+Orders are whole shares under our client_order_id, used for every lookup (GET /v2/orders:by_client_order_id):
+market and limit orders for the DAY, STOP orders (protective sell stops) good till cancelled, so they outlive the
+session (Alpaca's aged-order policy cancels a GTC order 90 days after it was created). Before the network: a
+sub-penny limit or stop price (core/ticks.py "us", Alpaca's rule for both) is refused with OrderRejected, a market
+order outside the session is refused as the paper broker does (Alpaca would queue it for the next open), a buy stop
+is refused (Alpaca would turn it into a stop-limit order 2.5-4% above the stop, not the stop-market order asked
+for), and a sell larger than the position's unencumbered shares is refused (short selling is not supported;
+Alpaca would open a short on a margin account; shares a resting stop holds are not free to sell). A repeated client_order_id returns the existing
 order (Alpaca answers "client_order_id must be unique"). When the answer to an order is lost (timeout, dropped
 connection, 5xx) the order is looked up by client_order_id before anything is concluded: never sent twice.
 A refused order (403 insufficient buying power, 422 invalid ...) -> OrderRejected with Alpaca's message.
@@ -237,13 +240,20 @@ class AlpacaBroker(BrokerClient):
             raise OrderRejected(result.reason or "rejected by Alpaca", client_order_id=coid)
         return result
 
+    def _supports_stop_orders(self) -> bool:
+        return True
+
     def _refuse_before_sending(self, order: OrderRequest) -> None:
-        price = order.limit_price
-        if price is not None and not is_on_tick(price, "us"):
-            raise OrderRejected(
-                f"limit price {price} is not on the US tick grid for {order.symbol} (sub-penny: $0.01 steps at or "
-                f"above $1, $0.0001 below; nearest valid: {round_to_tick(price, 'us', 'down')} or "
-                f"{round_to_tick(price, 'us', 'up')}); not sent to Alpaca", client_order_id=order.client_order_id)
+        for name, price in (("limit price", order.limit_price), ("stop price", order.stop_price)):
+            if price is not None and not is_on_tick(price, "us"):
+                raise OrderRejected(
+                    f"{name} {price} is not on the US tick grid for {order.symbol} (sub-penny: $0.01 steps at or "
+                    f"above $1, $0.0001 below; nearest valid: {round_to_tick(price, 'us', 'down')} or "
+                    f"{round_to_tick(price, 'us', 'up')}); not sent to Alpaca", client_order_id=order.client_order_id)
+        if order.order_type is OrderType.STOP and order.side is OrderSide.BUY:
+            raise OrderRejected(f"buy stop orders are not sent to Alpaca: it turns them into stop-limit orders (a limit "
+                                f"4% above a stop under $50, 2.5% above one at or over $50), not the stop-market order "
+                                f"asked for", client_order_id=order.client_order_id)
         if order.order_type is OrderType.MARKET:
             state = self.calendar.state(self.clock.now())
             if not state.is_open:

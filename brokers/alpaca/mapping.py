@@ -16,6 +16,10 @@ plus one rule (`map_status`): an order the table calls SUBMITTED reads PARTIALLY
 and FILLED when all are (done_for_day and calculated report a finished day that way). done_for_day, stopped,
 suspended and calculated stay open: Alpaca still has the last word on them.
 
+Orders: market and limit orders go out for the DAY, a STOP order (a sell stop: type "stop", `stop_price`) good till
+cancelled; it reads back as OrderType.STOP with its `stop_price`, "new" (or "accepted" before the session) while it
+rests, then filled like a market order once a trade prints at or below the stop.
+
 Fills: one `Fill` per execution, from an account FILL activity; `fill_id` is Alpaca's activity id
 ("<time>::<uuid>"). If the activity list lags the order (filled_qty above the executions visible), a finished
 order is reported PARTIALLY_FILLED until they appear (`order_result`), so the order path syncs it again instead
@@ -54,6 +58,10 @@ STATUS_MAP: dict[str, OrderStatus] = {
     "expired": _S.EXPIRED,
     "rejected": _S.REJECTED,
 }
+# Alpaca's order type -> ours. A stop-limit order (Alpaca makes one of every buy stop) is priced like a limit order;
+# a trailing stop (never ours) reads as a market order.
+_ORDER_TYPES = {"market": OrderType.MARKET, "limit": OrderType.LIMIT, "stop_limit": OrderType.LIMIT,
+                "stop": OrderType.STOP, "trailing_stop": OrderType.MARKET}
 _REASONS = {"canceled": "cancelled at Alpaca", "replaced": "replaced by another order at Alpaca",
             "expired": "expired at Alpaca (a day order past its session)", "rejected": "rejected by Alpaca"}
 
@@ -90,7 +98,7 @@ def order_result(raw: Any, fills: list[Fill]) -> OrderResult:
     status = map_status(value(raw.status), filled=filled, quantity=quantity)
     if status.is_terminal and sum(f.quantity for f in fills) < filled:
         status = OrderStatus.PARTIALLY_FILLED        # executions not visible yet: keep the order open for now
-    kind = OrderType.LIMIT if value(raw.type or raw.order_type) in ("limit", "stop_limit") else OrderType.MARKET
+    kind = _ORDER_TYPES.get(value(raw.type or raw.order_type), OrderType.MARKET)
     return OrderResult(
         client_order_id=raw.client_order_id, broker_order_id=str(raw.id), symbol=raw.symbol,
         side=OrderSide(value(raw.side)), order_type=kind,
@@ -98,7 +106,8 @@ def order_result(raw: Any, fills: list[Fill]) -> OrderResult:
         status=status, filled_quantity=filled,
         avg_fill_price=dec(raw.filled_avg_price) if filled and raw.filled_avg_price not in (None, "") else None,
         fees=Decimal(0), reason=_REASONS.get(value(raw.status)), submitted_at=raw.submitted_at,
-        updated_at=raw.updated_at, fills=tuple(sorted(fills, key=lambda f: (f.timestamp, f.fill_id))))
+        updated_at=raw.updated_at, fills=tuple(sorted(fills, key=lambda f: (f.timestamp, f.fill_id))),
+        stop_price=dec(raw.stop_price) if kind is OrderType.STOP and raw.stop_price not in (None, "") else None)
 
 
 def fill(act: dict[str, Any], raw: Any) -> Fill:
@@ -109,12 +118,17 @@ def fill(act: dict[str, Any], raw: Any) -> Fill:
 
 
 def order_request(sdk: "SimpleNamespace", order: OrderRequest) -> Any:
-    """Our OrderRequest -> alpaca-py's request: a DAY order in whole shares under our client_order_id."""
+    """Our OrderRequest -> alpaca-py's request in whole shares under our client_order_id: market and limit orders
+    for the DAY, a STOP order good till cancelled (a protective stop must outlive the session; Alpaca cancels a GTC
+    order 90 days after it was created)."""
     common = dict(symbol=order.symbol, qty=order.quantity, side=sdk.OrderSide(order.side.value),
-                  time_in_force=sdk.TimeInForce.DAY, client_order_id=order.client_order_id)
+                  client_order_id=order.client_order_id)
+    if order.order_type is OrderType.STOP:
+        return sdk.StopOrderRequest(stop_price=float(order.stop_price), time_in_force=sdk.TimeInForce.GTC, **common)
     if order.order_type is OrderType.LIMIT:
-        return sdk.LimitOrderRequest(limit_price=float(order.limit_price), **common)
-    return sdk.MarketOrderRequest(**common)
+        return sdk.LimitOrderRequest(limit_price=float(order.limit_price), time_in_force=sdk.TimeInForce.DAY,
+                                     **common)
+    return sdk.MarketOrderRequest(time_in_force=sdk.TimeInForce.DAY, **common)
 
 
 # ---------------------------------------------------------------- market data and account

@@ -219,13 +219,15 @@ def load_sdk() -> SimpleNamespace:
     from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
     from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import AssetClass, OrderSide as AlpacaSide, QueryOrderStatus, TimeInForce
-    from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+    from alpaca.trading.requests import (GetAssetsRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest,
+                                         StopOrderRequest)
     return SimpleNamespace(
         Sort=Sort, Adjustment=Adjustment, DataFeed=DataFeed, StockHistoricalDataClient=StockHistoricalDataClient,
         StockBarsRequest=StockBarsRequest, StockSnapshotRequest=StockSnapshotRequest, TimeFrame=TimeFrame,
         TimeFrameUnit=TimeFrameUnit, TradingClient=TradingClient, OrderSide=AlpacaSide,
         QueryOrderStatus=QueryOrderStatus, TimeInForce=TimeInForce, GetOrdersRequest=GetOrdersRequest,
-        LimitOrderRequest=LimitOrderRequest, MarketOrderRequest=MarketOrderRequest, AssetClass=AssetClass,
+        LimitOrderRequest=LimitOrderRequest, MarketOrderRequest=MarketOrderRequest, StopOrderRequest=StopOrderRequest,
+        AssetClass=AssetClass,
         GetAssetsRequest=GetAssetsRequest, BarSet=BarSet)
 
 

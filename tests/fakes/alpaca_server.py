@@ -23,7 +23,13 @@ does differently is translated: order ids are UUIDs (uuid5 of the paper id), a r
 price -> 422 42210000 "... sub-penny increment does not fulfill minimum pricing criteria"), a repeated
 client_order_id -> 422 "client_order_id must be unique", fills are FILL activities with ids "<time>::<uuid>".
 Not like Alpaca: market orders outside the session are refused (the paper broker's rule; Alpaca queues them), only
-day market/limit orders in whole shares are accepted, and client_order_id is limited to 48 characters (ours).
+day market/limit orders and day/gtc sell stop orders in whole shares are accepted, and client_order_id is limited
+to 48 characters (ours).
+
+Stop orders (alpaca_stops.py) rest in the fake itself, holding their shares (`qty_available`, 403 "insufficient qty
+available for order"), and are elected when the feed trades at or below them in the session: at once when the feed
+is a MovableMarket and a test moves it (the fake listens), otherwise by the fake's own matching before every
+request; an elected stop is a market sell on the paper exchange, still reported as type "stop".
 
 A margin account, as Alpaca's default (multiplier 2, Reg T): `buying_power` and `regt_buying_power` are twice the
 equity not held by open buy orders, less what is already held long; `non_marginable_buying_power` and `cash` are
@@ -46,6 +52,7 @@ unless a test passes the simulated clock its broker sleeps on).
 
     alpaca_server.py   the fake: lifecycle, faults, routing
     alpaca_trading.py  account, positions, orders (late fills included), fill activities
+    alpaca_stops.py    stop orders: checks, resting, election, how they read
     alpaca_data.py     assets and market data routes, paging, the rate limit
     alpaca_wire.py     errors, records, HTTP plumbing, Alpaca's JSON shapes
 
@@ -108,9 +115,13 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
         self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                                name="fake-alpaca-http", daemon=True)
         self._server_thread.start()
+        if hasattr(self.market, "listen"):     # a MovableMarket: a move elects the stops it crosses at once
+            self.market.listen(self._on_move)
         return self
 
     def stop(self) -> None:
+        if hasattr(self.market, "unlisten"):
+            self.market.unlisten(self._on_move)
         for timer in self._timers:
             timer.cancel()
         if self._server is not None:
@@ -199,6 +210,7 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
             return 401, UNAUTHORIZED, {}
         try:
             headers_out = self._rate_check(path)
+            self.match_stops()                   # the venue's own matching: stops the market crossed meanwhile
             status, answer = self._route(method, path, query, body)
         except _Answer as a:
             status, answer, headers_out = a.status, a.body, a.headers

@@ -1,5 +1,6 @@
 """The fake Alpaca's trading routes (a mixin of FakeAlpaca; see alpaca_server.py for what it models): the account
-(a margin account), positions, orders (late fills included), and the FILL activities.
+(a margin account), positions, orders (late fills included; stop orders in alpaca_stops.py), and the FILL
+activities.
 
 Everything here runs on the HTTP handler threads; the paper broker lives on the fake's own loop (`self.run`).
 A late fill's order is accepted under the order lock and placed from a timer thread, never from the loop (whose
@@ -17,11 +18,12 @@ from typing import Any
 
 from core.errors import InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
+from tests.fakes.alpaca_stops import StopOrders
 from tests.fakes.alpaca_wire import (ID_SPACE, NEW_YORK, PAPER_TO_ALPACA, _Answer, _error, _number, _s, _time_param,
                                      _ts)
 
 
-class TradingRoutes:
+class TradingRoutes(StopOrders):
     """GET /v2/account, /v2/positions[/{symbol}], POST|GET /v2/orders, GET /v2/orders:by_client_order_id,
     GET|DELETE /v2/orders/{id}, GET /v2/account/activities/FILL."""
 
@@ -31,8 +33,10 @@ class TradingRoutes:
         self._order_lock = threading.Lock()
         self._ids: dict[str, str] = {}                    # alpaca order id -> client_order_id
         self._late: dict[str, tuple[OrderRequest, OrderResult]] = {}    # client_order_id -> accepted, not placed yet
-        self._late_ids: dict[str, str] = {}                               # client_order_id -> its Alpaca id
+        self._late_ids: dict[str, str] = {}     # client_order_id -> the Alpaca id given at acceptance (a late fill,
+                                                # a stop), kept once the order is on the paper exchange
         self._timers: list[threading.Timer] = []
+        self._init_stops()
 
     # ------------------------------------------------------------ account and positions
     def _get_account(self, q, body) -> tuple[int, Any]:
@@ -62,11 +66,11 @@ class TradingRoutes:
         return 200, self._position_json(*found)
 
     def _positions(self) -> dict[str, tuple[Any, int]]:
-        """symbol -> (paper position, shares in open sell orders)."""
+        """symbol -> (paper position, shares in open sell orders, resting stops included)."""
         held = self.run(self.paper.get_positions())
         open_orders = self.run(self.paper.get_orders(open_only=True)) + [r for _, r in self._late.values()
                                                                            if r.status.is_open]
-        selling: dict[str, int] = {}
+        selling: dict[str, int] = self._held_by_stops()
         for o in open_orders:
             if o.side is OrderSide.SELL:
                 selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
@@ -88,11 +92,15 @@ class TradingRoutes:
     # ------------------------------------------------------------ orders
     def _post_order(self, q, body) -> tuple[int, Any]:
         request = self._order_request(body)
+        coid = request.client_order_id
         with self._order_lock:        # check-then-place must not interleave with another POST of the same id
-            existing = self.run(self.paper.get_order_by_client_id(request.client_order_id))
-            if request.client_order_id in self._late or (existing is not None
-                                                         and existing.status is not OrderStatus.REJECTED):
+            existing = self.run(self.paper.get_order_by_client_id(coid))
+            if coid in self._late or coid in self._stops or (existing is not None
+                                                             and existing.status is not OrderStatus.REJECTED):
                 raise _error(422, 40010001, "client_order_id must be unique")
+            self._refuse_unavailable(request)         # shares held by open sells, stops included, are not free
+            if request.order_type is OrderType.STOP:
+                return 200, self._order_json(self._accept_stop(request, body["time_in_force"]))
             if request.order_type is OrderType.MARKET and self.fill_delay is not None and self._acceptable(request):
                 return 200, self._order_json(self._accept_late(request))
             try:
@@ -104,10 +112,11 @@ class TradingRoutes:
         return 200, self._order_json(result)
 
     def _order_request(self, body: Any) -> OrderRequest:
-        """Alpaca's request checks for what the paper exchange can do: day market/limit orders in whole shares."""
+        """Alpaca's request checks for what the fake can do: day market/limit orders and day/gtc sell stop orders,
+        in whole shares."""
         if not isinstance(body, dict):
             raise _error(400, 40010000, "request body format is invalid")
-        for key in ("notional", "stop_price", "trail_price", "trail_percent", "legs", "take_profit", "stop_loss"):
+        for key in ("notional", "trail_price", "trail_percent", "legs", "take_profit", "stop_loss"):
             if body.get(key) is not None:
                 raise _error(422, 40010001, f"{key} is not supported by the fake Alpaca")
         if body.get("order_class") not in (None, "", "simple"):
@@ -117,9 +126,10 @@ class TradingRoutes:
             raise _error(422, 40010001, "symbol is required")
         if side not in ("buy", "sell"):
             raise _error(422, 40010001, f"invalid side {side!r}")
-        if kind not in ("market", "limit"):
+        if kind not in ("market", "limit", "stop"):
             raise _error(422, 40010001, f"invalid order type {kind!r} for the fake Alpaca")
-        if body.get("time_in_force") != "day":
+        stop = self._check_stop(body, kind, side)
+        if kind != "stop" and body.get("time_in_force") != "day":
             raise _error(422, 40010001, f"time_in_force {body.get('time_in_force')!r} is not supported by the fake")
         if body.get("extended_hours"):
             raise _error(422, 42210000, "extended hours orders are not supported by the fake Alpaca")
@@ -136,7 +146,8 @@ class TradingRoutes:
         try:
             return OrderRequest(client_order_id=body.get("client_order_id") or str(uuid.uuid4()), symbol=symbol,
                                 side=OrderSide(side), quantity=int(qty), order_type=OrderType(kind),
-                                limit_price=None if limit is None else _number(limit, "limit_price"))
+                                limit_price=None if limit is None else _number(limit, "limit_price"),
+                                stop_price=stop)
         except InvalidRequest as exc:
             raise _error(422, 40010001, str(exc)) from None
 
@@ -162,8 +173,11 @@ class TradingRoutes:
         status = q.get("status", "open")
         if status not in ("open", "closed", "all"):
             raise _error(422, 40010001, f"invalid status {status!r}")
-        orders = self._visible(self.run(self.paper.get_orders(open_only=status == "open")))
+        orders = [o for o in self._visible(self.run(self.paper.get_orders(open_only=status == "open")))
+                  if o.client_order_id not in self._stops]
         orders += [r for _, r in list(self._late.values()) if status != "open" or r.status.is_open]
+        stops = [self._stop_view(s) for s in list(self._stops.values())]
+        orders += [o for o in stops if status != "open" or o.status.is_open]
         if status == "closed":
             orders = [o for o in orders if o.status.is_terminal]
         after, until = _time_param(q.get("after")), _time_param(q.get("until"))
@@ -186,6 +200,8 @@ class TradingRoutes:
         if order.status.is_terminal:
             raise _error(422, 42210000, f'order is already in "{PAPER_TO_ALPACA[order.status.value]}" state')
         with self._order_lock:
+            if self._cancel_stop(order.client_order_id):
+                return 204, None
             late = self._late.get(order.client_order_id)
             if late is not None:
                 self._late[order.client_order_id] = (late[0], replace(late[1], status=OrderStatus.CANCELLED,
@@ -195,6 +211,9 @@ class TradingRoutes:
         return 204, None
 
     def _order(self, client_order_id: str) -> OrderResult:
+        stop = self._stops.get(client_order_id)
+        if stop is not None:
+            return self._stop_view(stop)
         late = self._late.get(client_order_id)
         if late is not None:
             return late[1]
@@ -212,6 +231,8 @@ class TradingRoutes:
         if coid is None:
             for o in self.run(self.paper.get_orders()) + [r for _, r in list(self._late.values())]:
                 self._order_json(o)
+            for stop in list(self._stops.values()):
+                self._order_json(self._stop_view(stop))
             coid = self._ids.get(order_id)
         if coid is None:
             raise _error(404, 40410000, "order not found")
@@ -247,7 +268,7 @@ class TradingRoutes:
             "position_intent": "buy_to_open" if o.side is OrderSide.BUY else "sell_to_close",
             "time_in_force": "day", "limit_price": _s(o.limit_price) if o.limit_price is not None else None,
             "stop_price": None, "status": status, "extended_hours": False, "legs": None, "trail_percent": None,
-            "trail_price": None, "hwm": None}
+            "trail_price": None, "hwm": None, **self._stop_fields(o, status)}
 
     # ------------------------------------------------------------ late fills
     def _acceptable(self, request: OrderRequest) -> bool:
