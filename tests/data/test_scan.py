@@ -92,7 +92,7 @@ async def test_the_days_scan_is_reused_until_the_next_day(pool, agent_id):
 
 async def test_the_scan_served_again_is_the_one_the_database_holds_and_a_new_scan_replaces_it(pool, agent_id):
     """The scan read last is kept in memory for the cycles after it: it must equal a fresh read of the database,
-    and a scan this scanner records later the same day is what the next call serves."""
+    and after this scanner records a new scan the next call reads that one (here marked in the database)."""
     s = await build_services(agent_settings(agent_id, market_data={"universe_size": 60}), pool,
                              SimulatedClock(OPEN_AT))
     await s.scanner.run(cycle_id=None)
@@ -101,10 +101,10 @@ async def test_the_scan_served_again_is_the_one_the_database_holds_and_a_new_sca
     s.clock.advance(timedelta(minutes=30))
     kept = await s.scanner.latest_or_run(cycle_id=None, limit=5)  # from memory
     assert kept == read[:5]
-    await pool.execute("UPDATE scan_results SET price = price + 1000 WHERE agent_id = $1", agent_id)   # mark them
     s.clock.advance(timedelta(minutes=1))
-    newer = await s.scanner.run(cycle_id=None)
+    await s.scanner.run(cycle_id=None)
+    await pool.execute("UPDATE scan_results SET price = price + 1000 WHERE agent_id = $1 AND scanned_at = $2",
+                       agent_id, s.clock.now())                     # the new scan's rows, told apart
     s.clock.advance(timedelta(minutes=1))
     served = await s.scanner.latest_or_run(cycle_id=None)
-    assert [(c.symbol, c.price) for c in served] == [(c.symbol, c.price) for c in newer]
-    assert all(c.price < 1000 for c in served)
+    assert [(c.symbol, c.price) for c in served] == [(c.symbol, c.price + 1000) for c in read]
