@@ -27,6 +27,7 @@ decision is checked against an unmatched book.
   (partial fills).
 - Lot size and tick size are enforced; fees come from `paper.fees`; resubmitting a client_order_id returns the
   first order, never a second one.
+- `open_quote_stream` pushes the followed symbols' quotes from the feed (`paper.stream`), no quota.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
 from brokers.paper.ledger import RESULTS, PaperFill, record_fill, to_result
+from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
 from core.ticks import is_on_tick, round_to_tick
@@ -104,6 +106,9 @@ class PaperBroker(BrokerClient):
     async def _get_quote(self, symbol: str) -> Quote:
         await self._get_instrument(symbol)
         return self.market.quote(symbol, self.clock.now())
+
+    async def _open_quote_stream(self) -> PaperQuoteStream:
+        return PaperQuoteStream(self.market, self.clock)
 
     async def _get_bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> Sequence[Bar]:
         await self._get_instrument(symbol)
