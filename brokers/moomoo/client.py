@@ -27,7 +27,8 @@ neither deals nor fees, so in SIMULATE fills are derived from the order's filled
 fees are 0.
 
 Market data for the bar store (`list_securities`, `daily_history`) is `history.py`'s, inside OpenD's documented
-limits (`limits.py`); waits go through the injected `sleep` on the injected clock.
+limits (`limits.py`); waits go through the injected `sleep` on the injected clock. Pushed quotes for the monitor
+(`open_quote_stream`) are `stream.py`'s: QUOTE subscriptions within the account's quota, kept at least a minute.
 """
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-from brokers.base import BrokerClient
+from brokers.base import BrokerClient, QuoteStream
 from brokers.moomoo import mapping
 from brokers.moomoo.book import OrderBook
 from brokers.moomoo.history import OpenDHistory
 from brokers.moomoo.limits import SNAPSHOT_CODES_MAX, Sleep
 from brokers.moomoo.mapping import HKT, KLINE_TYPES, OrderView, to_moomoo_code
 from brokers.moomoo.sdk import OpenDSession, is_unknown_symbol, push_handlers
+from brokers.moomoo.stream import OpenDQuoteStream
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
@@ -95,7 +97,8 @@ class MoomooBroker(BrokerClient):
         self._book = OrderBook()
         self._instruments: dict[str, Instrument] = {}
         self._sim_fills: dict[str, list[Fill]] = {}
-        self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=rate_clock or RealClock(),
+        self._rate_clock = rate_clock or RealClock()
+        self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=self._rate_clock,
                                     sleep=sleep or asyncio.sleep, snapshot_batch=snapshot_batch)
 
     @classmethod
@@ -233,6 +236,13 @@ class MoomooBroker(BrokerClient):
                             low=mapping.dec(row["low"]), close=mapping.dec(row["close"]),
                             volume=int(float(row["volume"]))))
         return sorted(bars, key=lambda b: b.start)
+
+    async def _open_quote_stream(self) -> QuoteStream:
+        """Pushed quotes over a connection of their own (stream.py): QUOTE subscriptions within the account's
+        quota, each kept at least OpenD's minute."""
+        if not self._opend.is_open:
+            raise BrokerUnavailable("moomoo broker is not connected (call connect() first)")
+        return await OpenDQuoteStream(self._opend, clock=self.clock, rate_clock=self._rate_clock).start()
 
     # ------------------------------------------------------------ history for the bar store (history.py)
     async def _list_securities(self, spec: UniverseSpec) -> list[Listing]:

@@ -7,6 +7,9 @@ Each number is from the moomoo / Futu OpenAPI docs (sources in docs/notes/moomoo
                              30 seconds, counting only each symbol's FIRST page (later pages are not limited)
     get_plate_stock          at most 10 requests in any 30 seconds
     history K-line quota     one unit per symbol not fetched in the last 30 days (get_history_kl_quota)
+    quote subscriptions      one unit of the subscription quota (100 / 300 / 1000 / 2000 by account) per security
+                             and sub type held by any connection (query_subscription: total_used, remain); a
+                             subscription can be cancelled only after at least one minute ("Quote related" Q2)
 
 The rule is "at most n in 30 seconds: the 1st and the (n+1)th request are more than 30 seconds apart": a burst of
 n, then a wait, is allowed. `RateWindow` keeps it by the injected clock and sleeps with the injected sleep, so tests
@@ -30,6 +33,7 @@ KLINE_FIRST_PAGE_RATE = (60, 30.0)
 PLATE_RATE = (10, 30.0)
 KL_QUOTA_DAYS = 30
 MARGIN = timedelta(seconds=0.5)      # "more than 30 seconds apart", measured at OpenD, not here
+UNSUBSCRIBE_AFTER = timedelta(minutes=1) + MARGIN      # a subscription's minimum age before OpenD lets it go
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -109,13 +109,31 @@ class OpenDSession:
                 await asyncio.to_thread(ctx.close)
         self._trade = self._quote = None
 
-    async def _open(self, base: type, **kwargs: Any) -> Any:
+    async def open_push_context(self, *, deliver: Callable[[dict[str, Any]], None], heard: Callable[[], None],
+                                lost: Callable[[str], None]) -> Any:
+        """A quote context of its own for pushed basic quotes: `deliver(row)` for each pushed quote, `heard()` for
+        each keep-alive OpenD answers, `lost(why)` once the connection drops (the SDK's close reason; all three on
+        the SDK's threads). It does not reconnect: a lost stream is opened again by its owner."""
+        base, pushes = _push_classes(self.sdk)
+
+        def prepare(ctx: Any) -> None:
+            ctx.stream_heard, ctx.stream_lost = heard, lost
+
+        ctx = await self._open(base, prepare=prepare, host=self.config.host, port=self.config.port)
+        ctx._auto_reconnect = False
+        ctx.set_handler(pushes(deliver))
+        return ctx
+
+    async def _open(self, base: type, *, prepare: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
         """Build an SDK context in a daemon thread: its constructor retries forever while no OpenD listens, and a
-        thread of asyncio's default executor would be joined (forever) at interpreter exit."""
+        thread of asyncio's default executor would be joined (forever) at interpreter exit. `prepare(ctx)` runs
+        before the constructor (so a hook the connection calls is in place from its first packet)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         cls = _context_class(base)
         ctx = cls.__new__(cls)
+        if prepare is not None:
+            prepare(ctx)
 
         def settle(error: BaseException | None) -> None:
             if not done.done():
@@ -373,3 +391,43 @@ def push_handlers(sdk: ModuleType, *, account_id: Callable[[], int], on_order: C
         _handler_cache[id(sdk)] = (OrderPushes, DealPushes)
     orders, deals = _handler_cache[id(sdk)]
     return orders(account_id, on_order), deals(account_id, on_deal)
+
+
+_push_class_cache: dict[int, tuple[type, type]] = {}
+
+
+def _push_classes(sdk: ModuleType) -> tuple[type, type]:
+    """(an OpenQuoteContext that reports keep-alive answers and a dropped connection, a basic-quote push handler)."""
+    if id(sdk) not in _push_class_cache:
+        net = importlib.import_module("moomoo.common.network_manager")
+        keep_alive = sdk.ProtoId.KeepAlive
+
+        class PushQuoteContext(sdk.OpenQuoteContext):
+            stream_heard: Callable[[], None] = staticmethod(lambda: None)
+            stream_lost: Callable[[str], None] = staticmethod(lambda reason: None)
+
+            def handle_packet(self, conn_id: Any, proto_id: int, serial_no: int, rsp_pb: Any, err: Any,
+                              msg: Any) -> None:
+                if proto_id == keep_alive and err is net.PacketErr.Ok:
+                    self.stream_heard()           # KeepAlive (1004) answered: OpenD is alive
+                super().handle_packet(conn_id, proto_id, serial_no, rsp_pb, err, msg)
+
+            def on_disconnect(self, conn_id: Any, reason: Any, msg: Any) -> None:
+                if reason is not net.CloseReason.Close:        # not our own close()
+                    self.stream_lost(f"{getattr(reason, 'name', reason)}{': ' + str(msg) if msg else ''}")
+                super().on_disconnect(conn_id, reason, msg)
+
+        class BasicQuotePushes(sdk.StockQuoteHandlerBase):
+            def __init__(self, deliver: Callable[[dict[str, Any]], None]) -> None:
+                super().__init__()
+                self.deliver = deliver
+
+            def on_recv_rsp(self, rsp_pb: Any) -> tuple[int, Any]:
+                ret, rows = self.parse_rsp_pb(rsp_pb)       # a list of dicts; the base class builds a DataFrame
+                if ret == sdk.RET_OK:
+                    for row in rows:
+                        self.deliver(row)
+                return ret, rows
+
+        _push_class_cache[id(sdk)] = (PushQuoteContext, BasicQuotePushes)
+    return _push_class_cache[id(sdk)]

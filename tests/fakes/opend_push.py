@@ -61,6 +61,7 @@ class PushHandlers:
         self._push_reg: dict[int, set[Key]] = {}                # conn id -> keys whose pushes it gets
         self._lingering: dict[Key, datetime] = {}               # a closed connection's young keys -> released at
         self._last_pushed: dict[tuple[int, str], Quote] = {}
+        self._day_range: dict[tuple[str, Any], tuple[Any, Any]] = {}      # (code, session day) -> (high, low)
         self._stalled = False
 
     # ------------------------------------------------------------ test controls (any thread)
@@ -129,7 +130,12 @@ class PushHandlers:
         first = not c2s.HasField("isFirstPush") or c2s.isFirstPush
         codes = sorted({code for code, sub in keys if sub == SUB_BASIC})
         if first and codes and not self._stalled and self._registered(conn, codes):
-            return [(P_BASIC_QOT, self._basic_push(codes), conn)]
+            now = self.clock.now()
+            current = {c: self.market.quote(self.market.instrument(c).symbol, now) for c in codes}
+            for c in codes:
+                self._last_pushed[(conn.conn_id, c)] = current[c]
+            self.pushed += len(codes)
+            return [(P_BASIC_QOT, self._basic_push(codes, current), conn)]
         return []
 
     def _check_age(self, mine: dict[Key, datetime], keys: list[Key], now: datetime) -> None:
@@ -177,6 +183,9 @@ class PushHandlers:
 
     # ------------------------------------------------------------ 3005 Qot_UpdateBasicQot
     def _basic_push(self, codes: list[str], quotes: dict[str, Quote] | None = None) -> Any:
+        """A Qot_UpdateBasicQot push of these codes. The day's open is the quote at the session's open and its
+        high and low are the extremes of the quotes this fake has pushed (not the day's bars: a push must go out
+        within milliseconds of a move, and nothing downstream reads them)."""
         push = self._module(P_BASIC_QOT).Response()
         push.retType = 0
         now = self.clock.now()
@@ -186,16 +195,16 @@ class PushHandlers:
         for code in codes:
             inst = self.market.instrument(code)
             q = (quotes or {}).get(code) or self.market.quote(inst.symbol, now)
-            today = self.market.bars(inst.symbol, "1m", opens[0][0], now) if opens else []
-            prev_close = self.market.quote(inst.symbol, opens[0][0]).last if opens else q.last
+            opened = self.market.quote(inst.symbol, opens[0][0]).last if opens else q.last
+            high, low = self._day_range.get((code, day), (opened, opened))
+            high, low = max(high, q.last), min(low, q.last)
+            self._day_range[(code, day)] = high, low
             b = push.s2c.basicQotList.add()
             b.security.market, b.security.code, b.name = QOT_MARKET_HK, code, inst.name
             b.isSuspended, b.listTime = False, "2015-01-02"
             b.priceSpread, b.updateTime = float(tick_size(q.last, "hkex")), _local(q.timestamp)
-            b.openPrice = float(today[0].open if today else q.last)
-            b.highPrice = float(max([b_.high for b_ in today] + [q.last]))
-            b.lowPrice = float(min([b_.low for b_ in today] + [q.last]))
-            b.curPrice, b.lastClosePrice = float(q.last), float(prev_close)
+            b.openPrice, b.highPrice, b.lowPrice = float(opened), float(high), float(low)
+            b.curPrice, b.lastClosePrice = float(q.last), float(opened)
             b.volume, b.turnover, b.turnoverRate, b.amplitude = q.volume, float(q.last * q.volume), 0.0, 0.0
         return push
 
