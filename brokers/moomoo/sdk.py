@@ -4,7 +4,9 @@ SDK side effects we contain (`load_sdk`): it writes logs under ~/.com.moomoo.Ope
 `<log_dir>/moomoo/`), prints to the console (its console handler removed, and a NullHandler in its place: without
 one, Python's last-resort handler prints the SDK's warnings to stderr; every console line is a file line too),
 installs a SIGINT handler that calls os._exit(0) (restored), and its context constructors retry forever while no
-OpenD listens (constructed in a daemon thread and abandoned on timeout: `OpenDSession`).
+OpenD listens (constructed in a daemon thread and abandoned on timeout: `OpenDSession`). A quote stream gets a third
+context of its own (`open_push_context`): it reports keep-alive answers and a dropped connection, and does not
+reconnect.
 
 The SDK is synchronous: every call runs in a worker thread (`asyncio.to_thread`) under the configured request
 timeout (`OpenDSession.call`). The SDK has timeouts of its own that would fire first: 12 s per request
