@@ -32,7 +32,9 @@ async def test_a_filled_entry_gets_one_stop_at_the_broker_at_its_protective_leve
 
 
 async def test_a_trailing_stop_raised_five_times_ends_with_exactly_one_working_stop_at_the_last_level(pool, agent_id):
-    s = await paper_services(pool, agent_id)
+    # take-profit far away: the price rises ~22% and the position must stay open
+    s = await paper_services(pool, agent_id, signals={"take_profit_strong": Decimal("0.9"),
+                                                      "take_profit_moderate": Decimal("0.8")})
     symbol, pos = await enter(s)
     monitor = s.monitor()
     market = s.broker.market

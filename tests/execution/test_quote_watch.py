@@ -79,9 +79,9 @@ async def test_a_pushed_price_through_the_stop_exits_without_waiting_for_a_poll(
     async with Watching(s) as w:
         assert w.watch.followed == {symbol}
         s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))
-        rows = await until(w.sells, "the exit order")
+        await until(lambda: w.monitor.stream_exits == 1, "the pushed price's exit")
+        rows = await w.sells()
         assert [(r["intent"], r["quantity"]) for r in rows] == [("stop_loss", pos["quantity"])]
-        assert w.monitor.stream_exits == 1
         reason = await s.pool.fetchval("SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'",
                                        agent_id)
         assert "seen on pushed price" in reason
@@ -113,11 +113,11 @@ async def test_a_stop_crossed_and_recovered_during_a_stall_is_found_in_the_gap(p
         s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))       # through the stop ...
         s.clock.advance(timedelta(minutes=2))
         s.broker.market.move(symbol, pos["avg_entry_price"])                    # ... and back before any poll
-        rows = await until(w.sells, "the exit for the crossing inside the gap")
-        assert [r["intent"] for r in rows] == ["stop_loss"]          # the hard stop, judged on the gap's low
-        reason = await s.pool.fetchval("SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'",
-                                       agent_id)
+        reason = await until(lambda: s.pool.fetchval(
+            "SELECT reasoning FROM decisions WHERE agent_id = $1 AND action = 'close'", agent_id),
+            "the exit for the crossing inside the gap")
         assert "stream gap" in reason
+        assert [r["intent"] for r in await w.sells()] == ["stop_loss"]   # the hard stop, judged on the gap's low
 
 
 async def test_a_dropped_stream_is_reported_and_reopened(pool, agent_id):
