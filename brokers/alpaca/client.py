@@ -20,6 +20,10 @@ A refused order (403 insufficient buying power, 422 invalid ...) -> OrderRejecte
 
 Bars, like every bar, are returned only once complete by the clock.
 
+Pushed quotes (`open_quote_stream`) come from Alpaca's real-time stock data stream through alpaca-py's
+StockDataStream (stream.py): wss://stream.data.alpaca.markets/v2/{alpaca.data_feed} unless ALPACA_STREAM_URL
+overrides it, at most `stream_symbol_limit` symbols (the Basic plan's 30 by default).
+
 Market data for the bar store (`list_securities`, `daily_history`) is `history.py`'s; 429 waits go through the
 injected `sleep` (asyncio.sleep by default).
 """
@@ -33,7 +37,8 @@ from brokers.alpaca import mapping
 from brokers.alpaca.history import AlpacaHistory
 from brokers.alpaca.sdk import (LIVE_URL, PAPER_URL, AlpacaRefused, AlpacaSession, AnswerLost, NotFound,
                                 check_endpoint, clean_url)
-from brokers.base import BrokerClient
+from brokers.alpaca.stream import STREAM_SYMBOL_LIMIT, STREAM_URL, AlpacaQuoteStream
+from brokers.base import BrokerClient, QuoteStream
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -64,9 +69,12 @@ class AlpacaBroker(BrokerClient):
     def __init__(self, config: AlpacaConfig, *, api_key: str, secret_key: str, base_url: str | None = None,
                  data_url: str | None = None, clock: Clock | None = None, calendar: "MarketCalendar | None" = None,
                  retry_attempts: int = 3, max_retry_wait_seconds: float = 10.0, rate_clock: Clock | None = None,
-                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[None]] | None = None, stream_url: str | None = None,
+                 stream_symbol_limit: int | None = STREAM_SYMBOL_LIMIT) -> None:
         """`rate_clock` and `sleep` time the waits Alpaca's 429s ask for: real time and asyncio.sleep unless given
-        (a test passes a simulated clock and a sleep that moves it; `clock` stays the market's)."""
+        (a test passes a simulated clock and a sleep that moves it; `clock` stays the market's). `stream_url`
+        overrides the quote stream's endpoint; `stream_symbol_limit` is the market data plan's websocket symbol
+        limit (None: unlimited, Algo Trader Plus)."""
         if not api_key or not secret_key:
             raise ConfigError("broker alpaca needs ALPACA_API_KEY and ALPACA_SECRET_KEY")
         from core.calendar import MarketCalendar
@@ -81,6 +89,9 @@ class AlpacaBroker(BrokerClient):
                                       max_retry_wait_seconds=max_retry_wait_seconds,
                                       clock=rate_clock or RealClock(), sleep=sleep)
         self.history = AlpacaHistory(self._session, config=config, clock=self.clock, calendar=self.calendar)
+        self.stream_url = (stream_url or "").strip() or STREAM_URL.format(feed=config.data_feed)
+        self.stream_symbol_limit = stream_symbol_limit
+        self._stream_keys = (api_key, secret_key)
         self._instruments: dict[str, Instrument] = {}
         self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
 
@@ -92,7 +103,8 @@ class AlpacaBroker(BrokerClient):
                       calendar: "MarketCalendar | None" = None, rate_clock: Clock | None = None,
                       sleep: Callable[[float], Awaitable[None]] | None = None) -> "AlpacaBroker":
         """From config `alpaca:` and .env: ALPACA_API_KEY, ALPACA_SECRET_KEY (required), ALPACA_BASE_URL (trading
-        endpoint), ALPACA_DATA_URL (market data endpoint); `rate_clock` and `sleep` as in the constructor."""
+        endpoint), ALPACA_DATA_URL (market data endpoint), ALPACA_STREAM_URL (the real-time quote stream);
+        `rate_clock` and `sleep` as in the constructor."""
         from core.calendar import MarketCalendar
         env, config = settings.env, settings.config.alpaca
         missing = [k for k in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY") if not env.get(k)]
@@ -107,7 +119,8 @@ class AlpacaBroker(BrokerClient):
         check_endpoint(base_url, config.paper)
         return cls(config, api_key=env.get("ALPACA_API_KEY"), secret_key=env.get("ALPACA_SECRET_KEY"),
                    base_url=base_url, data_url=env.get("ALPACA_DATA_URL"), clock=clock,
-                   calendar=calendar or MarketCalendar(exchange), rate_clock=rate_clock, sleep=sleep)
+                   calendar=calendar or MarketCalendar(exchange), rate_clock=rate_clock, sleep=sleep,
+                   stream_url=env.get("ALPACA_STREAM_URL"))
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
@@ -168,6 +181,16 @@ class AlpacaBroker(BrokerClient):
                 if quote is not None:
                     out[symbol] = quote
         return out
+
+    async def _open_quote_stream(self) -> QuoteStream:
+        """A new connection to Alpaca's stock data stream (Alpaca allows one per account); BrokerUnavailable when
+        it cannot connect or log in."""
+        self._session.clients()                                  # connect() first
+        stream = AlpacaQuoteStream(url=self.stream_url, feed=self.config.data_feed, keys=self._stream_keys,
+                                   seed=self.get_quotes, limit=self.stream_symbol_limit,
+                                   timeout=self.config.timeout_seconds)
+        await stream.start()
+        return stream
 
     async def _snapshots(self, symbols: list[str]) -> dict[str, Any]:
         sdk, _, data = self._session.clients()

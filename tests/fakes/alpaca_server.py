@@ -11,6 +11,10 @@ A real HTTP/1.1 server (http.server, keep-alive) on 127.0.0.1 serving both of Al
            GET /v2/stocks/snapshots, /v2/stocks/quotes/latest, /v2/stocks/trades/latest (symbols)
            (assets and market data: alpaca_data.py, with Alpaca's paging and, when asked, its rate limit)
 
+and, on its own port, Alpaca's real-time stock data websocket (`stream_url`, alpaca_stream.py; alpaca-py's
+StockDataStream(url_override=...) speaks to it): quotes and trades of the subscribed symbols, pushed when the feed
+(a MovableMarket) moves and periodically.
+
 Every request must carry APCA-API-KEY-ID / APCA-API-SECRET-KEY with the fake's keys (else 401). JSON shapes are
 Alpaca's as alpaca-py parses them: trading numbers are strings, data numbers are JSON numbers, timestamps RFC 3339
 UTC, daily bars stamped at midnight New York, errors {"code": ..., "message": ...}.
@@ -53,6 +57,7 @@ unless a test passes the simulated clock its broker sleeps on).
     alpaca_server.py   the fake: lifecycle, faults, routing
     alpaca_trading.py  account, positions, orders (late fills included), fill activities
     alpaca_stops.py    stop orders: checks, resting, election, how they read
+    alpaca_stream.py   the real-time stock data websocket (`stream_url`; `stream` has its test controls)
     alpaca_data.py     assets and market data routes, paging, the rate limit
     alpaca_wire.py     errors, records, HTTP plumbing, Alpaca's JSON shapes
 
@@ -76,6 +81,7 @@ from brokers.paper.broker import PaperBroker
 from core.calendar import MarketCalendar
 from core.clock import Clock, RealClock
 from tests.fakes.alpaca_data import DataRoutes
+from tests.fakes.alpaca_stream import FakeAlpacaStream
 from tests.fakes.alpaca_trading import TradingRoutes
 from tests.fakes.alpaca_wire import UNAUTHORIZED, Recorded, _Answer, _error, _Fault, _handler_class
 
@@ -83,7 +89,8 @@ from tests.fakes.alpaca_wire import UNAUTHORIZED, Recorded, _Answer, _error, _Fa
 class FakeAlpaca(TradingRoutes, DataRoutes):
     def __init__(self, *, pg_url: str, market: Any, clock: Any, account_id: str, paper_config: Any,
                  calendar: MarketCalendar | None = None, api_key: str = "PKFAKEKEY0000000",
-                 secret_key: str = "fake-secret-0000000000000000", rate_clock: Clock | None = None) -> None:
+                 secret_key: str = "fake-secret-0000000000000000", rate_clock: Clock | None = None,
+                 stream_symbol_limit: int | None = 30) -> None:
         self.pg_url, self.market, self.clock = pg_url, market, clock
         self.rate_clock = rate_clock or RealClock()
         self.calendar = calendar or MarketCalendar("NYSE")
@@ -100,6 +107,8 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
         self._server_thread: threading.Thread | None = None
         self._pool: Any = None
         self._sockets: set[socket.socket] = set()
+        self.stream = FakeAlpacaStream(market=market, clock=clock, api_key=api_key, secret_key=secret_key,
+                                       symbol_limit=stream_symbol_limit)
         self._init_trading()
         self._init_data()
 
@@ -115,7 +124,8 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
         self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                                name="fake-alpaca-http", daemon=True)
         self._server_thread.start()
-        if hasattr(self.market, "listen"):     # a MovableMarket: a move elects the stops it crosses at once
+        self.stream.start()
+        if hasattr(self.market, "listen"):     # a MovableMarket: a move is pushed and elects the stops it crosses
             self.market.listen(self._on_move)
         return self
 
@@ -124,6 +134,7 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
             self.market.unlisten(self._on_move)
         for timer in self._timers:
             timer.cancel()
+        self.stream.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -163,6 +174,17 @@ class FakeAlpaca(TradingRoutes, DataRoutes):
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def stream_url(self) -> str:
+        """The real-time stock data stream (IEX feed), for alpaca-py's StockDataStream(url_override=...)."""
+        return self.stream.url("iex")
+
+    def _on_move(self, symbol: str, quote: Any) -> None:
+        """MovableMarket's listener (the mover's thread): push the new print to subscribers, then elect the stops
+        it crosses."""
+        self.stream.on_move(symbol, quote)
+        self.match_stops([symbol], source="move")
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the fake's loop (where the paper broker's pool lives) and wait for it. Blocking."""

@@ -36,7 +36,6 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from core.errors import OrderRejected
-from core.instruments import Quote
 from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from core.ticks import is_on_tick
 from tests.fakes.alpaca_wire import ID_SPACE, NEW_YORK, _Answer, _error, _number, _ts
@@ -178,10 +177,6 @@ class StopOrders:
         return True
 
     # ------------------------------------------------------------ election (any thread)
-    def _on_move(self, symbol: str, quote: Quote) -> None:
-        """MovableMarket's listener: the new price prints at once, so a stop it crosses is elected now."""
-        self.match_stops([symbol], source="move")
-
     def match_stops(self, symbols: Iterable[str] | None = None, *, source: str = "matching") -> list[str]:
         """Elect every resting stop (of `symbols`, default all) whose market traded at or below its stop since it
         was last looked at; expire the ones past their time. Answers the client_order_ids elected."""
