@@ -13,7 +13,8 @@ sub-penny limit or stop price (core/ticks.py "us", Alpaca's rule for both) is re
 order outside the session is refused as the paper broker does (Alpaca would queue it for the next open), a buy stop
 is refused (Alpaca would turn it into a stop-limit order 2.5-4% above the stop, not the stop-market order asked
 for), and a sell larger than the position's unencumbered shares is refused (short selling is not supported;
-Alpaca would open a short on a margin account; shares a resting stop holds are not free to sell). A repeated client_order_id returns the existing
+Alpaca would open a short on a margin account; shares a resting stop holds are not free to sell, and shares an
+order being cancelled holds are waited for: the monitor cancels its stop, then sells). A repeated client_order_id returns the existing
 order (Alpaca answers "client_order_id must be unique"). When the answer to an order is lost (timeout, dropped
 connection, 5xx) the order is looked up by client_order_id before anything is concluded: never sent twice.
 A refused order (403 insufficient buying power, 422 invalid ...) -> OrderRejected with Alpaca's message.
@@ -29,6 +30,7 @@ injected `sleep` (asyncio.sleep by default).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -60,6 +62,7 @@ ORDERS_PAGE = 500                 # Alpaca's maximum `limit` for GET /v2/orders
 ACTIVITIES_PAGE = 100             # ... and `page_size` for account activities
 SNAPSHOTS_PER_REQUEST = 200
 DUPLICATE_ID = "client_order_id must be unique"
+CANCEL_POLL_SECONDS = 0.2         # how often a sell waiting for a pending cancel reads the position again
 _CANCELLING = (OrderStatus.CANCELLED, OrderStatus.CANCEL_PENDING)
 
 
@@ -285,14 +288,12 @@ class AlpacaBroker(BrokerClient):
                                     client_order_id=order.client_order_id)
 
     async def _check_sellable(self, order: OrderRequest) -> OrderResult | None:
-        """None when the position covers the sell; the existing order when this is a repeat; else OrderRejected."""
-        _, trading, _ = self._session.clients()
-        try:
-            pos = await self._session.call(f"position {order.symbol}", trading.get_open_position, order.symbol)
-        except NotFound:
-            pos = None
-        held = mapping.shares(pos.qty) if pos is not None else 0
-        free = mapping.shares(pos.qty_available) if pos is not None and pos.qty_available is not None else held
+        """None when the position covers the sell; the existing order when this is a repeat; else OrderRejected.
+        Shares an order being cancelled still holds (Alpaca's cancel is asynchronous: pending_cancel) are waited
+        for, up to the request timeout: the monitor cancels its stop, then sells."""
+        held, free = await self._shares(order.symbol)
+        if order.quantity > free:
+            held, free = await self._after_pending_cancels(order, held, free)
         if order.quantity <= free:
             return None
         existing = await self._get_order_by_client_id(order.client_order_id)
@@ -301,6 +302,36 @@ class AlpacaBroker(BrokerClient):
         raise OrderRejected(f"cannot sell {order.quantity} {order.symbol}: {held} held, {held - free} already in "
                             f"open sell orders (short selling is not supported)",
                             client_order_id=order.client_order_id)
+
+    async def _shares(self, symbol: str) -> tuple[int, int]:
+        """(shares held, shares free to sell: not held by open sell orders)."""
+        _, trading, _ = self._session.clients()
+        try:
+            pos = await self._session.call(f"position {symbol}", trading.get_open_position, symbol)
+        except NotFound:
+            return 0, 0
+        held = mapping.shares(pos.qty)
+        return held, mapping.shares(pos.qty_available) if pos.qty_available is not None else held
+
+    async def _after_pending_cancels(self, order: OrderRequest, held: int, free: int) -> tuple[int, int]:
+        """(held, free) once the sells being cancelled that stand between `order` and enough free shares are gone,
+        or as they stand when none do (or after the request timeout)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.timeout_seconds
+        while loop.time() < give_up:
+            cancelling = sum(mapping.shares(o.qty) - mapping.shares(o.filled_qty or 0)
+                             for o in await self._list_orders("open")
+                             if o.symbol == order.symbol and mapping.value(o.side) == "sell"
+                             and mapping.order_status(o) is OrderStatus.CANCEL_PENDING)
+            if not cancelling or free + cancelling < order.quantity:
+                break
+            log.info("alpaca sell %s: waiting for %d %s shares an order being cancelled still holds",
+                     order.client_order_id, cancelling, order.symbol)
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            held, free = await self._shares(order.symbol)
+            if order.quantity <= free:
+                break
+        return held, free
 
     async def _after_lost_answer(self, coid: str, lost: BrokerUnavailable) -> OrderResult:
         """The order may or may not have reached Alpaca: ask by client_order_id instead of guessing."""

@@ -245,6 +245,25 @@ async def test_the_monitors_own_exit_cancels_the_stop_then_sells(world):
     assert await broker.get_positions() == []
 
 
+async def test_a_sell_right_after_cancelling_the_stop_waits_out_alpacas_pending_cancel(world):
+    """Alpaca cancels asynchronously: until the stop is "canceled" its shares stay held and a sell is refused."""
+    world.fake.cancel_delay = 0.5
+    broker = await world.connect()
+    symbol, level, stop = await a_stop_under_the_market(world, broker)
+    assert await broker.cancel_order(stop.client_order_id) is True
+    assert (await broker.get_order_by_client_id(stop.client_order_id)).status is OrderStatus.CANCEL_PENDING
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.requests import MarketOrderRequest
+    with pytest.raises(APIError) as err:                        # what Alpaca answers a sell sent right away
+        await asyncio.to_thread(world.sdk().submit_order, MarketOrderRequest(symbol=symbol, qty=10, side="sell",
+                                                                              time_in_force="day"))
+    assert (err.value.status_code, err.value.response.json()["held_for_orders"]) == (403, "10")
+    sold = await broker.place_order(OrderRequest(world.coid("exit"), symbol, OrderSide.SELL, 10, OrderType.MARKET))
+    assert sold.status is OrderStatus.FILLED and sold.filled_quantity == 10
+    assert (await broker.get_order_by_client_id(stop.client_order_id)).status is OrderStatus.CANCELLED
+    assert await broker.get_positions() == []
+
+
 # ---------------------------------------------------------------- refused
 
 async def test_stop_prices_off_the_us_tick_grid_are_refused_before_any_request_and_by_alpaca(world):

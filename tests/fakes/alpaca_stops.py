@@ -23,12 +23,16 @@ stop is a market sell on the paper exchange under the same client_order_id and A
 type "stop" with its stop_price; it fills like any market order. `elections` records each election:
 (client_order_id, "move" | "matching", when).
 
+A cancel is done at once, unless `cancel_delay` is set: then the stop is "pending_cancel" for that many (wall-clock)
+seconds, still holding its shares, as Alpaca's cancel is asynchronous ("pending_cancel: The order is waiting to be
+canceled"; a sell sent meanwhile is refused for want of free shares).
+
 Not like Alpaca: a crossing the matching first sees after the close (no request came in between) is elected at the
-next open and fills there; Alpaca would have filled it at the crossing. Cancelling is immediate (Alpaca passes
-through pending_cancel).
+next open and fills there; Alpaca would have filled it at the crossing.
 """
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, timezone
@@ -42,8 +46,8 @@ from tests.fakes.alpaca_wire import ID_SPACE, NEW_YORK, _Answer, _error, _number
 
 AGED_ORDER_DAYS = 90                   # Alpaca's aged order policy: a GTC order is cancelled 90 days after creation
 AGED_CANCEL_AT = time(16, 15)          # ... at 4:15 pm ET on its expires_at date
-_STATUS = {"resting": OrderStatus.SUBMITTED, "cancelled": OrderStatus.CANCELLED, "expired": OrderStatus.EXPIRED,
-           "rejected": OrderStatus.REJECTED}
+_STATUS = {"resting": OrderStatus.SUBMITTED, "cancelling": OrderStatus.CANCEL_PENDING,
+           "cancelled": OrderStatus.CANCELLED, "expired": OrderStatus.EXPIRED, "rejected": OrderStatus.REJECTED}
 
 
 @dataclass
@@ -52,8 +56,8 @@ class _Stop:
     time_in_force: str                 # "day" | "gtc"
     submitted_at: datetime
     checked_to: datetime               # prints before this minute have been looked at
-    state: str = "resting"             # resting | elected (a market order on the paper exchange now) | cancelled |
-                                       # expired | rejected
+    state: str = "resting"             # resting | elected (a market order on the paper exchange now) | cancelling |
+                                       # cancelled | expired | rejected
     updated_at: datetime | None = None
     reason: str | None = None
     expires_at: datetime | None = None
@@ -66,6 +70,11 @@ class _Stop:
     def elected(self) -> bool:
         return self.state == "elected"
 
+    @property
+    def holding(self) -> bool:
+        """Its shares are not free to sell: resting, or a cancel not yet done."""
+        return self.state in ("resting", "cancelling")
+
 
 class StopOrders:
     """Resting stop orders, their election and how they read on the wire."""
@@ -73,6 +82,7 @@ class StopOrders:
     def _init_stops(self) -> None:
         self._stops: dict[str, _Stop] = {}                 # client_order_id -> the stop
         self.elections: list[tuple[str, str, datetime]] = []
+        self.cancel_delay: float | None = None             # seconds a cancel stays pending_cancel (wall clock)
 
     # ------------------------------------------------------------ entry (HTTP threads, under the order lock)
     def _check_stop(self, body: dict[str, Any], kind: str, side: str) -> Decimal | None:
@@ -158,23 +168,38 @@ class StopOrders:
                   if o.side is OrderSide.SELL and o.symbol == symbol]
         orders += [r for _, r in self._late.values() if r.status.is_open and r.side is OrderSide.SELL
                    and r.symbol == symbol]
-        orders += [self._stop_view(s) for s in self._stops.values() if s.resting and s.request.symbol == symbol]
+        orders += [self._stop_view(s) for s in self._stops.values() if s.holding and s.request.symbol == symbol]
         return orders
 
     def _held_by_stops(self) -> dict[str, int]:
         held: dict[str, int] = {}
         for s in list(self._stops.values()):
-            if s.resting:
+            if s.holding:
                 held[s.request.symbol] = held.get(s.request.symbol, 0) + s.request.quantity
         return held
 
     def _cancel_stop(self, coid: str) -> bool:
-        """Cancel a resting stop (under the order lock); False when it is not a resting stop."""
+        """Cancel a stop not yet elected (under the order lock): at once, or pending_cancel for `cancel_delay`
+        seconds; False when `coid` is no such stop."""
         stop = self._stops.get(coid)
-        if stop is None or not stop.resting:
+        if stop is None or stop.elected:
             return False
-        stop.state, stop.updated_at = "cancelled", self.clock.now()
+        if stop.resting and self.cancel_delay:
+            stop.state, stop.updated_at = "cancelling", self.clock.now()
+            timer = threading.Timer(self.cancel_delay, self._cancelled, (coid,))
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+        elif stop.resting:
+            stop.state, stop.updated_at = "cancelled", self.clock.now()
         return True
+
+    def _cancelled(self, coid: str) -> None:
+        """A pending cancel is done (a timer thread)."""
+        with self._order_lock:
+            stop = self._stops[coid]
+            if stop.state == "cancelling":
+                stop.state, stop.updated_at = "cancelled", self.clock.now()
 
     # ------------------------------------------------------------ election (any thread)
     def match_stops(self, symbols: Iterable[str] | None = None, *, source: str = "matching") -> list[str]:
