@@ -34,7 +34,9 @@ Optional ``instruments.csv`` in the same directory: ``symbol,name,lot_size,curre
 lot 1, USD, us ticks.
 
 What you get back: a bar only once it has completed at or before the caller's ``end``; a quote is the close of
-the last bar completed at or before ``at`` (bid and ask one tick either side, on the exchange's tick grid). A
+the last bar completed at or before ``at`` (bid and ask one tick either side, on the exchange's tick grid, but
+never beyond that bar's low and high: a daily file's prints are one price each, so at a print bid = ask = last,
+and the paper venue fills there at that price, as in an opening or closing auction). A
 malformed file is a `BarFileError` naming the file, the line (CSV, counting the header as line 1) or row
 (Parquet), and the column.
 """
@@ -51,7 +53,7 @@ from core.calendar import MarketCalendar, exchange_code, from_ns, to_ns
 from core.errors import UnknownSymbol
 from core.instruments import DAILY_FIELDS, Bar, Instrument, Quote, Timeframe
 from core.symbols import InvalidSymbol, canonical_symbol
-from core.ticks import tick_above, tick_below
+from core.ticks import round_to_tick, tick_above, tick_below
 from data.bar_file_reader import _DEFAULTS, _NS_MIN, _TIMEFRAME_MINUTES, BarFileError, BarFileReader, _dec, _Series
 
 if TYPE_CHECKING:
@@ -189,7 +191,8 @@ class BarFileSource:
     # ------------------------------------------------------------ MarketDataSource
 
     def quote(self, symbol: str, at: datetime) -> Quote:
-        """Close of the last bar completed at or before `at`; volume is that session's volume so far."""
+        """Close of the last bar completed at or before `at`, bid and ask one tick either side but inside that bar's
+        [low, high]; volume is that session's volume so far."""
         series = self._get(symbol)
         bars = series.bars
         t = to_ns(at)
@@ -204,8 +207,10 @@ class BarFileSource:
             bid = tick_below(last, scheme)
         except ValueError:
             bid = last
-        return Quote(symbol=symbol, bid=bid, ask=tick_above(last, scheme), last=last, volume=int(volume),
-                     timestamp=from_ns(bars.end[k]))
+        # the touch stays inside the bar it comes from: no one traded that bar beyond its low or high
+        bid = min(last, max(bid, round_to_tick(_dec(bars.low[k]), scheme, "up")))
+        ask = max(last, min(tick_above(last, scheme), round_to_tick(_dec(bars.high[k]), scheme, "down")))
+        return Quote(symbol=symbol, bid=bid, ask=ask, last=last, volume=int(volume), timestamp=from_ns(bars.end[k]))
 
     def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> list[Bar]:
         """Bars starting in [start, end) that completed at or before `end`, oldest first."""

@@ -66,7 +66,7 @@ def test_daily_files_serve_bars_quotes_and_frames(hk_dir):
     assert bars[0].high == Decimal("384.2") and bars[0].volume == 1_000_000
     q = src.quote("0700", datetime(2026, 11, 20, 9, 30, 30, tzinfo=HKT))   # in the first minute: yesterday's close
     assert q.last == Decimal("381.4") and q.timestamp == datetime(2026, 11, 19, 16, 0, tzinfo=HKT)
-    assert q.bid == Decimal("381.2") and q.ask == Decimal("381.6")
+    assert q.bid == q.ask == q.last            # a print is one price: its quote is that price on both sides
     q = src.quote("0700", end)                                    # after it: the day's opening print
     assert q.last == Decimal("381.4") and q.timestamp == datetime(2026, 11, 20, 9, 31, tzinfo=HKT)
     assert src.quote("0700", datetime(2026, 11, 20, 16, 0, tzinfo=HKT)).last == Decimal("389.8")
@@ -122,6 +122,25 @@ def test_intraday_file_aggregates_and_never_leaks(hk_dir):
     frame = src.daily_frame(["9999", "0700"], datetime(2026, 11, 24, 15, 0, tzinfo=HKT), 3)
     assert frame["close"].index[-1].date() == date(2026, 11, 23)
     assert np.isnan(frame["close"]["9999"]).all()
+
+
+def test_a_quote_stays_inside_the_bar_it_comes_from(tmp_path):
+    """One tick either side of the close, but never past the bar's low or high: a buy at the ask and a sell at the
+    bid are prices that bar traded."""
+    day = date(2026, 11, 24)
+    write_csv(tmp_path / "0001.csv", [
+        (datetime(2026, 11, 24, 9, 30, tzinfo=HKT).isoformat(), "5.00", "5.05", "4.95", "5.02", 1000),  # inside
+        (datetime(2026, 11, 24, 9, 31, tzinfo=HKT).isoformat(), "5.02", "5.04", "5.00", "5.04", 1000),  # at its high
+        (datetime(2026, 11, 24, 9, 32, tzinfo=HKT).isoformat(), "5.04", "5.06", "5.03", "5.03", 1000),  # at its low
+        (datetime(2026, 11, 24, 9, 33, tzinfo=HKT).isoformat(), "5.03", "5.03", "5.03", "5.03", 1000),  # one price
+    ])
+    src = BarFileSource(tmp_path, "HKEX")
+    touch = [(q.bid, q.last, q.ask) for q in (src.quote("0001", datetime.combine(day, time(9, m), HKT))
+                                              for m in (31, 32, 33, 34))]
+    assert touch == [(Decimal("5.01"), Decimal("5.02"), Decimal("5.03")),
+                     (Decimal("5.03"), Decimal("5.04"), Decimal("5.04")),
+                     (Decimal("5.03"), Decimal("5.03"), Decimal("5.04")),
+                     (Decimal("5.03"), Decimal("5.03"), Decimal("5.03"))]
 
 
 def test_parquet_with_local_times_matches_csv_with_offsets(tmp_path):

@@ -3,14 +3,18 @@ replay trades, and every fill is inside its day's bar (a slipped market order ne
 the high) and on the US tick grid; an hourly series trades on its own bars."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 
+from brokers.paper.broker import PaperBroker
 from core.calendar import MarketCalendar
+from core.clock import SimulatedClock
 from core.config_model import PaperConfig
+from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
 from core.ticks import is_on_tick
+from data.bar_files import BarFileSource
 from replay.runner import run_replay
 from runtime.wiring import builder
 from tests.agent_fixtures import agent_settings
@@ -46,6 +50,49 @@ async def test_a_goog_daily_replay_trades_and_every_fill_is_inside_its_bar(pool,
         bar = by_day[nyse.local_date(f["filled_at"]).isoformat()]
         assert Decimal(str(bar["low"])) <= f["price"] <= Decimal(str(bar["high"])), (f, dict(bar))
         assert is_on_tick(f["price"], "us"), f
+
+
+async def test_market_orders_on_real_daily_bars_fill_inside_the_day_and_never_better_than_the_quote(pool, agent_id,
+                                                                                                 goog_dir):
+    """Every session of GOOG 2010 H1 at the paper venue: market orders placed after the opening print fill on
+    arrival, at its quote; orders placed in the last minute work and fill at the closing print. Each fill lies
+    inside the day's bar (days that open at their high, or close at their low, are in there) and on the tick
+    grid; a buy pays at least the ask it was shown, a sell gets at most the bid."""
+    directory, by_day = goog_dir
+    nyse = MarketCalendar("NYSE")
+    days = nyse.trading_days(date(2010, 1, 5), date(2010, 6, 30))   # the file's first day has no opening volume
+    clock = SimulatedClock(nyse.session_bounds(days[0])[0][0])
+    broker = PaperBroker(pool, BarFileSource(directory, "NYSE", calendar=nyse), clock, nyse, account_id=agent_id,
+                         currency="USD", config=PaperConfig(initial_cash=Decimal(100_000), fees=US_FEES))
+    await broker.connect()
+
+    async def market(label: str, side: OrderSide) -> None:
+        quote = await broker.get_quote("GOOG")
+        r = await broker.place_order(OrderRequest(f"{agent_id}-{label}", "GOOG", side, 10, OrderType.MARKET))
+        for f in r.fills:                                   # a fill on arrival is priced from the quote shown
+            assert (f.price >= quote.ask) if side is OrderSide.BUY else (f.price <= quote.bid), (f, quote)
+
+    await (clock.set(clock.now() + timedelta(minutes=1)) or market("first", OrderSide.BUY))
+    for n, day in enumerate(days):
+        (open_, close), = nyse.session_bounds(day)
+        clock.set(open_ + timedelta(minutes=1))             # after the opening print
+        await market(f"{n}-os", OrderSide.SELL)
+        await market(f"{n}-ob", OrderSide.BUY)
+        clock.set(close - timedelta(minutes=1))             # these work, and fill at the closing print
+        await market(f"{n}-cs", OrderSide.SELL)
+        await market(f"{n}-cb", OrderSide.BUY)
+    clock.set(close + timedelta(minutes=1))
+    orders = await broker.get_orders()
+    assert len(orders) == 1 + 4 * len(days) and all(o.status is OrderStatus.FILLED for o in orders), \
+        [o for o in orders if o.status is not OrderStatus.FILLED][:3]
+    outside = []
+    for o in orders:
+        for f in o.fills:
+            bar = by_day[nyse.local_date(f.timestamp).isoformat()]
+            if not Decimal(str(bar["low"])) <= f.price <= Decimal(str(bar["high"])):
+                outside.append((o.side.value, f.price, f.timestamp.isoformat(), dict(bar)))
+            assert is_on_tick(f.price, "us"), f
+    assert outside == []
 
 
 @pytest.mark.slow
