@@ -47,7 +47,7 @@ import pandas as pd  # noqa: E402
 
 import signals  # noqa: E402
 from core.config_model import FeeSchedule, MarketConfig, PaperConfig  # noqa: E402
-from core.ticks import round_to_tick, tick_above  # noqa: E402
+from core.ticks import round_to_tick  # noqa: E402
 
 TARGET_RATIO = 10.0
 US_MARKET = MarketConfig(exchange="NYSE", timezone="America/New_York", currency="USD",
@@ -161,10 +161,17 @@ def day_views(daily: pd.DataFrame, *, rsi_overbought: float, rsi_oversold: float
     return views
 
 
-def make_strategy(settings, daily: pd.DataFrame, first_day: date):
+def make_strategy(settings, daily: pd.DataFrame, first_day: date, symbol: str, directory: Path):
     """The rules engine (engines/rules.py) as a backtesting.py Strategy over `prints(daily)`; trading from
-    `first_day` on."""
+    `first_day` on. The ask an entry is priced from is the venue's quote (data/bar_files.py on the same file) at
+    the session's open."""
     from backtesting import Strategy
+
+    from core.calendar import MarketCalendar, from_ns
+    from data.bar_files import BarFileSource
+    feed = BarFileSource(directory, US_MARKET.exchange)
+    table = MarketCalendar(US_MARKET.exchange).table
+    opens = table.opens[np.searchsorted(table.dates, daily.index.values.astype("datetime64[D]"))]
 
     cfg = settings.config
     rules, trading = cfg.rules, cfg.trading
@@ -216,9 +223,10 @@ def make_strategy(settings, daily: pd.DataFrame, first_day: date):
                 # the session's last minute of `day`: the price is the day's open; an exit fills at the close
                 if day < start or self.held is None or not self.held.get("known") or self.exiting:
                     return
-                if self.held.get("opened") == day:
-                    return                          # learned of only by the close cycle, price-only: P&L 0
-                if self._exit(self.data.Close[-1], self.views[day], indicators=True):
+                # a position filled at today's opening print is known only from the close cycle's reconciliation
+                # (after the monitor's pass): the close cycle judges it on price alone
+                fresh = self.held.get("opened") == day
+                if self._exit(self.data.Close[-1], self.views[day], indicators=not fresh):
                     self.position.close()
                     self.exiting = True
                 return
@@ -238,7 +246,7 @@ def make_strategy(settings, daily: pd.DataFrame, first_day: date):
             why_not = entry_refusal(view, rules)
             if why_not:
                 return
-            ask = tick_above(Decimal(str(price)).quantize(Decimal("0.0001")), "us")
+            ask = feed.quote(symbol, from_ns(int(opens[nxt]))).ask
             limit = round_to_tick(round(ask * (1 + rules.limit_offset_pct), 4), "us", "down")
             take_profit = round(ask * (1 + cfg.signals.take_profit_strong), 4)
             value = min(Decimal(rules.entry_value), trading.max_position_value)
@@ -273,12 +281,13 @@ def entry_refusal(view: dict, rules) -> str | None:
     return None
 
 
-def backtest_trades(settings, daily: pd.DataFrame, start: date, end: date) -> tuple[list[Trade], float]:
+def backtest_trades(settings, daily: pd.DataFrame, start: date, end: date, symbol: str, directory: Path
+                    ) -> tuple[list[Trade], float]:
     """backtesting.py over the same bars (history before `start` only feeds the indicators): trades, wall time."""
     from backtesting import Backtest
     daily = daily[daily.index.date <= end]
     t0 = time.perf_counter()
-    bt = Backtest(prints(daily), make_strategy(settings, daily, start),
+    bt = Backtest(prints(daily), make_strategy(settings, daily, start, symbol, directory),
                   cash=float(settings.config.paper.initial_cash), commission=0.0, trade_on_close=False,
                   exclusive_orders=False, finalize_trades=False)
     import os
@@ -311,7 +320,7 @@ async def compare(symbol: str, daily: pd.DataFrame, start: date, end: date, pool
     write_bar_file(directory, symbol, daily[daily.index.date <= end])
     settings = parity_settings(f"bench_bt_{symbol.lower()}")
     ours, ours_s = await replay_trades(pool, settings, directory, start, end, tmp)
-    theirs, theirs_s = backtest_trades(settings, daily, start, end)
+    theirs, theirs_s = backtest_trades(settings, daily, start, end, symbol, directory)
     same = normalise(ours) == normalise(theirs)
     ratio = ours_s / theirs_s
     print(f"{symbol} {start}..{end}: replay {len(ours)} fills in {ours_s:.2f} s, backtesting.py {len(theirs)} fills "

@@ -21,7 +21,7 @@ async def test_a_goog_replay_trades_exactly_as_the_backtesting_py_strategy(pool,
     write_bar_file(directory, "GOOG", daily)
     settings = parity_settings(agent_id)
     ours, _ = await replay_trades(pool, settings, directory, start, end, tmp_path)
-    theirs, _ = backtest_trades(settings, daily, start, end)
+    theirs, _ = backtest_trades(settings, daily, start, end, "GOOG", directory)
     assert len(ours) >= 6, "the window should trade (entries and exits)"
     assert {t.side for t in ours} == {"buy", "sell"}
     assert normalise(ours) == normalise(theirs)
