@@ -95,10 +95,10 @@ class AlpacaQuoteStream(QuoteStream):
     # ------------------------------------------------------------ open
     async def start(self) -> None:
         """Connect and authenticate; BrokerUnavailable (with Alpaca's reason) when either fails."""
-        base = await asyncio.to_thread(_sdk_stream_class)
+        base, feeds = await asyncio.to_thread(_sdk_stream_class)
         key, secret = self._keys
         self._socket = _socket_class(base)(
-            on_control=self._control, api_key=key, secret_key=secret, feed=_feed(self.feed), url_override=self.url,
+            on_control=self._control, api_key=key, secret_key=secret, feed=feeds(self.feed), url_override=self.url,
             websocket_params={"ping_interval": PING_SECONDS, "ping_timeout": PING_TIMEOUT_SECONDS, "max_queue": 1024,
                               "open_timeout": self.timeout, "close_timeout": 2})
         try:
@@ -267,9 +267,11 @@ class AlpacaQuoteStream(QuoteStream):
 
 # ---------------------------------------------------------------- the SDK's class, contained
 
-def _sdk_stream_class() -> type:
+def _sdk_stream_class() -> tuple[type, type]:
+    """alpaca-py's StockDataStream and DataFeed (imported off the event loop: the SDK pulls in pandas)."""
+    from alpaca.data.enums import DataFeed
     from alpaca.data.live.stock import StockDataStream
-    return StockDataStream
+    return StockDataStream, DataFeed
 
 
 @functools.cache
@@ -288,11 +290,6 @@ def _socket_class(base: type) -> type:
             await super()._dispatch(msg)
 
     return _Socket
-
-
-def _feed(name: str) -> Any:
-    from alpaca.data.enums import DataFeed
-    return DataFeed(name)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
