@@ -1,8 +1,10 @@
-"""Reading one bar file (CSV or Parquet) into arrays: parsing, validation with file/line/column errors, daily and
-intraday series with their session bookkeeping. The format is documented in data/bar_files.py."""
+"""Reading one bar file (CSV or Parquet) into arrays: parsing, validation with file/line/column errors, prices put
+on the exchange's tick grid, daily and intraday series with their session bookkeeping. The format is documented in
+data/bar_files.py."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 
 from core.calendar import MarketCalendar
+from core.ticks import TickScheme, tick_bands
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +26,10 @@ _NS_MIN = 60_000_000_000
 _NS_DAY = 86_400_000_000_000
 _HAS_OFFSET = r"[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 _DEFAULTS = {"XHKG": (100, "HKD", "hkex"), "XNYS": (1, "USD", "us")}
+_MICRO = 1_000_000              # tick arithmetic in whole millionths of the currency: exact for every tick
+SNAP_RULE = "open and close to the nearest tick, high up, low down"
+
+log = logging.getLogger(__name__)
 
 
 class BarFileError(ValueError):
@@ -50,6 +57,18 @@ class _Bars:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapped:
+    """Prices of a file that were off the tick grid and were put on it (SNAP_RULE)."""
+    prices: int = 0
+    bars: int = 0
+    examples: tuple[str, ...] = ()       # a few, as "line 5 high 10.013 -> 10.02"
+
+    def describe(self) -> str:
+        return (f"{self.prices} prices in {self.bars} bars were off the tick grid and were snapped ({SNAP_RULE}), "
+                f"e.g. {'; '.join(self.examples)}")
+
+
+@dataclass(frozen=True, slots=True)
 class _Series:
     path: Path
     kind: Literal["daily", "intraday"]
@@ -60,6 +79,7 @@ class _Series:
     interval_end: np.ndarray | None = None  # intraday: end of that interval
     in_session: np.ndarray | None = None
     cum_volume: np.ndarray | None = None    # intraday: volume so far in the bar's session
+    snapped: Snapped = Snapped()
 
 
 class BarFileReader:
@@ -68,7 +88,9 @@ class BarFileReader:
     def __init__(self, calendar: MarketCalendar) -> None:
         self.calendar = calendar
 
-    def read(self, path: Path) -> _Series:
+    def read(self, path: Path, tick_scheme: TickScheme | None = None) -> _Series:
+        """The file's series; with a tick scheme, prices off its grid are snapped onto it (SNAP_RULE), counted in
+        `snapped` and logged once here."""
         import pandas as pd
 
         if path.suffix.lower() == ".csv":
@@ -78,13 +100,14 @@ class BarFileReader:
                 raise BarFileError(f"{path}: the file is empty; expected a header {','.join(COLUMNS)}") from None
             except Exception as e:  # noqa: BLE001
                 raise BarFileError(f"{path}: cannot read as CSV: {e}") from e
-            where: Callable[[int], str] = lambda i: f"{path} line {i + 2}"  # noqa: E731
+            row: Callable[[int], str] = lambda i: f"line {i + 2}"  # noqa: E731
         else:
             try:
                 raw = pd.read_parquet(path)
             except Exception as e:  # noqa: BLE001
                 raise BarFileError(f"{path}: cannot read as Parquet: {e}") from e
-            where = lambda i: f"{path} row {i + 1}"  # noqa: E731
+            row = lambda i: f"row {i + 1}"  # noqa: E731
+        where: Callable[[int], str] = lambda i: f"{path} {row(i)}"  # noqa: E731
         raw.columns = [str(c).strip().lower() for c in raw.columns]
         missing = [c for c in COLUMNS if c not in raw.columns]
         if missing:
@@ -111,6 +134,12 @@ class BarFileReader:
             raise BarFileError(f"{where(i)}: inconsistent bar open={o[i]} high={h[i]} low={lo[i]} close={c[i]} "
                                f"(need low <= open, close <= high)")
 
+        snapped = Snapped()
+        if tick_scheme is not None:
+            (o, h, lo, c), snapped = self._snap(tick_scheme, where, row, o, h, lo, c)
+            if snapped.prices:
+                log.warning("%s: %s", path, snapped.describe())
+
         order = np.argsort(ts, kind="stable")
         ts, o, h, lo, c, v = ts[order], o[order], h[order], lo[order], c[order], v[order]
         dup = np.flatnonzero(np.diff(ts) == 0)
@@ -126,7 +155,8 @@ class BarFileReader:
             gaps, counts = np.unique(np.diff(ts), return_counts=True)
             spacing_ns = int(gaps[counts.argmax()])      # the most common step is the bar size
         if midnight.all() or (spacing_ns is not None and spacing_ns >= 20 * 3_600_000_000_000):
-            return self._daily_series(path, where, order, raw, day, o, h, lo, c, v)
+            series = self._daily_series(path, where, order, raw, day, o, h, lo, c, v)
+            return dataclasses.replace(series, snapped=snapped)
         if spacing_ns is None:
             raise BarFileError(f"{path}: one intraday bar is not enough to tell the bar size")
         if spacing_ns % _NS_MIN:
@@ -137,7 +167,38 @@ class BarFileReader:
             raise BarFileError(f"{where(int(order[off[0]]))}, column 'timestamp': {local[off[0]]} is not on a whole "
                                f"minute; intraday bars start on minute boundaries")
         midnights = np.asarray(local.normalize().tz_convert("UTC").as_unit("ns").asi8, dtype=np.int64)
-        return self._intraday_series(path, ts, spacing_ns // _NS_MIN, midnights, o, h, lo, c, v)
+        series = self._intraday_series(path, ts, spacing_ns // _NS_MIN, midnights, o, h, lo, c, v)
+        return dataclasses.replace(series, snapped=snapped)
+
+    @staticmethod
+    def _snap(scheme: TickScheme, where, row, o, h, lo, c):
+        """Every price onto the grid (SNAP_RULE keeps low <= open, close <= high); what moved, counted."""
+        bands, top, upper_inclusive = tick_bands(scheme)
+        uppers = np.array([int(u * _MICRO) for u, _ in bands], dtype=np.int64)
+        ticks = np.array([int(t * _MICRO) for _, t in bands] + [int(top * _MICRO)], dtype=np.int64)
+        side = "left" if upper_inclusive else "right"
+        out, off, examples = [], [], []
+        for k, (name, values, mode) in enumerate((("open", o, "nearest"), ("high", h, "up"), ("low", lo, "down"),
+                                                  ("close", c, "nearest"))):
+            units = np.rint(values * _MICRO).astype(np.int64)
+            tick = ticks[np.searchsorted(uppers, units, side=side)]
+            down = units // tick * tick
+            up = np.where(down == units, down, down + tick)
+            snapped = {"down": down, "up": up, "nearest": np.where(units - down < up - units, down, up)}[mode]
+            zero = np.flatnonzero(snapped <= 0)
+            if len(zero):
+                i = int(zero[0])
+                raise BarFileError(f"{where(i)}, column '{name}': price {values[i]} is below the smallest tick of "
+                                   f"the {scheme} grid")
+            moved = snapped != units
+            for i in np.flatnonzero(moved)[:3]:
+                examples.append((int(i), k, f"{row(int(i))} {name} {_dec(values[i])} -> "
+                                            f"{_dec(snapped[i] / _MICRO)}"))
+            out.append(snapped / _MICRO)              # float noise goes too: 10.020000000000001 is 10.02
+            off.append(moved)
+        moved = np.vstack(off)
+        shown = tuple(text for _, _, text in sorted(examples)[:3])
+        return out, Snapped(prices=int(moved.sum()), bars=int(moved.any(axis=0).sum()), examples=shown)
 
     def _parse_times(self, col: "pd.Series", path: Path, where: Callable[[int], str]) -> np.ndarray:
         import pandas as pd

@@ -17,6 +17,10 @@ order (header names are case-insensitive; other columns are ignored)::
   apart is daily too, keyed by the local date. Intraday bars: any whole number of minutes apart (1m, 5m, 1h…),
   detected from the most common spacing. Rows may come in any order; a timestamp may not repeat.
 * Prices are positive numbers with low <= open, close <= high; volume is a number >= 0 (shares).
+* Prices off the symbol's tick grid (HKEX spread table, US cents above $1) are snapped onto it when the file is
+  first read: open and close to the nearest tick, high up, low down (so low <= open, close <= high still holds and
+  the bar never narrows). How many prices and bars moved, with examples, is logged on that first read and reported
+  by ``./run.sh data import``. A price below the grid's smallest tick is refused.
 * Bars outside the exchange's sessions (pre/post-market) are served to intraday requests but left out of
   daily bars.
 * A daily file still answers intraday requests and quotes, from two one-minute prints per session: the bar's
@@ -54,7 +58,8 @@ from core.errors import UnknownSymbol
 from core.instruments import DAILY_FIELDS, Bar, Instrument, Quote, Timeframe
 from core.symbols import InvalidSymbol, canonical_symbol
 from core.ticks import round_to_tick, tick_above, tick_below
-from data.bar_file_reader import _DEFAULTS, _NS_MIN, _TIMEFRAME_MINUTES, BarFileError, BarFileReader, _dec, _Series
+from data.bar_file_reader import (_DEFAULTS, _NS_MIN, _TIMEFRAME_MINUTES, BarFileError, BarFileReader, Snapped, _dec,
+                                  _Series)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,6 +161,10 @@ class BarFileSource:
         """'daily' or 'intraday': what the symbol's file holds (reads the file once)."""
         return self._get(symbol).kind
 
+    def snapped(self, symbol: str) -> Snapped:
+        """The prices of the symbol's file that were off its tick grid and were put on it (reads the file once)."""
+        return self._get(symbol).snapped
+
     def bar_minutes(self, symbol: str) -> int:
         """The bar size a venue trades this symbol's file on: its own (a daily file's prints are one minute)."""
         series = self._get(symbol)
@@ -183,7 +192,7 @@ class BarFileSource:
         self.instrument(symbol)
         series = self._series.get(symbol)
         if series is None:
-            series = self._reader.read(self._files[symbol])
+            series = self._reader.read(self._files[symbol], self._instruments[symbol].tick_scheme)
             with self._lock:
                 self._series[symbol] = series
         return series

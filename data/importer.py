@@ -3,19 +3,19 @@
 A bar file is history someone else wrote, so before anything is stored each file is checked against the
 configured exchange: dates that are not sessions of its calendar (GOOG daily under HKEX: US holidays and Hong
 Kong holidays differ) and sessions inside the file's range that it has no bar for are counted, with examples;
-prices off the exchange's tick grid are counted, with examples. The bars of sessions are stored as the file has
-them (a bar on a non-session date is not stored: no session can have traded it).
+prices off the symbol's tick grid are snapped onto it by the reader (open and close to the nearest tick, high up,
+low down) and counted, with examples. The bars of sessions are stored as read (a bar on a non-session date is not
+stored: no session can have traded it).
 """
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 from core.feeds import Listing
-from core.ticks import is_on_tick
+from data.bar_file_reader import Snapped
 from data.bar_files import BarFileSource
 from data.store import BarStore
 
@@ -27,7 +27,7 @@ class FileReport:
     stored: int = 0
     not_sessions: list[date] = field(default_factory=list)
     missing_sessions: list[date] = field(default_factory=list)
-    off_tick: list[str] = field(default_factory=list)
+    snapped: Snapped = field(default_factory=Snapped)
 
     def warnings(self, exchange: str) -> list[str]:
         out = []
@@ -37,9 +37,8 @@ class FileReport:
         if self.missing_sessions:
             out.append(f"{self.symbol}: {len(self.missing_sessions)} {exchange} sessions with no bar, e.g. "
                        f"{', '.join(d.isoformat() for d in self.missing_sessions[:3])}")
-        if self.off_tick:
-            out.append(f"{self.symbol}: {len(self.off_tick)} prices off the {exchange} tick grid, e.g. "
-                       f"{', '.join(self.off_tick[:3])}")
+        if self.snapped.prices:
+            out.append(f"{self.symbol}: {self.snapped.describe()}")
         return out
 
 
@@ -88,11 +87,7 @@ async def import_bar_files(directory: Path, store: BarStore, *, now: datetime) -
         first = datetime.combine(calendar.first_day, datetime.min.time(), tzinfo=calendar.tz)
         bars = await asyncio.to_thread(source.bars, inst.symbol, "1d", first, now)
         rep.bars_in_file = len(bars) + len(rep.not_sessions)
-        for b in bars:
-            for price in (b.open, b.high, b.low, b.close):
-                if not is_on_tick(Decimal(price), inst.tick_scheme):
-                    rep.off_tick.append(f"{calendar.local_date(b.start)} {price}")
-                    break
+        rep.snapped = source.snapped(inst.symbol)
         rep.stored = await store.write_bars("1d", {inst.symbol: bars}, source="files", now=now)
         report.files.append(rep)
     return report

@@ -24,9 +24,9 @@ DAILY = """timestamp,open,high,low,close,volume
 """
 
 
-def minute_rows(day: date, tz=HKT, with_offset: bool = True) -> list[tuple]:
-    """1m bars 09:30-12:00 and 13:00-16:00 local, price walking up one tick a minute."""
-    rows, price = [], Decimal("10.00")
+def minute_rows(day: date, tz=HKT, with_offset: bool = True, start: Decimal = Decimal("10.00")) -> list[tuple]:
+    """1m bars 09:30-12:00 and 13:00-16:00 local, price walking up a cent a minute (one tick: US, or HKEX under 10)."""
+    rows, price = [], start
     for a, b in (((9, 30), (12, 0)), ((13, 0), (16, 0))):
         t = datetime(day.year, day.month, day.day, *a, tzinfo=tz)
         stop = datetime(day.year, day.month, day.day, *b, tzinfo=tz)
@@ -46,7 +46,7 @@ def write_csv(path, rows) -> None:
 def hk_dir(tmp_path):
     (tmp_path / "0700.csv").write_text(DAILY)
     (tmp_path / "0005.csv").write_text("\n".join(l for l in DAILY.splitlines() if not l.startswith("2026-11-20")))
-    write_csv(tmp_path / "9999.csv", minute_rows(date(2026, 11, 24)))
+    write_csv(tmp_path / "9999.csv", minute_rows(date(2026, 11, 24), start=Decimal("5.00")))
     (tmp_path / "instruments.csv").write_text("symbol,name,lot_size,currency\n0700,Tencent,100,HKD\n0005,HSBC,400,\n")
     (tmp_path / "notes.txt").write_text("ignored")
     return tmp_path
@@ -107,14 +107,14 @@ def test_intraday_file_aggregates_and_never_leaks(hk_dir):
     assert len(minutes) == 77 and minutes[-1].start == datetime(2026, 11, 24, 10, 46, tzinfo=HKT)
     fives = src.bars("9999", "5m", day, end)
     assert len(fives) == 15 and fives[-1].start == datetime(2026, 11, 24, 10, 40, tzinfo=HKT)
-    assert fives[0].open == Decimal("10.00") and fives[0].close == Decimal("10.05") and fives[0].volume == 5000
+    assert fives[0].open == Decimal("5.00") and fives[0].close == Decimal("5.05") and fives[0].volume == 5000
     hours = src.bars("9999", "1h", day, datetime(2026, 11, 24, 12, 0, tzinfo=HKT))
     assert [h.start.astimezone(HKT).strftime("%H:%M") for h in hours] == ["09:30", "10:30", "11:30"]
     assert hours[-1].volume == 30_000                          # 11:30-12:00 is a short bar, complete at noon
     assert src.bars("9999", "1d", day, datetime(2026, 11, 24, 15, 59, tzinfo=HKT)) == []
     (daily,) = src.bars("9999", "1d", day, datetime(2026, 11, 24, 16, 0, tzinfo=HKT))
-    assert (daily.open, daily.close, daily.volume) == (Decimal("10.00"), Decimal("13.30"), 330_000)
-    assert daily.high == Decimal("13.31") and daily.low == Decimal("9.99")
+    assert (daily.open, daily.close, daily.volume) == (Decimal("5.00"), Decimal("8.30"), 330_000)
+    assert daily.high == Decimal("8.31") and daily.low == Decimal("4.99")
 
     lunch = src.quote("9999", datetime(2026, 11, 24, 12, 30, tzinfo=HKT))
     assert lunch.last == minutes[0].close + Decimal("0.01") * 149
@@ -206,3 +206,83 @@ def test_other_mistakes_are_explained(tmp_path):
     assert [b.start.astimezone(HKT).time() for b in five] == [time(9, 30), time(15, 55)]    # the two prints
     with pytest.raises(ValueError, match="no bar of 0700 has completed"):
         src.quote("0700", datetime(2026, 11, 17, 9, 30, 30, tzinfo=HKT))
+
+
+OFF_GRID = """timestamp,open,high,low,close,volume
+2026-11-17,380.3,384.3,378.5,383.05,1000000
+2026-11-18,383.0,385.0,381.0,381.4,900000
+"""
+
+
+def test_prices_off_the_tick_grid_are_snapped_and_counted_on_the_first_read(tmp_path, caplog):
+    """HKEX 200-500 trades in 0.2 steps: open and close go to the nearest tick (a tie up), high up, low down."""
+    (tmp_path / "0700.csv").write_text(OFF_GRID)
+    src = BarFileSource(tmp_path, "HKEX")
+    end = datetime(2026, 11, 19, 8, 0, tzinfo=HKT)
+    with caplog.at_level("WARNING", logger="data.bar_file_reader"):
+        first = src.bars("0700", "1d", end - timedelta(days=5), end)[0]
+        src.bars("0700", "1d", end - timedelta(days=5), end)
+        src.quote("0700", end)
+    assert (first.open, first.high, first.low, first.close) == (Decimal("380.4"), Decimal("384.4"),
+                                                                Decimal("378.4"), Decimal("383.0"))
+    snapped = src.snapped("0700")
+    assert (snapped.prices, snapped.bars) == (4, 1)
+    assert snapped.examples == ("line 2 open 380.3 -> 380.4", "line 2 high 384.3 -> 384.4",
+                                "line 2 low 378.5 -> 378.4")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "0700.csv: 4 prices in 1 bars were off the tick grid and were snapped" in \
+        warnings[0]
+    prints = src.bars("0700", "1m", datetime(2026, 11, 17, 9, 0, tzinfo=HKT), end)
+    assert [p.close for p in prints][:2] == [Decimal("380.4"), Decimal("383.0")]    # the prints trade on the grid
+
+
+@pytest.mark.parametrize("scheme,exchange,tz", [("hkex", "HKEX", HKT), ("us", "NYSE", ET)])
+def test_snapping_agrees_with_the_tick_table_in_every_band(tmp_path, scheme, exchange, tz):
+    """Random prices across every band of the scheme, read from a file, equal core.ticks' rounding of each."""
+    from core.ticks import is_on_tick, round_to_tick
+    rng = np.random.default_rng(11)
+    n = 400
+    mid = np.exp(rng.uniform(np.log(0.02), np.log(6000), n))
+    spread = rng.uniform(0, 0.05, (n, 4))
+    o, c = mid * (1 + spread[:, 0] - 0.025), mid * (1 + spread[:, 1] - 0.025)
+    h, lo = np.maximum(o, c) * (1 + spread[:, 2]), np.minimum(o, c) * (1 - spread[:, 3])
+    days = pd.bdate_range("2025-01-02", periods=n)
+    rows = [(d.strftime("%Y-%m-%d"), *(f"{x:.5f}" for x in (o[i], h[i], lo[i], c[i])), 1000)
+            for i, d in enumerate(days)]
+    write_csv(tmp_path / ("0001.csv" if scheme == "hkex" else "ABC.csv"), rows)
+    src = BarFileSource(tmp_path, exchange)
+    symbol = src.instruments()[0].symbol
+    bars = src.bars(symbol, "1d", datetime(2025, 1, 1, tzinfo=tz), datetime(2027, 1, 1, tzinfo=tz))
+    raw = {r[0]: [Decimal(x) for x in r[1:5]] for r in rows}
+    assert len(bars) > 300
+    for b in bars:
+        ro, rh, rl, rc = raw[src.calendar.local_date(b.start).isoformat()]
+        assert (b.open, b.high, b.low, b.close) == (round_to_tick(ro, scheme, "nearest"),
+                                                    round_to_tick(rh, scheme, "up"),
+                                                    round_to_tick(rl, scheme, "down"),
+                                                    round_to_tick(rc, scheme, "nearest")), b
+        assert b.low <= min(b.open, b.close) and max(b.open, b.close) <= b.high
+        assert all(is_on_tick(p, scheme) for p in (b.open, b.high, b.low, b.close))
+    assert src.snapped(symbol).prices > 0
+
+
+def test_a_price_below_the_smallest_tick_is_refused(tmp_path):
+    write_csv(tmp_path / "ABC.csv", [("2026-11-17", "0.0001", "0.0002", "0.00004", "0.0001", 100)])
+    with pytest.raises(BarFileError, match=r"ABC.csv line 2, column 'low': price 4e-05 is below the smallest tick"):
+        BarFileSource(tmp_path, "NYSE").validate()
+
+
+async def test_import_snaps_and_reports_what_it_moved(pool, tmp_path):
+    from core.calendar import MarketCalendar
+    from data.importer import import_bar_files
+    from data.store import BarStore
+    (tmp_path / "0700.csv").write_text(OFF_GRID)
+    calendar = MarketCalendar("HKEX")
+    store = BarStore(pool, dataset=f"files:test:{tmp_path}", exchange="HKEX", calendar=calendar)
+    report = await import_bar_files(tmp_path, store, now=datetime(2026, 11, 20, 8, 0, tzinfo=HKT))
+    text = report.render("HKEX")
+    assert ("warning: 0700: 4 prices in 1 bars were off the tick grid and were snapped (open and close to the "
+            "nearest tick, high up, low down), e.g. line 2 open 380.3 -> 380.4") in text, text
+    stored = await store.bars("0700", "1d", datetime(2026, 11, 17, tzinfo=HKT), datetime(2026, 11, 20, tzinfo=HKT))
+    assert [(b.open, b.high, b.low, b.close) for b in stored][0] == (Decimal("380.4"), Decimal("384.4"),
+                                                                     Decimal("378.4"), Decimal("383.0"))
