@@ -269,6 +269,8 @@ class AlpacaConfig(_Model):
     paper: bool = True                                   # false = the live endpoint: real money (needs real_money)
     data_feed: Literal["iex", "sip"] = "iex"             # market data feed (sip needs a paid subscription)
     timeout_seconds: float = Field(default=15, gt=0, le=120)
+    # symbols on the real-time quote stream: 30 on the free Basic (IEX) plan; null on Algo Trader Plus (no limit)
+    stream_symbol_limit: int | None = Field(default=30, ge=1, le=10_000)
 
 
 class MoomooConfig(_Model):

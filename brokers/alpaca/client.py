@@ -123,7 +123,7 @@ class AlpacaBroker(BrokerClient):
         return cls(config, api_key=env.get("ALPACA_API_KEY"), secret_key=env.get("ALPACA_SECRET_KEY"),
                    base_url=base_url, data_url=env.get("ALPACA_DATA_URL"), clock=clock,
                    calendar=calendar or MarketCalendar(exchange), rate_clock=rate_clock, sleep=sleep,
-                   stream_url=env.get("ALPACA_STREAM_URL"))
+                   stream_url=env.get("ALPACA_STREAM_URL"), stream_symbol_limit=config.stream_symbol_limit)
 
     # ------------------------------------------------------------ lifecycle
     async def _connect(self) -> None:
