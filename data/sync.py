@@ -85,13 +85,20 @@ class Sync:
         self.history_days = history_days
         self.clock = clock
         self.source = source
+        self._fresh_for: date | None = None     # the last completed session the store was last seen to hold
 
     async def is_stale(self) -> bool:
-        """The store lacks the last completed session (or is empty)."""
+        """The store lacks the last completed session (or is empty). Bars are only ever added, so once the store
+        is seen holding a session it is not asked again until a later session completes."""
         target = last_completed_session(self.store.calendar, self.clock.now())
+        if target is not None and target == self._fresh_for:
+            return False
         last = await self.store.last_bar_end("1d")
-        return last is None or (target is not None and
-                                last < self.store.calendar.session_bounds(target)[-1][1])
+        stale = last is None or (target is not None and
+                                 last < self.store.calendar.session_bounds(target)[-1][1])
+        if not stale:
+            self._fresh_for = target
+        return stale
 
     async def run(self, *, up_to: date | None = None, since: date | None = None,
                   progress: Progress | None = None) -> SyncSummary:

@@ -164,3 +164,23 @@ async def test_one_symbols_frame_is_the_venues_bars(pool):
     for field in ("open", "high", "low", "close", "volume"):
         np.testing.assert_array_equal(ours[field].to_numpy(), theirs[field].to_numpy())
     assert await store.symbol_frame("NOPE", start, NOW) is None
+
+
+async def test_a_fresh_store_is_not_asked_again_until_the_next_session_completes(pool):
+    """Bars are only added: once the store holds the last completed session, staleness is known without a query
+    until a later session completes (then the store is asked, and found stale)."""
+    clock = SimulatedClock(NOW)
+    store, sync = make(pool, MarketHistory(market(5)), clock=clock)
+    await sync.run()
+    asked = []
+    real = store.last_bar_end
+
+    async def counting(timeframe="1d"):
+        asked.append(timeframe)
+        return await real(timeframe)
+    store.last_bar_end = counting
+    assert not await sync.is_stale() and len(asked) == 1
+    clock.set(NOW + timedelta(hours=1))
+    assert not await sync.is_stale() and len(asked) == 1
+    clock.set(NOW + timedelta(days=3))
+    assert await sync.is_stale() and len(asked) == 2
