@@ -315,6 +315,8 @@ def normalise(trades: list[Trade]) -> list[tuple]:
 # ---------------------------------------------------------------- the bench
 
 async def compare(symbol: str, daily: pd.DataFrame, start: date, end: date, pool, tmp: Path) -> bool:
+    from core.calendar import MarketCalendar
+    MarketCalendar(US_MARKET.exchange).table      # both sides use the exchange calendar: loaded before either runs
     directory = tmp / symbol
     directory.mkdir()
     write_bar_file(directory, symbol, daily[daily.index.date <= end])
