@@ -174,3 +174,25 @@ async def test_the_replay_command_keeps_its_rows_and_logs_apart(pool, pg_url, tm
     for table in ("trading_cycles", "decisions", "agent_logs"):
         assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE agent_id = $1", agent) > 0, table
         assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE agent_id = 'replaycli'") == 0, table
+
+
+@pytest.mark.slow
+async def test_a_candidate_is_judged_once_a_session_on_the_same_daily_bars(pool, agent_id, tmp_path):
+    """Daily bars change only at the close, so the rules engine judges a candidate once per session: each skip is
+    recorded once a day (not once per trade cycle), and the next day's cycles judge afresh."""
+    from core.calendar import MarketCalendar
+    settings = agent_settings(agent_id, rules={"rsi_min": Decimal(98), "rsi_max": Decimal(99)})   # skip them all
+    result = await run_replay(settings, pool, build=builder(pool), start=date(2026, 11, 23), end=date(2026, 11, 24),
+                              progress=False, out_dir=tmp_path, monitor_every=timedelta(minutes=30))
+    hkex = MarketCalendar("HKEX")
+    skips = await pool.fetch("SELECT symbol, created_at FROM decisions WHERE agent_id = $1 AND action = 'skip'",
+                             result.agent_id)
+    per_day: dict[tuple, int] = {}
+    for r in skips:
+        key = (r["symbol"], hkex.local_date(r["created_at"]))
+        per_day[key] = per_day.get(key, 0) + 1
+    assert per_day and set(per_day.values()) == {1}, per_day
+    assert len({day for _, day in per_day}) == 2                        # judged again on the second day
+    trades = await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE agent_id = $1 AND mode = 'trade'",
+                                 result.agent_id)
+    assert trades == 22
