@@ -70,6 +70,7 @@ class BarStore:
         self.exchange = exchange
         self.calendar = calendar
         self._series_cache: tuple[tuple, float, dict[str, Series]] | None = None
+        self._listed_cache: tuple[float, list[Instrument]] | None = None     # (read at, monotonic), listed only
 
     # ------------------------------------------------------------------ securities
     async def upsert_securities(self, listings: Sequence[Listing], *, source: str, now: datetime) -> int:
@@ -85,14 +86,25 @@ class BarStore:
                    currency = EXCLUDED.currency, name = EXCLUDED.name, lot_size = EXCLUDED.lot_size,
                    tick_scheme = EXCLUDED.tick_scheme, listing_status = EXCLUDED.listing_status,
                    source = EXCLUDED.source, updated_at = EXCLUDED.updated_at""", rows)
+        self._listed_cache = None
         return len(rows)
 
     async def instruments(self, *, listed_only: bool = True) -> list[Instrument]:
+        """The dataset's securities (listed ones only by default). The listed ones, once read, are kept for
+        SERIES_CACHE_SECONDS (real time), as the whole-dataset series read is: an upsert in this process clears
+        them; one in another process is seen after that."""
+        import time
+        cached = self._listed_cache
+        if listed_only and cached is not None and time.monotonic() - cached[0] < self.SERIES_CACHE_SECONDS:
+            return list(cached[1])
         rows = await self.pool.fetch(
             "SELECT symbol, exchange, currency, name, lot_size, tick_scheme FROM securities WHERE dataset = $1 "
             "AND ($2 = false OR listing_status = 'listed') ORDER BY symbol", self.dataset, listed_only)
-        return [Instrument(symbol=r["symbol"], exchange=r["exchange"], currency=r["currency"], lot_size=r["lot_size"],
-                           name=r["name"], tick_scheme=r["tick_scheme"]) for r in rows]
+        found = [Instrument(symbol=r["symbol"], exchange=r["exchange"], currency=r["currency"],
+                            lot_size=r["lot_size"], name=r["name"], tick_scheme=r["tick_scheme"]) for r in rows]
+        if listed_only:
+            self._listed_cache = (time.monotonic(), found)
+        return list(found)
 
     async def instrument(self, symbol: str) -> Instrument | None:
         row = await self.pool.fetchrow(
@@ -188,6 +200,7 @@ class BarStore:
     def forget_cached(self) -> None:
         """The next read goes to PostgreSQL (a bench measuring the read; a caller that knows the store changed)."""
         self._series_cache = None
+        self._listed_cache = None
 
     async def _read_series(self, symbols: Sequence[str] | None, timeframe: str) -> dict[str, Series]:
         chunks: list[bytes] = []

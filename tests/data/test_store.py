@@ -184,3 +184,17 @@ async def test_a_fresh_store_is_not_asked_again_until_the_next_session_completes
     assert not await sync.is_stale() and len(asked) == 1
     clock.set(NOW + timedelta(days=3))
     assert await sync.is_stale() and len(asked) == 2
+
+
+async def test_the_listed_securities_kept_in_memory_follow_an_upsert(pool):
+    """The listed securities are kept after a read (the scan asks every session); an upsert in this process
+    replaces them: a symbol delisted by the venue is gone from the next read."""
+    m = market(5)
+    store, sync = make(pool, MarketHistory(m))
+    await sync.run()
+    first = await store.instruments()
+    assert [i.symbol for i in first] == sorted(i.symbol for i in m.instruments())
+    gone = first[0]
+    await store.upsert_securities([Listing(gone, status="delisted")], source="test", now=NOW)
+    assert [i.symbol for i in await store.instruments()] == [i.symbol for i in first[1:]]
+    assert gone.symbol in [i.symbol for i in await store.instruments(listed_only=False)]
