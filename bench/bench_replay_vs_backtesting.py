@@ -23,7 +23,7 @@ admit the one symbol (backtesting.py has no universe): backtesting.py cannot exp
 stays inside the bar, nor a stop order that the monitor raises. Everything else is the default configuration.
 
 Targets: identical trades (day, side, price, quantity) and the replay within 10x backtesting.py's time.
-Run: ./run.sh bench replay_vs_backtesting [--start YYYY-MM-DD] [--end YYYY-MM-DD]
+Run: ./run.sh bench replay_vs_backtesting [--symbol GOOG|MSFT] [--start YYYY-MM-DD] [--end YYYY-MM-DD]
 """
 from __future__ import annotations
 
@@ -71,11 +71,28 @@ class Trade:
 
 
 def real_series() -> dict[str, pd.DataFrame]:
-    """Real daily OHLCV that ships with installed packages (columns open, high, low, close, volume; a date index)."""
+    """Real daily OHLCV that ships with installed packages (columns open, high, low, close, volume; a date index):
+    GOOG 2004-2013 (backtesting.py) and MSFT June-September 2003 (matplotlib's sample data). (The other OHLC files
+    there are not daily: backtesting.py's EURUSD is hourly, its BTCUSD monthly; matplotlib's goog.npz is the same
+    GOOG series again.)"""
     from backtesting.test import GOOG
     goog = GOOG.rename(columns=str.lower)[["open", "high", "low", "close", "volume"]]
     goog.index = pd.DatetimeIndex(goog.index).normalize()
-    return {"GOOG": goog}
+    out = {"GOOG": goog}
+    try:
+        import matplotlib.cbook as cbook
+        with cbook.get_sample_data("msft.csv") as f:
+            msft = pd.read_csv(f)
+    except (ImportError, OSError, ValueError):
+        return out
+    msft.index = pd.DatetimeIndex(pd.to_datetime(msft.pop("Date"), format="%d-%b-%y"))
+    msft = msft.rename(columns=str.lower)[["open", "high", "low", "close", "volume"]].sort_index()
+    out["MSFT"] = msft
+    return out
+
+
+# The windows the bench replays: each series' own, history before the start feeding the indicators.
+WINDOWS = {"GOOG": (date(2006, 1, 3), date(2013, 2, 28)), "MSFT": (date(2003, 7, 28), date(2003, 9, 19))}
 
 
 def write_bar_file(directory: Path, symbol: str, frame: pd.DataFrame) -> Path:
@@ -116,8 +133,10 @@ async def replay_trades(pool, settings, directory: Path, start: date, end: date,
     if result.failed:
         raise RuntimeError(result.failed)
     nyse = MarketCalendar(settings.config.market.exchange)
-    rows = await pool.fetch("SELECT side, price, quantity, filled_at FROM fills WHERE agent_id = $1 "
-                            "ORDER BY filled_at, fill_row_id", result.agent_id)
+    # the venue's own fills (the paper broker's book): a fill at the last closing print is there, while the agent
+    # would record it only at its next cycle
+    rows = await pool.fetch("SELECT side, price, quantity, filled_at FROM paper_fills WHERE agent_id = $1 "
+                            "ORDER BY filled_at, fill_id", result.agent_id)
     return [Trade(nyse.local_date(r["filled_at"]), r["side"], r["price"], r["quantity"]) for r in rows], seconds
 
 
@@ -342,8 +361,7 @@ async def compare(symbol: str, daily: pd.DataFrame, start: date, end: date, pool
 async def main() -> int:
     from runtime import database
     args = sys.argv
-    start = date.fromisoformat(args[args.index("--start") + 1]) if "--start" in args else date(2006, 1, 3)
-    end = date.fromisoformat(args[args.index("--end") + 1]) if "--end" in args else date(2013, 2, 28)
+    only = args[args.index("--symbol") + 1] if "--symbol" in args else None
     tmp = Path(tempfile.mkdtemp(prefix="catalyst-bench-bt-"))
     ok = True
     try:
@@ -351,6 +369,11 @@ async def main() -> int:
         pool = await database.create_pool(url, max_size=4, durable=False)
         await database.ensure_schema(pool)
         for symbol, daily in real_series().items():
+            if only and symbol != only:
+                continue
+            start, end = WINDOWS[symbol]
+            start = date.fromisoformat(args[args.index("--start") + 1]) if "--start" in args else start
+            end = date.fromisoformat(args[args.index("--end") + 1]) if "--end" in args else end
             ok &= await compare(symbol, daily, start, end, pool, tmp)
         await pool.close()
     finally:
