@@ -17,7 +17,8 @@ trade:  1. get_portfolio; for each position, get_technicals + detect_patterns, t
            at signals.take_profit_strong. At most rules.max_new_entries_per_cycle entries.
 scan:   scan_market; log_decision 'watch' for the top candidates.
 close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions whose price alone
-        says "exit" under signals.evaluate; log_decision with the day's summary.
+        says "exit" under signals.evaluate (get_portfolio again only if something was closed); log_decision with
+        the day's summary.
 Every skip and every refusal is recorded with its reason.
 
 Daily bars change only when a session closes, so what the rules read from them (a candidate's entry verdict, a
@@ -176,7 +177,9 @@ class RulesEngine:
 
     async def _close(self) -> dict:
         exits = await self._review_positions(end_of_day=True)
-        portfolio, err = await self._call("get_portfolio", {})
+        portfolio, err = self._reviewed, False
+        if exits or portfolio is None:             # the review changed something (or saw nothing): look again
+            portfolio, err = await self._call("get_portfolio", {})
         if not err:
             await self._call("log_decision", {
                 "action": "hold" if portfolio["positions"] else "no_trade",
