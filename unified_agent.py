@@ -242,7 +242,7 @@ def _day_summary(s: dict) -> str:
     change = s["equity"] - s["initial_cash"]
     held = ", ".join(f"{k} x{v}" for k, v in s["open_positions"].items()) or "none"
     return (f"Simulated session {s['session']} done (agent id {s['agent_id']}): {s['cycles']} cycles, "
-            f"{s['orders']} orders, {s['fills']} fills; equity {s['equity']:.2f} ({change:+.2f}), "
+            f"{s['orders']} orders ({s.get('protective_stops', 0)} protective stops), {s['fills']} fills; equity {s['equity']:.2f} ({change:+.2f}), "
             f"realized P&L {s['realized_pnl']:.2f}; held overnight: {held}.\n"
             f"Everything is in PostgreSQL: trading_cycles, orders, fills, positions, decisions, scan_results, "
             f"agent_logs (agent_id = '{s['agent_id']}').")

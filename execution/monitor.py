@@ -272,7 +272,7 @@ class PositionMonitor:
                 log.error("monitor exit %s failed: %s", row["symbol"], exc)
                 return "exit (failed; retried next pass)"
         result.exits.append({"symbol": row["symbol"], "intent": intent, "status": outcome.get("status"),
-                             "reason": reason})
+                             "reason": reason, "sent": "order" in outcome})   # sent: an order went to the broker
         log.warning("monitor exit %s (%s): %s -> %s", row["symbol"], intent, reason, outcome.get("status"))
         return f"exit ({outcome.get('status')})"
 

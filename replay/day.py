@@ -62,7 +62,7 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
               f"{_brief(outcome.summary)}")
 
     def on_monitor_exits(at: datetime, exits: list) -> None:
-        orders[0] += len(exits)
+        orders[0] += sum(1 for e in exits if e.get("sent"))   # not: the broker's stop had sold it, already exiting
         for e in exits:
             print(f"  {at.astimezone(calendar.tz):%H:%M} monitor exit {e['symbol']} ({e['intent']}): {e['status']}")
 
@@ -70,13 +70,16 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
     with log_context(agent_id=agent_id):
         await drive_day(agent, clock, calendar, session, today, agent.monitor(), monitor_every=MONITOR_EVERY,
                         daily_only=daily_only, drive=drive)
+    await agent.orders.sync_open_orders()      # a protective stop may have sold after the day's last pass
     account = await agent.broker.get_account()
     positions = await agent.broker.get_positions()
     fills = await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1", agent_id)
+    stops = await pool.fetchval("SELECT count(*) FROM orders WHERE agent_id = $1 AND intent = 'protective_stop' "
+                                "AND status <> 'rejected'", agent_id)      # placed by the monitor's passes
     realized = await pool.fetchval("SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 "
                                    "AND status = 'closed'", agent_id)
     return {"agent_id": agent_id, "session": session.isoformat(), "cycles": drive.cycles,
-            "orders": orders[0], "fills": fills, "cash": account.cash,
+            "orders": orders[0] + stops, "protective_stops": stops, "fills": fills, "cash": account.cash,
             "equity": account.equity, "initial_cash": settings.config.paper.initial_cash,
             "realized_pnl": realized, "open_positions": {p.symbol: p.quantity for p in positions}}
 

@@ -18,7 +18,7 @@ SEED_POSITIONS = "SELECT COUNT(*) FROM positions WHERE agent_id = $1;"
 SEED_RECENT_LOGS = "SELECT * FROM agent_logs WHERE agent_id = $1 ORDER BY timestamp DESC LIMIT 10;"
 
 SUMMARY = re.compile(r"Simulated session (?P<session>\d{4}-\d\d-\d\d) done \(agent id (?P<agent>\S+)\): "
-                     r"(?P<cycles>\d+) cycles, (?P<orders>\d+) orders, (?P<fills>\d+) fills; "
+                     r"(?P<cycles>\d+) cycles, (?P<orders>\d+) orders \((?P<stops>\d+) protective stops\), (?P<fills>\d+) fills; "
                      r"equity (?P<equity>-?[\d.]+) \((?P<change>[+-][\d.]+)\), "
                      r"realized P&L (?P<realized>-?[\d.]+); held overnight: (?P<held>.*)\.$", re.M)
 CENT = Decimal("0.01")
@@ -51,15 +51,24 @@ async def test_an_offline_day_prints_what_its_rows_say_and_the_rows_agree(pool, 
     assert {c["engine"] for c in cycles} == {"rules"}
     assert {c["status"] for c in cycles} <= {"completed", "market_closed"}, cycles
 
-    # orders: the printed count is every order the broker accepted -- the cycles' and the monitor's exits
+    # orders: the printed count is every order the broker accepted -- the cycles', the monitor's exits and the
+    # protective stops the monitor's passes keep at the broker (one working per open position at the end)
     orders = await rows("SELECT * FROM orders WHERE agent_id = $1 ORDER BY order_id")
     assert not [o for o in orders if o["status"] == "pending_submit"], "an order was left unresolved"
     accepted = [o for o in orders if o["status"] != "rejected"]
     assert len(accepted) == int(printed["orders"]) > 0
-    monitor_exit_lines = re.findall(r"^  \d\d:\d\d monitor exit (\S+) \((\w+)\): (\w+)$", out.stdout, re.M)
-    assert sum(c["orders_placed"] for c in cycles) + len(monitor_exit_lines) == len(accepted)
-    assert sorted((o["symbol"], o["intent"], o["status"]) for o in accepted if o["cycle_id"] is None) == sorted(
-        monitor_exit_lines)
+    stops = [o for o in accepted if o["intent"] == "protective_stop"]
+    assert len(stops) == int(printed["stops"]) > 0
+    monitor_exit_lines = [line for line in re.findall(r"^  \d\d:\d\d monitor exit (\S+) \((\w+)\): (\w+)$",
+                                                      out.stdout, re.M)
+                          if line[2] not in ("closed_by_broker_stop", "exit_in_progress", "refused")]
+    assert sum(c["orders_placed"] for c in cycles) + len(monitor_exit_lines) + len(stops) == len(accepted)
+    assert sorted((o["symbol"], o["intent"], o["status"]) for o in accepted
+                  if o["cycle_id"] is None and o["intent"] != "protective_stop") == sorted(monitor_exit_lines)
+    open_symbols = {p["symbol"] for p in await rows("SELECT symbol FROM positions WHERE agent_id = $1 "
+                                                    "AND status = 'open'")}
+    working = [o["symbol"] for o in stops if o["status"] == "submitted"]
+    assert sorted(working) == sorted(open_symbols)             # never two, none for a closed position
     assert not [o for o in orders if o["intent"] == "entry" and o["stop_loss"] is None], "an entry without a stop"
 
     # fills: as printed; each order's filled quantity and fees are exactly its fills'
