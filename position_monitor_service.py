@@ -127,7 +127,7 @@ class MonitorService:
 
     async def _stream_changed(self, watch) -> None:
         """The stream went down or came back: STATUS and service_health say so at once."""
-        self.notifier.send(f"STATUS=monitoring; {watch.status_text()}")
+        self.notifier.send(f"STATUS={watch.status_text()}")
         await self._heartbeat("degraded" if watch.state == "polling" else "healthy",
                               {"state": "monitoring", **watch.health()}, force=True)
 

@@ -81,7 +81,9 @@ async def test_a_quiet_position_is_held_and_its_status_recorded(pool, agent_id):
     assert result.checked == 1 and not result.exits
     status = await s.pool.fetchrow("SELECT * FROM position_monitor_status WHERE position_id = $1", pos["position_id"])
     assert status["recommendation"] == "hold" and status["last_price"] > 0
-    assert await s.pool.fetchval("SELECT count(*) FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id) == 0
+    # nothing sold: the only sell order is the position's protective stop, resting at the broker
+    sells = await s.pool.fetch("SELECT intent, status FROM orders WHERE agent_id = $1 AND side = 'sell'", agent_id)
+    assert [tuple(r) for r in sells] == [("protective_stop", "submitted")]
 
 
 async def test_uncertain_with_no_key_holds_and_says_why(pool, agent_id):

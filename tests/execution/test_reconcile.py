@@ -40,6 +40,7 @@ def nothing_to_report(services) -> dict:
 
 async def test_in_sync_records_need_nothing(services):
     await buy(services, symbols(services)[0])
+    await services.monitor().run_pass()                 # as a cycle does after its orders: the protective stop
     report = await services.reconciler.run()
     assert report.to_dict() == nothing_to_report(services), report.render()
     assert report.exit_code == 0
@@ -92,7 +93,10 @@ async def test_a_fill_while_nothing_ran_is_recorded_and_becomes_the_position(ser
     at_broker = await services.pool.fetch("SELECT fill_id, quantity, price FROM paper_fills WHERE client_order_id = "
                                           "$1 ORDER BY fill_id", coid)
     report = await services.reconciler.run()
-    assert report.to_dict() == {**nothing_to_report(services), "fills_recorded": len(at_broker)}, report.render()
+    found = report.to_dict()
+    # the position it found gets its protective stop at the broker, for the whole quantity
+    assert [p.split(" @ ")[0] for p in found.pop("protected")] == [f"{symbol}: stop {2 * inst.lot_size}"]
+    assert found == {**nothing_to_report(services), "fills_recorded": len(at_broker)}, report.render()
     recorded = await services.pool.fetch("SELECT broker_fill_id, quantity, price FROM fills WHERE agent_id = $1 "
                                          "ORDER BY broker_fill_id", services.agent_id)
     assert [tuple(f) for f in recorded] == [tuple(f) for f in at_broker]
@@ -109,6 +113,7 @@ async def test_a_fill_while_nothing_ran_is_recorded_and_becomes_the_position(ser
 async def test_a_quantity_mismatch_is_set_to_the_brokers_truth(services):
     symbol = symbols(services)[0]
     await buy(services, symbol)
+    await services.monitor().run_pass()                 # its protective stop, for the quantity the broker holds
     held = await held_at_broker(services, symbol)
     await services.pool.execute("UPDATE positions SET quantity = quantity + 1000 WHERE agent_id = $1 AND symbol = $2",
                                 services.agent_id, symbol)
