@@ -8,9 +8,11 @@ How the replay trades daily files (data/bar_files.py, replay/runner.py) is how t
 is two prints, the day's open and its close, so the strategy runs on a frame of two rows a day (O = H = L = C =
 the print). At the open the replay decides on yesterday's bars with yesterday's close as the price (the monitor,
 then the trade cycle: exits, then an entry); a market exit fills at the opening print; an entry is a limit day
-order at the ask (a tick above yesterday's close) plus `rules.limit_offset_pct`, that fills at the first print at
-or below it and otherwise expires at the close. In the session's last minute the price is the day's open (the
-monitor with RSI and patterns; positions the agent learned of at the open) and an exit fills at the closing print.
+order at the venue's ask at the open (its quote off the bar file) plus `rules.limit_offset_pct`, that fills at the
+first print at or below it and otherwise expires at the close. In the session's last minute the price is the
+day's open: the monitor judges the positions the agent knew of at the open (with RSI and patterns), the close
+cycle one filled at today's opening print (on price alone: the agent learns of that fill only then); an exit
+fills at the closing print. Trades are compared on the venue's own fills (paper_fills).
 The indicators are this project's own (data/technicals.py, data/patterns.py) over the window the tools read
 (data/market.py LOOKBACK: 400 days), computed for every day in the strategy's `init` — part of backtesting.py's
 timed run, as any backtesting.py user pays for indicators; the exit policy is `signals.evaluate`, the one the
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
@@ -317,8 +319,7 @@ def backtest_trades(settings, daily: pd.DataFrame, start: date, end: date, symbo
     for t in stats["_trades"].itertuples():
         out.append(Trade(t.EntryTime.date(), "buy", _price(t.EntryPrice), int(t.Size)))
         out.append(Trade(t.ExitTime.date(), "sell", _price(t.ExitPrice), int(t.Size)))
-    open_trades = [t for t in bt._results._strategy.trades] if hasattr(bt._results, "_strategy") else []
-    for t in open_trades:
+    for t in stats["_strategy"].trades:            # still open at the end (finalize_trades=False keeps them open)
         out.append(Trade(pd.Timestamp(t.entry_time).date(), "buy", _price(t.entry_price), int(t.size)))
     return sorted(out, key=lambda t: (t.day, t.side != "sell")), seconds
 
