@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -47,6 +48,7 @@ class Recorded:
     body: Any
     status: int | None = None                 # what was answered; None when the connection was dropped
     at: datetime | None = None                # when it came, by the fake's rate clock
+    received: float = field(default_factory=time.perf_counter)   # when it arrived (this process's perf_counter)
 
 
 @dataclass

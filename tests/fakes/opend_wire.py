@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -56,6 +57,7 @@ class Recorded:
     serial_no: int
     conn_id: int
     body: dict[str, Any]
+    received: float = field(default_factory=time.perf_counter)   # when it arrived (this process's perf_counter)
 
 
 @dataclass
