@@ -232,7 +232,8 @@ class BarStore:
         lo = int(np.searchsorted(found.starts, to_ns(start), side="left"))
         hi = min(found.visible(to_ns(end)), int(np.searchsorted(found.starts, to_ns(end), side="left")))
         hi = max(hi, lo)
-        index = pd.DatetimeIndex(pd.to_datetime(found.starts[lo:hi], utc=True), name="timestamp")
+        # epoch ns viewed as datetime64[ns] (what to_datetime(..., utc=True) returns, at half its cost)
+        index = pd.DatetimeIndex(found.starts[lo:hi].view("M8[ns]"), name="timestamp").tz_localize("UTC")
         return pd.DataFrame({f: getattr(found, f)[lo:hi] for f in DAILY_FIELDS}, index=index)
 
     async def bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[Bar]:
