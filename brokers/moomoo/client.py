@@ -273,7 +273,8 @@ class MoomooBroker(BrokerClient):
             raise OrderRejected(f"a stop order cannot be held by a moomoo {self.environment} account: {STOP_ACCOUNTS}",
                                 client_order_id=order.client_order_id)
         _check_order(order, await self._get_instrument(order.symbol))
-        today = await self._today_orders()
+        today = await self._today_orders(code)      # this code's orders only (OpenD filters): an exit stays fast
+
         # day orders are found in today's list; a GTC stop placed on an earlier day may be history already
         existing = _first(today, order.client_order_id) or (
             await self._find(order.client_order_id) if stop else None)
@@ -317,9 +318,9 @@ class MoomooBroker(BrokerClient):
         less every working sell of ours, stops included (a conditional order freezes no position at OpenD until it
         triggers, so `can_sell_qty` does not count a resting stop; taking the smaller of the two counts no order
         twice whichever way OpenD counts it)."""
-        data = await self._opend.call("position_list_query", self._t().position_list_query, currency="HKD",
-                                      **self._acc())
         code, held, free = to_moomoo_code(order.symbol), 0, 0
+        data = await self._opend.call("position_list_query", self._t().position_list_query, code=code,
+                                      currency="HKD", **self._acc())
         for row in mapping.records(data):
             if row["code"] == code:
                 held, free = mapping.sellable(row)
@@ -368,8 +369,9 @@ class MoomooBroker(BrokerClient):
         return None if view is None else (await self._results([view]))[0]
 
     # ------------------------------------------------------------ order internals
-    async def _today_orders(self) -> list[OrderView]:
-        data = await self._opend.call("order_list_query", self._t().order_list_query, **self._acc())
+    async def _today_orders(self, code: str = "") -> list[OrderView]:
+        """Today's orders; of one OpenD code when given (Trd_GetOrderList's filterConditions.codeList)."""
+        data = await self._opend.call("order_list_query", self._t().order_list_query, code=code, **self._acc())
         return [self._book.merge(mapping.order_view(row)) for row in mapping.records(data)]
 
     async def _history_orders(self) -> list[OrderView]:
