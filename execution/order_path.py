@@ -137,10 +137,19 @@ class OrderPath:
 
     async def sync_open_orders(self) -> list[OrderOutcome]:
         rows = await self.pool.fetch(
-            f"SELECT client_order_id FROM orders WHERE agent_id = $1 AND status IN {WORKING} ORDER BY order_id",
-            self.agent_id)
+            f"SELECT client_order_id, status, filled_quantity FROM orders WHERE agent_id = $1 AND status IN {WORKING} "
+            f"ORDER BY order_id", self.agent_id)
         out = []
+        if not rows:
+            return out
+        try:
+            at_broker = {o.client_order_id: o for o in await self.broker.get_orders(open_only=True)}
+        except BrokerError:
+            at_broker = {}
         for r in rows:
+            b = at_broker.get(r["client_order_id"])
+            if b is not None and b.status.value == r["status"] and b.filled_quantity == r["filled_quantity"]:
+                continue                       # open at the broker as we have it: nothing to record
             o = await self.sync(r["client_order_id"])
             if o is not None:
                 out.append(o)
