@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("catalyst.monitor")
 
+YIELD_EVERY = 20          # positions judged in a pass between chances for the pushed-price path to run
+
 EXIT_INTENT = {"hard_stop": "stop_loss", "stop_loss": "stop_loss", "take_profit": "take_profit",
                "trailing_stop": "trailing_stop"}
 
@@ -153,7 +155,9 @@ class PositionMonitor:
         statuses: dict[int, tuple] = {}
         try:
             # 1. prices first: a crossed stop is sent before anything slower happens
-            for row in rows:
+            for i, row in enumerate(rows):
+                if i and i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)         # a pushed price waiting to be judged goes first
                 quote = quotes.get(row["symbol"])
                 if quote is None:
                     continue
@@ -182,7 +186,9 @@ class PositionMonitor:
                                     {s: q.last for s, q in quotes.items()},
                                     {pid: st[6] for pid, st in statuses.items()}, result)
             # 2. indicators for the rest
-            for row, view, report in pending:
+            for i, (row, view, report) in enumerate(pending):
+                if i and i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 rsi, patterns = await self._indicators(row["symbol"])
                 if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
                     report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
