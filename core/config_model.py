@@ -217,6 +217,9 @@ class MonitorConfig(_Model):
     # A protective sell STOP at the broker for each open position (where the venue holds one), moved up with the
     # trailing stop and cancelled before any other exit: it protects the position while this machine is down.
     broker_stops: bool = True
+    # replay, day and eval run the monitor in-process every few minutes and are never down, which is what a stop at
+    # the broker protects against: they place none unless this is true (then ~2.3x the orders, ~1.5x the time)
+    broker_stops_in_replay: bool = False
 
     @property
     def beat_limit_seconds(self) -> int:

@@ -18,7 +18,8 @@ from core.calendar import MarketCalendar
 from core.clock import RealClock, SimulatedClock
 from core.settings import Settings
 from core.logcontext import log_context
-from replay.runner import Build, Drive, widen_quote_age, drive_day, prepare_history, quote_age_for, schedule_for
+from replay.runner import (Build, Drive, drive_day, prepare_history, quote_age_for, replay_monitor, schedule_for,
+                           widen_quote_age)
 
 log = logging.getLogger("catalyst.day")
 
@@ -43,7 +44,8 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
     calendar = MarketCalendar(settings.config.market.exchange)
     session = session or most_recent_session(calendar, RealClock().now())
     agent_id = f"{settings.agent_id}-day-{session:%Y%m%d}-{uuid.uuid4().hex[:4]}"
-    cfg = settings.config.model_copy(update={"agent": settings.config.agent.model_copy(update={"id": agent_id})})
+    cfg = settings.config.model_copy(update={"agent": settings.config.agent.model_copy(update={"id": agent_id}),
+                                             "monitor": replay_monitor(settings.config.monitor)})
     day_settings = replace(settings, config=cfg)
     await prepare_history(build, day_settings, calendar, session, session)
     clock = clock or SimulatedClock(calendar.day_start(calendar.session_bounds(session)[0][0]))

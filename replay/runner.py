@@ -134,10 +134,15 @@ class ReplayResult:
         return None
 
 
+def replay_monitor(monitor):
+    """The monitor of a replayed agent: protective stops at the broker only with monitor.broker_stops_in_replay."""
+    return monitor.model_copy(update={"broker_stops": monitor.broker_stops and monitor.broker_stops_in_replay})
+
+
 def replay_settings(settings: Settings, *, run_id: str, engine: str, data: Path | None) -> Settings:
     cfg = settings.config
     cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"id": f"{cfg.agent.id}-replay-{run_id}"}),
-                                 "broker": "paper"})
+                                 "broker": "paper", "monitor": replay_monitor(cfg.monitor)})
     if data is not None:
         cfg = cfg.model_copy(update={"market_data": cfg.market_data.model_copy(
             update={"source": "files", "directory": str(data)})})

@@ -196,3 +196,16 @@ async def test_a_candidate_is_judged_once_a_session_on_the_same_daily_bars(pool,
     trades = await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE agent_id = $1 AND mode = 'trade'",
                                  result.agent_id)
     assert trades == 22
+
+
+def test_a_replayed_agent_places_broker_stops_only_when_asked():
+    from replay.runner import replay_settings
+    from tests.agent_fixtures import agent_settings
+    plain = replay_settings(agent_settings("t_rs"), run_id="x", engine="rules", data=None)
+    assert plain.config.monitor.broker_stops is False            # never down in replay: the monitor protects
+    asked = replay_settings(agent_settings("t_rs", monitor={"broker_stops_in_replay": True}), run_id="x",
+                            engine="rules", data=None)
+    assert asked.config.monitor.broker_stops is True
+    off = replay_settings(agent_settings("t_rs", monitor={"broker_stops": False, "broker_stops_in_replay": True}),
+                          run_id="x", engine="rules", data=None)
+    assert off.config.monitor.broker_stops is False
