@@ -13,7 +13,7 @@ holds the whole position. `ensure()` brings the broker in line with that, for ev
   an exit already working     -> leave the position alone (the exit owns its shares)
   the price already through   -> no stop (the venue would refuse it or sell at once; the monitor exits)
 Cancel-then-place never leaves two stops selling the same shares; a cancel the venue has not confirmed yet stops
-the replacement until the next call. `release(symbol)` cancels a position's stops before any other exit (the
+the replacement until the next call. `release_stops(orders, store, symbol)` cancels a position's stops before any other exit (the
 monitor's, a tool's, the close cycle's): the two never both sell.
 
 Called by the monitor on every pass (so a rising trailing stop follows the high), after reconciliation (a stop
@@ -109,9 +109,6 @@ class Protection:
                      len(report.raised), len(report.cancelled), len(report.errors))
         return report
 
-    async def release(self, symbol: str) -> tuple[list[str], bool]:
-        return await release_stops(self.orders, self.store, symbol)
-
     # ------------------------------------------------------------ one position
     async def _ensure_one(self, row, working: list, report: ProtectionReport, prices, high_water) -> None:
         symbol = row["symbol"]
@@ -133,11 +130,8 @@ class Protection:
             if o["filled_quantity"]:
                 report.skipped.append(f"{symbol}: the stop has triggered and is filling")
                 return
-            step = max(o["stop_price"] * RAISE_STEP, Decimal(0))
-            if remaining == row["quantity"] and level < o["stop_price"] + step:
-                return                               # in place
-            if remaining == row["quantity"] and level <= o["stop_price"]:
-                return
+            if remaining == row["quantity"] and level < o["stop_price"] * (1 + RAISE_STEP):
+                return                               # in place (a rise under RAISE_STEP is not worth an order)
             if price is not None and price <= level:
                 report.skipped.append(f"{symbol}: price {price} is at or below the new level {level}; keeping "
                                       f"{o['stop_price']}")

@@ -104,8 +104,8 @@ class Services:
         return signals.SignalThresholds.from_config(cfg.signals, cfg.trading.trailing_stop_pct)
 
     def protection(self) -> Protection:
-        return Protection(broker=self.broker, orders=self.orders, store=self.store, thresholds=self.thresholds(),
-                          enabled=self.settings.config.monitor.broker_stops)
+        """The one Protection of these services: reconciliation and every monitor share it."""
+        return self.reconciler.protection
 
     def monitor(self, *, advisor=None) -> PositionMonitor:
         cfg = self.settings.config
