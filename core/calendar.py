@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import warnings
+import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -102,11 +104,24 @@ def exchange_code(exchange: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _load_table(code: str, start: date, end: date) -> SessionTable:
+    """The session table for `code` over start..end: from the on-disk cache when it was built by this same
+    exchange_calendars version, else built (about 1.7 s: the import and the schedule) and cached for the next
+    process. Every cron run and test subprocess would otherwise pay that build again."""
+    version = _xcals_version()
+    cached = _read_cached_table(code, start, end, version)
+    if cached is not None:
+        return cached
+    table = _build_table(code, start, end)
+    _write_cached_table(table, code, start, end, version)
+    return table
+
+
+def _build_table(code: str, start: date, end: date) -> SessionTable:
     with warnings.catch_warnings():
         # exchange_calendars 4.x still uses pandas APIs that pandas 3 deprecates; not ours to fix here.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        import exchange_calendars as xcals  # slow import, paid once per process and only when needed
+        import exchange_calendars as xcals  # slow import, paid only when the cache cannot answer
 
         cal = xcals.get_calendar(code, start=start.isoformat(), end=end.isoformat())
         sched = cal.schedule
@@ -120,6 +135,69 @@ def _load_table(code: str, start: date, end: date) -> SessionTable:
     dates = np.asarray(sched.index.values, dtype="datetime64[D]")
     return SessionTable(dates=dates, opens=ns("open"), break_starts=ns("break_start"),
                         break_ends=ns("break_end"), closes=ns("close"))
+
+
+# ------------------------------------------------------------ the session-table cache
+# A cache, never a source of truth: keyed by the calendar, its range and the exchange_calendars version that built
+# it (a new release with new holidays builds afresh); written atomically; anything unreadable is rebuilt. Where
+# the directory is not writable each process builds its own table, as before.
+
+_TABLE_FIELDS = ("dates", "opens", "break_starts", "break_ends", "closes")
+
+
+def _xcals_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("exchange_calendars")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cache_dir() -> Path:
+    """CATALYST_CACHE_DIR, else `cache/` in the var directory (CATALYST_VAR_DIR, else the checkout's var/): the one
+    place the systemd units may write besides logs/."""
+    import os
+    explicit = os.environ.get("CATALYST_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    var = os.environ.get("CATALYST_VAR_DIR")
+    return (Path(var) if var else Path(__file__).resolve().parents[1] / "var") / "cache"
+
+
+def _cache_path(code: str, start: date, end: date, version: str) -> Path:
+    return cache_dir() / "calendars" / f"{code}_{start:%Y%m%d}_{end:%Y%m%d}_xcals-{version}.npz"
+
+
+def _read_cached_table(code: str, start: date, end: date, version: str) -> SessionTable | None:
+    path = _cache_path(code, start, end, version)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {f: data[f] for f in _TABLE_FIELDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):   # missing, unreadable, truncated
+        return None
+    n = len(arrays["dates"])
+    if (n == 0 or arrays["dates"].dtype != np.dtype("datetime64[D]")
+            or any(len(a) != n or a.dtype != np.int64 for f, a in arrays.items() if f != "dates")):
+        return None
+    return SessionTable(**arrays)
+
+
+def _write_cached_table(table: SessionTable, code: str, start: date, end: date, version: str) -> None:
+    import os
+    import tempfile
+    path = _cache_path(code, start, end, version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **{f: getattr(table, f) for f in _TABLE_FIELDS})
+            os.replace(tmp, path)                      # readers see the whole file or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass                                           # not writable here: the next process builds it again
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

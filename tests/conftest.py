@@ -22,6 +22,8 @@ from core.environment import Environment
 from core.settings import load_settings  # noqa: E402
 
 PYTHON = sys.executable
+# Agent processes started by tests share one calendar cache (core/calendar.py), as a server's cron runs share var/cache.
+CACHE_DIR = Path(tempfile.gettempdir()) / f"catalyst-test-cache-{os.getuid()}"
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +85,8 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CATALYST_", "DATABASE_URL", "ANTHROPIC_",
                                                                     "ALPACA_", "MOOMOO_", "AGENT_ID"))}
     env.update({"CATALYST_VAR_DIR": str(tmp_path / "var"), "CATALYST_LOG_DIR": str(tmp_path / "logs"),
-                "CATALYST_ENV_FILE": str(tmp_path / "no.env"), "PYTHONDONTWRITEBYTECODE": "1"})
+                "CATALYST_ENV_FILE": str(tmp_path / "no.env"), "CATALYST_CACHE_DIR": str(CACHE_DIR),
+                "PYTHONDONTWRITEBYTECODE": "1"})
     env.update(extra)
     return env
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from core.calendar import MarketCalendar
@@ -114,3 +116,55 @@ def test_real_history_before_2006_is_in_the_calendar(hkex):
     days = hkex.trading_days(date(2005, 1, 3), date(2005, 12, 30))
     assert len(days) == 247 and date(2005, 2, 9) not in days          # Lunar New Year 2005
     assert MarketCalendar("NYSE").is_trading_day(date(2004, 8, 19))     # GOOG's first day of trading
+
+
+# ------------------------------------------------------------ the session-table cache
+
+def _fresh_table(monkeypatch, cache: Path, start: date = date(2024, 1, 2), end: date = date(2025, 12, 31)):
+    """Load a table as a new process would (lru cache emptied), with the disk cache in `cache`."""
+    from core import calendar
+    monkeypatch.setenv("CATALYST_CACHE_DIR", str(cache))
+    calendar._load_table.cache_clear()
+    try:
+        return calendar._load_table("XHKG", start, end)
+    finally:
+        calendar._load_table.cache_clear()
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("dates", "opens", "break_starts",
+                                                                       "break_ends", "closes"))
+
+
+def test_a_cached_session_table_is_the_one_exchange_calendars_builds(monkeypatch, tmp_path):
+    from core import calendar
+    built = _fresh_table(monkeypatch, tmp_path)
+    files = list((tmp_path / "calendars").glob("XHKG_20240102_20251231_xcals-*.npz"))
+    assert len(files) == 1                               # keyed by calendar, range and library version
+    monkeypatch.setattr(calendar, "_build_table", lambda *a: pytest.fail("the cache was not used"))
+    cached = _fresh_table(monkeypatch, tmp_path)
+    assert _same(cached, built)
+    assert cached.dates.dtype == np.dtype("datetime64[D]") and cached.opens.dtype == np.int64
+
+
+def test_a_damaged_cache_file_is_rebuilt_not_believed(monkeypatch, tmp_path):
+    built = _fresh_table(monkeypatch, tmp_path)
+    (file,) = (tmp_path / "calendars").glob("*.npz")
+    file.write_bytes(file.read_bytes()[:1000])            # truncated by a full disk, say
+    assert _same(_fresh_table(monkeypatch, tmp_path), built)
+    assert _same(_fresh_table(monkeypatch, tmp_path), built)   # and written whole again
+
+
+def test_an_unwritable_cache_directory_only_costs_the_build(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    table = _fresh_table(monkeypatch, blocker / "cache")
+    assert table.dates[0] == np.datetime64("2024-01-02") and len(table.dates) > 400
+
+
+def test_a_new_exchange_calendars_release_builds_afresh(monkeypatch, tmp_path):
+    from core import calendar
+    _fresh_table(monkeypatch, tmp_path)
+    monkeypatch.setattr(calendar, "_xcals_version", lambda: "99.0")
+    _fresh_table(monkeypatch, tmp_path)
+    assert len(list((tmp_path / "calendars").glob("*.npz"))) == 2
