@@ -55,6 +55,7 @@ class QuoteHandlers:
         self._kl_first: dict[str, datetime] = {}       # code -> when it took a quota unit
         self._kl_last: dict[str, datetime] = {}        # code -> its last request
         self._listing: dict[str, Security] | None = None
+        self._so_far: dict[tuple[str, datetime], tuple[Any, Any, Any, Any]] = {}   # (symbol, now) -> the day so far
 
     # ------------------------------------------------------------ observation (any thread)
     def count(self, kind: str) -> int:
@@ -165,11 +166,7 @@ class QuoteHandlers:
             inst = self._instrument(sec.market, sec.code)
             known = listing.get(inst.symbol)
             q = self.market.quote(inst.symbol, now)
-            state = self.calendar.state(now)
-            day = state.session_date or self.calendar.previous_trading_day(self.calendar.local_date(now))
-            opens = self.calendar.session_bounds(day)
-            today = self.market.bars(inst.symbol, "1m", opens[0][0], now) if opens else []
-            prev_close = self.market.quote(inst.symbol, opens[0][0]).last if opens else q.last
+            open_, high, low, prev_close = self._day_so_far(inst.symbol, now, q)
             basic = s2c.snapshotList.add().basic
             basic.security.market, basic.security.code, basic.name = QOT_MARKET_HK, sec.code, inst.name
             basic.type = SEC_TYPE[known.kind] if known else 3
@@ -180,12 +177,26 @@ class QuoteHandlers:
                 basic.secStatus = SUSPENDED if known.status == "suspended" else DELISTED
             basic.priceSpread = float(tick_size(q.last, "hkex"))
             basic.updateTime = _local(q.timestamp)[:19]
-            basic.openPrice = float(today[0].open if today else q.last)
-            basic.highPrice = float(max((b.high for b in today), default=q.last))
-            basic.lowPrice = float(min((b.low for b in today), default=q.last))
+            basic.openPrice, basic.highPrice, basic.lowPrice = float(open_), float(high), float(low)
             basic.lastClosePrice, basic.curPrice = float(prev_close), float(q.last)
             basic.volume, basic.turnover, basic.turnoverRate = q.volume, float(q.last * q.volume), 0.0
             basic.bidPrice, basic.askPrice = float(q.bid), float(q.ask)
+
+    def _day_so_far(self, symbol: str, now: datetime, q: Any) -> tuple[Any, Any, Any, Any]:
+        """(open, high, low, previous close) of the session up to `now`, from its minute bars; kept per instant
+        (a sync asks for the same 700 codes' snapshots at the same simulated instant again and again)."""
+        key = (symbol, now)
+        if key not in self._so_far:
+            state = self.calendar.state(now)
+            day = state.session_date or self.calendar.previous_trading_day(self.calendar.local_date(now))
+            opens = self.calendar.session_bounds(day)
+            today = self.market.bars(symbol, "1m", opens[0][0], now) if opens else []
+            prev_close = self.market.quote(symbol, opens[0][0]).last if opens else q.last
+            if len(self._so_far) > 50_000:
+                self._so_far.clear()
+            self._so_far[key] = (today[0].open if today else q.last, max((b.high for b in today), default=q.last),
+                                 min((b.low for b in today), default=q.last), prev_close)
+        return self._so_far[key]
 
     # ------------------------------------------------------------ history K-lines and their quota
     async def _on_3103(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
