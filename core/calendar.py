@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from core import array_cache
 
 # Our exchange names -> (ISO MIC calendar, time zone). NASDAQ keeps the NYSE calendar.
 _EXCHANGES: dict[str, tuple[str, str]] = {
@@ -137,11 +137,6 @@ def _build_table(code: str, start: date, end: date) -> SessionTable:
                         break_ends=ns("break_end"), closes=ns("close"))
 
 
-# ------------------------------------------------------------ the session-table cache
-# A cache, never a source of truth: keyed by the calendar, its range and the exchange_calendars version that built
-# it (a new release with new holidays builds afresh); written atomically; anything unreadable is rebuilt. Where
-# the directory is not writable each process builds its own table, as before.
-
 _TABLE_FIELDS = ("dates", "opens", "break_starts", "break_ends", "closes")
 
 
@@ -153,27 +148,13 @@ def _xcals_version() -> str:
         return "unknown"
 
 
-def cache_dir() -> Path:
-    """CATALYST_CACHE_DIR, else `cache/` in the var directory (CATALYST_VAR_DIR, else the checkout's var/): the one
-    place the systemd units may write besides logs/."""
-    import os
-    explicit = os.environ.get("CATALYST_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    var = os.environ.get("CATALYST_VAR_DIR")
-    return (Path(var) if var else Path(__file__).resolve().parents[1] / "var") / "cache"
-
-
-def _cache_path(code: str, start: date, end: date, version: str) -> Path:
-    return cache_dir() / "calendars" / f"{code}_{start:%Y%m%d}_{end:%Y%m%d}_xcals-{version}.npz"
+def _cache_name(code: str, start: date, end: date, version: str) -> str:
+    return f"{code}_{start:%Y%m%d}_{end:%Y%m%d}_xcals-{version}"
 
 
 def _read_cached_table(code: str, start: date, end: date, version: str) -> SessionTable | None:
-    path = _cache_path(code, start, end, version)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {f: data[f] for f in _TABLE_FIELDS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):   # missing, unreadable, truncated
+    arrays = array_cache.load("calendars", _cache_name(code, start, end, version), _TABLE_FIELDS)
+    if arrays is None:
         return None
     n = len(arrays["dates"])
     if (n == 0 or arrays["dates"].dtype != np.dtype("datetime64[D]")
@@ -183,21 +164,8 @@ def _read_cached_table(code: str, start: date, end: date, version: str) -> Sessi
 
 
 def _write_cached_table(table: SessionTable, code: str, start: date, end: date, version: str) -> None:
-    import os
-    import tempfile
-    path = _cache_path(code, start, end, version)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{f: getattr(table, f) for f in _TABLE_FIELDS})
-            os.replace(tmp, path)                      # readers see the whole file or none
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
-        pass                                           # not writable here: the next process builds it again
+    array_cache.store("calendars", _cache_name(code, start, end, version),
+                      {f: getattr(table, f) for f in _TABLE_FIELDS})
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -24,6 +24,7 @@ from core.settings import load_settings  # noqa: E402
 PYTHON = sys.executable
 # Agent processes started by tests share one calendar cache (core/calendar.py), as a server's cron runs share var/cache.
 CACHE_DIR = Path(tempfile.gettempdir()) / f"catalyst-test-cache-{os.getuid()}"
+os.environ["CATALYST_CACHE_DIR"] = str(CACHE_DIR)       # and so does this process (never the checkout's var/)
 
 
 @pytest.fixture(scope="session")

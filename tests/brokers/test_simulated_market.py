@@ -229,3 +229,37 @@ def test_the_paper_exchange_modules_each_stay_under_500_lines():
     """A module does one thing: the simulated market is its prices (price_paths), its tick grid and its cache."""
     sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "brokers" / "paper").glob("*.py")}
     assert max(sizes.values()) <= 500, sizes
+
+
+# ------------------------------------------------------------ the daily paths' disk cache
+
+def _daily_arrays(m: SimulatedMarket) -> dict[str, np.ndarray]:
+    m.quote("S0003", NOW)                                  # computes (or loads) the paths through today
+    return {f: getattr(m._daily, f) for f in ("open", "high", "low", "close", "lots", "sigma_in")}
+
+
+def test_a_market_loaded_from_the_cache_is_the_market_computed(monkeypatch, tmp_path):
+    from core import array_cache
+    monkeypatch.setenv("CATALYST_CACHE_DIR", str(tmp_path))
+    first = _daily_arrays(SimulatedMarket(seed=11, n_symbols=30))           # computed, then stored
+    (entry,) = (tmp_path / "simulated").glob("XHKG_seed11_n30_*.npz")
+    monkeypatch.setattr(SimulatedMarket, "_compute_daily", lambda *a: pytest.fail("the cache was not used"))
+    loaded = _daily_arrays(SimulatedMarket(seed=11, n_symbols=30))
+    monkeypatch.undo()
+    monkeypatch.setattr(array_cache, "load", lambda *a: None)                # no cache at all
+    monkeypatch.setenv("CATALYST_CACHE_DIR", str(tmp_path / "elsewhere"))
+    computed = _daily_arrays(SimulatedMarket(seed=11, n_symbols=30))
+    for f in computed:
+        assert loaded[f].dtype == computed[f].dtype and np.array_equal(loaded[f], computed[f]), f
+        assert np.array_equal(first[f], computed[f]), f
+    assert entry.exists()
+
+
+def test_a_cache_entry_of_another_shape_is_computed_again(monkeypatch, tmp_path):
+    from core import array_cache
+    monkeypatch.setenv("CATALYST_CACHE_DIR", str(tmp_path))
+    good = _daily_arrays(SimulatedMarket(seed=12, n_symbols=20))
+    (entry,) = (tmp_path / "simulated").glob("*.npz")
+    array_cache.store("simulated", entry.stem, {f: a[:5] for f, a in good.items()})   # a stranger's rows
+    again = _daily_arrays(SimulatedMarket(seed=12, n_symbols=20))
+    assert all(np.array_equal(again[f], good[f]) for f in good)
