@@ -108,6 +108,13 @@ class Reconciler:
         self.agent_id = agent_id
         self.stop_loss_pct = stop_loss_pct
         self.protection = protection
+        # Crash-only steps (1 and 3 below) look for what a process that died or another program left: a cron run
+        # is one process per cycle, so they run every cycle there; a process that runs many cycles (replay, day,
+        # eval: it holds its agent's lock throughout) runs them on its first reconciliation, and step 1 again
+        # whenever its own order path left a write-ahead row unsettled (or a young one was left for its sender).
+        self._swept = False
+        self._recheck_pending = False
+        self._last_health: tuple | None = None      # the last service_health row this process wrote
 
     async def run(self, *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
         return await _reconcile(self, grace)
@@ -131,11 +138,14 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     report = ReconcileReport(agent_id=services.agent_id)
     pool, broker, now = services.pool, services.broker, services.clock.now()
     fills_before = services.orders.fills_recorded
+    first = not services._swept
     try:
         # 1. orders a crash left between the write-ahead row and the broker's answer
+        pending = first or services._recheck_pending or services.orders.unsettled
+        services._recheck_pending = False
         for row in await pool.fetch("SELECT client_order_id, symbol, side, quantity, created_at FROM orders "
                                     "WHERE agent_id = $1 AND status = 'pending_submit' ORDER BY order_id",
-                                    services.agent_id):
+                                    services.agent_id) if pending else ():
             coid = row["client_order_id"]
             result = await broker.get_order_by_client_id(coid)
             if result is not None:
@@ -143,19 +153,21 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
                 report.resolved.append(f"{coid}: reached the broker ({outcome.status}, "
                                        f"{outcome.filled_quantity}/{outcome.quantity} filled); recorded")
             elif row["created_at"] > now - grace:
+                services._recheck_pending = True
                 continue                   # young: its process may be sending it right now
             else:
                 await pool.execute("UPDATE orders SET status = 'rejected', reason = $2, updated_at = $3 "
                                    "WHERE client_order_id = $1", coid,
                                    "never reached the broker: the process stopped before sending it; not resent",
                                    now)
+                services.orders.unsettled.discard(coid)
                 report.resolved.append(f"{coid}: never reached the broker; marked rejected, not resent")
             await services.store.audit(row["symbol"], "reconcile_pending_order", report.resolved[-1],
                          {"client_order_id": coid})
         # 2. open orders: fills while nothing ran
         await services.orders.sync_open_orders()
         # 3. broker orders we never recorded
-        at_broker = await broker.get_orders(open_only=True)
+        at_broker = await broker.get_orders(open_only=True) if first else []
         known = {r["client_order_id"] for r in await pool.fetch(
             "SELECT client_order_id FROM orders WHERE agent_id = $1 AND client_order_id = ANY($2::text[])",
             services.agent_id, [o.client_order_id for o in at_broker])} if at_broker else set()
@@ -233,6 +245,7 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
         report.state = (await services.store.trading_state()).value
         return report
     report.fills_recorded = services.orders.fills_recorded - fills_before
+    services._swept = True
 
     state = state_from(records["state"])
     if report.ambiguous:
@@ -245,8 +258,10 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             len(report.resolved), report.fills_recorded, len(report.corrections), len(report.cancelled),
             len(report.ambiguous), report.state)
     from core.redaction import redact_row
-    await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
-                       "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id,
-                       "degraded" if report.ambiguous else "healthy",
-                       redact_row(json.loads(json.dumps(report.to_dict(), default=str))), now)
+    health = ("degraded" if report.ambiguous else "healthy",
+              redact_row(json.loads(json.dumps(report.to_dict(), default=str))))
+    if health != services._last_health:    # a process running many cycles records each change, not each repeat
+        await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
+                           "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
+        services._last_health = health
     return report

@@ -66,6 +66,9 @@ class Services:
     reconciler: Reconciler
     bar_store: BarStore
     sync: Sync
+    # cycles left running by a dead process are looked for once per process (a cron run is one cycle; a process
+    # running many cycles holds its agents' locks throughout, and what others leave their own next run finds)
+    interrupted_swept: bool = False
 
     @property
     def agent_id(self) -> str:
@@ -132,11 +135,12 @@ class Services:
         return engine, f"Claude ({settings.config.ai.model}) decides"
 
     def cycles(self) -> CycleRunner:
+        sweep, self.interrupted_swept = not self.interrupted_swept, True
         return CycleRunner(pool=self.pool, clock=self.clock, calendar=self.calendar, agent_id=self.agent_id,
                            timezone=self.settings.config.market.timezone, reconciler=self.reconciler,
                            executor=self.executor, choose_engine=self.choose_engine,
                            after_trade=lambda: self.monitor().run_pass(),
-                           lock_dir=self.settings.var_dir / "locks")
+                           lock_dir=self.settings.var_dir / "locks" if sweep else None)
 
     async def run_cycle(self, mode: str, *, engine=None):
         """One scan, trade or close cycle (a `trading_cycles` row); see runtime/cycle.py."""
