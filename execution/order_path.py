@@ -139,8 +139,10 @@ class OrderPath:
             return None
         return await self.record_result(result)
 
-    async def sync_open_orders(self) -> list[OrderOutcome]:
-        rows = await self.pool.fetch(
+    async def sync_open_orders(self, working=None) -> list[OrderOutcome]:
+        """Record what changed at the broker for our working orders ((client_order_id, status, filled_quantity)
+        rows, oldest first: `working` when the caller has just read them); the outcomes of those recorded."""
+        rows = working if working is not None else await self.pool.fetch(
             f"SELECT client_order_id, status, filled_quantity FROM orders WHERE agent_id = $1 AND status IN {WORKING} "
             f"ORDER BY order_id", self.agent_id)
         out = []
@@ -150,11 +152,11 @@ class OrderPath:
             at_broker = {o.client_order_id: o for o in await self.broker.get_orders(open_only=True)}
         except BrokerError:
             at_broker = {}
-        for r in rows:
-            b = at_broker.get(r["client_order_id"])
-            if b is not None and b.status.value == r["status"] and b.filled_quantity == r["filled_quantity"]:
+        for coid, status, filled in rows:
+            b = at_broker.get(coid)
+            if b is not None and b.status.value == status and b.filled_quantity == filled:
                 continue                       # open at the broker as we have it: nothing to record
-            o = await self.sync(r["client_order_id"])
+            o = await self.sync(coid)
             if o is not None:
                 out.append(o)
         return out

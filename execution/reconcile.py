@@ -120,15 +120,23 @@ class Reconciler:
         return await _reconcile(self, grace)
 
 
-async def _positions(services: Reconciler) -> tuple[dict, Any, dict]:
-    """The broker's positions, and ours with our working sells and the recorded state (one statement)."""
+# Ours, in one statement: open positions, working sells, the recorded state, and every working order (step 2).
+_RECORDS = """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
+                           WHERE agent_id = $1 AND status = 'open') AS positions,
+                     ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
+                           AND status IN """ + WORKING + """) AS sells,
+                     (""" + LATEST_STATE + """) AS state,
+                     ARRAY(SELECT (client_order_id, status, filled_quantity) FROM orders WHERE agent_id = $1
+                           AND status IN """ + WORKING + """ ORDER BY order_id) AS working"""
+
+
+async def _positions(services: Reconciler, records=None) -> tuple[dict, Any, dict]:
+    """The broker's positions, and ours with our working sells and the recorded state (one statement; `records`
+    when read since the last change of ours: a difference it shows is checked again, so an earlier read of ours
+    can cost a second look, never a wrong correction)."""
     held = {p.symbol: p for p in await services.broker.get_positions()}
-    records = await services.pool.fetchrow(
-        """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
-                        WHERE agent_id = $1 AND status = 'open') AS positions,
-                  ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
-                        AND status IN """ + WORKING + """) AS sells,
-                  (""" + LATEST_STATE + """) AS state""", services.agent_id)
+    if records is None:
+        records = await services.pool.fetchrow(_RECORDS, services.agent_id)
     ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
             for pid, symbol, qty in records["positions"]}
     return held, records, ours
@@ -165,7 +173,9 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             await services.store.audit(row["symbol"], "reconcile_pending_order", report.resolved[-1],
                          {"client_order_id": coid})
         # 2. open orders: fills while nothing ran
-        await services.orders.sync_open_orders()
+        records = await pool.fetchrow(_RECORDS, services.agent_id)
+        if await services.orders.sync_open_orders(records["working"]):
+            records = None                 # something was recorded: step 4 reads ours again
         # 3. broker orders we never recorded
         at_broker = await broker.get_orders(open_only=True) if first else []
         known = {r["client_order_id"] for r in await pool.fetch(
@@ -182,7 +192,7 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             else:
                 report.foreign_orders.append(text)
         # 4. positions
-        held, records, ours = await _positions(services)
+        held, records, ours = await _positions(services, records)
         differing = {s for s in set(held) | set(ours)
                      if s not in held or s not in ours or held[s].quantity != ours[s]["quantity"]}
         if differing:                      # our own orders in flight first (another process may have sent one)
