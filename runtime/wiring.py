@@ -158,8 +158,18 @@ def build_source(settings: Settings, calendar: MarketCalendar) -> "MarketDataSou
         return BarFileSource(project_path(md.directory), market.exchange,
                              default_lot=market.default_lot_size if market.exchange == "HKEX" else None)
     from brokers.paper.simulated import SimulatedMarket
-    return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
-                           calendar=calendar)
+    key = (md.seed, settings.config.market.exchange, md.universe_size, repr(calendar))
+    market = _SIMULATED.get(key)
+    if market is None:
+        market = _SIMULATED[key] = SimulatedMarket(seed=md.seed, exchange=key[1], n_symbols=md.universe_size,
+                                                   calendar=calendar)
+    return market
+
+
+# One simulated market per (seed, exchange, size) in a process: it is a pure function of those and the time asked
+# about, so the sessions a process wires (replay's history sync and its run, eval's engines) share the paths it
+# has already computed instead of computing them again.
+_SIMULATED: dict[tuple, "MarketDataSource"] = {}
 
 
 def dataset_of(settings: Settings) -> str:
