@@ -70,6 +70,9 @@ class OrderPath:
         self.clock = clock
         self.agent_id = agent_id
         self.fills_recorded = 0          # fills this process has written (reconciliation reports its share)
+        # write-ahead rows of this process not yet settled by the broker's answer (an unreachable broker, an
+        # exception, a cancelled task): reconciliation looks them up by client_order_id
+        self.unsettled: set[str] = set()
 
     async def next_client_order_id(self, cycle_id: uuid.UUID | None, symbol: str, side: OrderSide) -> str:
         prefix = make_client_order_id(self.agent_id, cycle_id, symbol, side, 0)[:-1]
@@ -100,6 +103,7 @@ class OrderPath:
                ON CONFLICT (client_order_id) DO NOTHING""",
             self.agent_id, coid, cycle_id, position_id, symbol, side.value, order_type.value, intent, quantity,
             limit_price, stop_loss, take_profit, self.clock.now(), stop_price)
+        self.unsettled.add(coid)
         log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,
                  extra={})
         kill_point("after_write_ahead")
@@ -135,8 +139,10 @@ class OrderPath:
             return None
         return await self.record_result(result)
 
-    async def sync_open_orders(self) -> list[OrderOutcome]:
-        rows = await self.pool.fetch(
+    async def sync_open_orders(self, working=None) -> list[OrderOutcome]:
+        """Record what changed at the broker for our working orders ((client_order_id, status, filled_quantity)
+        rows, oldest first: `working` when the caller has just read them); the outcomes of those recorded."""
+        rows = working if working is not None else await self.pool.fetch(
             f"SELECT client_order_id, status, filled_quantity FROM orders WHERE agent_id = $1 AND status IN {WORKING} "
             f"ORDER BY order_id", self.agent_id)
         out = []
@@ -146,11 +152,11 @@ class OrderPath:
             at_broker = {o.client_order_id: o for o in await self.broker.get_orders(open_only=True)}
         except BrokerError:
             at_broker = {}
-        for r in rows:
-            b = at_broker.get(r["client_order_id"])
-            if b is not None and b.status.value == r["status"] and b.filled_quantity == r["filled_quantity"]:
+        for coid, status, filled in rows:
+            b = at_broker.get(coid)
+            if b is not None and b.status.value == status and b.filled_quantity == filled:
                 continue                       # open at the broker as we have it: nothing to record
-            o = await self.sync(r["client_order_id"])
+            o = await self.sync(coid)
             if o is not None:
                 out.append(o)
         return out
@@ -189,6 +195,7 @@ class OrderPath:
                        updated_at = $9 WHERE order_id = $1 RETURNING position_id""",
                 row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
                 result.fees, result.reason, result.submitted_at, self.clock.now())
+        self.unsettled.discard(result.client_order_id)
         if result.fills and result.filled_quantity:
             log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,
                      result.quantity, result.avg_fill_price)
@@ -277,3 +284,4 @@ class OrderPath:
     async def _set_status(self, coid: str, status: str, *, reason: str | None = None) -> None:
         await self.pool.execute("UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = $4 "
                                 "WHERE client_order_id = $1", coid, status, reason, self.clock.now())
+        self.unsettled.discard(coid)

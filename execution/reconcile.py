@@ -108,20 +108,35 @@ class Reconciler:
         self.agent_id = agent_id
         self.stop_loss_pct = stop_loss_pct
         self.protection = protection
+        # Crash-only steps (1 and 3 below) look for what a process that died or another program left: a cron run
+        # is one process per cycle, so they run every cycle there; a process that runs many cycles (replay, day,
+        # eval: it holds its agent's lock throughout) runs them on its first reconciliation, and step 1 again
+        # whenever its own order path left a write-ahead row unsettled (or a young one was left for its sender).
+        self._swept = False
+        self._recheck_pending = False
+        self._last_health: tuple | None = None      # the last service_health row this process wrote
 
     async def run(self, *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
         return await _reconcile(self, grace)
 
 
-async def _positions(services: Reconciler) -> tuple[dict, Any, dict]:
-    """The broker's positions, and ours with our working sells and the recorded state (one statement)."""
+# Ours, in one statement: open positions, working sells, the recorded state, and every working order (step 2).
+_RECORDS = """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
+                           WHERE agent_id = $1 AND status = 'open') AS positions,
+                     ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
+                           AND status IN """ + WORKING + """) AS sells,
+                     (""" + LATEST_STATE + """) AS state,
+                     ARRAY(SELECT (client_order_id, status, filled_quantity) FROM orders WHERE agent_id = $1
+                           AND status IN """ + WORKING + """ ORDER BY order_id) AS working"""
+
+
+async def _positions(services: Reconciler, records=None) -> tuple[dict, Any, dict]:
+    """The broker's positions, and ours with our working sells and the recorded state (one statement; `records`
+    when read since the last change of ours: a difference it shows is checked again, so an earlier read of ours
+    can cost a second look, never a wrong correction)."""
     held = {p.symbol: p for p in await services.broker.get_positions()}
-    records = await services.pool.fetchrow(
-        """SELECT ARRAY(SELECT (position_id, symbol, quantity) FROM positions
-                        WHERE agent_id = $1 AND status = 'open') AS positions,
-                  ARRAY(SELECT (client_order_id, symbol) FROM orders WHERE agent_id = $1 AND side = 'sell'
-                        AND status IN """ + WORKING + """) AS sells,
-                  (""" + LATEST_STATE + """) AS state""", services.agent_id)
+    if records is None:
+        records = await services.pool.fetchrow(_RECORDS, services.agent_id)
     ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
             for pid, symbol, qty in records["positions"]}
     return held, records, ours
@@ -131,11 +146,14 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     report = ReconcileReport(agent_id=services.agent_id)
     pool, broker, now = services.pool, services.broker, services.clock.now()
     fills_before = services.orders.fills_recorded
+    first = not services._swept
     try:
         # 1. orders a crash left between the write-ahead row and the broker's answer
+        pending = first or services._recheck_pending or services.orders.unsettled
+        services._recheck_pending = False
         for row in await pool.fetch("SELECT client_order_id, symbol, side, quantity, created_at FROM orders "
                                     "WHERE agent_id = $1 AND status = 'pending_submit' ORDER BY order_id",
-                                    services.agent_id):
+                                    services.agent_id) if pending else ():
             coid = row["client_order_id"]
             result = await broker.get_order_by_client_id(coid)
             if result is not None:
@@ -143,19 +161,23 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
                 report.resolved.append(f"{coid}: reached the broker ({outcome.status}, "
                                        f"{outcome.filled_quantity}/{outcome.quantity} filled); recorded")
             elif row["created_at"] > now - grace:
+                services._recheck_pending = True
                 continue                   # young: its process may be sending it right now
             else:
                 await pool.execute("UPDATE orders SET status = 'rejected', reason = $2, updated_at = $3 "
                                    "WHERE client_order_id = $1", coid,
                                    "never reached the broker: the process stopped before sending it; not resent",
                                    now)
+                services.orders.unsettled.discard(coid)
                 report.resolved.append(f"{coid}: never reached the broker; marked rejected, not resent")
             await services.store.audit(row["symbol"], "reconcile_pending_order", report.resolved[-1],
                          {"client_order_id": coid})
         # 2. open orders: fills while nothing ran
-        await services.orders.sync_open_orders()
+        records = await pool.fetchrow(_RECORDS, services.agent_id)
+        if await services.orders.sync_open_orders(records["working"]):
+            records = None                 # something was recorded: step 4 reads ours again
         # 3. broker orders we never recorded
-        at_broker = await broker.get_orders(open_only=True)
+        at_broker = await broker.get_orders(open_only=True) if first else []
         known = {r["client_order_id"] for r in await pool.fetch(
             "SELECT client_order_id FROM orders WHERE agent_id = $1 AND client_order_id = ANY($2::text[])",
             services.agent_id, [o.client_order_id for o in at_broker])} if at_broker else set()
@@ -170,7 +192,7 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             else:
                 report.foreign_orders.append(text)
         # 4. positions
-        held, records, ours = await _positions(services)
+        held, records, ours = await _positions(services, records)
         differing = {s for s in set(held) | set(ours)
                      if s not in held or s not in ours or held[s].quantity != ours[s]["quantity"]}
         if differing:                      # our own orders in flight first (another process may have sent one)
@@ -233,6 +255,7 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
         report.state = (await services.store.trading_state()).value
         return report
     report.fills_recorded = services.orders.fills_recorded - fills_before
+    services._swept = True
 
     state = state_from(records["state"])
     if report.ambiguous:
@@ -245,8 +268,10 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             len(report.resolved), report.fills_recorded, len(report.corrections), len(report.cancelled),
             len(report.ambiguous), report.state)
     from core.redaction import redact_row
-    await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
-                       "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id,
-                       "degraded" if report.ambiguous else "healthy",
-                       redact_row(json.loads(json.dumps(report.to_dict(), default=str))), now)
+    health = ("degraded" if report.ambiguous else "healthy",
+              redact_row(json.loads(json.dumps(report.to_dict(), default=str))))
+    if health != services._last_health:    # a process running many cycles records each change, not each repeat
+        await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
+                           "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
+        services._last_health = health
     return report

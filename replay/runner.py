@@ -182,18 +182,28 @@ async def drive_day(session: Session, clock: SimulatedClock, calendar: MarketCal
         if result.exits and drive.on_monitor_exits:
             drive.on_monitor_exits(clock.now(), result.exits)
 
+    # The day's continuous trading intervals: the clock only walks from the previous trading day's close to this
+    # day's, so "open" and "the next open" are read from these (calendar.state's answers, without asking it at
+    # every step).
+    intervals = calendar.session_bounds(day)
+
+    def is_open(t: datetime) -> bool:
+        return any(o <= t < c for o, c in intervals)
+
     async def monitor_until(when: datetime) -> None:
         """The daemon's passes before `when`: every monitor_every while the market is open; while it is closed
         (lunch, nights, weekends) the daemon sleeps until the next open, and so does the clock here."""
         while clock.now() + monitor_every <= when:
-            state = calendar.state(clock.now())
-            if state.status != "open" and state.next_open > clock.now() + monitor_every:
-                if state.next_open > when:
-                    return
-                clock.set(state.next_open)
-                continue
+            now = clock.now()
+            if not is_open(now):
+                next_open = next((o for o, _ in intervals if o > now), None)     # None: tomorrow, after `when`
+                if next_open is None or next_open > now + monitor_every:
+                    if next_open is None or next_open > when:
+                        return
+                    clock.set(next_open)
+                    continue
             clock.advance(monitor_every)
-            if calendar.is_open(clock.now()):
+            if is_open(clock.now()):
                 await monitor_pass()
 
     for at, mode in schedule:

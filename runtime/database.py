@@ -201,12 +201,14 @@ async def _pool(url: str, min_size: int, max_size: int, timeout: float,
                 server_settings: dict | None) -> "asyncpg.Pool":
     import asyncpg
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout,
-                                         init=_init_connection, command_timeout=60,
-                                         reset=_keep_session, server_settings=server_settings,
-                                         # no idle-expiry timer armed and cancelled around every query: a
-                                         # handful of idle connections to our own server cost nothing
-                                         max_inactive_connection_lifetime=0)
+        from runtime.lane_pool import LanePool           # single statements skip acquire/release
+        return await LanePool(url, min_size=min_size, max_size=max_size, timeout=timeout,
+                              init=_init_connection, command_timeout=60,
+                              reset=_keep_session, server_settings=server_settings,
+                              # no idle-expiry timer armed and cancelled around every query: a
+                              # handful of idle connections to our own server cost nothing
+                              max_inactive_connection_lifetime=0, max_queries=50000, loop=None,
+                              connection_class=asyncpg.Connection, record_class=asyncpg.Record)
     except asyncpg.InvalidCatalogNameError:
         raise
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

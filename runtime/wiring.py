@@ -66,6 +66,9 @@ class Services:
     reconciler: Reconciler
     bar_store: BarStore
     sync: Sync
+    # cycles left running by a dead process are looked for once per process (a cron run is one cycle; a process
+    # running many cycles holds its agents' locks throughout, and what others leave their own next run finds)
+    interrupted_swept: bool = False
 
     @property
     def agent_id(self) -> str:
@@ -132,11 +135,12 @@ class Services:
         return engine, f"Claude ({settings.config.ai.model}) decides"
 
     def cycles(self) -> CycleRunner:
+        sweep, self.interrupted_swept = not self.interrupted_swept, True
         return CycleRunner(pool=self.pool, clock=self.clock, calendar=self.calendar, agent_id=self.agent_id,
                            timezone=self.settings.config.market.timezone, reconciler=self.reconciler,
                            executor=self.executor, choose_engine=self.choose_engine,
                            after_trade=lambda: self.monitor().run_pass(),
-                           lock_dir=self.settings.var_dir / "locks")
+                           lock_dir=self.settings.var_dir / "locks" if sweep else None)
 
     async def run_cycle(self, mode: str, *, engine=None):
         """One scan, trade or close cycle (a `trading_cycles` row); see runtime/cycle.py."""
@@ -154,8 +158,18 @@ def build_source(settings: Settings, calendar: MarketCalendar) -> "MarketDataSou
         return BarFileSource(project_path(md.directory), market.exchange,
                              default_lot=market.default_lot_size if market.exchange == "HKEX" else None)
     from brokers.paper.simulated import SimulatedMarket
-    return SimulatedMarket(seed=md.seed, exchange=settings.config.market.exchange, n_symbols=md.universe_size,
-                           calendar=calendar)
+    key = (md.seed, settings.config.market.exchange, md.universe_size, repr(calendar))
+    market = _SIMULATED.get(key)
+    if market is None:
+        market = _SIMULATED[key] = SimulatedMarket(seed=md.seed, exchange=key[1], n_symbols=md.universe_size,
+                                                   calendar=calendar)
+    return market
+
+
+# One simulated market per (seed, exchange, size) in a process: it is a pure function of those and the time asked
+# about, so the sessions a process wires (replay's history sync and its run, eval's engines) share the paths it
+# has already computed instead of computing them again.
+_SIMULATED: dict[tuple, "MarketDataSource"] = {}
 
 
 def dataset_of(settings: Settings) -> str:

@@ -207,3 +207,53 @@ async def test_when_a_position_disappears_its_working_exit_orders_are_cancelled(
     assert await services.pool.fetchval("SELECT status FROM paper_orders WHERE client_order_id = $1",
                                         out.client_order_id) == "cancelled"
     assert [r["action"] for r in await audit_rows(services)] == ["reconcile_closed", "reconcile_cancel"]
+
+
+async def test_a_process_looks_for_crash_leftovers_once_and_again_only_for_its_own_unsent_orders(services,
+                                                                                               monkeypatch):
+    """Steps 1 and 3 find what a dead process or another program left: a process running many cycles (replay, day,
+    eval) runs them on its first reconciliation, then only for write-ahead rows its own order path left unsettled."""
+    from core.errors import BrokerUnavailable
+    from execution.reconcile import Reconciler
+    assert (await services.reconciler.run()).to_dict() == nothing_to_report(services)      # the first: a sweep
+    symbol = symbols(services)[0]
+    other = f"{services.agent_id}-crash-2"          # left by someone else after this process swept
+    await services.pool.execute(
+        "INSERT INTO orders (agent_id, client_order_id, symbol, side, order_type, intent, quantity, status, created_at) "
+        "VALUES ($1, $2, $3, 'buy', 'market', 'entry', 100, 'pending_submit', $4)",
+        services.agent_id, other, symbol, services.clock.now() - timedelta(minutes=5))
+    assert (await services.reconciler.run()).to_dict() == nothing_to_report(services)
+    assert await services.pool.fetchval("SELECT status FROM orders WHERE client_order_id = $1", other) == "pending_submit"
+
+    async def unreachable(order):
+        raise BrokerUnavailable("the venue is down")
+    monkeypatch.setattr(services.broker, "place_order", unreachable)
+    ex = await executor(services)
+    r = await ex.execute("execute_trade", {"symbol": symbols(services)[1], "value": 9500, "order_type": "market",
+                                           "reasoning": "sent while the venue is down"})
+    assert r.data["status"] == "pending_submit", r.data
+    ours = r.data["order"]["client_order_id"]
+    monkeypatch.undo()
+    services.clock.advance(timedelta(minutes=2))
+    report = await services.reconciler.run()        # its own unsettled order: step 1 runs, and finds both
+    assert report.resolved == [f"{other}: never reached the broker; marked rejected, not resent",
+                               f"{ours}: never reached the broker; marked rejected, not resent"], report.render()
+    assert not services.orders.unsettled
+    # a new process (a fresh Reconciler) sweeps on its first run
+    fresh = Reconciler(pool=services.pool, store=services.store, orders=services.orders, broker=services.broker,
+                       clock=services.clock, agent_id=services.agent_id, stop_loss_pct=Decimal("0.03"))
+    late = f"{services.agent_id}-crash-3"
+    await services.pool.execute(
+        "INSERT INTO orders (agent_id, client_order_id, symbol, side, order_type, intent, quantity, status, created_at) "
+        "VALUES ($1, $2, $3, 'buy', 'market', 'entry', 100, 'pending_submit', $4)",
+        services.agent_id, late, symbol, services.clock.now() - timedelta(minutes=5))
+    assert (await services.reconciler.run()).resolved == []
+    assert (await fresh.run()).resolved == [f"{late}: never reached the broker; marked rejected, not resent"]
+
+
+async def test_a_process_records_each_change_of_reconciliation_health_not_each_repeat(services):
+    for _ in range(3):
+        await services.reconciler.run()
+    rows = await services.pool.fetch("SELECT status FROM service_health WHERE agent_id = $1 AND service = 'reconcile'",
+                                     services.agent_id)
+    assert [r["status"] for r in rows] == ["healthy"]

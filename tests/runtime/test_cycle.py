@@ -98,3 +98,20 @@ async def test_the_agents_own_next_run_marks_its_dead_cycle(pool, pg_url, servic
     finally:
         lock.release()
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "interrupted"
+
+
+async def test_a_process_looks_for_dead_cycles_on_its_first_cycle_only(pool, pg_url, services):
+    """A cron run is one cycle; a process running many (replay, day, eval) looks once: what dies later is found
+    by the next process, as it would be by the dead agent's own next run."""
+    from tests.agent_fixtures import agent_services
+    await services.run_cycle("close")                      # the first cycle of this process: it looked
+    lock_dir = services.settings.var_dir / "locks"
+    agent, cycle = f"dayrun-day-{uuid.uuid4().hex[:6]}", uuid.uuid4()
+    proc = start_holder(pg_url, lock_dir, agent, cycle)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    await services.run_cycle("close")
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "running"
+    later = await agent_services(pool, f"t_{uuid.uuid4().hex[:10]}")        # the next process
+    await later.run_cycle("close")
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "interrupted"

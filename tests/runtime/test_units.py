@@ -128,3 +128,17 @@ def test_attach_only_never_starts_an_embedded_server(tmp_path):
         if (tmp_path / "var" / "pgdata").exists():
             from runtime.database import stop_embedded
             stop_embedded(tmp_path / "var" / "pgdata")
+
+
+def test_wirings_of_one_simulated_market_share_its_computed_paths():
+    """A process wiring the same simulated market twice (replay's history sync and its run; eval's engines) gets one
+    market object, so the paths computed for the first are not computed again; another seed is another market."""
+    from core.calendar import MarketCalendar
+    from runtime.wiring import build_source
+    from tests.agent_fixtures import agent_settings
+    a = agent_settings("unit_a")
+    b = agent_settings("unit_b")
+    other = agent_settings("unit_c", market_data={"seed": a.config.market_data.seed + 1})
+    cal = MarketCalendar(a.config.market.exchange)
+    assert build_source(a, cal) is build_source(b, MarketCalendar(b.config.market.exchange))
+    assert build_source(other, cal) is not build_source(a, cal)

@@ -1,0 +1,72 @@
+"""The pool's fast lane (runtime/lane_pool.py): single statements skip acquire/release, and nothing else changes."""
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from runtime import database
+from runtime.lane_pool import LanePool
+
+PID = "SELECT pg_backend_pid()"
+
+
+@pytest.fixture
+async def lane_pool(pool, pg_url):          # `pool`: the schema applied
+    p = await database.create_pool(pg_url, max_size=2, durable=False)
+    yield p
+    await p.close()
+
+
+async def test_single_statements_run_on_one_connection_outside_the_pool(lane_pool):
+    assert isinstance(lane_pool, LanePool)
+    await lane_pool.fetchval("SELECT 1")                 # the lane is made on first use
+    pids = {await lane_pool.fetchval(PID) for _ in range(5)}
+    assert len(pids) == 1
+    async with lane_pool.acquire() as a, lane_pool.acquire() as b:    # max_size=2: both pooled ones still free
+        assert len({await a.fetchval(PID), await b.fetchval(PID)} | pids) == 3
+    # connected as the pool's connections are: server settings and codecs
+    assert await lane_pool.fetchval("SHOW synchronous_commit") == "off"
+    assert await lane_pool.fetchval("SELECT '{\"a\": 1}'::jsonb") == {"a": 1}
+
+
+async def test_concurrent_statements_all_run(lane_pool):
+    await lane_pool.fetchval("SELECT 1")
+    pids = await asyncio.gather(*[lane_pool.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+                                  for _ in range(3)])
+    assert len(set(pids)) >= 2                           # the lane was busy: the others went through the pool
+
+
+async def test_a_server_error_keeps_the_lane_and_a_cancelled_statement_drops_it(lane_pool):
+    await lane_pool.fetchval("SELECT 1")
+    pid = await lane_pool.fetchval(PID)
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await lane_pool.fetchval("SELECT 1 / 0")
+    assert await lane_pool.fetchval(PID) == pid
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(lane_pool.execute("SELECT pg_sleep(5)"), 0.1)
+    await lane_pool.fetchval("SELECT 1")                 # through the pool, while a new lane is made
+    assert await lane_pool.fetchval(PID) != pid          # the new lane, not the one cancelled mid-statement
+    assert await lane_pool.fetchval("SELECT 2") == 2
+
+
+async def test_statements_commit_as_they_return(lane_pool, agent_id):
+    await lane_pool.fetchval("SELECT 1")
+    await lane_pool.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                            "VALUES ($1, 'HALTED', 'lane', 'test', now())", agent_id)
+    async with lane_pool.acquire() as other:             # another connection sees it at once
+        assert await other.fetchval("SELECT count(*) FROM agent_state WHERE agent_id = $1", agent_id) == 1
+
+
+async def test_close_closes_the_lane(pg_url):
+    p = await database.create_pool(pg_url, max_size=1)
+    await p.fetchval("SELECT 1")
+    pid = await p.fetchval(PID)
+    await p.close()
+    async with await database.create_pool(pg_url, max_size=1) as q:
+        for _ in range(50):
+            if not await q.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                break
+            await asyncio.sleep(0.02)
+        assert not await q.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
