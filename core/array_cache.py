@@ -46,8 +46,10 @@ def load(kind: str, name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]
         return None
 
 
-def store(kind: str, name: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write the entry atomically; a directory that cannot be written is not an error (the caller has the data)."""
+def store(kind: str, name: str, arrays: dict[str, np.ndarray], *, replaces: str | None = None) -> None:
+    """Write the entry atomically; a directory that cannot be written is not an error (the caller has the data).
+    `replaces`: a name prefix whose other entries this one supersedes (made by an older library or source), removed
+    so that upgrades do not pile up files."""
     folder = cache_dir() / kind
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,5 +61,9 @@ def store(kind: str, name: str, arrays: dict[str, np.ndarray]) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if replaces:
+            for old in folder.glob(f"{replaces}*.npz"):
+                if old.stem != name:
+                    old.unlink(missing_ok=True)
     except OSError:
         pass

@@ -165,7 +165,7 @@ def _read_cached_table(code: str, start: date, end: date, version: str) -> Sessi
 
 def _write_cached_table(table: SessionTable, code: str, start: date, end: date, version: str) -> None:
     array_cache.store("calendars", _cache_name(code, start, end, version),
-                      {f: getattr(table, f) for f in _TABLE_FIELDS})
+                      {f: getattr(table, f) for f in _TABLE_FIELDS}, replaces=_cache_name(code, start, end, ""))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

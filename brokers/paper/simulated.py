@@ -136,14 +136,14 @@ class SimulatedMarket:
         n_blocks = j // BLOCK + 1
         t_len = min(n_blocks * BLOCK, self._n_sessions)
         n = len(self._instruments)
-        name = (f"{self._code}_seed{self.seed}_n{n}_b{n_blocks}_t{t_len}_np{np.__version__}_"
-                f"{array_cache.source_digest(*_PATH_SOURCES)}")
+        family = f"{self._code}_seed{self.seed}_n{n}_b{n_blocks}_t{t_len}_"
+        name = f"{family}np{np.__version__}_{array_cache.source_digest(*_PATH_SOURCES)}"
         cached = array_cache.load("simulated", name, _DAILY_FIELDS)
         if cached is not None and all(a.shape == (n, t_len) and a.dtype == _DAILY_DTYPES[f]
                                       for f, a in cached.items()):
             return Daily(**cached)
         daily = self._compute_daily(n_blocks, t_len)
-        array_cache.store("simulated", name, {f: getattr(daily, f) for f in _DAILY_FIELDS})
+        array_cache.store("simulated", name, {f: getattr(daily, f) for f in _DAILY_FIELDS}, replaces=family)
         return daily
 
     def _compute_daily(self, n_blocks: int, t_len: int) -> Daily:
