@@ -262,6 +262,14 @@ class MoomooBroker(BrokerClient):
         out = [p for p in map(mapping.position, mapping.records(data)) if p is not None]
         return sorted(out, key=lambda p: p.symbol)
 
+    async def _get_position(self, symbol: str) -> Position | None:
+        """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book."""
+        code = to_moomoo_code(symbol)
+        data = await self._opend.call("position_list_query", self._t().position_list_query, code=code,
+                                      currency="HKD", **self._acc())
+        return next((p for row in mapping.records(data) if row["code"] == code
+                     for p in [mapping.position(row)] if p is not None), None)
+
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         code = to_moomoo_code(order.symbol)

@@ -146,6 +146,16 @@ class PaperBroker(BrokerClient):
     async def _get_positions(self) -> list[Position]:
         return (await self._get_account_and_positions())[1]
 
+    async def _get_position(self, symbol: str) -> Position | None:
+        """One row and one quote, however many positions the account holds."""
+        now = await self._catch_up()
+        row = await self._fetchrow("SELECT quantity, avg_price FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
+                                   self.account_id, symbol)
+        if row is None:
+            return None
+        return Position(symbol=symbol, quantity=row["quantity"], avg_price=row["avg_price"],
+                        market_price=self.market.quote(symbol, now).last)
+
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         async with self._locked() as (conn, now):

@@ -72,6 +72,20 @@ async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
     assert status["recommendation"].startswith("exit") and status["signal_strength"] == "strong"
 
 
+async def test_an_exit_reads_its_own_position_not_the_whole_book(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    last = (await s.broker.get_quote(symbol)).last
+    await s.pool.execute("UPDATE positions SET stop_loss = $2 WHERE position_id = $1", pos["position_id"],
+                         last + Decimal("0.05"))
+
+    async def whole_book():
+        raise AssertionError("an exit listed every position")
+    s.broker.get_positions = whole_book            # the exit's cost must not grow with the positions held
+    result = await s.monitor().run_pass()
+    assert [e["status"] for e in result.exits] == ["filled"], result
+
+
 async def test_a_quiet_position_is_held_and_its_status_recorded(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, pos = await entered(s)
