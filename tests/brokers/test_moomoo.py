@@ -35,7 +35,7 @@ from tests.venues import OPEN_AT, advance_trading_minutes, liquid_symbols, paper
 PASSWORD = "fake-trade-pw-1234"
 CALENDAR = MarketCalendar("HKEX")
 P_PLACE_ORDER, P_INIT_CONNECT, P_ORDER_PUSH, P_SUB_ACC_PUSH = 2202, 1001, 2208, 2008   # moomoo ProtoId
-P_GET_FUNDS = 2101
+P_GET_FUNDS, P_POSITIONS, P_ORDER_LIST = 2101, 2102, 2201
 
 
 def closed_port() -> int:
@@ -265,6 +265,22 @@ async def test_shares_already_in_an_open_sell_order_cannot_be_sold_again(world):
     with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
         await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, 2 * lot,
                                               OrderType.MARKET))
+
+
+async def test_a_sell_asks_for_its_order_list_and_its_position_together(world):
+    """The pre-send checks of a sell (today's orders of the code: the remark, the working sells; the code's
+    position: the shares free) are asked at once, so an exit waits one round trip for them, not two: with the order
+    list never answered, the position has been asked all the same, and nothing was sent."""
+    broker = await world.connect("real", request_timeout=1)
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "long")
+    asked = len(world.fake.requests_for(P_POSITIONS))
+    world.fake.silence(P_ORDER_LIST)
+    coid = world.coid("exit")
+    with pytest.raises(BrokerUnavailable, match="order_list_query"):
+        await broker.place_order(OrderRequest(coid, symbol, OrderSide.SELL, bought.filled_quantity, OrderType.MARKET))
+    assert len(world.fake.requests_for(P_POSITIONS)) == asked + 1
+    assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
 
 
 async def test_the_fake_takes_an_oversell_on_the_margin_account_as_opend_does_and_refuses_it_on_paper(world):
