@@ -120,15 +120,16 @@ class QuoteWatch:
             if not in_session():
                 self.state = "closed"
                 return
-            symbols = self.monitor.watched_symbols()
-            if symbols != wanted:
-                self.followed = await stream.follow(symbols)
-                self.polled = symbols - self.followed
+            symbols = self.monitor.watched_symbols()     # the same object while the positions stay the same
+            if symbols is not wanted:
+                if symbols != wanted:
+                    self.followed = await stream.follow(symbols)
+                    self.polled = symbols - self.followed
+                    if self.state != "streaming":
+                        self.state, self.reason = "streaming", ""
+                        log.info("quote stream: %s", self.status_text())
+                        await self._changed()
                 wanted = symbols
-                if self.state != "streaming":
-                    self.state, self.reason = "streaming", ""
-                    log.info("quote stream: %s", self.status_text())
-                    await self._changed()
             try:
                 quote = await stream.get(READ_SLICE)
             finally:

@@ -139,3 +139,19 @@ async def test_the_stream_follows_positions_as_they_open(pool, agent_id):
         await enter(s, second)
         await w.monitor.run_pass()
         await until(lambda: w.watch.followed == {first, second}, "the new position to be followed")
+
+
+async def test_the_watched_symbols_are_worked_out_once_per_change_not_once_per_pushed_price(pool, agent_id):
+    """The watch asks for the watched symbols on every pushed price: with hundreds of positions, building and
+    comparing the set each time cost more than judging the price."""
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    monitor = s.monitor()
+    await monitor.run_pass()
+    first = monitor.watched_symbols()
+    assert first == {symbol} and monitor.watched_symbols() is first
+    s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))
+    await monitor.on_price(await s.broker.get_quote(symbol))            # an exit: the symbol is no longer watched
+    assert monitor.watched_symbols() == frozenset()
+    await monitor.run_pass()                                             # a pass re-reads the positions
+    assert monitor.watched_symbols() is monitor.watched_symbols()
