@@ -6,6 +6,7 @@ every outcome is recorded in `decisions`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from decimal import Decimal
@@ -136,13 +137,13 @@ class Trader:
     async def exit_position(self, symbol: str, quantity: int | None, reason: str, intent: str = "exit") -> dict:
         """Sell a position through the one order path. Used by close_position, close_all and the monitor."""
         market = self.market_status()
-        held = await self.broker.get_position(symbol)        # this symbol only: an exit's cost stays flat in the book
+        # this symbol's position only (an exit's cost stays flat in the book), read with our working orders for it
+        held, working = await asyncio.gather(self.broker.get_position(symbol), self.store.working_orders(symbol))
         instrument = await self.broker.get_instrument(symbol)
         verdict = safety.evaluate_exit(symbol, quantity, held, instrument, market)
         if not verdict.approved:
             await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
             return {"status": "refused", **verdict.to_dict()}
-        working = await self.store.working_orders(symbol)
         if any(o["intent"] == PROTECTIVE_STOP for o in working):
             # the protective stop at the broker goes first, so the two never both sell
             released, clear = await release_stops(self.orders, self.store, symbol)

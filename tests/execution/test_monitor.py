@@ -212,3 +212,24 @@ async def test_a_failing_advisor_still_leaves_the_status_and_the_raised_high_wat
     last = (await s.broker.get_quote(symbol)).last
     assert entry - 1 < last and await s.pool.fetchval(
         "SELECT high_water_mark FROM positions WHERE position_id = $1", pos["position_id"]) == last   # raised
+
+
+async def test_a_sell_written_ahead_names_the_position_it_sells(pool, agent_id):
+    """The write-ahead row of a sell carries its position before the broker answers (or when it never does)."""
+    from core.errors import BrokerUnavailable
+    from core.orders import OrderSide, OrderType
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+
+    async def down(order):
+        raise BrokerUnavailable("the venue is down")
+    s.broker.place_order = down
+    outcome = await s.orders.submit(cycle_id=None, symbol=symbol, side=OrderSide.SELL, quantity=pos["quantity"],
+                                    order_type=OrderType.MARKET, intent="stop_loss")
+    assert outcome.status == "pending_submit"
+    assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
+                               outcome.client_order_id) == pos["position_id"]
+    bought = await s.orders.submit(cycle_id=None, symbol=symbol, side=OrderSide.BUY, quantity=pos["quantity"],
+                                   order_type=OrderType.MARKET, intent="entry")
+    assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
+                               bought.client_order_id) is None                # a buy's position comes with its fill
