@@ -283,6 +283,33 @@ async def test_a_sell_asks_for_its_order_list_and_its_position_together(world):
     assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
 
 
+async def test_position_and_order_lists_filtered_by_code_answer_that_code_only(world):
+    """Trd_GetPositionList / Trd_GetOrderList filterConditions.codeList, as the SDK sends `code=`."""
+    sdk = load_sdk(world.log_dir)
+    broker = await world.connect("real")
+    a, b = symbols()[:2]
+    for symbol in (a, b):
+        await buy(broker, world, symbol, 1, f"hold-{symbol}")
+
+    def lists(code: str):
+        ctx = sdk.OpenSecTradeContext(filter_trdmarket=sdk.TrdMarket.HK, host=world.fake.host, port=world.fake.port,
+                                      security_firm=sdk.SecurityFirm.FUTUSECURITIES)
+        try:
+            ctx.unlock_trade(password=PASSWORD)
+            positions = ctx.position_list_query(code=code, trd_env="REAL", acc_id=REAL_ACC)
+            orders = ctx.order_list_query(code=code, trd_env="REAL", acc_id=REAL_ACC)
+            everything = ctx.position_list_query(trd_env="REAL", acc_id=REAL_ACC)
+            return positions, orders, everything
+        finally:
+            ctx.close()
+
+    (ret, positions), (ret2, orders), (ret3, everything) = await asyncio.to_thread(lists, to_moomoo_code(a))
+    assert ret == ret2 == ret3 == sdk.RET_OK
+    assert [r["code"] for r in positions.to_dict("records")] == [to_moomoo_code(a)]
+    assert {r["code"] for r in orders.to_dict("records")} == {to_moomoo_code(a)}
+    assert {r["code"] for r in everything.to_dict("records")} == {to_moomoo_code(a), to_moomoo_code(b)}
+
+
 async def test_the_fake_takes_an_oversell_on_the_margin_account_as_opend_does_and_refuses_it_on_paper(world):
     """What the adapter guards against, at the venue: the SDK sends the oversell straight to the fake."""
     sdk = load_sdk(world.log_dir)
