@@ -4,10 +4,13 @@ stays flat.
 Latency: the position monitor as the daemon runs it — a poll pass every POLL seconds and, beside it, the quote
 watch on the venue's stream (execution/quote_watch.py) — over 15 and then 500 open positions, on embedded
 PostgreSQL, through three venues: the paper venue's own stream, the fake OpenD (moomoo's subscribe + push protos,
-through the real moomoo SDK) and the fake Alpaca (its websocket stream, through alpaca-py's StockDataStream). At
-random instants a followed position's price is moved through its stop (tests/fakes/movable.py, the venue's feed);
-we time from the move to the exit order's arrival at the venue (the paper venue's order row; the fake's record of
-the place-order request, stamped on arrival).
+through the real moomoo SDK) and the fake Alpaca (its websocket stream, through alpaca-py's StockDataStream). The
+fakes run in a process of their own (bench/fake_venue.py), as a real venue is another process: their work does not
+share the daemon's interpreter. The positions are opened through the order path before anything is timed (a buy the
+venue does not fill at once is cancelled and another symbol bought, so exactly N are open). At random instants a
+followed position's price is moved through its stop (tests/fakes/movable.py, the venue's feed); we time from the
+move to the exit order's arrival at the venue (the paper venue's order row; the fake's record of the place-order
+request, stamped on arrival in the fake's process: perf_counter is the machine's monotonic clock).
 Protective stops at the broker are off here (monitor.broker_stops false): the venue's own stop would fire first and
 this measures the monitor's path. Each venue runs at a 1 s and a 10 s poll: the stream makes the exit independent
 of the poll. The quotas are set as a large account has them (OpenD: 1000 subscriptions; Alpaca: Algo Trader Plus,
@@ -49,6 +52,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.errors import BrokerError  # noqa: E402
 from core.orders import OrderSide, OrderType  # noqa: E402
 from core.ticks import round_to_tick  # noqa: E402
 from execution.quote_watch import QuoteWatch  # noqa: E402
@@ -56,7 +60,7 @@ from runtime import database  # noqa: E402
 from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 from tests.fakes.movable import MovableMarket  # noqa: E402
-from fake_venue import WallClock, feed as venue_feed  # noqa: E402  (bench/, the script's own directory)
+from fake_venue import WallClock  # noqa: E402  (bench/, the script's own directory)
 
 POLLS = tuple(float(p) for p in os.environ.get("BENCH_POLLS", "1,10").split(","))
 SIZES = {15: 25, 500: 25}              # positions: crossings sampled
@@ -69,7 +73,7 @@ RSS_LIMIT_MB = 150
 RATE_SPEED = 2000                      # OpenD's rate windows in the bench (both sides)
 SPEED = 4000                           # the memory run's simulated clock against the wall
 NY_OPEN_AT = datetime(2026, 11, 24, 15, 30, tzinfo=timezone.utc)      # 10:30 in New York
-SETUP_CONCURRENCY = 8                  # entries in flight at once while the positions are opened (not measured)
+SETUP_CONCURRENCY = 4                  # entries in flight at once while the positions are opened (not measured)
 
 
 # ---------------------------------------------------------------- the venues
@@ -80,9 +84,6 @@ class PaperVenue:
 
     def __init__(self, feed: MovableMarket, pool, agent: str, clock: WallClock) -> None:
         self.feed, self.pool, self.agent, self.clock = feed, pool, agent, clock
-
-    def quote(self, symbol: str, at: datetime):
-        return self.feed.quote(symbol, at)
 
     async def cross(self, symbol: str, price: Decimal, timeout: float) -> float | None:
         at, give_up = self.clock.now(), time.perf_counter() + timeout
@@ -98,19 +99,17 @@ class PaperVenue:
 
 class FakeVenue:
     """A venue fake running in its own process (fake_venue.py): moves are made there, and timed there from the move
-    to the place-order request's arrival. Setup prices come from our copy of the same simulated market."""
+    to the place-order request's arrival."""
 
-    def __init__(self, proc, hello: dict, feed) -> None:
-        self.proc, self.hello, self.feed = proc, hello, feed
+    def __init__(self, proc, hello: dict) -> None:
+        self.proc, self.hello = proc, hello
 
     @classmethod
     async def start(cls, cfg: dict, errors: Path) -> "FakeVenue":
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "bench" / "fake_venue.py"), json.dumps(cfg), cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(errors, "w"), limit=1 << 20)
-        feed, _ = venue_feed("NYSE" if cfg["venue"] == "alpaca" else "HKEX",
-                             WallClock(datetime.fromisoformat(cfg["start"]), cfg["t0"]))
-        self = cls(proc, {}, feed)
+        self = cls(proc, {})
         try:
             self.hello = await asyncio.wait_for(self._answer(), 120)
         except BaseException:
@@ -125,9 +124,6 @@ class FakeVenue:
                 raise EOFError("the fake's process ended")
             if line.startswith(b"@@ "):
                 return json.loads(line[3:])
-
-    def quote(self, symbol: str, at: datetime):
-        return self.feed.quote(symbol, at)
 
     async def cross(self, symbol: str, price: Decimal, timeout: float) -> float | None:
         self.proc.stdin.write((json.dumps({"op": "move", "symbol": symbol, "price": str(price),
@@ -147,8 +143,8 @@ class FakeVenue:
 
 @contextlib.asynccontextmanager
 async def venue(name: str, pool, pg_url: str, tmp: Path, poll: float):
-    """Services for a fresh agent on `name`, the venue (`quote` for setup, `cross` to move a price through a stop
-    and time the exit's arrival there), and the clock."""
+    """Services for a fresh agent on `name`, the venue (`cross`: move a price through a stop and time the exit's
+    arrival there), and the clock."""
     agent = f"bench_mon_{name}_{uuid.uuid4().hex[:8]}"
     monitor = {"broker_stops": False, "poll_interval_seconds": int(poll)}
     if name == "paper":
@@ -167,12 +163,10 @@ async def venue(name: str, pool, pg_url: str, tmp: Path, poll: float):
         us = name == "alpaca"
         start = NY_OPEN_AT if us else OPEN_AT
         clock = WallClock(start)
-        # the venue runs in a process of its own, as a real one does (fake_venue.py); our side prices its setup from
-        # the same simulated market (unmoved: the moved symbols are sold and never bought again)
-        feed, _ = venue_feed("NYSE" if us else "HKEX", clock)
+        # the venue runs in a process of its own, as a real one does (fake_venue.py)
         child = await FakeVenue.start({"venue": name, "pg_url": pg_url, "account_id": agent, "start": start.isoformat(),
                                        "t0": clock.t0, "log_dir": str(tmp / "logs-venue"), "rate_speed": RATE_SPEED},
-                                      tmp / f"{agent}.err")
+                                      Path(os.environ.get("BENCH_VENUE_ERR_DIR", tmp)) / f"{agent}.err")
         services = None
         try:
             if us:
@@ -203,14 +197,21 @@ async def venue(name: str, pool, pg_url: str, tmp: Path, poll: float):
     raise SystemExit(f"unknown venue {name!r}")
 
 
-async def open_positions(services, venue, symbols: Iterator[str], want: int) -> int:
+async def open_positions(services, symbols: Iterator[str], want: int) -> int:
     """Bench setup (not measured): one-lot market buys through the order path (a few in flight at once), each with
     its stop 20% below, until `want` more positions are open. A buy the venue does not fill at once (too little
     volume) is cancelled and the next symbol taken: a resting entry is not what is being measured."""
 
     async def one(symbol: str) -> bool:
+        try:
+            return await buy(symbol)
+        except BrokerError as exc:             # e.g. a fake busy pricing a symbol's first day: take another
+            print(f"  setup: {symbol} not opened: {exc}", file=sys.stderr)
+            return False
+
+    async def buy(symbol: str) -> bool:
         inst = await services.broker.get_instrument(symbol)
-        q = venue.quote(symbol, services.clock.now())
+        q = await services.broker.get_quote(symbol)
         stop = round_to_tick(q.last * Decimal("0.8"), inst.tick_scheme, "down") if q.last > 0 else Decimal(0)
         if stop <= 0:
             return False
@@ -244,7 +245,7 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         rng = random.Random(n * 7 + int(poll))
         rng.shuffle(liquid)
         spare = iter(liquid)
-        await open_positions(services, place, spare, n)
+        await open_positions(services, spare, n)
         rows = await pool.fetch("SELECT symbol FROM positions WHERE agent_id = $1 AND status = 'open'", agent)
         held = len(rows)
         monitor = services.monitor()
@@ -288,7 +289,7 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
                 if wait is None:
                     raise SystemExit(f"{name}: no exit for {symbol} within 10 s ({watch.status_text()})")
                 waits.append(wait)
-                await open_positions(services, place, spare, 1)                 # keep n positions open
+                await open_positions(services, spare, 1)                 # keep n positions open
         finally:
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
@@ -318,9 +319,7 @@ async def memory(url: str, tmp: Path) -> dict:
     start = datetime(2026, 11, 24, 1, 0, tzinfo=timezone.utc)               # 09:00 HKT
     settings = agent_settings(agent)
     services = await build_services(settings, pool, WallClock(start + timedelta(minutes=31)))
-    feed = services.broker.market
-    await open_positions(services, SimpleNamespace(quote=feed.quote),
-                         iter([i.symbol for i in services.universe.instruments()][:15]), 15)
+    await open_positions(services, iter([i.symbol for i in services.universe.instruments()][:15]), 15)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CATALYST_", "DATABASE_URL", "ANTHROPIC_"))}
     env.update(DATABASE_URL=url, AGENT_ID=agent, CATALYST_VAR_DIR=str(tmp / "var"), CATALYST_LOG_DIR=str(tmp / "logs"),
                CATALYST_ENV_FILE=str(tmp / "none.env"), CATALYST_SIMULATED_START=start.isoformat(),

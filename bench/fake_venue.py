@@ -43,8 +43,10 @@ def feed(exchange: str, clock: WallClock):
     from core.calendar import MarketCalendar
     from tests.fakes.movable import MovableMarket
     calendar = MarketCalendar(exchange)
-    return MovableMarket(SimulatedMarket(seed=SEED, exchange=exchange, n_symbols=N_SYMBOLS, calendar=calendar),
-                         clock), calendar
+    market = MovableMarket(SimulatedMarket(seed=SEED, exchange=exchange, n_symbols=N_SYMBOLS, calendar=calendar),
+                           clock)
+    market.quote(market.instruments()[0].symbol, clock.now())     # the session's daily paths, before any request
+    return market, calendar
 
 
 def say(what: dict) -> None:
