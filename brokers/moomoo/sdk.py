@@ -45,6 +45,7 @@ NOT_RUNNING = "MoomooClient not initialized: OpenD not running (systemctl start 
 _TIMEOUT_WORDS = ("packeterr.timeout", "abnormal event timeout")  # the SDK gave up waiting for a reply
 _CONNECTION_WORDS = ("connection", "disconnect", "not connected", "timeout", "context status bad", "sendfail",
                      "abnormal event")
+SDK_RET_OK = 0             # moomoo.RET_OK
 SDK_TICK = 1.0             # how often the SDK's network thread checks its requests' timeouts
 SDK_REPLY_WAIT = 20.0      # the SDK's hard bound on waiting for a reply (ReqInfo.wait)
 _BUSY_WORDS = ("frequen", "too many requests", "频率")          # OpenD's per-30-seconds request limits
@@ -351,6 +352,21 @@ def _context_class(base: type) -> type:
                 self.close()
             except Exception:   # a half-built context may lack parts close() touches
                 log.debug("closing an abandoned moomoo context failed", exc_info=True)
+
+        if hasattr(base, "_check_acc_id_and_acc_index"):           # a trade context
+            def _check_acc_id_and_acc_index(self, trd_env: Any, acc_id: int, acc_index: int) -> Any:
+                """The SDK checks the account id of every trade request against a fresh Trd_GetAccList (another round
+                trip to OpenD, and a DataFrame, before each order, order list and position list): an account id it
+                accepted once is taken as it is for the life of the context (OpenD itself refuses a request for an
+                account that has gone)."""
+                known = self.__dict__.setdefault("_accounts_accepted", {})
+                key = (trd_env, acc_id, acc_index)
+                if acc_id and key in known:
+                    return known[key]
+                answer = super()._check_acc_id_and_acc_index(trd_env, acc_id, acc_index)
+                if acc_id and answer[0] == SDK_RET_OK:
+                    known[key] = answer
+                return answer
 
     Abandonable.__name__ = Abandonable.__qualname__ = f"Abandonable{base.__name__}"
     _context_classes[base] = Abandonable

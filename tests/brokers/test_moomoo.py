@@ -35,7 +35,7 @@ from tests.venues import OPEN_AT, advance_trading_minutes, liquid_symbols, paper
 PASSWORD = "fake-trade-pw-1234"
 CALENDAR = MarketCalendar("HKEX")
 P_PLACE_ORDER, P_INIT_CONNECT, P_ORDER_PUSH, P_SUB_ACC_PUSH = 2202, 1001, 2208, 2008   # moomoo ProtoId
-P_GET_FUNDS, P_POSITIONS, P_ORDER_LIST = 2101, 2102, 2201
+P_GET_FUNDS, P_POSITIONS, P_ORDER_LIST, P_ACC_LIST = 2101, 2102, 2201, 2001
 
 
 def closed_port() -> int:
@@ -281,6 +281,21 @@ async def test_a_sell_asks_for_its_order_list_and_its_position_together(world):
         await broker.place_order(OrderRequest(coid, symbol, OrderSide.SELL, bought.filled_quantity, OrderType.MARKET))
     assert len(world.fake.requests_for(P_POSITIONS)) == asked + 1
     assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
+
+
+async def test_trade_requests_do_not_each_ask_for_the_account_list_again(world):
+    """The SDK checks the account of every trade request against a fresh account list (a round trip more before an
+    order leaves); once accepted, an account is not checked again."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "first")
+    asked = len(world.fake.requests_for(P_ACC_LIST))
+    await broker.get_position(symbol)
+    await broker.get_orders()
+    sold = await broker.place_order(OrderRequest(world.coid("sell"), symbol, OrderSide.SELL, bought.filled_quantity,
+                                                 OrderType.MARKET))
+    assert sold.status is OrderStatus.FILLED
+    assert len(world.fake.requests_for(P_ACC_LIST)) == asked
 
 
 async def test_position_and_order_lists_filtered_by_code_answer_that_code_only(world):
