@@ -197,17 +197,17 @@ async def venue(name: str, pool, pg_url: str, tmp: Path, poll: float):
     raise SystemExit(f"unknown venue {name!r}")
 
 
-async def open_positions(services, symbols: Iterator[str], want: int) -> int:
+async def open_positions(services, symbols: Iterator[str], want: int) -> list[str]:
     """Bench setup (not measured): one-lot market buys through the order path (a few in flight at once), each with
     its stop 20% below, until `want` more positions are open. A buy the venue does not fill at once (too little
     volume) is cancelled and the next symbol taken: a resting entry is not what is being measured."""
 
-    async def one(symbol: str) -> bool:
+    async def one(symbol: str) -> str | None:
         try:
-            return await buy(symbol)
+            return symbol if await buy(symbol) else None
         except BrokerError as exc:             # e.g. a fake busy pricing a symbol's first day: take another
             print(f"  setup: {symbol} not opened: {exc}", file=sys.stderr)
-            return False
+            return None
 
     async def buy(symbol: str) -> bool:
         inst = await services.broker.get_instrument(symbol)
@@ -229,12 +229,12 @@ async def open_positions(services, symbols: Iterator[str], want: int) -> int:
             await services.orders.cancel(outcome.client_order_id)
         return outcome.filled_quantity > 0
 
-    opened = 0
-    while opened < want:
-        batch = list(itertools.islice(symbols, min(SETUP_CONCURRENCY, want - opened)))
+    opened: list[str] = []
+    while len(opened) < want:
+        batch = list(itertools.islice(symbols, min(SETUP_CONCURRENCY, want - len(opened))))
         if not batch:
             break
-        opened += sum(await asyncio.gather(*(one(s) for s in batch)))
+        opened += [s for s in await asyncio.gather(*(one(s) for s in batch)) if s is not None]
     return opened
 
 
@@ -289,7 +289,8 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
                 if wait is None:
                     raise SystemExit(f"{name}: no exit for {symbol} within 10 s ({watch.status_text()})")
                 waits.append(wait)
-                await open_positions(services, spare, 1)                 # keep n positions open
+                for s in await open_positions(services, spare, 1):      # keep n positions open
+                    await monitor._indicators(s)       # as the daemon has them: cached per session
         finally:
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
