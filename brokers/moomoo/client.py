@@ -392,8 +392,14 @@ class MoomooBroker(BrokerClient):
         return [self._book.merge(mapping.order_view(row)) for row in mapping.records(data)]
 
     async def _find(self, client_order_id: str, *, history: bool = True) -> OrderView | None:
-        """Our order by remark: today's orders, then (history=True) the last HISTORY_DAYS days."""
-        for load in (self._today_orders, self._history_orders)[:2 if history else 1]:
+        """Our order by remark: today's orders (only its code's, when this process has seen the order: its code
+        never changes), then all of today's, then (history=True) the last HISTORY_DAYS days."""
+        known = self._book.by_remark(client_order_id)
+        loads = [self._today_orders, self._history_orders][:2 if history else 1]
+        if known is not None:
+            code = to_moomoo_code(known.symbol)
+            loads.insert(0, lambda: self._today_orders(code))
+        for load in loads:
             found = _first(await load(), client_order_id)
             if found is not None:
                 return self._book.merge(found)

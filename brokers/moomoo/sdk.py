@@ -53,6 +53,18 @@ _QUOTA_WORDS = ("quota", "额度")                                # the history 
 _UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
 
 
+def _as_rows(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an SDK call (in the worker thread) and turn the DataFrames in its answer into lists of row dicts there,
+    so the event loop the pushed prices are judged on never converts a frame."""
+    from pandas import DataFrame          # the SDK's own dependency, imported with it
+
+    from brokers.moomoo.mapping import records
+    result = fn(*args, **kwargs)
+    if not isinstance(result, tuple):
+        return result
+    return tuple(records(part) if isinstance(part, DataFrame) else part for part in result)
+
+
 class OpenDBusy(BrokerUnavailable):
     """OpenD refused a request for its frequency limit (another process may share the account's limit)."""
 
@@ -176,7 +188,8 @@ class OpenDSession:
                                    f"({self.where})")
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.request_timeout)
+                result = await asyncio.wait_for(asyncio.to_thread(_as_rows, fn, *args, **kwargs),
+                                                self.request_timeout)
             except TimeoutError:
                 raise silent from None
             ret, data = result[0], result[1]

@@ -536,3 +536,39 @@ async def test_order_level_fees_reach_the_position_once(world, pool):
                               world.agent_id, symbol)
     fill_fees = await pool.fetchval("SELECT coalesce(sum(fee), 0) FROM fills WHERE agent_id = $1", world.agent_id)
     assert fill_fees == 0 and pos["fees"] == out.fees and pos["realized_pnl"] == -out.fees
+
+
+async def test_sdk_answers_reach_the_loop_as_rows_the_same_as_pandas_would_give(world):
+    """The SDK's DataFrames are turned into row dicts in the worker thread (never on the event loop the pushed
+    prices are judged on), and the rows are what DataFrame.to_dict("records") gives."""
+    import numpy as np
+    import pandas as pd
+    from brokers.moomoo import mapping
+    broker = await world.connect("real")
+    raw = await asyncio.to_thread(broker._t().get_acc_list)
+    rows = await broker._opend.call("get_acc_list", broker._t().get_acc_list)
+    assert isinstance(rows, list) and rows == raw[1].to_dict("records")
+    frame = pd.DataFrame([{"code": "HK.00700", "price": 1.5, "qty": 100.0, "flag": np.bool_(True), "none": None,
+                           "nan": float("nan"), "text": "N/A", "n": 3},
+                          {"code": "HK.00005", "price": 2.0, "qty": 0.0, "flag": np.bool_(False), "none": "x",
+                           "nan": 1.0, "text": "ok", "n": 4}])
+    mine, theirs = mapping.records(frame), frame.to_dict("records")
+    assert [{k: v for k, v in r.items() if k != "nan"} for r in mine] == [
+        {k: v for k, v in r.items() if k != "nan"} for r in theirs]
+    assert [type(v) for v in mine[0].values()] == [type(v) for v in theirs[0].values()]
+    assert np.isnan(mine[0]["nan"]) and mine[1]["nan"] == 1.0
+
+
+async def test_an_order_this_process_knows_is_read_from_its_codes_list_only(world):
+    """Reading an order again (a sync) asks for today's orders of its code, not the whole day's book; an order it
+    has never seen (another process's) is looked for in the whole day's list."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "known")
+    before = len(world.fake.requests_for(P_ORDER_LIST))
+    again = await broker.get_order_by_client_id(bought.client_order_id)
+    assert again is not None and again.status is OrderStatus.FILLED
+    asked = world.fake.requests_for(P_ORDER_LIST)[before:]
+    assert [r.body["c2s"].get("filterConditions", {}).get("codeList") for r in asked] == [[to_moomoo_code(symbol).split(".", 1)[1]]]
+    other = await world.connect("real")                      # a new process: it has seen nothing
+    assert (await other.get_order_by_client_id(bought.client_order_id)).status is OrderStatus.FILLED
