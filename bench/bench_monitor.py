@@ -93,7 +93,7 @@ class PaperVenue:
                                            "symbol = $2 AND side = 'sell'", self.agent, symbol)
             if row is not None:
                 return (row - at).total_seconds()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.005)         # the order row's own time is measured, not when we look
         return None
 
 
