@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import signals
 from core.clock import Clock
@@ -84,7 +84,14 @@ class PositionMonitor:
         self._rows: dict[str, Any] = {}
         self._watched: frozenset[str] | None = None     # watched_symbols(), until _rows changes
         self._exit_locks: dict[str, asyncio.Lock] = {}
+        self._pushed: Callable[[], dict[str, Quote]] | None = None
         self.stream_exits = 0
+
+    def use_pushed_quotes(self, source: Callable[[], dict[str, Quote]]) -> None:
+        """`source()`: the latest price a healthy quote stream pushed, by symbol. A pass takes those instead of
+        asking the venue again and asks only for the rest (what the stream does not hold), so the poll's cost no
+        longer grows with the streamed positions."""
+        self._pushed = source
 
     # ------------------------------------------------------------ pushed prices
     def watched_symbols(self) -> frozenset[str]:
@@ -230,14 +237,18 @@ class PositionMonitor:
         return f"uncertain -> {advice.action}"
 
     async def _quotes(self, symbols: list[str], result: PassResult) -> dict:
-        """One batch request; on failure, one by one so a single bad symbol costs only itself."""
+        """The streamed symbols' latest pushed prices; one batch request for the rest; on failure, one by one so a
+        single bad symbol costs only itself."""
         failures: dict[str, str] = {}
+        pushed = self._pushed() if self._pushed is not None else {}
+        quotes = {s: pushed[s] for s in symbols if s in pushed}
+        asked = [s for s in symbols if s not in quotes]
         try:
-            quotes = await self.trader.broker.get_quotes(symbols)
+            if asked:
+                quotes.update(await self.trader.broker.get_quotes(asked))
         except Exception as exc:
             log.warning("monitor: batch quote failed (%s); asking one by one", exc)
-            quotes = {}
-            for symbol in symbols:
+            for symbol in asked:
                 try:
                     quotes[symbol] = await self.trader.broker.get_quote(symbol)
                 except Exception as one:           # one bad quote never stops the pass
