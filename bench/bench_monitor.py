@@ -175,13 +175,15 @@ async def venue(name: str, pool, pg_url: str, tmp: Path, poll: float):
                 cfg = settings.config
                 settings = replace(settings, config=cfg.model_copy(update={
                     "agent": cfg.agent.model_copy(update={"id": agent}),
-                    "monitor": cfg.monitor.model_copy(update=monitor)}))
+                    "monitor": cfg.monitor.model_copy(update=monitor),
+                    "market_data": cfg.market_data.model_copy(update={"universe_size": 700})}))
             else:
                 from brokers.moomoo import load_sdk
                 from core.config_model import MoomooConfig
                 load_sdk(tmp / "logs")
                 settings = agent_settings(agent, env={"CATALYST_LOG_DIR": str(tmp / "logs"),
-                                                      "CATALYST_RATE_SPEED": str(RATE_SPEED)}, monitor=monitor)
+                                                      "CATALYST_RATE_SPEED": str(RATE_SPEED)}, monitor=monitor,
+                                          market_data={"universe_size": 700})
                 settings = replace(settings, config=settings.config.model_copy(update={
                     "broker": "moomoo", "moomoo": MoomooConfig(host=child.hello["host"], port=child.hello["port"],
                                                                trade_env="simulate", connect_timeout_seconds=5)}))
