@@ -199,6 +199,11 @@ class BrokerClient(ABC):
         log.debug("%s: get_positions", self.name)
         return await self._get_positions()
 
+    async def get_position(self, symbol: str) -> Position | None:
+        """One symbol's position, None when none is held: what an exit checks (one symbol, not the whole book)."""
+        log.debug("%s: get_position %s", self.name, symbol)
+        return await self._get_position(symbol)
+
     async def get_account_and_positions(self) -> tuple[Account, list[Position]]:
         """Both, for a portfolio snapshot (one consistent view where the venue can give one)."""
         log.debug("%s: get_account_and_positions", self.name)
@@ -270,6 +275,10 @@ class BrokerClient(ABC):
 
     @abstractmethod
     async def _get_positions(self) -> list[Position]: ...
+
+    async def _get_position(self, symbol: str) -> Position | None:
+        """Brokers that can ask for one symbol override this; the default reads the whole list."""
+        return next((p for p in await self._get_positions() if p.symbol == symbol), None)
 
     async def _get_account_and_positions(self) -> tuple[Account, list[Position]]:
         """The default asks for one, then the other; a broker that can read both at once (one request, one

@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import signals
 from core.clock import Clock
@@ -82,13 +82,24 @@ class PositionMonitor:
         self._standing: dict[int, tuple[tuple, datetime]] = {}
         # symbol -> its position row as of the last pass (what pushed prices are judged against)
         self._rows: dict[str, Any] = {}
+        self._watched: frozenset[str] | None = None     # watched_symbols(), until _rows changes
         self._exit_locks: dict[str, asyncio.Lock] = {}
+        self._pushed: Callable[[], dict[str, Quote]] | None = None
         self.stream_exits = 0
+
+    def use_pushed_quotes(self, source: Callable[[], dict[str, Quote]]) -> None:
+        """`source()`: the latest price a healthy quote stream pushed, by symbol. A pass takes those instead of
+        asking the venue again and asks only for the rest (what the stream does not hold), so the poll's cost no
+        longer grows with the streamed positions."""
+        self._pushed = source
 
     # ------------------------------------------------------------ pushed prices
     def watched_symbols(self) -> frozenset[str]:
-        """The symbols whose prices should be pushed: open positions with no exit working."""
-        return frozenset(s for s, r in self._rows.items() if not r["exit_working"])
+        """The symbols whose prices should be pushed: open positions with no exit working. The same object until the
+        positions change (the quote watch asks on every pushed price)."""
+        if self._watched is None:
+            self._watched = frozenset(s for s, r in self._rows.items() if not r["exit_working"])
+        return self._watched
 
     async def on_price(self, quote: Quote) -> dict | None:
         """One pushed price: the position's price-only signals, and an exit at once when one is strong."""
@@ -102,6 +113,7 @@ class PositionMonitor:
         report = signals.evaluate(view, self.thresholds, now=self.clock.now())
         if report.action != "exit" or self._rows.pop(quote.symbol, None) is None:
             return None                    # popped: one attempt per symbol until the next pass re-reads it
+        self._watched = None
         result = PassResult(checked=1)
         await self._exit(row, report, result, source="pushed price")
         self.stream_exits += len(result.exits)
@@ -139,7 +151,7 @@ class PositionMonitor:
         result = PassResult()
         rows = await self.store.positions_to_monitor()
         if not rows:
-            self._rows = {}
+            self._rows, self._watched = {}, None
             if self.protection is not None:        # stops whose position is gone
                 await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
@@ -147,7 +159,7 @@ class PositionMonitor:
         now = self.clock.now()
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
-        self._rows = {r["symbol"]: r for r in rows}
+        self._rows, self._watched = {r["symbol"]: r for r in rows}, None
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written
@@ -225,14 +237,18 @@ class PositionMonitor:
         return f"uncertain -> {advice.action}"
 
     async def _quotes(self, symbols: list[str], result: PassResult) -> dict:
-        """One batch request; on failure, one by one so a single bad symbol costs only itself."""
+        """The streamed symbols' latest pushed prices; one batch request for the rest; on failure, one by one so a
+        single bad symbol costs only itself."""
         failures: dict[str, str] = {}
+        pushed = self._pushed() if self._pushed is not None else {}
+        quotes = {s: pushed[s] for s in symbols if s in pushed}
+        asked = [s for s in symbols if s not in quotes]
         try:
-            quotes = await self.trader.broker.get_quotes(symbols)
+            if asked:
+                quotes.update(await self.trader.broker.get_quotes(asked))
         except Exception as exc:
             log.warning("monitor: batch quote failed (%s); asking one by one", exc)
-            quotes = {}
-            for symbol in symbols:
+            for symbol in asked:
                 try:
                     quotes[symbol] = await self.trader.broker.get_quote(symbol)
                 except Exception as one:           # one bad quote never stops the pass

@@ -89,19 +89,16 @@ class OrderPath:
                                    order_type=order_type, limit_price=limit_price, stop_price=stop_price)
         except InvalidRequest as exc:
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
-        position_id = None
-        if side is OrderSide.SELL:
-            position_id = await self.pool.fetchval(
-                "SELECT position_id FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open'",
-                self.agent_id, symbol)
-        # 1. write-ahead
+        # 1. write-ahead (a sell names the open position it sells, looked up in the same statement)
         kill_point("before_write_ahead")
         await self.pool.execute(
             """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
                    quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending_submit', $13, $13, $14)
+               VALUES ($1, $2, $3, CASE WHEN $5 = 'sell' THEN (SELECT position_id FROM positions WHERE agent_id = $1
+                                                              AND symbol = $4 AND status = 'open') END,
+                       $4, $5, $6, $7, $8, $9, $10, $11, 'pending_submit', $12, $12, $13)
                ON CONFLICT (client_order_id) DO NOTHING""",
-            self.agent_id, coid, cycle_id, position_id, symbol, side.value, order_type.value, intent, quantity,
+            self.agent_id, coid, cycle_id, symbol, side.value, order_type.value, intent, quantity,
             limit_price, stop_loss, take_profit, self.clock.now(), stop_price)
         self.unsettled.add(coid)
         log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,

@@ -3,7 +3,9 @@
 `QuoteWatch.run` keeps a stream (`broker.open_quote_stream()`) open while the market is in a session:
   - it follows exactly the monitor's watched symbols (open positions with no exit working), re-following whenever
     they change; symbols the venue's quota cannot hold are left to the monitor's poll (`polled`);
-  - every pushed quote goes to `PositionMonitor.on_price` (stop, stop_loss, take-profit, trailing on that price);
+  - every pushed quote goes to `PositionMonitor.on_price` (stop, stop_loss, take-profit, trailing on that price),
+    and is kept as the symbol's latest price: while the stream is healthy the monitor's poll pass takes those
+    (`pushed_quotes`) and asks the venue only for the symbols the stream does not hold;
   - never blind: a stream that drops (StreamClosed), stalls (no message of any kind for `stall_seconds` during a
     session) or falls behind (more than BEHIND quotes waiting) is closed; the watch says so (`state` 'polling' and
     `reason`, shown in the daemon's STATUS line and service_health), checks the gap since the last pushed price for
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from brokers.base import QuoteStream, StreamClosed
 from core.clock import Clock
+from core.instruments import Quote
 
 if TYPE_CHECKING:
     from brokers.base import BrokerClient
@@ -54,6 +57,8 @@ class QuoteWatch:
         self.last_quote_at: datetime | None = None     # the market time of the last pushed price
         self._silent_since: datetime | None = None     # when the failed stream last said anything
         self._on_change = on_change                    # told at once when the stream goes down or comes back
+        self._latest: dict[str, Quote] = {}            # the last pushed price of each followed symbol
+        monitor.use_pushed_quotes(self.pushed_quotes)  # the poll asks the venue only for what is not streamed
 
     # ------------------------------------------------------------ what the daemon shows
     def status_text(self) -> str:
@@ -70,6 +75,13 @@ class QuoteWatch:
         return {"stream": self.state, "stream_reason": self.reason or None, "streamed": len(self.followed),
                 "polled_over_quota": len(self.polled), "pushed_quotes": self.quotes,
                 "stream_failures": self.failures, "stream_exits": self.monitor.stream_exits}
+
+    def pushed_quotes(self) -> dict[str, Quote]:
+        """The latest pushed price of each followed symbol while the stream is healthy; nothing otherwise (the
+        poll then asks the venue for every price)."""
+        if self.state != "streaming":
+            return {}
+        return {s: q for s, q in self._latest.items() if s in self.followed}
 
     # ------------------------------------------------------------ the loop
     async def run(self, stop: asyncio.Event, in_session: Callable[[], bool]) -> None:
@@ -102,6 +114,7 @@ class QuoteWatch:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("quote stream failed")
             finally:
+                self._latest = {}         # a closed stream's prices are not kept for the next one
                 try:
                     await stream.close()
                 except Exception:
@@ -120,15 +133,17 @@ class QuoteWatch:
             if not in_session():
                 self.state = "closed"
                 return
-            symbols = self.monitor.watched_symbols()
-            if symbols != wanted:
-                self.followed = await stream.follow(symbols)
-                self.polled = symbols - self.followed
+            symbols = self.monitor.watched_symbols()     # the same object while the positions stay the same
+            if symbols is not wanted:
+                if symbols != wanted:
+                    self.followed = await stream.follow(symbols)
+                    self.polled = symbols - self.followed
+                    self._latest = {s: q for s, q in self._latest.items() if s in self.followed}
+                    if self.state != "streaming":
+                        self.state, self.reason = "streaming", ""
+                        log.info("quote stream: %s", self.status_text())
+                        await self._changed()
                 wanted = symbols
-                if self.state != "streaming":
-                    self.state, self.reason = "streaming", ""
-                    log.info("quote stream: %s", self.status_text())
-                    await self._changed()
             try:
                 quote = await stream.get(READ_SLICE)
             finally:
@@ -137,6 +152,7 @@ class QuoteWatch:
             if quote is not None:
                 self.quotes += 1
                 self.last_quote_at = quote.timestamp
+                self._latest[quote.symbol] = quote
                 await self.monitor.on_price(quote)
             elif self.followed and silent > self.stall_seconds:
                 raise _Failed(f"stalled: no message for {silent:.1f}s")
@@ -147,6 +163,7 @@ class QuoteWatch:
         """Poll at once: the gap since the last pushed price is checked for crossed stops, then a full pass."""
         self.failures += 1
         self.state, self.reason = "polling", reason
+        self._latest = {}                 # what a failed stream last said is not a price to go on
         log.warning("quote stream %s; polling (the gap since the last pushed price is checked)", reason)
         await self._changed()
         since = self._silent_since

@@ -6,6 +6,7 @@ every outcome is recorded in `decisions`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from decimal import Decimal
@@ -136,18 +137,18 @@ class Trader:
     async def exit_position(self, symbol: str, quantity: int | None, reason: str, intent: str = "exit") -> dict:
         """Sell a position through the one order path. Used by close_position, close_all and the monitor."""
         market = self.market_status()
-        held = {p.symbol: p for p in await self.broker.get_positions()}
+        # this symbol's position only (an exit's cost stays flat in the book), read with our working orders for it
+        held, working = await asyncio.gather(self.broker.get_position(symbol), self.store.working_orders(symbol))
         instrument = await self.broker.get_instrument(symbol)
-        verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument, market)
+        verdict = safety.evaluate_exit(symbol, quantity, held, instrument, market)
         if not verdict.approved:
             await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
             return {"status": "refused", **verdict.to_dict()}
-        working = await self.store.working_orders(symbol)
         if any(o["intent"] == PROTECTIVE_STOP for o in working):
             # the protective stop at the broker goes first, so the two never both sell
             released, clear = await release_stops(self.orders, self.store, symbol)
-            held = {p.symbol: p for p in await self.broker.get_positions()}
-            if symbol not in held:
+            held = await self.broker.get_position(symbol)
+            if held is None:
                 text = f"the protective stop at the broker sold {symbol} before this exit"
                 await self.record_decision(symbol, "closed_by_stop", reason, details={"detail": text})
                 return {"status": "closed_by_broker_stop", "detail": text}
@@ -156,7 +157,7 @@ class Trader:
                         f"not sending another sell")
                 await self.record_decision(symbol, "exit_in_progress", reason, details={"detail": text})
                 return {"status": "exit_in_progress", "detail": text}
-            verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument, market)
+            verdict = safety.evaluate_exit(symbol, quantity, held, instrument, market)
             if not verdict.approved:
                 await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
                 return {"status": "refused", **verdict.to_dict(), "cancelled_stops": released}
@@ -175,8 +176,8 @@ class Trader:
                                        details={"working": sells[-1]["client_order_id"], "cancelled_buys": cancelled})
             return {"status": "exit_in_progress", "detail": text, "cancelled_buy_orders": cancelled}
         if cancelled:                              # a cancelled entry may have filled more before it stopped
-            held = {p.symbol: p for p in await self.broker.get_positions()}
-            verdict = safety.evaluate_exit(symbol, quantity, held.get(symbol), instrument, market)
+            held = await self.broker.get_position(symbol)
+            verdict = safety.evaluate_exit(symbol, quantity, held, instrument, market)
             if not verdict.approved:
                 await self.record_decision(symbol, "exit_refused", reason, verdict=verdict.to_dict())
                 return {"status": "refused", **verdict.to_dict(), "cancelled_buy_orders": cancelled}

@@ -241,6 +241,15 @@ class AlpacaBroker(BrokerClient):
         rows = await self._session.call("positions", trading.get_all_positions)
         return [mapping.position(p) for p in rows if mapping.value(p.asset_class) == "us_equity"]
 
+    async def _get_position(self, symbol: str) -> Position | None:
+        """GET /v2/positions/{symbol}: one position, however many the account holds (404: none)."""
+        _, trading, _ = self._session.clients()
+        try:
+            row = await self._session.call(f"position {symbol}", trading.get_open_position, symbol)
+        except NotFound:
+            return None
+        return mapping.position(row) if mapping.value(row.asset_class) == "us_equity" else None
+
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         self._refuse_before_sending(order)

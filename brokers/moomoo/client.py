@@ -262,6 +262,16 @@ class MoomooBroker(BrokerClient):
         out = [p for p in map(mapping.position, mapping.records(data)) if p is not None]
         return sorted(out, key=lambda p: p.symbol)
 
+    async def _get_position(self, symbol: str) -> Position | None:
+        """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book."""
+        row = await self._position_row(to_moomoo_code(symbol))
+        return None if row is None else mapping.position(row)
+
+    async def _position_row(self, code: str) -> dict[str, Any] | None:
+        data = await self._opend.call("position_list_query", self._t().position_list_query, code=code,
+                                      currency="HKD", **self._acc())
+        return next((row for row in mapping.records(data) if row["code"] == code), None)
+
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         code = to_moomoo_code(order.symbol)
@@ -273,7 +283,11 @@ class MoomooBroker(BrokerClient):
             raise OrderRejected(f"a stop order cannot be held by a moomoo {self.environment} account: {STOP_ACCOUNTS}",
                                 client_order_id=order.client_order_id)
         _check_order(order, await self._get_instrument(order.symbol))
-        today = await self._today_orders(code)      # this code's orders only (OpenD filters): an exit stays fast
+        # this code's orders and (a sell) its position, OpenD filtering both: asked together, one round trip's wait
+        if order.side is OrderSide.SELL:
+            today, held = await asyncio.gather(self._today_orders(code), self._position_row(code))
+        else:
+            today, held = await self._today_orders(code), None
 
         # day orders are found in today's list; a GTC stop placed on an earlier day may be history already
         existing = _first(today, order.client_order_id) or (
@@ -281,7 +295,7 @@ class MoomooBroker(BrokerClient):
         if existing is not None:
             return await self._finish(existing)
         if order.side is OrderSide.SELL:
-            await self._check_sellable(order, today)
+            self._check_sellable(order, today, held)
         sdk = self._opend.sdk
         kind = {OrderType.MARKET: sdk.OrderType.MARKET, OrderType.STOP: sdk.OrderType.STOP}.get(
             order.order_type, sdk.OrderType.NORMAL)
@@ -312,18 +326,14 @@ class MoomooBroker(BrokerClient):
                                     "list it yet; reconcile by client_order_id")
         return await self._finish(view)
 
-    async def _check_sellable(self, order: OrderRequest, today: list[OrderView]) -> None:
+    def _check_sellable(self, order: OrderRequest, today: list[OrderView], row: dict[str, Any] | None) -> None:
         """OrderRejected unless the position's shares free to sell cover the sell: on a margin account OpenD takes a
-        larger one and the account goes short. Free: OpenD's `can_sell_qty`, and never more than the shares held
-        less every working sell of ours, stops included (a conditional order freezes no position at OpenD until it
-        triggers, so `can_sell_qty` does not count a resting stop; taking the smaller of the two counts no order
-        twice whichever way OpenD counts it)."""
-        code, held, free = to_moomoo_code(order.symbol), 0, 0
-        data = await self._opend.call("position_list_query", self._t().position_list_query, code=code,
-                                      currency="HKD", **self._acc())
-        for row in mapping.records(data):
-            if row["code"] == code:
-                held, free = mapping.sellable(row)
+        larger one and the account goes short. Free: OpenD's `can_sell_qty` (`row`, the code's position row), and
+        never more than the shares held less every working sell of ours, stops included (a conditional order freezes
+        no position at OpenD until it triggers, so `can_sell_qty` does not count a resting stop; taking the smaller of
+        the two counts no order twice whichever way OpenD counts it)."""
+        code = to_moomoo_code(order.symbol)
+        held, free = mapping.sellable(row) if row is not None else (0, 0)
         working = sum(v.quantity - v.filled_quantity for v in map(self._book.merge, today)
                       if to_moomoo_code(v.symbol) == code and v.side is OrderSide.SELL and v.status.is_open)
         free = max(min(free, held - working), 0)
@@ -382,8 +392,14 @@ class MoomooBroker(BrokerClient):
         return [self._book.merge(mapping.order_view(row)) for row in mapping.records(data)]
 
     async def _find(self, client_order_id: str, *, history: bool = True) -> OrderView | None:
-        """Our order by remark: today's orders, then (history=True) the last HISTORY_DAYS days."""
-        for load in (self._today_orders, self._history_orders)[:2 if history else 1]:
+        """Our order by remark: today's orders (only its code's, when this process has seen the order: its code
+        never changes), then all of today's, then (history=True) the last HISTORY_DAYS days."""
+        known = self._book.by_remark(client_order_id)
+        loads = [self._today_orders, self._history_orders][:2 if history else 1]
+        if known is not None:
+            code = to_moomoo_code(known.symbol)
+            loads.insert(0, lambda: self._today_orders(code))
+        for load in loads:
             found = _first(await load(), client_order_id)
             if found is not None:
                 return self._book.merge(found)

@@ -285,5 +285,13 @@ def hkt(text: Any) -> datetime | None:
 
 
 def records(data: Any) -> list[dict[str, Any]]:
-    """An SDK answer (a DataFrame, or a list of rows) -> a list of dicts."""
-    return data.to_dict("records") if hasattr(data, "to_dict") else list(data or [])
+    """An SDK answer (a DataFrame, or a list of rows) -> a list of dicts. Column by column: the same dicts as
+    DataFrame.to_dict("records") (Python scalars, None and NaN kept) at a fraction of its cost on the SDK's wide
+    frames (a snapshot has over a hundred columns)."""
+    if not hasattr(data, "to_dict"):
+        return list(data or [])
+    names, columns = [], []
+    for name, column in data.items():
+        names.append(name)
+        columns.append(column.tolist())
+    return [dict(zip(names, row)) for row in zip(*columns)]

@@ -45,11 +45,24 @@ NOT_RUNNING = "MoomooClient not initialized: OpenD not running (systemctl start 
 _TIMEOUT_WORDS = ("packeterr.timeout", "abnormal event timeout")  # the SDK gave up waiting for a reply
 _CONNECTION_WORDS = ("connection", "disconnect", "not connected", "timeout", "context status bad", "sendfail",
                      "abnormal event")
+SDK_RET_OK = 0             # moomoo.RET_OK
 SDK_TICK = 1.0             # how often the SDK's network thread checks its requests' timeouts
 SDK_REPLY_WAIT = 20.0      # the SDK's hard bound on waiting for a reply (ReqInfo.wait)
 _BUSY_WORDS = ("frequen", "too many requests", "频率")          # OpenD's per-30-seconds request limits
 _QUOTA_WORDS = ("quota", "额度")                                # the history K-line quota (30 days)
 _UNKNOWN_SYMBOL_WORDS = ("unknown stock", "unknown security", "stock not exist", "未知股票", "format of code")
+
+
+def _as_rows(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an SDK call (in the worker thread) and turn the DataFrames in its answer into lists of row dicts there,
+    so the event loop the pushed prices are judged on never converts a frame."""
+    from pandas import DataFrame          # the SDK's own dependency, imported with it
+
+    from brokers.moomoo.mapping import records
+    result = fn(*args, **kwargs)
+    if not isinstance(result, tuple):
+        return result
+    return tuple(records(part) if isinstance(part, DataFrame) else part for part in result)
 
 
 class OpenDBusy(BrokerUnavailable):
@@ -175,7 +188,8 @@ class OpenDSession:
                                    f"({self.where})")
         for attempt in (1, 2):
             try:
-                result = await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.request_timeout)
+                result = await asyncio.wait_for(asyncio.to_thread(_as_rows, fn, *args, **kwargs),
+                                                self.request_timeout)
             except TimeoutError:
                 raise silent from None
             ret, data = result[0], result[1]
@@ -351,6 +365,21 @@ def _context_class(base: type) -> type:
                 self.close()
             except Exception:   # a half-built context may lack parts close() touches
                 log.debug("closing an abandoned moomoo context failed", exc_info=True)
+
+        if hasattr(base, "_check_acc_id_and_acc_index"):           # a trade context
+            def _check_acc_id_and_acc_index(self, trd_env: Any, acc_id: int, acc_index: int) -> Any:
+                """The SDK checks the account id of every trade request against a fresh Trd_GetAccList (another round
+                trip to OpenD, and a DataFrame, before each order, order list and position list): an account id it
+                accepted once is taken as it is for the life of the context (OpenD itself refuses a request for an
+                account that has gone)."""
+                known = self.__dict__.setdefault("_accounts_accepted", {})
+                key = (trd_env, acc_id, acc_index)
+                if acc_id and key in known:
+                    return known[key]
+                answer = super()._check_acc_id_and_acc_index(trd_env, acc_id, acc_index)
+                if acc_id and answer[0] == SDK_RET_OK:
+                    known[key] = answer
+                return answer
 
     Abandonable.__name__ = Abandonable.__qualname__ = f"Abandonable{base.__name__}"
     _context_classes[base] = Abandonable

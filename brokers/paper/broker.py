@@ -146,6 +146,16 @@ class PaperBroker(BrokerClient):
     async def _get_positions(self) -> list[Position]:
         return (await self._get_account_and_positions())[1]
 
+    async def _get_position(self, symbol: str) -> Position | None:
+        """One row and one quote, however many positions the account holds."""
+        now = await self._catch_up()
+        row = await self._fetchrow("SELECT quantity, avg_price FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
+                                   self.account_id, symbol)
+        if row is None:
+            return None
+        return Position(symbol=symbol, quantity=row["quantity"], avg_price=row["avg_price"],
+                        market_price=self.market.quote(symbol, now).last)
+
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         async with self._locked() as (conn, now):
@@ -390,7 +400,10 @@ class PaperBroker(BrokerClient):
             # since it was placed (a stop: since it triggered): over many small bars it fills a lot at a time, as
             # a real working order does. A stop is good till cancelled; other orders end at the session close.
             timeframe, size = self._resolution(row["symbol"])
-            end = now if is_stop else min(now, self._expiry(row["submitted_at"]))
+            expiry = None if is_stop else self._expiry(row["submitted_at"])
+            end = now if is_stop else min(now, expiry)
+            if end <= matched_until and (is_stop or now < expiry):
+                return                                   # no bar since the last match, not expiring: nothing changes
             if not is_stop:
                 first = _next_minute(row["submitted_at"])
             elif triggered_at is None:
@@ -434,7 +447,7 @@ class PaperBroker(BrokerClient):
         elif filled_now > 0:
             status = "partially_filled"
         reason = row["reason"]
-        if remaining > 0 and not immediate and not is_stop and now >= self._expiry(row["submitted_at"]):
+        if remaining > 0 and not immediate and not is_stop and now >= expiry:
             status, reason = "expired", "day order expired at the session close"
         await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, "
                            "triggered_at = $7 WHERE agent_id = $1 AND client_order_id = $2", self.account_id,

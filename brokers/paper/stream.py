@@ -1,9 +1,11 @@
 """The paper venue's pushed quotes: what its price feed says, for the symbols the monitor follows.
 
 A feed that announces its moves (`listen(callback(symbol, quote))`, as tests/fakes/movable.py does) has each move
-pushed at once, on the thread that moved it. Every feed is also read every `CADENCE_SECONDS` of wall time, and the
-quotes that changed since the last push go out (a feed's quote changes when a bar completes under the clock); each
-such read is the venue's keep-alive (`_heard`). Quotes are read as of the injected clock's now, never later, so a
+pushed at once, on the thread that moved it. Every `CADENCE_SECONDS` of wall time the stream sends its keep-alive
+(`_heard`) and reads the feed for the quotes that changed since the last push: every followed symbol when the
+clock has entered a new minute since the last full read (a feed's quote changes only when a bar completes under the
+clock), otherwise only the symbols not pushed yet and those whose move was announced this minute (one announced for
+a later instant) — so a minute's cadences cost nothing however many symbols are followed. Quotes are read as of the injected clock's now, never later, so a
 move announced for a future instant is not pushed before the clock reaches it. No quota: every followed symbol the
 feed carries is pushed. Nothing here touches the database; a read of 500 symbols is 500 in-memory quotes.
 """
@@ -31,6 +33,7 @@ class PaperQuoteStream(QuoteStream):
         self._cadence = cadence
         self._wanted: frozenset[str] = frozenset()
         self._last: dict[str, Quote] = {}            # the last quote pushed, by symbol
+        self._announced: set[str] = set()             # moves announced since the last full read
         self._stalled = False
         self._thread = threading.get_ident()
         self._listen = getattr(market, "listen", None)
@@ -75,6 +78,7 @@ class PaperQuoteStream(QuoteStream):
         """The feed's announcement (on the mover's thread): push the symbol's quote as of now, if followed."""
         if symbol not in self._wanted:
             return
+        self._announced.add(symbol)
         if threading.get_ident() == self._thread:
             self._offer(symbol)
         else:
@@ -93,13 +97,20 @@ class PaperQuoteStream(QuoteStream):
             self._push(quote)
 
     async def _run(self) -> None:
+        minute = None
         try:
             while True:
                 await asyncio.sleep(self._cadence)
                 if self._stalled:
                     continue
                 self._heard()
-                for symbol in self._wanted:
+                now = self._clock.now().replace(second=0, microsecond=0)
+                if now != minute:                    # a bar may have completed: every followed quote is read
+                    minute, self._announced = now, set()
+                    todo = self._wanted
+                else:                                # within the minute only a move changes a quote
+                    todo = (self._wanted - self._last.keys()) | (self._announced & self._wanted)
+                for symbol in todo:
                     self._offer(symbol)
         except asyncio.CancelledError:
             raise

@@ -189,6 +189,16 @@ class BrokerConformance:
         assert positions == await venue.broker.get_positions()
         assert symbol in {p.symbol for p in positions}
 
+    async def test_one_position_matches_the_list_and_is_none_when_not_held(self, venue: Venue):
+        held_symbol, other = venue.symbols[0], venue.symbols[1]
+        await _buy_lots(venue, held_symbol, 1, "one")
+        listed = {p.symbol: p for p in await venue.broker.get_positions()}
+        one = await venue.broker.get_position(held_symbol)
+        assert one is not None and other not in listed
+        assert (one.symbol, one.quantity, one.avg_price) == (held_symbol, listed[held_symbol].quantity,
+                                                              listed[held_symbol].avg_price)
+        assert await venue.broker.get_position(other) is None
+
     async def test_state_survives_a_new_client(self, venue: Venue):
         symbol = venue.symbols[0]
         bought = await _buy_lots(venue, symbol, 1, "persist")

@@ -35,7 +35,7 @@ from tests.venues import OPEN_AT, advance_trading_minutes, liquid_symbols, paper
 PASSWORD = "fake-trade-pw-1234"
 CALENDAR = MarketCalendar("HKEX")
 P_PLACE_ORDER, P_INIT_CONNECT, P_ORDER_PUSH, P_SUB_ACC_PUSH = 2202, 1001, 2208, 2008   # moomoo ProtoId
-P_GET_FUNDS = 2101
+P_GET_FUNDS, P_POSITIONS, P_ORDER_LIST, P_ACC_LIST = 2101, 2102, 2201, 2001
 
 
 def closed_port() -> int:
@@ -267,6 +267,64 @@ async def test_shares_already_in_an_open_sell_order_cannot_be_sold_again(world):
                                               OrderType.MARKET))
 
 
+async def test_a_sell_asks_for_its_order_list_and_its_position_together(world):
+    """The pre-send checks of a sell (today's orders of the code: the remark, the working sells; the code's
+    position: the shares free) are asked at once, so an exit waits one round trip for them, not two: with the order
+    list never answered, the position has been asked all the same, and nothing was sent."""
+    broker = await world.connect("real", request_timeout=1)
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "long")
+    asked = len(world.fake.requests_for(P_POSITIONS))
+    world.fake.silence(P_ORDER_LIST)
+    coid = world.coid("exit")
+    with pytest.raises(BrokerUnavailable, match="order_list_query"):
+        await broker.place_order(OrderRequest(coid, symbol, OrderSide.SELL, bought.filled_quantity, OrderType.MARKET))
+    assert len(world.fake.requests_for(P_POSITIONS)) == asked + 1
+    assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
+
+
+async def test_trade_requests_do_not_each_ask_for_the_account_list_again(world):
+    """The SDK checks the account of every trade request against a fresh account list (a round trip more before an
+    order leaves); once accepted, an account is not checked again."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "first")
+    asked = len(world.fake.requests_for(P_ACC_LIST))
+    await broker.get_position(symbol)
+    await broker.get_orders()
+    sold = await broker.place_order(OrderRequest(world.coid("sell"), symbol, OrderSide.SELL, bought.filled_quantity,
+                                                 OrderType.MARKET))
+    assert sold.status is OrderStatus.FILLED
+    assert len(world.fake.requests_for(P_ACC_LIST)) == asked
+
+
+async def test_position_and_order_lists_filtered_by_code_answer_that_code_only(world):
+    """Trd_GetPositionList / Trd_GetOrderList filterConditions.codeList, as the SDK sends `code=`."""
+    sdk = load_sdk(world.log_dir)
+    broker = await world.connect("real")
+    a, b = symbols()[:2]
+    for symbol in (a, b):
+        await buy(broker, world, symbol, 1, f"hold-{symbol}")
+
+    def lists(code: str):
+        ctx = sdk.OpenSecTradeContext(filter_trdmarket=sdk.TrdMarket.HK, host=world.fake.host, port=world.fake.port,
+                                      security_firm=sdk.SecurityFirm.FUTUSECURITIES)
+        try:
+            ctx.unlock_trade(password=PASSWORD)
+            positions = ctx.position_list_query(code=code, trd_env="REAL", acc_id=REAL_ACC)
+            orders = ctx.order_list_query(code=code, trd_env="REAL", acc_id=REAL_ACC)
+            everything = ctx.position_list_query(trd_env="REAL", acc_id=REAL_ACC)
+            return positions, orders, everything
+        finally:
+            ctx.close()
+
+    (ret, positions), (ret2, orders), (ret3, everything) = await asyncio.to_thread(lists, to_moomoo_code(a))
+    assert ret == ret2 == ret3 == sdk.RET_OK
+    assert [r["code"] for r in positions.to_dict("records")] == [to_moomoo_code(a)]
+    assert {r["code"] for r in orders.to_dict("records")} == {to_moomoo_code(a)}
+    assert {r["code"] for r in everything.to_dict("records")} == {to_moomoo_code(a), to_moomoo_code(b)}
+
+
 async def test_the_fake_takes_an_oversell_on_the_margin_account_as_opend_does_and_refuses_it_on_paper(world):
     """What the adapter guards against, at the venue: the SDK sends the oversell straight to the fake."""
     sdk = load_sdk(world.log_dir)
@@ -478,3 +536,39 @@ async def test_order_level_fees_reach_the_position_once(world, pool):
                               world.agent_id, symbol)
     fill_fees = await pool.fetchval("SELECT coalesce(sum(fee), 0) FROM fills WHERE agent_id = $1", world.agent_id)
     assert fill_fees == 0 and pos["fees"] == out.fees and pos["realized_pnl"] == -out.fees
+
+
+async def test_sdk_answers_reach_the_loop_as_rows_the_same_as_pandas_would_give(world):
+    """The SDK's DataFrames are turned into row dicts in the worker thread (never on the event loop the pushed
+    prices are judged on), and the rows are what DataFrame.to_dict("records") gives."""
+    import numpy as np
+    import pandas as pd
+    from brokers.moomoo import mapping
+    broker = await world.connect("real")
+    raw = await asyncio.to_thread(broker._t().get_acc_list)
+    rows = await broker._opend.call("get_acc_list", broker._t().get_acc_list)
+    assert isinstance(rows, list) and rows == raw[1].to_dict("records")
+    frame = pd.DataFrame([{"code": "HK.00700", "price": 1.5, "qty": 100.0, "flag": np.bool_(True), "none": None,
+                           "nan": float("nan"), "text": "N/A", "n": 3},
+                          {"code": "HK.00005", "price": 2.0, "qty": 0.0, "flag": np.bool_(False), "none": "x",
+                           "nan": 1.0, "text": "ok", "n": 4}])
+    mine, theirs = mapping.records(frame), frame.to_dict("records")
+    assert [{k: v for k, v in r.items() if k != "nan"} for r in mine] == [
+        {k: v for k, v in r.items() if k != "nan"} for r in theirs]
+    assert [type(v) for v in mine[0].values()] == [type(v) for v in theirs[0].values()]
+    assert np.isnan(mine[0]["nan"]) and mine[1]["nan"] == 1.0
+
+
+async def test_an_order_this_process_knows_is_read_from_its_codes_list_only(world):
+    """Reading an order again (a sync) asks for today's orders of its code, not the whole day's book; an order it
+    has never seen (another process's) is looked for in the whole day's list."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "known")
+    before = len(world.fake.requests_for(P_ORDER_LIST))
+    again = await broker.get_order_by_client_id(bought.client_order_id)
+    assert again is not None and again.status is OrderStatus.FILLED
+    asked = world.fake.requests_for(P_ORDER_LIST)[before:]
+    assert [r.body["c2s"].get("filterConditions", {}).get("codeList") for r in asked] == [[to_moomoo_code(symbol).split(".", 1)[1]]]
+    other = await world.connect("real")                      # a new process: it has seen nothing
+    assert (await other.get_order_by_client_id(bought.client_order_id)).status is OrderStatus.FILLED

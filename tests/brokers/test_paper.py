@@ -198,3 +198,26 @@ async def test_a_day_order_partly_filled_on_arrival_still_expires_at_the_close(p
     assert done.status is OrderStatus.EXPIRED and done.filled_quantity == placed.filled_quantity, done
     acct = await broker.get_account()
     assert acct.buying_power == acct.cash                       # nothing held back for it any more
+
+
+async def test_a_resting_order_is_not_rewritten_until_a_bar_completes(pool, agent_id):
+    """Every order placed matches the book first; a resting order no new bar reaches is left alone (no statement
+    per resting order per placement), and the next completed bar still works it."""
+    from core.ticks import round_to_tick
+    clock = SimulatedClock(OPEN_AT + timedelta(seconds=5))
+    broker = await make_broker(pool, agent_id, clock)
+    first, second = liquid_symbols(shared_market(), OPEN_AT)[:2]
+    inst = await broker.get_instrument(first)
+    far = round_to_tick((await broker.get_quote(first)).bid * Decimal("0.5"), inst.tick_scheme, "down")
+    await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-rest", symbol=first, side=OrderSide.BUY,
+                                          quantity=inst.lot_size, order_type=OrderType.LIMIT, limit_price=far))
+    stamp = "SELECT updated_at, matched_until FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2"
+    before = await pool.fetchrow(stamp, agent_id, f"{agent_id}-rest")
+    clock.advance(timedelta(seconds=20))                     # the same minute: no bar has completed since
+    lot = (await broker.get_instrument(second)).lot_size
+    await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-other", symbol=second, side=OrderSide.BUY,
+                                          quantity=lot, order_type=OrderType.MARKET))
+    assert await pool.fetchrow(stamp, agent_id, f"{agent_id}-rest") == before
+    clock.advance(timedelta(minutes=2))
+    await broker.get_orders()                                  # a bar completed: it is matched on it
+    assert (await pool.fetchrow(stamp, agent_id, f"{agent_id}-rest"))["matched_until"] > before["matched_until"]

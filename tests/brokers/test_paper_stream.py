@@ -156,3 +156,43 @@ async def test_a_closed_stream_raises_and_stops_listening(pool, agent_id):
             await stream.get(timeout=0.1)
     with pytest.raises(StreamClosed):
         await stream.follow([a])
+
+
+class CountingFeed(MovableMarket):
+    """Counts the quotes read from it."""
+
+    def __init__(self, inner, clock) -> None:
+        super().__init__(inner, clock)
+        self.reads = 0
+
+    def quote(self, symbol, at):
+        self.reads += 1
+        return super().quote(symbol, at)
+
+
+async def test_within_a_minute_the_cadence_reads_nothing_already_pushed(pool, agent_id):
+    """A quote changes only when a bar completes (or on an announced move): the cadence does not re-read hundreds
+    of unchanged quotes four times a second on the event loop the pushed prices are judged on."""
+    clock = SimulatedClock(OPEN_AT + timedelta(seconds=5))
+    feed = CountingFeed(shared_market(), clock)
+    stream, market, _ = await open_stream(pool, agent_id, market=feed, clock=clock)
+    symbols = [i.symbol for i in shared_market().instruments()[:100]]
+    try:
+        await stream.follow(symbols)
+        first = await drain(stream, set(symbols))
+        assert len(first) == 100
+        await asyncio.sleep(3 * paper_stream.CADENCE_SECONDS)
+        reads = feed.reads
+        await asyncio.sleep(3 * paper_stream.CADENCE_SECONDS)          # the same minute: nothing read again
+        assert feed.reads == reads
+        a = symbols[0]
+        clock.advance(timedelta(seconds=20))
+        later = clock.now() + timedelta(seconds=20)                  # announced for later in this same minute
+        market.move(a, first[a].last * Decimal("0.8"), at=later)
+        clock.set(later)
+        assert (await drain(stream, {a}))[a] == market.quote(a, later)
+        clock.advance(timedelta(minutes=1))                          # a bar completed: every quote is read
+        await asyncio.sleep(3 * paper_stream.CADENCE_SECONDS)
+        assert feed.reads >= reads + 100
+    finally:
+        await stream.close()

@@ -72,6 +72,20 @@ async def test_a_crossed_stop_exits_through_the_order_path(pool, agent_id):
     assert status["recommendation"].startswith("exit") and status["signal_strength"] == "strong"
 
 
+async def test_an_exit_reads_its_own_position_not_the_whole_book(pool, agent_id):
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+    last = (await s.broker.get_quote(symbol)).last
+    await s.pool.execute("UPDATE positions SET stop_loss = $2 WHERE position_id = $1", pos["position_id"],
+                         last + Decimal("0.05"))
+
+    async def whole_book():
+        raise AssertionError("an exit listed every position")
+    s.broker.get_positions = whole_book            # the exit's cost must not grow with the positions held
+    result = await s.monitor().run_pass()
+    assert [e["status"] for e in result.exits] == ["filled"], result
+
+
 async def test_a_quiet_position_is_held_and_its_status_recorded(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, pos = await entered(s)
@@ -198,3 +212,24 @@ async def test_a_failing_advisor_still_leaves_the_status_and_the_raised_high_wat
     last = (await s.broker.get_quote(symbol)).last
     assert entry - 1 < last and await s.pool.fetchval(
         "SELECT high_water_mark FROM positions WHERE position_id = $1", pos["position_id"]) == last   # raised
+
+
+async def test_a_sell_written_ahead_names_the_position_it_sells(pool, agent_id):
+    """The write-ahead row of a sell carries its position before the broker answers (or when it never does)."""
+    from core.errors import BrokerUnavailable
+    from core.orders import OrderSide, OrderType
+    s = await make_services(pool, agent_id)
+    symbol, pos = await entered(s)
+
+    async def down(order):
+        raise BrokerUnavailable("the venue is down")
+    s.broker.place_order = down
+    outcome = await s.orders.submit(cycle_id=None, symbol=symbol, side=OrderSide.SELL, quantity=pos["quantity"],
+                                    order_type=OrderType.MARKET, intent="stop_loss")
+    assert outcome.status == "pending_submit"
+    assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
+                               outcome.client_order_id) == pos["position_id"]
+    bought = await s.orders.submit(cycle_id=None, symbol=symbol, side=OrderSide.BUY, quantity=pos["quantity"],
+                                   order_type=OrderType.MARKET, intent="entry")
+    assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
+                               bought.client_order_id) is None                # a buy's position comes with its fill

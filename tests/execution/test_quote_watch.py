@@ -139,3 +139,49 @@ async def test_the_stream_follows_positions_as_they_open(pool, agent_id):
         await enter(s, second)
         await w.monitor.run_pass()
         await until(lambda: w.watch.followed == {first, second}, "the new position to be followed")
+
+
+async def test_the_watched_symbols_are_worked_out_once_per_change_not_once_per_pushed_price(pool, agent_id):
+    """The watch asks for the watched symbols on every pushed price: with hundreds of positions, building and
+    comparing the set each time cost more than judging the price."""
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    monitor = s.monitor()
+    await monitor.run_pass()
+    first = monitor.watched_symbols()
+    assert first == {symbol} and monitor.watched_symbols() is first
+    s.broker.market.move(symbol, pos["stop_loss"] - Decimal("0.10"))
+    await monitor.on_price(await s.broker.get_quote(symbol))            # an exit: the symbol is no longer watched
+    assert monitor.watched_symbols() == frozenset()
+    await monitor.run_pass()                                             # a pass re-reads the positions
+    assert monitor.watched_symbols() is monitor.watched_symbols()
+
+
+async def test_while_streaming_the_poll_asks_the_venue_only_for_what_is_not_pushed(pool, agent_id):
+    """The poll pass takes the streamed symbols' pushed prices (a pass over hundreds of positions asked the venue
+    for every one each second); once the stream fails it asks the venue for every price again."""
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    asked: list[list[str]] = []
+    batch = s.broker.get_quotes
+
+    async def recording(symbols):
+        asked.append(list(symbols))
+        return await batch(symbols)
+    s.broker.get_quotes = recording
+    async with Watching(s, stall_seconds=0.5) as w:
+        await until(lambda: symbol in w.watch.pushed_quotes(), "a pushed price")
+        asked.clear()
+        result = await w.monitor.run_pass()
+        assert result.checked == 1 and asked == []
+        status = await s.pool.fetchval("SELECT last_price FROM position_monitor_status WHERE position_id = $1",
+                                       pos["position_id"])
+        assert status == w.watch.pushed_quotes()[symbol].last
+        w.streams[-1].stall()                               # silent: the watch falls back to polling
+        await until(lambda: w.watch.state == "polling", "the fallback")
+        w.stop.set()                                        # no reopening meanwhile: the watch stays down
+        await asyncio.wait_for(w.task, 5)
+        assert w.watch.state == "polling" and w.watch.pushed_quotes() == {}
+        asked.clear()
+        await w.monitor.run_pass()
+        assert asked == [[symbol]]

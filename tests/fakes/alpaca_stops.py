@@ -127,7 +127,7 @@ class StopOrders:
         """Alpaca's 403 for a sell of more shares than are free (held minus open sell orders, stops included)."""
         if request.side is not OrderSide.SELL:
             return
-        held, pending = self._positions().get(request.symbol, (None, 0))
+        held, pending = self._position(request.symbol) or (None, 0)
         existing = held.quantity if held is not None else 0
         available = max(existing - pending, 0)
         if request.quantity <= available:

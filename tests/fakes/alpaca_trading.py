@@ -60,7 +60,7 @@ class TradingRoutes(StopOrders):
         return 200, [self._position_json(p, pending) for p, pending in self._positions().values()]
 
     def _get_position(self, q, body, symbol: str) -> tuple[int, Any]:
-        found = self._positions().get(symbol)
+        found = self._position(symbol)
         if found is None:
             raise _error(404, 40410000, "position does not exist")
         return 200, self._position_json(*found)
@@ -75,6 +75,17 @@ class TradingRoutes(StopOrders):
             if o.side is OrderSide.SELL:
                 selling[o.symbol] = selling.get(o.symbol, 0) + o.remaining_quantity
         return {p.symbol: (p, selling.get(p.symbol, 0)) for p in held}
+
+    def _position(self, symbol: str) -> tuple[Any, int] | None:
+        """One symbol's (paper position, shares in open sell orders, resting stops included), or None: read for
+        that symbol alone, so a sell's checks cost the same however many positions the account holds."""
+        held = self.run(self.paper.get_position(symbol))
+        if held is None:
+            return None
+        open_orders = [o for o in self.run(self.paper.get_orders(open_only=True)) if o.symbol == symbol]
+        open_orders += [r for _, r in self._late.values() if r.status.is_open and r.symbol == symbol]
+        selling = self._held_by_stops().get(symbol, 0)
+        return held, selling + sum(o.remaining_quantity for o in open_orders if o.side is OrderSide.SELL)
 
     def _position_json(self, p: Any, pending_sell: int) -> dict[str, Any]:
         price = p.market_price or p.avg_price
@@ -275,7 +286,7 @@ class TradingRoutes(StopOrders):
         """What a late fill may accept before it reaches the exchange: a sell of shares free to sell, a buy the cash
         covers at the ask (anything else goes to the exchange now, which refuses it)."""
         if request.side is OrderSide.SELL:
-            held, pending = self._positions().get(request.symbol, (None, 0))
+            held, pending = self._position(request.symbol) or (None, 0)
             return held is not None and request.quantity <= held.quantity - pending
         ask = self.market.quote(request.symbol, self.clock.now()).ask
         return ask * request.quantity <= self.run(self.paper.get_account()).buying_power

@@ -5,6 +5,9 @@ Orders OpenD has accepted but the paper exchange does not hold (yet) are `_held`
 its delay passes, a short sell on the margin account for good, a stop order until it triggers. They are listed,
 pushed and cancelled like any other.
 
+Position and order lists honour `filterConditions.codeList` as OpenD does (only those codes' rows); such a request
+reads only those codes' orders from the paper exchange, so an exit's checks stay cheap however big the book is.
+
 Stop orders (Trd_Common.OrderType_Stop, "止损市价单"), as the docs describe them:
   - only the REAL account takes them: paper trading supports limit and market orders only, and day orders only
     (futu-api-doc/en/qa/trade.html, Q1); a paper account refuses a stop and a GTC order;
@@ -37,6 +40,9 @@ from tests.fakes.opend_wire import (_STATUS, CURRENCY_HKD, FINANCING_MARGIN_RATE
                                     PAPER_ORDER_TYPES, QOT_MARKET_HK, REAL, REAL_ACC, SEC_MARKET_HK,
                                     SHORT_MARGIN_RATE, SIM_OPTION_ACC, SIM_STOCK_ACC, SIMULATE, TIF_DAY, TIF_GTC,
                                     TRD_MARKET_HK, _Conn, _local, _Order, _parse_local, _Refuse)
+
+
+FEW = 50          # orders read one by one for a filtered request; more: one read of the whole book
 
 
 class TradeHandlers:
@@ -94,11 +100,17 @@ class TradeHandlers:
         f.marketVal, f.frozenCash, f.netCashPower = float(market_val), float(frozen), float(acct.buying_power)
         f.debtCash, f.avlWithdrawalCash, f.currency = 0.0, float(acct.buying_power), CURRENCY_HKD
 
-    async def _selling(self, acc_id: int) -> dict[str, int]:
+    def _symbol_of(self, code: str) -> str | None:
+        try:
+            return self.market.instrument(code).symbol
+        except KeyError:
+            return None
+
+    async def _selling(self, acc_id: int, codes: Any = ()) -> dict[str, int]:
         """Shares in open sell orders, by symbol (at the exchange or held by OpenD), except untriggered stops: a
         conditional order freezes no position until it triggers."""
         selling: dict[str, int] = {}
-        for meta, o in await self._results(acc_id):
+        for meta, o in await self._results(acc_id, codes=codes):
             if meta.order_type == ORDER_STOP and meta.order_id in self._held:
                 continue
             if o.side is OrderSide.SELL and o.status.is_open:
@@ -108,8 +120,14 @@ class TradeHandlers:
     async def _on_2102(self, conn: _Conn, c2s: Any, s2c: Any) -> None:
         broker = self._account(c2s.header)
         self._header(s2c.header, c2s.header)
-        selling = await self._selling(c2s.header.accID)
-        for p in await broker.get_positions():
+        codes = list(c2s.filterConditions.codeList)
+        selling = await self._selling(c2s.header.accID, codes)
+        if codes:                         # filterConditions.codeList: those codes' positions only
+            held = [await broker.get_position(symbol) for symbol in dict.fromkeys(
+                self._symbol_of(code) for code in codes) if symbol is not None]
+        else:
+            held = await broker.get_positions()
+        for p in (p for p in held if p is not None):
             row = s2c.positionList.add()
             row.positionID = int(hashlib.sha1(p.symbol.encode()).hexdigest()[:12], 16)
             row.positionSide, row.code, row.name = 0, p.symbol, self.market.instrument(p.symbol).name
@@ -156,13 +174,25 @@ class TradeHandlers:
         target.createTimestamp, target.status = fill.timestamp.timestamp(), 0
         target.secMarket, target.trdMarket = SEC_MARKET_HK, TRD_MARKET_HK
 
-    async def _results(self, acc_id: int) -> list[tuple[_Order, OrderResult]]:
+    async def _results(self, acc_id: int, *, codes: Any = (), live: bool = False) -> list[tuple[_Order, OrderResult]]:
+        """The account's orders (`codes`: of those codes only; `live`: only those whose last push was not final),
+        in the order they were placed. A few are read one by one; many, in one read of the whole book."""
         mine = self._mine(acc_id)
-        placed = [(mine[r.client_order_id], r) for r in await self._paper[acc_id].get_orders()
-                  if r.client_order_id in mine]
+        if codes:
+            mine = {k: m for k, m in mine.items() if m.code in codes}
+        if live:
+            mine = {k: m for k, m in mine.items() if not (m.pushed and m.pushed[0].is_terminal)}
+        if (codes or live) and len(mine) <= FEW:
+            found = [await self._paper[acc_id].get_order_by_client_id(coid) for coid in mine]
+            placed = sorted(((mine[r.client_order_id], r) for r in found if r is not None),
+                            key=lambda pair: pair[0].order_id)
+        else:
+            placed = [(mine[r.client_order_id], r) for r in await self._paper[acc_id].get_orders()
+                      if r.client_order_id in mine]
         at_exchange = {meta.order_id for meta, _ in placed}
         held = [(self._orders[order_id], r) for order_id, r in list(self._held.items())
-                if self._orders[order_id].acc_id == acc_id and order_id not in at_exchange]
+                if self._orders[order_id].acc_id == acc_id and order_id not in at_exchange
+                and (not codes or self._orders[order_id].code in codes)]
         return placed + held
 
     def _today(self, r: OrderResult) -> bool:
@@ -188,7 +218,7 @@ class TradeHandlers:
         self._account(c2s.header)
         self._header(s2c.header, c2s.header)
         wanted = set(c2s.filterStatusList)
-        for meta, r in await self._results(c2s.header.accID):
+        for meta, r in await self._results(c2s.header.accID, codes=list(c2s.filterConditions.codeList)):
             if (today and not self._today(r)) or not self._matches(c2s, meta, r, by_time=not today):
                 continue
             row = s2c.orderList.add()
@@ -416,7 +446,7 @@ class TradeHandlers:
         pushes: list[tuple[int, Any, int]] = []
         order_pb, fill_pb = self._module(2208), self._module(2218)
         env = REAL if acc_id == REAL_ACC else SIMULATE
-        for meta, r in await self._results(acc_id):
+        for meta, r in await self._results(acc_id, live=True):     # a final push is never followed by another
             state = (r.status, r.filled_quantity, tuple(f.fill_id for f in r.fills))
             if state == meta.pushed:
                 continue
