@@ -62,70 +62,34 @@ class LanePool(asyncpg.pool.Pool):
             self._lane.terminate()            # a server error leaves the connection fine; anything else may not
             self._lane = None
 
-    async def execute(self, query: str, *args, timeout: float | None = None) -> str:
+    async def _run(self, name: str, *args, **kwargs):
+        """`name` (execute, fetch, ...) on the lane when it is free, else through the pool as asyncpg would."""
         lane = self._ready_lane()
         if lane is None:
             await self._make_lane()
-            return await super().execute(query, *args, timeout=timeout)
+            return await getattr(super(), name)(*args, **kwargs)
         try:
-            out = await lane.execute(query, *args, timeout=timeout)
+            out = await getattr(lane, name)(*args, **kwargs)
         except BaseException as exc:
             self._give_back(exc)
             raise
         self._give_back(None)
         return out
+
+    async def execute(self, query: str, *args, timeout: float | None = None) -> str:
+        return await self._run("execute", query, *args, timeout=timeout)
 
     async def executemany(self, command: str, args, *, timeout: float | None = None):
-        lane = self._ready_lane()
-        if lane is None:
-            await self._make_lane()
-            return await super().executemany(command, args, timeout=timeout)
-        try:
-            out = await lane.executemany(command, args, timeout=timeout)
-        except BaseException as exc:
-            self._give_back(exc)
-            raise
-        self._give_back(None)
-        return out
+        return await self._run("executemany", command, args, timeout=timeout)
 
     async def fetch(self, query, *args, timeout=None, record_class=None) -> list:
-        lane = self._ready_lane()
-        if lane is None:
-            await self._make_lane()
-            return await super().fetch(query, *args, timeout=timeout, record_class=record_class)
-        try:
-            out = await lane.fetch(query, *args, timeout=timeout, record_class=record_class)
-        except BaseException as exc:
-            self._give_back(exc)
-            raise
-        self._give_back(None)
-        return out
+        return await self._run("fetch", query, *args, timeout=timeout, record_class=record_class)
 
     async def fetchval(self, query, *args, column=0, timeout=None):
-        lane = self._ready_lane()
-        if lane is None:
-            await self._make_lane()
-            return await super().fetchval(query, *args, column=column, timeout=timeout)
-        try:
-            out = await lane.fetchval(query, *args, column=column, timeout=timeout)
-        except BaseException as exc:
-            self._give_back(exc)
-            raise
-        self._give_back(None)
-        return out
+        return await self._run("fetchval", query, *args, column=column, timeout=timeout)
 
     async def fetchrow(self, query, *args, timeout=None, record_class=None):
-        lane = self._ready_lane()
-        if lane is None:
-            await self._make_lane()
-            return await super().fetchrow(query, *args, timeout=timeout, record_class=record_class)
-        try:
-            out = await lane.fetchrow(query, *args, timeout=timeout, record_class=record_class)
-        except BaseException as exc:
-            self._give_back(exc)
-            raise
-        self._give_back(None)
-        return out
+        return await self._run("fetchrow", query, *args, timeout=timeout, record_class=record_class)
 
     def _drop_lane(self) -> asyncpg.Connection | None:
         lane, self._lane = self._lane, None

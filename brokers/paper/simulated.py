@@ -159,7 +159,7 @@ class SimulatedMarket:
             b = min(a + _CHUNK, n)
             symbols = [inst.symbol for inst in self._instruments[a:b]]
             part = daily_rows(self.seed, symbols, self._traits[a:b], n_blocks, t_len, market, self._grid)
-            for name in ("open", "high", "low", "close", "lots", "sigma_in"):
+            for name in _DAILY_FIELDS:
                 getattr(out, name)[a:b] = getattr(part, name)
         return out
 
