@@ -118,6 +118,8 @@ class MonitorService:
         if not self.cfg.stream or self._watch_task is not None or self.monitor is None:
             return
         from execution.quote_watch import QuoteWatch
+        from runtime import heap
+        heap.settle()                     # warm now: a full collection must not hold a pushed price for ~150 ms
         self.watch = QuoteWatch(broker=self.services.broker, monitor=self.monitor, clock=self.clock,
                                 stall_seconds=self.cfg.stream_stall_seconds,
                                 max_backoff=float(self.cfg.max_backoff_seconds), on_change=self._stream_changed)

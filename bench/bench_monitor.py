@@ -25,7 +25,8 @@ two hours (the first session imports pandas and fills the price caches as the da
 into day 2). The baseline printed is the RSS right after start.
 
 Run: ./run.sh bench monitor [--venues paper,opend,alpaca] [--memory-only | --no-memory]
-(BENCH_POLLS=1,10 the poll intervals; BENCH_SIZES=15:25,500:25 positions:crossings; BENCH_QUICK=1 for 15 and 100.)
+(BENCH_POLLS=1,10 the poll intervals; BENCH_SIZES=15:25,500:25 positions:crossings; BENCH_QUICK=1 for 15 and 100;
+BENCH_PROFILE=PREFIX writes a cProfile of the event loop while crossings are timed to PREFIX-VENUE-N-POLL.prof.)
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ from core.errors import BrokerError  # noqa: E402
 from core.orders import OrderSide, OrderType  # noqa: E402
 from core.ticks import round_to_tick  # noqa: E402
 from execution.quote_watch import QuoteWatch  # noqa: E402
-from runtime import database  # noqa: E402
+from runtime import database, heap  # noqa: E402
 from runtime.wiring import build_services  # noqa: E402
 from tests.agent_fixtures import OPEN_AT, agent_settings  # noqa: E402
 from tests.fakes.movable import MovableMarket  # noqa: E402
@@ -255,6 +256,7 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
             await monitor._indicators(r["symbol"])
         stop = asyncio.Event()
         passes: list[float] = []
+        heap.settle()                          # as the daemon does when its watch starts (runtime/heap.py)
         watch = QuoteWatch(broker=services.broker, monitor=monitor, clock=clock, stall_seconds=20, max_backoff=2)
 
         async def run_monitor():
@@ -270,6 +272,10 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         watch_task = asyncio.create_task(watch.run(stop, lambda: True))
         waits: list[float] = []
         moved: set[str] = set()
+        profile = None
+        if os.environ.get("BENCH_PROFILE"):            # where the event loop's time goes while crossings are timed
+            import cProfile
+            profile = cProfile.Profile()
         try:
             deadline = time.perf_counter() + 60
             while watch.state != "streaming" or len(watch.followed) < held:
@@ -277,6 +283,8 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
                     raise SystemExit(f"{name}: the stream never followed {held} symbols "
                                      f"({watch.state}: {watch.reason}; {len(watch.followed)} followed)")
                 await asyncio.sleep(0.05)
+            if profile is not None:
+                profile.enable()
             for _ in range(samples):
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
                 candidates = sorted(watch.followed - moved)
@@ -294,6 +302,9 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
                 for s in await open_positions(services, spare, 1):      # keep n positions open
                     await monitor._indicators(s)       # as the daemon has them: cached per session
         finally:
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(f"{os.environ['BENCH_PROFILE']}-{name}-{n}-{poll:.0f}.prof")
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
         waits.sort()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 REMARK_MAX_BYTES = 64
 HISTORY_DAYS = 90
 PRICE_Q = Decimal("0.000001")
+SELL_CHECK_FRESH = 0.5     # seconds an exit's position read (with its code's orders) serves the sell that follows
 STOP_ACCOUNTS = ("paper trading supports limit and market orders only, day orders only (moomoo OpenAPI docs, "
                  "Transaction related Q1); REAL accounts hold stop orders")
 
@@ -97,6 +99,10 @@ class MoomooBroker(BrokerClient):
         self._book = OrderBook()
         self._instruments: dict[str, Instrument] = {}
         self._sim_fills: dict[str, list[Fill]] = {}
+        # code -> (monotonic time, today's orders of the code, its position row): what an exit's get_position read,
+        # taken (once) by the sell's checks that follow within `sell_check_fresh` seconds
+        self._sell_checks: dict[str, tuple[float, list[OrderView], dict[str, Any] | None]] = {}
+        self.sell_check_fresh = SELL_CHECK_FRESH
         self._rate_clock = rate_clock or RealClock()
         self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=self._rate_clock,
                                     sleep=sleep or asyncio.sleep, snapshot_batch=snapshot_batch)
@@ -263,9 +269,25 @@ class MoomooBroker(BrokerClient):
         return sorted(out, key=lambda p: p.symbol)
 
     async def _get_position(self, symbol: str) -> Position | None:
-        """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book."""
-        row = await self._position_row(to_moomoo_code(symbol))
+        """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book.
+        What an exit reads before it sells, so today's orders of the code are asked in the same round trip's wait
+        and both are kept for that sell's checks (`_sell_check`): the exit waits for OpenD twice before its order
+        leaves, not three times."""
+        code = to_moomoo_code(symbol)
+        today, row = await asyncio.gather(self._today_orders(code), self._position_row(code))
+        now = time.monotonic()
+        self._sell_checks = {c: v for c, v in self._sell_checks.items() if now - v[0] < self.sell_check_fresh}
+        self._sell_checks[code] = (now, today, row)
         return None if row is None else mapping.position(row)
+
+    async def _sell_check(self, code: str) -> tuple[list[OrderView], dict[str, Any] | None]:
+        """Today's orders of `code` and its position row for a sell's checks: what get_position read for this code
+        less than `sell_check_fresh` seconds ago (used once: a second sell asks OpenD again), else asked now."""
+        kept = self._sell_checks.pop(code, None)
+        if kept is not None and time.monotonic() - kept[0] < self.sell_check_fresh:
+            return kept[1], kept[2]
+        today, row = await asyncio.gather(self._today_orders(code), self._position_row(code))
+        return today, row
 
     async def _position_row(self, code: str) -> dict[str, Any] | None:
         data = await self._opend.call("position_list_query", self._t().position_list_query, code=code,
@@ -285,8 +307,9 @@ class MoomooBroker(BrokerClient):
         _check_order(order, await self._get_instrument(order.symbol))
         # this code's orders and (a sell) its position, OpenD filtering both: asked together, one round trip's wait
         if order.side is OrderSide.SELL:
-            today, held = await asyncio.gather(self._today_orders(code), self._position_row(code))
+            today, held = await self._sell_check(code)
         else:
+            self._sell_checks.pop(code, None)
             today, held = await self._today_orders(code), None
 
         # day orders are found in today's list; a GTC stop placed on an earlier day may be history already

@@ -283,6 +283,46 @@ async def test_a_sell_asks_for_its_order_list_and_its_position_together(world):
     assert [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == coid] == []
 
 
+async def test_an_exit_reads_the_position_and_the_codes_orders_once_before_its_sell(world):
+    """An exit reads the position (get_position) and sells at once: the sell's own checks take what that read brought
+    (the code's position and today's orders, asked together) instead of asking OpenD again, so the exit waits two
+    round trips before the order leaves, not three."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 1, "long")
+    positions, orders = len(world.fake.requests_for(P_POSITIONS)), len(world.fake.requests_for(P_ORDER_LIST))
+    held = await broker.get_position(symbol)
+    sold = await broker.place_order(OrderRequest(world.coid("exit"), symbol, OrderSide.SELL, held.quantity,
+                                                 OrderType.MARKET))
+    assert sold.status is OrderStatus.FILLED
+    [sent] = [r for r in world.fake.requests_for(P_PLACE_ORDER) if r.body["c2s"].get("remark") == sold.client_order_id]
+    before = lambda proto: [r for r in world.fake.requests_for(proto) if r.received < sent.received]  # noqa: E731
+    assert len(before(P_POSITIONS)) == positions + 1
+    assert len(before(P_ORDER_LIST)) == orders + 1           # (the SDK's own query after the order is not ours)
+
+
+async def test_a_position_read_serves_one_sell_only_and_only_while_fresh(world):
+    """What an exit read is used once: a second sell asks OpenD again and sees the first one working; a read older
+    than SELL_CHECK_FRESH is not used at all."""
+    broker = await world.connect("real")
+    symbol = symbols()[0]
+    bought = await buy(broker, world, symbol, 2, "long2")
+    lot = bought.filled_quantity // 2
+    far = round_to_tick((await broker.get_quote(symbol)).ask * Decimal("1.2"), "hkex", "up")
+    await broker.get_position(symbol)
+    await broker.place_order(OrderRequest(world.coid("rest"), symbol, OrderSide.SELL, lot, OrderType.LIMIT, far))
+    with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
+        await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, 2 * lot,
+                                              OrderType.MARKET))
+    broker.sell_check_fresh = 0.0
+    await broker.get_position(symbol)
+    positions = len(world.fake.requests_for(P_POSITIONS))
+    with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
+        await broker.place_order(OrderRequest(world.coid("stale"), symbol, OrderSide.SELL, 2 * lot,
+                                              OrderType.MARKET))
+    assert len(world.fake.requests_for(P_POSITIONS)) == positions + 1
+
+
 async def test_trade_requests_do_not_each_ask_for_the_account_list_again(world):
     """The SDK checks the account of every trade request against a fresh account list (a round trip more before an
     order leaves); once accepted, an account is not checked again."""
