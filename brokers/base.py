@@ -35,6 +35,11 @@ from core.orders import OrderRequest, OrderResult
 
 log = logging.getLogger("catalyst.broker")
 
+# An exit reads its position (`get_position`) and sells at once. A venue whose sell checks the shares free to sell
+# itself (moomoo, Alpaca: both would take an oversell on a margin account) takes that read for the check when it is
+# younger than this many seconds, once, instead of asking the venue a second time before the order leaves.
+SELL_CHECK_FRESH = 0.5
+
 
 # ---------------------------------------------------------------- pushed quotes
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -40,7 +41,7 @@ from brokers.alpaca.history import AlpacaHistory
 from brokers.alpaca.sdk import (LIVE_URL, PAPER_URL, AlpacaRefused, AlpacaSession, AnswerLost, NotFound,
                                 check_endpoint, clean_url)
 from brokers.alpaca.stream import STREAM_SYMBOL_LIMIT, STREAM_URL, AlpacaQuoteStream
-from brokers.base import BrokerClient, QuoteStream
+from brokers.base import SELL_CHECK_FRESH, BrokerClient, QuoteStream
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -97,6 +98,10 @@ class AlpacaBroker(BrokerClient):
         self._stream_keys = (api_key, secret_key)
         self._instruments: dict[str, Instrument] = {}
         self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
+        # symbol -> (monotonic time, its position row or None): what an exit's get_position read, taken (once) by
+        # the sell's check that follows within `sell_check_fresh` seconds
+        self._sell_checks: dict[str, tuple[float, Any | None]] = {}
+        self.sell_check_fresh = SELL_CHECK_FRESH
 
     def __repr__(self) -> str:  # never the keys
         return f"AlpacaBroker({self.environment}, {self.base_url}, data={self.data_url or 'default'})"
@@ -242,13 +247,23 @@ class AlpacaBroker(BrokerClient):
         return [mapping.position(p) for p in rows if mapping.value(p.asset_class) == "us_equity"]
 
     async def _get_position(self, symbol: str) -> Position | None:
-        """GET /v2/positions/{symbol}: one position, however many the account holds (404: none)."""
-        _, trading, _ = self._session.clients()
-        try:
-            row = await self._session.call(f"position {symbol}", trading.get_open_position, symbol)
-        except NotFound:
+        """GET /v2/positions/{symbol}: one position, however many the account holds (404: none). What an exit reads
+        before it sells: the row is kept for that sell's check of the shares free (`_shares`), so the exit waits for
+        Alpaca once before its order leaves, not twice."""
+        row = await self._position_row(symbol)
+        now = time.monotonic()
+        self._sell_checks = {s: v for s, v in self._sell_checks.items() if now - v[0] < self.sell_check_fresh}
+        self._sell_checks[symbol] = (now, row)
+        if row is None:
             return None
         return mapping.position(row) if mapping.value(row.asset_class) == "us_equity" else None
+
+    async def _position_row(self, symbol: str) -> Any | None:
+        _, trading, _ = self._session.clients()
+        try:
+            return await self._session.call(f"position {symbol}", trading.get_open_position, symbol)
+        except NotFound:
+            return None
 
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
@@ -314,10 +329,12 @@ class AlpacaBroker(BrokerClient):
 
     async def _shares(self, symbol: str) -> tuple[int, int]:
         """(shares held, shares free to sell: not held by open sell orders)."""
-        _, trading, _ = self._session.clients()
-        try:
-            pos = await self._session.call(f"position {symbol}", trading.get_open_position, symbol)
-        except NotFound:
+        kept = self._sell_checks.pop(symbol, None)       # what an exit's get_position read just now, used once
+        if kept is not None and time.monotonic() - kept[0] < self.sell_check_fresh:
+            pos = kept[1]
+        else:
+            pos = await self._position_row(symbol)
+        if pos is None:
             return 0, 0
         held = mapping.shares(pos.qty)
         return held, mapping.shares(pos.qty_available) if pos.qty_available is not None else held

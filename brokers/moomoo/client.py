@@ -40,7 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-from brokers.base import BrokerClient, QuoteStream
+from brokers.base import SELL_CHECK_FRESH, BrokerClient, QuoteStream
 from brokers.moomoo import mapping
 from brokers.moomoo.book import OrderBook
 from brokers.moomoo.history import OpenDHistory
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 REMARK_MAX_BYTES = 64
 HISTORY_DAYS = 90
 PRICE_Q = Decimal("0.000001")
-SELL_CHECK_FRESH = 0.5     # seconds an exit's position read (with its code's orders) serves the sell that follows
 STOP_ACCOUNTS = ("paper trading supports limit and market orders only, day orders only (moomoo OpenAPI docs, "
                  "Transaction related Q1); REAL accounts hold stop orders")
 

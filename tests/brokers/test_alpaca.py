@@ -260,6 +260,31 @@ async def test_an_order_lost_before_reaching_alpaca_is_unavailable_and_a_resend_
     assert [o.client_order_id for o in await broker.get_orders()] == [request.client_order_id]
 
 
+async def test_an_exit_reads_its_position_once_before_its_sell(world):
+    """An exit reads the position (get_position) and sells at once: the sell's check of the shares free to sell
+    takes that read instead of asking Alpaca again (one round trip before the order, not two). It serves one sell
+    only, and only while fresh: a second sell asks again and sees the shares the first one holds."""
+    broker = await world.connect()
+    symbol = us_symbols()[0]
+    await broker.place_order(market_buy(world, symbol, 10, "long"))
+    reads = lambda: len(world.fake.requests_for("GET", f"/v2/positions/{symbol}"))  # noqa: E731
+    before = reads()
+    held = await broker.get_position(symbol)
+    far = round_to_tick((await broker.get_quote(symbol)).ask * Decimal("1.2"), "us", "up")
+    await broker.place_order(OrderRequest(world.coid("rest"), symbol, OrderSide.SELL, 5, OrderType.LIMIT, far))
+    assert reads() == before + 1
+    with pytest.raises(OrderRejected, match=r"10 held, 5 already in open sell orders"):
+        await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, held.quantity,
+                                              OrderType.MARKET))
+    assert reads() == before + 2
+    broker.sell_check_fresh = 0.0
+    await broker.get_position(symbol)
+    with pytest.raises(OrderRejected, match=r"10 held, 5 already in open sell orders"):
+        await broker.place_order(OrderRequest(world.coid("stale"), symbol, OrderSide.SELL, held.quantity,
+                                              OrderType.MARKET))
+    assert reads() == before + 4
+
+
 async def test_sub_penny_limit_price_is_rejected_before_any_request(world):
     broker = await world.connect()
     symbol = us_symbols()[0]
