@@ -83,6 +83,10 @@ class PositionMonitor:
         # symbol -> its position row as of the last pass (what pushed prices are judged against)
         self._rows: dict[str, Any] = {}
         self._watched: frozenset[str] | None = None     # watched_symbols(), until _rows changes
+        # position_id -> the highest price pushed since the position was opened (the high-water mark rises with
+        # every pushed price, not only with the prices a pass sees; the next pass stores it)
+        self._highs: dict[int, Any] = {}
+        self._judged: dict[str, tuple[Any, Any]] = {}   # symbol -> (the row, the last price) on_price judged last
         self._exit_locks: dict[str, asyncio.Lock] = {}
         self._pushed: Callable[[], dict[str, Quote]] | None = None
         self.stream_exits = 0
@@ -106,7 +110,11 @@ class PositionMonitor:
         row = self._rows.get(quote.symbol)
         if row is None or row["exit_working"] or quote.last <= 0:
             return None
-        hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)
+        judged = self._judged.get(quote.symbol)
+        if judged is not None and judged[0] is row and judged[1] == quote.last:
+            return None                    # the same position at the same price: the same verdict (a quote whose
+        self._judged[quote.symbol] = (row, quote.last)                     # bid or ask moved, the last did not)
+        hwm = self._high(row, quote.last)
         view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"], entry_price=row["avg_entry_price"],
                                     price=quote.last, high_water=hwm, stop_loss=row["stop_loss"],
                                     take_profit=row["take_profit"], opened_at=row["opened_at"])
@@ -118,6 +126,14 @@ class PositionMonitor:
         await self._exit(row, report, result, source="pushed price")
         self.stream_exits += len(result.exits)
         return result.exits[0] if result.exits else None
+
+    def _high(self, row, price):
+        """The position's high-water mark with `price` seen: the stored mark (the entry before any), every price
+        pushed since, and this one."""
+        pid = row["position_id"]
+        high = max(row["high_water_mark"] or row["avg_entry_price"], self._highs.get(pid, price), price)
+        self._highs[pid] = high
+        return high
 
     async def check_gap(self, since: datetime) -> PassResult:
         """After a stream failed: did a price cross a stop between the last pushed price and now? The lowest
@@ -138,8 +154,7 @@ class PositionMonitor:
             low = min(lows)
             result.checked += 1
             view = signals.PositionView(symbol=symbol, quantity=row["quantity"], entry_price=row["avg_entry_price"],
-                                        price=low, high_water=max(row["high_water_mark"] or row["avg_entry_price"],
-                                                                  low),
+                                        price=low, high_water=self._high(row, low),
                                         stop_loss=row["stop_loss"], take_profit=row["take_profit"])
             report = signals.evaluate(view, self.thresholds, now=now)
             if report.action == "exit" and report.strong:
@@ -151,7 +166,7 @@ class PositionMonitor:
         result = PassResult()
         rows = await self.store.positions_to_monitor()
         if not rows:
-            self._rows, self._watched = {}, None
+            self._rows, self._watched, self._judged, self._highs = {}, None, {}, {}
             if self.protection is not None:        # stops whose position is gone
                 await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
@@ -159,7 +174,8 @@ class PositionMonitor:
         now = self.clock.now()
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
-        self._rows, self._watched = {r["symbol"]: r for r in rows}, None
+        self._highs = {k: v for k, v in self._highs.items() if k in open_ids}
+        self._rows, self._watched, self._judged = {r["symbol"]: r for r in rows}, None, {}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written
@@ -176,7 +192,7 @@ class PositionMonitor:
                 if quote.last <= 0:
                     result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
                     continue
-                hwm = max(row["high_water_mark"] or row["avg_entry_price"], quote.last)   # stored with the status
+                hwm = self._high(row, quote.last)             # stored with the status
                 view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
                                             entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
                                             stop_loss=row["stop_loss"], take_profit=row["take_profit"],

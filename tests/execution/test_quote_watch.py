@@ -90,6 +90,45 @@ async def test_a_pushed_price_through_the_stop_exits_without_waiting_for_a_poll(
         await until(lambda: not w.watch.followed, "the stream to drop the exited symbol")
 
 
+async def test_the_trailing_stop_rises_with_pushed_prices_between_passes(pool, agent_id):
+    """A pushed rise lifts the high-water mark at once: a fall through the trailing stop below that high exits on
+    the next pushed price, though no pass has seen the high; the next pass stores the high it reached."""
+    from core.ticks import round_to_tick
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    entry = pos["avg_entry_price"]
+    scheme = (await s.broker.get_instrument(symbol)).tick_scheme
+    high = round_to_tick(entry * Decimal("1.04"), scheme, "down")         # +4%: no take-profit yet
+    fall = round_to_tick(high * Decimal("0.965"), scheme, "down")         # 3.5% off the high: through a 3% trail
+    assert entry < fall < high * Decimal("0.97")
+    async with Watching(s) as w:
+        s.broker.market.move(symbol, high)
+        await until(lambda: symbol in w.watch.pushed_quotes() and w.watch.pushed_quotes()[symbol].last == high,
+                    "the rise to be pushed")
+        s.broker.market.move(symbol, fall)
+        await until(lambda: w.monitor.stream_exits == 1, "the pushed fall through the trailing stop to exit")
+        rows = await w.sells()
+        assert [(r["intent"], r["quantity"]) for r in rows] == [("trailing_stop", pos["quantity"])]
+
+
+async def test_the_next_pass_stores_the_high_that_pushed_prices_reached(pool, agent_id):
+    from core.ticks import round_to_tick
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    symbol, pos = await enter(s)
+    scheme = (await s.broker.get_instrument(symbol)).tick_scheme
+    high = round_to_tick(pos["avg_entry_price"] * Decimal("1.02"), scheme, "down")
+    back = round_to_tick(pos["avg_entry_price"] * Decimal("1.01"), scheme, "down")
+    async with Watching(s) as w:
+        for price in (high, back):
+            s.broker.market.move(symbol, price)
+            await until(lambda: w.watch.pushed_quotes().get(symbol) is not None
+                        and w.watch.pushed_quotes()[symbol].last == price, f"{price} to be pushed")
+        await w.monitor.run_pass()
+        stored = await s.pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1",
+                                       pos["position_id"])
+        assert stored == high
+
+
 async def test_a_stalled_stream_falls_back_to_the_poll_which_catches_the_stop_crossed_during_the_stall(pool, agent_id):
     s = await paper_services(pool, agent_id, monitor=NO_STOPS)
     symbol, pos = await enter(s)
