@@ -2,7 +2,10 @@
 
 The SDK speaks the protocol (docs.alpaca.markets/docs/streaming-market-data): it connects (msgpack frames), waits
 for {"T":"success","msg":"connected"}, authenticates with {"action":"auth","key","secret"}, encodes subscribe and
-unsubscribe messages, and decodes every frame into its `Quote` and `Trade` models for the handlers it holds. Its
+unsubscribe messages, and decodes every frame, handing each message to the handler it holds for the symbol. It is
+built with `raw_data=True` (its own option): a handler gets the message as decoded ({"T":"q","S","bp","ap","t"},
+{"T":"t","S","p","s","t"}, "t" a msgpack Timestamp) rather than a pydantic model built per message, which cost more
+of the event loop than judging the price did. Its
 `run()` is not used (it calls asyncio.run and reconnects by itself, hiding a drop); the stream drives the SDK's
 coroutines on the caller's event loop instead: `_start_ws` (connect and authenticate) when opened, `_consume` (read,
 decode, dispatch) as a task, and the subscription messages when `follow` changes the symbols. The SDK sends nothing
@@ -99,6 +102,7 @@ class AlpacaQuoteStream(QuoteStream):
         key, secret = self._keys
         self._socket = _socket_class(base)(
             on_control=self._control, api_key=key, secret_key=secret, feed=feeds(self.feed), url_override=self.url,
+            raw_data=True,
             websocket_params={"ping_interval": PING_SECONDS, "ping_timeout": PING_TIMEOUT_SECONDS, "max_queue": 1024,
                               "open_timeout": self.timeout, "close_timeout": 2})
         try:
@@ -221,24 +225,24 @@ class AlpacaQuoteStream(QuoteStream):
         self._answers += 1
         self._answered.set()
 
-    async def _on_quote(self, q: Any) -> None:
-        book = self._books.get(q.symbol)
-        if book is None or not q.bid_price or not q.ask_price:
+    async def _on_quote(self, q: dict[str, Any]) -> None:
+        book = self._books.get(q.get("S"))
+        if book is None or not q.get("bp") or not q.get("ap"):
             self._heard()
             return
-        book.bid, book.ask = dec(q.bid_price), dec(q.ask_price)
-        book.stamp(q.timestamp)
-        self._emit(q.symbol, book)
+        book.bid, book.ask = dec(q["bp"]), dec(q["ap"])
+        book.stamp(_when(q.get("t")))
+        self._emit(q["S"], book)
 
-    async def _on_trade(self, t: Any) -> None:
-        book = self._books.get(t.symbol)
-        if book is None or not t.price:
+    async def _on_trade(self, t: dict[str, Any]) -> None:
+        book = self._books.get(t.get("S"))
+        if book is None or not t.get("p"):
             self._heard()
             return
-        book.last = dec(t.price)
-        book.volume += int(t.size or 0)
-        book.stamp(t.timestamp)
-        self._emit(t.symbol, book)
+        book.last = dec(t["p"])
+        book.volume += int(t.get("s") or 0)
+        book.stamp(_when(t.get("t")))
+        self._emit(t["S"], book)
 
     def _emit(self, symbol: str, book: _Book) -> None:
         if book.bid is None or book.ask is None or book.last is None or book.at is None:
@@ -290,6 +294,19 @@ def _socket_class(base: type) -> type:
             await super()._dispatch(msg)
 
     return _Socket
+
+
+def _when(raw: Any) -> datetime | None:
+    """A message's "t": a msgpack Timestamp (the SDK's frames), an RFC 3339 string (JSON), or a datetime."""
+    if raw is None or isinstance(raw, datetime):
+        return raw
+    if hasattr(raw, "to_datetime"):
+        return raw.to_datetime()
+    try:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        log.warning("alpaca stream: a message time not understood: %r", raw)
+        return None
 
 
 def _is_disconnect(exc: BaseException) -> bool:
