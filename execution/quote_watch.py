@@ -58,6 +58,7 @@ class QuoteWatch:
         self._silent_since: datetime | None = None     # when the failed stream last said anything
         self._on_change = on_change                    # told at once when the stream goes down or comes back
         self._latest: dict[str, Quote] = {}            # the last pushed price of each followed symbol
+        self._stream: QuoteStream | None = None        # the stream open now
         monitor.use_pushed_quotes(self.pushed_quotes)  # the poll asks the venue only for what is not streamed
 
     # ------------------------------------------------------------ what the daemon shows
@@ -75,6 +76,10 @@ class QuoteWatch:
         return {"stream": self.state, "stream_reason": self.reason or None, "streamed": len(self.followed),
                 "polled_over_quota": len(self.polled), "pushed_quotes": self.quotes,
                 "stream_failures": self.failures, "stream_exits": self.monitor.stream_exits}
+
+    def pending(self) -> int:
+        """Pushed quotes waiting to be judged (0 with no stream open)."""
+        return self._stream.pending() if self._stream is not None else 0
 
     def pushed_quotes(self) -> dict[str, Quote]:
         """The latest pushed price of each followed symbol while the stream is healthy; nothing otherwise (the
@@ -103,6 +108,7 @@ class QuoteWatch:
                 log.info("the venue pushes no quotes: the monitor polls")
                 return
             opened = time.monotonic()
+            self._stream = stream
             try:
                 await self._pump(stream, stop, in_session)
                 reason = None
@@ -114,6 +120,7 @@ class QuoteWatch:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("quote stream failed")
             finally:
+                self._stream = None
                 self._latest = {}         # a closed stream's prices are not kept for the next one
                 try:
                     await stream.close()
