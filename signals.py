@@ -208,6 +208,19 @@ def protective_level(position: PositionView, thresholds: SignalThresholds) -> De
     return max(levels)
 
 
+def price_exit_band(position: PositionView, thresholds: SignalThresholds) -> tuple[Decimal, Decimal]:
+    """(low, high): with no indicators, `evaluate` says "exit" exactly when the price is at or below `low` or at or
+    above `high`. What a pushed price is checked against first (two comparisons),
+    `evaluate` deciding only outside the band. `low` is `protective_level` (the strong stops); `high` the first
+    strong take-profit. Two moderate price signals never agree (one needs a loss, the other a gain), so no exit
+    hides inside the band. Uses the position's high-water mark: recompute when it rises."""
+    p, t = position, thresholds
+    highs = [p.entry_price * (1 + t.take_profit_strong)]
+    if p.take_profit is not None:
+        highs.append(p.take_profit)
+    return protective_level(p, t), min(highs)
+
+
 # ---------------------------------------------------------------- the rules, one function each
 
 def _hard_stop(p: PositionView) -> Signal | None:

@@ -88,6 +88,13 @@ class QuoteStream(ABC):
                 raise StreamClosed(self.closed_reason) from None
             return None
 
+    def take_waiting(self) -> list[Quote]:
+        """Every quote delivered and not yet taken, oldest first, without waiting."""
+        out = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
     def pending(self) -> int:
         """Quotes delivered but not yet taken (a growing number means the reader falls behind)."""
         return self._queue.qsize()

@@ -86,7 +86,9 @@ class PositionMonitor:
         # position_id -> the highest price pushed since the position was opened (the high-water mark rises with
         # every pushed price, not only with the prices a pass sees; the next pass stores it)
         self._highs: dict[int, Any] = {}
-        self._judged: dict[str, tuple[Any, Any]] = {}   # symbol -> (the row, the last price) on_price judged last
+        # symbol -> (the high-water mark, low, high): the row's price-only exit band (signals.price_exit_band) as of
+        # that high; a pushed price inside it is no exit, and only one outside it is evaluated
+        self._bands: dict[str, tuple[Any, Any, Any]] = {}
         self._exit_locks: dict[str, asyncio.Lock] = {}
         self._pushed: Callable[[], dict[str, Quote]] | None = None
         self.stream_exits = 0
@@ -107,21 +109,37 @@ class PositionMonitor:
 
     async def on_price(self, quote: Quote) -> dict | None:
         """One pushed price: the position's price-only signals, and an exit at once when one is strong."""
+        crossed = self.judge(quote)
+        return None if crossed is None else await self.exit_pushed(*crossed)
+
+    def judge(self, quote: Quote) -> tuple[Any, signals.SignalReport] | None:
+        """The price-only verdict on one pushed price, without waiting for anything: (the position's row, the report)
+        when it says exit (the symbol is then taken out of the watched rows: one attempt per symbol until the next
+        pass re-reads it), else None. The exit itself is `exit_pushed`: the quote watch runs it beside the stream so
+        the next pushed price (another position's stop, in a falling market) is judged meanwhile."""
         row = self._rows.get(quote.symbol)
         if row is None or row["exit_working"] or quote.last <= 0:
             return None
-        judged = self._judged.get(quote.symbol)
-        if judged is not None and judged[0] is row and judged[1] == quote.last:
-            return None                    # the same position at the same price: the same verdict (a quote whose
-        self._judged[quote.symbol] = (row, quote.last)                     # bid or ask moved, the last did not)
         hwm = self._high(row, quote.last)
+        band = self._bands.get(quote.symbol)
+        if band is not None and band[0] == hwm and band[1] < quote.last < band[2]:
+            return None                    # inside the band: no price-only exit (most pushed prices end here)
         view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"], entry_price=row["avg_entry_price"],
                                     price=quote.last, high_water=hwm, stop_loss=row["stop_loss"],
                                     take_profit=row["take_profit"], opened_at=row["opened_at"])
+        if band is None or band[0] != hwm:
+            band = (hwm, *signals.price_exit_band(view, self.thresholds))
+            self._bands[quote.symbol] = band
+            if band[1] < quote.last < band[2]:
+                return None
         report = signals.evaluate(view, self.thresholds, now=self.clock.now())
         if report.action != "exit" or self._rows.pop(quote.symbol, None) is None:
             return None                    # popped: one attempt per symbol until the next pass re-reads it
         self._watched = None
+        return row, report
+
+    async def exit_pushed(self, row, report: signals.SignalReport) -> dict | None:
+        """The exit `judge` called for, through the one order path."""
         result = PassResult(checked=1)
         await self._exit(row, report, result, source="pushed price")
         self.stream_exits += len(result.exits)
@@ -166,7 +184,7 @@ class PositionMonitor:
         result = PassResult()
         rows = await self.store.positions_to_monitor()
         if not rows:
-            self._rows, self._watched, self._judged, self._highs = {}, None, {}, {}
+            self._rows, self._watched, self._bands, self._highs = {}, None, {}, {}
             if self.protection is not None:        # stops whose position is gone
                 await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
@@ -175,7 +193,7 @@ class PositionMonitor:
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         self._highs = {k: v for k, v in self._highs.items() if k in open_ids}
-        self._rows, self._watched, self._judged = {r["symbol"]: r for r in rows}, None, {}
+        self._rows, self._watched, self._bands = {r["symbol"]: r for r in rows}, None, {}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written

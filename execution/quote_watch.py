@@ -3,8 +3,10 @@
 `QuoteWatch.run` keeps a stream (`broker.open_quote_stream()`) open while the market is in a session:
   - it follows exactly the monitor's watched symbols (open positions with no exit working), re-following whenever
     they change; symbols the venue's quota cannot hold are left to the monitor's poll (`polled`);
-  - every pushed quote goes to `PositionMonitor.on_price` (stop, stop_loss, take-profit, trailing on that price),
-    and is kept as the symbol's latest price: while the stream is healthy the monitor's poll pass takes those
+  - every pushed quote is judged by `PositionMonitor.judge` (stop, stop_loss, take-profit, trailing on that price;
+    the quotes waiting are taken and judged in one go), an exit it calls for runs as a task of its own beside the
+    stream (a second stop crossed meanwhile is not kept waiting behind the first exit's order), and the quote is
+    kept as the symbol's latest price: while the stream is healthy the monitor's poll pass takes those
     (`pushed_quotes`) and asks the venue only for the symbols the stream does not hold;
   - never blind: a stream that drops (StreamClosed), stalls (no message of any kind for `stall_seconds` during a
     session) or falls behind (more than BEHIND quotes waiting) is closed; the watch says so (`state` 'polling' and
@@ -59,6 +61,7 @@ class QuoteWatch:
         self._on_change = on_change                    # told at once when the stream goes down or comes back
         self._latest: dict[str, Quote] = {}            # the last pushed price of each followed symbol
         self._stream: QuoteStream | None = None        # the stream open now
+        self._exits: set[asyncio.Task] = set()         # exits pushed prices called for, running beside the stream
         monitor.use_pushed_quotes(self.pushed_quotes)  # the poll asks the venue only for what is not streamed
 
     # ------------------------------------------------------------ what the daemon shows
@@ -90,6 +93,13 @@ class QuoteWatch:
 
     # ------------------------------------------------------------ the loop
     async def run(self, stop: asyncio.Event, in_session: Callable[[], bool]) -> None:
+        try:
+            await self._run(stop, in_session)
+        finally:                          # an exit under way is let finish: it is an order at the broker
+            if self._exits:
+                await asyncio.gather(*self._exits, return_exceptions=True)
+
+    async def _run(self, stop: asyncio.Event, in_session: Callable[[], bool]) -> None:
         backoff = 1.0
         while not stop.is_set():
             if not in_session():
@@ -152,19 +162,27 @@ class QuoteWatch:
                         await self._changed()
                 wanted = symbols
             try:
-                quote = await stream.get(READ_SLICE)
+                first = await stream.get(READ_SLICE)
             finally:
                 silent = time.monotonic() - stream.last_heard
                 self._silent_since = self.clock.now() - timedelta(seconds=silent)
-            if quote is not None:
+            if first is None:
+                if self.followed and silent > self.stall_seconds:
+                    raise _Failed(f"stalled: no message for {silent:.1f}s")
+                continue
+            batch = [first, *stream.take_waiting()]      # everything pushed meanwhile, judged in one go
+            if len(batch) > BEHIND:
+                raise _Failed(f"fell behind: {len(batch)} quotes waiting")
+            for quote in batch:
                 self.quotes += 1
                 self.last_quote_at = quote.timestamp
                 self._latest[quote.symbol] = quote
-                await self.monitor.on_price(quote)
-            elif self.followed and silent > self.stall_seconds:
-                raise _Failed(f"stalled: no message for {silent:.1f}s")
-            if stream.pending() > BEHIND:
-                raise _Failed(f"fell behind: {stream.pending()} quotes waiting")
+                crossed = self.monitor.judge(quote)
+                if crossed is not None:      # the exit runs beside the stream: the next price is judged meanwhile
+                    task = asyncio.create_task(self.monitor.exit_pushed(*crossed), name=f"exit-{quote.symbol}")
+                    self._exits.add(task)
+                    task.add_done_callback(self._exits.discard)
+            await asyncio.sleep(0)           # an exit just started goes out before the next batch is judged
 
     async def _fell_back(self, reason: str) -> None:
         """Poll at once: the gap since the last pushed price is checked for crossed stops, then a full pass."""

@@ -473,3 +473,15 @@ def test_a_price_at_the_protective_level_exits_and_one_tick_above_a_stop_level_n
     above = replace(p, price=level + D("0.0001"), high_water=max(p.high_water, level + D("0.0001")))
     strong_price_rules = {"hard_stop", "stop_loss", "trailing_stop"}
     assert not strong_price_rules & {s.kind for s in evaluate(above, t, now=NOW).strong}
+
+
+# ---------------------------------------------------------------- the band a pushed price is first checked against
+@PROPS
+@given(positions(), thresholds())
+def test_a_price_only_evaluation_exits_exactly_when_the_price_is_outside_the_band(p, t):
+    """The pushed-price path checks the band first and evaluates only outside it: it must miss no exit and add none.
+    The band is worked out with the high as it stands; a price above the high raises the high, never the low end
+    (a trailing level below a new high is still below the price)."""
+    low, high = signals.price_exit_band(p, t)
+    exits = evaluate(p, t, now=NOW).action == "exit"
+    assert exits == (p.price <= low or p.price >= high)

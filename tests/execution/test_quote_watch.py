@@ -129,6 +129,36 @@ async def test_the_next_pass_stores_the_high_that_pushed_prices_reached(pool, ag
         assert stored == high
 
 
+async def test_a_second_stop_crossed_while_the_first_exit_is_under_way_is_not_kept_waiting(pool, agent_id):
+    """A falling market: two stops crossed at once. The first exit is held at the broker (its order does not
+    return); the second position's exit goes out meanwhile; then the first completes too."""
+    from tests.venues import liquid_symbols
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    a, b = liquid_symbols(s.universe, s.clock.now())[:2]
+    _, pa = await enter(s, a)
+    _, pb = await enter(s, b)
+    held, exits = asyncio.Event(), []
+    async with Watching(s) as w:
+        real = w.monitor.trader.exit_position
+
+        async def exit_position(symbol, *args, **kwargs):
+            exits.append(symbol)
+            if symbol == a:
+                await held.wait()             # the first exit's order is slow to come back
+            return await real(symbol, *args, **kwargs)
+
+        w.monitor.trader.exit_position = exit_position
+        assert w.watch.followed == {a, b}
+        s.broker.market.move(a, pa["stop_loss"] - Decimal("0.10"))
+        await until(lambda: exits == [a], "the first exit to start")
+        s.broker.market.move(b, pb["stop_loss"] - Decimal("0.10"))
+        await until(lambda: w.monitor.stream_exits == 1, "the second exit, while the first is held")
+        assert [r["quantity"] for r in await w.sells()] == [pb["quantity"]]
+        held.set()
+        await until(lambda: w.monitor.stream_exits == 2, "the first exit, once released")
+        assert sorted(r["quantity"] for r in await w.sells()) == sorted([pa["quantity"], pb["quantity"]])
+
+
 async def test_a_stalled_stream_falls_back_to_the_poll_which_catches_the_stop_crossed_during_the_stall(pool, agent_id):
     s = await paper_services(pool, agent_id, monitor=NO_STOPS)
     symbol, pos = await enter(s)
