@@ -271,7 +271,6 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
 
         # as the daemon starts: a first pass (it tells the watch the positions), then the stream beside the poll
         passes.append((await monitor.run_pass()).seconds)
-        watched = len(monitor.watched_symbols())     # less any position that first pass already exited
         watch_task = asyncio.create_task(watch.run(stop, lambda: True))
         loop_task = asyncio.create_task(run_monitor())
         waits: list[float] = []
@@ -285,10 +284,12 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
             # timed once warm: every position followed and the subscription's first pushes judged (a venue that
             # pushes only what moves is given 10 s for that)
             covered = time.perf_counter() + 10
-            while (watch.state != "streaming" or len(watch.followed) < watched or watch.pending()
+            # (the watched set: the positions less any the first pass or a first push already exited)
+            while (watch.state != "streaming" or not monitor.watched_symbols() <= watch.followed | watch.polled
+                   or watch.pending()
                    or (len(watch.pushed_quotes()) < len(watch.followed) and time.perf_counter() < covered)):
                 if time.perf_counter() > deadline:
-                    raise SystemExit(f"{name}: the stream never followed {watched} symbols "
+                    raise SystemExit(f"{name}: the stream never followed {len(monitor.watched_symbols())} symbols "
                                      f"({watch.state}: {watch.reason}; {len(watch.followed)} followed, "
                                      f"{len(watch.pushed_quotes())} pushed)")
                 await asyncio.sleep(0.05)
