@@ -44,6 +44,7 @@ from tests.fakes.opend_wire import QOT_MARKET_HK, _Conn, _local, _Refuse
 SUB_BASIC = 1                       # Qot_Common.SubType_Basic: the SDK's SubType.QUOTE
 P_KEEP_ALIVE, P_BASIC_QOT = 1004, 3005
 INSUFFICIENT_QUOTA = "Insufficient subscription quota"
+PRICED_BETWEEN_YIELDS = 50           # the fake's push cadence prices this many codes between answering requests
 TOO_EARLY = "Unsubscribe failed: a subscription can be cancelled only after it has been held for at least one minute"
 
 Key = tuple[str, int]               # (security code, sub type)
@@ -62,6 +63,7 @@ class PushHandlers:
         self._lingering: dict[Key, datetime] = {}               # a closed connection's young keys -> released at
         self._last_pushed: dict[tuple[int, str], Quote] = {}
         self._day_range: dict[tuple[str, Any], tuple[Any, Any]] = {}      # (code, session day) -> (high, low)
+        self._day_open: dict[tuple[str, Any], Any] = {}                   # (code, session day) -> the open's price
         self._stalled = False
 
     # ------------------------------------------------------------ test controls (any thread)
@@ -195,7 +197,10 @@ class PushHandlers:
         for code in codes:
             inst = self.market.instrument(code)
             q = (quotes or {}).get(code) or self.market.quote(inst.symbol, now)
-            opened = self.market.quote(inst.symbol, opens[0][0]).last if opens else q.last
+            opened = self._day_open.get((code, day))
+            if opened is None:
+                opened = self.market.quote(inst.symbol, opens[0][0]).last if opens else q.last
+                self._day_open[(code, day)] = opened
             high, low = self._day_range.get((code, day), (opened, opened))
             high, low = max(high, q.last), min(low, q.last)
             self._day_range[(code, day)] = high, low
@@ -219,8 +224,14 @@ class PushHandlers:
             codes = sorted(code for code, sub in reg if sub == SUB_BASIC and (quotes is None or code in quotes))
             if conn is None or not codes:
                 continue
-            current = {c: (quotes or {}).get(c) or self.market.quote(self.market.instrument(c).symbol, now)
-                       for c in codes}
+            before = {c: self._last_pushed.get((conn_id, c)) for c in codes}
+            current = {}
+            for i, c in enumerate(codes):
+                if i and i % PRICED_BETWEEN_YIELDS == 0:
+                    await asyncio.sleep(0)      # OpenD answers requests while it pushes: so does the fake
+                current[c] = (quotes or {}).get(c) or self.market.quote(self.market.instrument(c).symbol, now)
+            # a code pushed meanwhile (a move, while this loop yielded) has a newer price out already
+            codes = [c for c in codes if self._last_pushed.get((conn_id, c)) is before[c]]
             if changed_only:
                 codes = [c for c in codes if self._last_pushed.get((conn_id, c)) != current[c]]
             if not codes:
