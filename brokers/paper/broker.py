@@ -73,8 +73,12 @@ class PaperBroker(BrokerClient):
     environment = "paper"
 
     def __init__(self, pool: "asyncpg.Pool", market: PriceFeed, clock: Clock,
-                 calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig) -> None:
+                 calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig,
+                 reads=None) -> None:
         self.pool = pool
+        # where the account's rows are read outside a transaction: the pool, or (a process that alone writes this
+        # account) runtime.lane_pool.SoleReads, which serves a read again while nothing has been written since
+        self.reads = reads if reads is not None else pool
         self.market = market
         self.clock = clock
         self.calendar = calendar
@@ -215,7 +219,7 @@ class PaperBroker(BrokerClient):
 
     async def _fetch(self, query: str, *args):
         try:
-            return await self.pool.fetch(query, *args)
+            return await self.reads.fetch(query, *args)
         except OSError as exc:
             raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
 
