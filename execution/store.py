@@ -121,6 +121,10 @@ class Store:
         self._patterns: list[tuple] = []
         self._statuses: dict[int, tuple] = {}        # position_id -> its latest status row (held)
         self._ids: list[int] = []
+        # position_id -> the highest high-water mark this store has held or written for it: the status rows'
+        # write raises positions.high_water_mark to it (when higher), so a read from before that write, with this
+        # applied, is what the database holds after it (and the write need not make `reads` ask again)
+        self._high_water: dict[int, Decimal] = {}
 
     # ------------------------------------------------------------------ the audit buffer
     @property
@@ -129,9 +133,8 @@ class Store:
         return len(self._decisions) + len(self._patterns) + len(self._statuses)
 
     def held_high_water(self, position_id: int):
-        """The high-water mark a held status row will raise this position to (None: none held)."""
-        held = self._statuses.get(position_id)
-        return None if held is None else held[6]
+        """The high-water mark this store's status rows raise (or have raised) this position to (None: none)."""
+        return self._high_water.get(position_id)
 
     async def write_apart(self, sql: str, *args) -> None:
         """`sql` (it writes audit rows only, such as trading_cycles) alone, the held rows left held."""
@@ -147,8 +150,9 @@ class Store:
                 cte, width = make(len(params) + 1)
                 parts.append(cte)
                 params.extend(list(c) for c in zip(*rows))
-        # audit rows alone change nothing a SoleReads query reads; status rows raise positions' high-water marks
-        run = self.pool.execute if self._statuses else getattr(self.pool, "execute_apart", self.pool.execute)
+        # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
+        # the readers of those take from held_high_water as well
+        run = getattr(self.pool, "execute_apart", self.pool.execute)
         if not parts:
             if sql is not None:
                 await run(sql, *args)
@@ -248,14 +252,13 @@ class Store:
                               AND o.status IN """ + WORKING + """) AS exit_working
                FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.position_id""",
             self.agent_id)
-        if not self._statuses:
+        if not self._high_water:
             return rows
         out = []
         for r in rows:
-            held = self._statuses.get(r["position_id"])
-            if held is not None and held[6] is not None and (r["high_water_mark"] is None
-                                                             or held[6] > r["high_water_mark"]):
-                r = {**dict(r), "high_water_mark": held[6]}
+            known = self._high_water.get(r["position_id"])
+            if known is not None and (r["high_water_mark"] is None or known > r["high_water_mark"]):
+                r = {**dict(r), "high_water_mark": known}
             out.append(r)
         return out
 
@@ -274,5 +277,8 @@ class Store:
         rows, in one statement (held for the next flush with `hold_monitor`)."""
         for row in rows:
             self._statuses[row[0]] = row
+            known = self._high_water.get(row[0])
+            if row[6] is not None and (known is None or row[6] > known):
+                self._high_water[row[0]] = row[6]
         if not self.hold_monitor:
             await self.flush()
