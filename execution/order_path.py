@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from brokers.base import BrokerClient
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -75,8 +75,10 @@ _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, posit
 
 
 class OrderPath:
-    def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str) -> None:
+    def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str, *,
+                 before_write: "Callable[[], Awaitable[None]] | None" = None) -> None:
         self.pool = pool
+        self.before_write = before_write      # awaited before the write-ahead row (its cycle's start row held)
         self.broker = broker
         self.clock = clock
         self.agent_id = agent_id
@@ -106,6 +108,8 @@ class OrderPath:
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
         # 1. write-ahead (a sell names the open position it sells, looked up in the same statement)
         kill_point("before_write_ahead")
+        if self.before_write is not None:
+            await self.before_write()
         args = (self.agent_id, client_order_id, cycle_id, symbol, side.value, order_type.value, intent, quantity,
                 limit_price, stop_loss, take_profit, self.clock.now(), stop_price, prefix)
         coid = await self.pool.fetchval(_WRITE_AHEAD, *args)

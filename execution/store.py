@@ -54,27 +54,27 @@ def _default(value: Any) -> Any:
 
 # The audit rows a Store holds until its next flush, as the CTEs of one statement (parameters from $n on).
 def _decisions_cte(n: int) -> str:
-    return (f"""d AS (INSERT INTO decisions (decision_id, agent_id, cycle_id, symbol, action, engine, reasoning,
+    return f"""d AS (INSERT INTO decisions (decision_id, agent_id, cycle_id, symbol, action, engine, reasoning,
                    verdict, details, model, input_tokens, output_tokens, cost_usd, created_at) OVERRIDING SYSTEM VALUE
                SELECT i, a, c, s, act, e, r, v::jsonb, dt::jsonb, m, it, ot, cost, at
                FROM unnest(${n}::bigint[], ${n + 1}::text[], ${n + 2}::uuid[], ${n + 3}::text[], ${n + 4}::text[],
                            ${n + 5}::text[], ${n + 6}::text[], ${n + 7}::text[], ${n + 8}::text[], ${n + 9}::text[],
                            ${n + 10}::bigint[], ${n + 11}::bigint[], ${n + 12}::numeric[], ${n + 13}::timestamptz[])
-                    AS u(i, a, c, s, act, e, r, v, dt, m, it, ot, cost, at))""", 14)
+                    AS u(i, a, c, s, act, e, r, v, dt, m, it, ot, cost, at))"""
 
 
 def _patterns_cte(n: int) -> str:
-    return (f"""p AS (INSERT INTO patterns (agent_id, cycle_id, symbol, pattern, direction, confidence, levels,
+    return f"""p AS (INSERT INTO patterns (agent_id, cycle_id, symbol, pattern, direction, confidence, levels,
                    bar_start, bar_end, detected_at)
                SELECT a, c, s, pat, dir, conf, lv::jsonb, bs, be, at
                FROM unnest(${n}::text[], ${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[],
                            ${n + 5}::numeric[], ${n + 6}::text[], ${n + 7}::timestamptz[], ${n + 8}::timestamptz[],
-                           ${n + 9}::timestamptz[]) AS u(a, c, s, pat, dir, conf, lv, bs, be, at))""", 10)
+                           ${n + 9}::timestamptz[]) AS u(a, c, s, pat, dir, conf, lv, bs, be, at))"""
 
 
 def _statuses_cte(n: int) -> str:
     # every position's status row, high-water marks raised with them
-    return (f"""st AS (
+    return f"""st AS (
                INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
                    pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
                SELECT * FROM unnest(${n}::bigint[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::numeric[],
@@ -89,8 +89,15 @@ def _statuses_cte(n: int) -> str:
            hwm AS (
                UPDATE positions p SET high_water_mark = st.high_water_mark FROM st
                WHERE p.position_id = st.position_id AND p.status = 'open'
-                 AND (p.high_water_mark IS NULL OR st.high_water_mark > p.high_water_mark))""", 12)
+                 AND (p.high_water_mark IS NULL OR st.high_water_mark > p.high_water_mark))"""
 
+
+_CYCLE_START = "INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) VALUES ($1, $2, $3, $4)"
+
+
+def _cycle_start_cte(n: int) -> str:
+    return (f"cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
+            f"VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}) ON CONFLICT (cycle_id) DO NOTHING)")
 
 DECISION_IDS = 64           # decision ids taken from the sequence at a time
 
@@ -125,6 +132,7 @@ class Store:
         # write raises positions.high_water_mark to it (when higher), so a read from before that write, with this
         # applied, is what the database holds after it (and the write need not make `reads` ask again)
         self._high_water: dict[int, Decimal] = {}
+        self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
 
     # ------------------------------------------------------------------ the audit buffer
     @property
@@ -136,19 +144,35 @@ class Store:
         """The high-water mark this store's status rows raise (or have raised) this position to (None: none)."""
         return self._high_water.get(position_id)
 
+    def hold_cycle_start(self, cycle_id: uuid.UUID, mode: str, started_at) -> None:
+        """Hold a cycle's start row until something needs it (write_cycle_start: a row that refers to the cycle)
+        or the cycle's end row, an upsert, writes the whole row (a cycle that changes nothing costs one statement).
+        Only where nobody else looks for running cycles of this agent (`hold_monitor`)."""
+        self._cycle_start = (cycle_id, self.agent_id, mode, started_at)
+
+    async def write_cycle_start(self) -> None:
+        """The held cycle start row, now (before an order or a scan result that refers to the cycle)."""
+        if self._cycle_start is not None:
+            start, self._cycle_start = self._cycle_start, None
+            await self.write_apart(_CYCLE_START, *start)
+
     async def write_apart(self, sql: str, *args) -> None:
         """`sql` (it writes audit rows only, such as trading_cycles) alone, the held rows left held."""
         await getattr(self.pool, "execute_apart", self.pool.execute)(sql, *args)
 
-    async def flush(self, sql: str | None = None, *args) -> None:
+    async def flush(self, sql: str | None = None, *args, ends_cycle: bool = False) -> None:
         """Write every held audit row, with `sql` ($1.. are `args`; "SELECT 1" when None; it writes audit rows
-        only, such as trading_cycles) in the same statement. On a connection failure the rows stay held."""
+        only, such as trading_cycles) in the same statement; `ends_cycle`: `sql` is the held cycle's end row (an
+        upsert, so it writes the start too). On a connection failure the rows stay held."""
         parts, params = [], list(args)
+        start = self._cycle_start
+        if start is not None and not ends_cycle:
+            parts.append(_cycle_start_cte(len(params) + 1))
+            params.extend(start)
         for rows, make in ((self._decisions, _decisions_cte), (self._patterns, _patterns_cte),
                            (list(self._statuses.values()), _statuses_cte)):
             if rows:
-                cte, width = make(len(params) + 1)
-                parts.append(cte)
+                parts.append(make(len(params) + 1))
                 params.extend(list(c) for c in zip(*rows))
         # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
         # the readers of those take from held_high_water as well
@@ -156,6 +180,7 @@ class Store:
         if not parts:
             if sql is not None:
                 await run(sql, *args)
+            self._cycle_start = None
             return
         text = "WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1")
         try:
@@ -167,10 +192,14 @@ class Store:
             self._decisions, self._patterns, self._statuses = [], [], {}
             log.error("%d audit rows of %s could not be written and are dropped: %s: %s", held, self.agent_id,
                       type(exc).__name__, exc)
+            if start is not None and not ends_cycle:
+                await self.write_cycle_start()
             if sql is not None:
                 await self.pool.execute(sql, *args)
+            self._cycle_start = None
             return
         self._decisions, self._patterns, self._statuses = [], [], {}
+        self._cycle_start = None
 
     async def _decision_id(self) -> int:
         if not self._ids:

@@ -56,6 +56,19 @@ async def mark_interrupted(pool: "asyncpg.Pool", lock_dir: Path, now, *, found_b
     return marked
 
 
+_END = """UPDATE trading_cycles SET status = $2, engine = $3, finished_at = $4, turns = $5, input_tokens = $6,
+               output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9, cost_usd = $10,
+               orders_placed = $11, summary = $12, error = $13 WHERE cycle_id = $1"""
+# The same, when the start row may not have been written yet ($14 agent_id, $15 mode, $16 started_at).
+_END_UPSERT = """INSERT INTO trading_cycles (cycle_id, status, engine, finished_at, turns, input_tokens, output_tokens,
+               cache_write_tokens, cache_read_tokens, cost_usd, orders_placed, summary, error, agent_id, mode,
+               started_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+           ON CONFLICT (cycle_id) DO UPDATE SET status = $2, engine = $3, finished_at = $4, turns = $5,
+               input_tokens = $6, output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9,
+               cost_usd = $10, orders_placed = $11, summary = $12, error = $13"""
+
+
 @dataclass
 class CycleOutcome:
     cycle_id: uuid.UUID
@@ -95,8 +108,11 @@ class CycleRunner:
                  cycle_id, self.agent_id, mode, now)
         if self.store is None:
             await self.pool.execute(*start)
+        elif self.store.hold_monitor:  # nobody else looks for this agent's running cycles: the row waits
+            self.store.hold_cycle_start(cycle_id, mode, now)
         else:                          # what the store holds is written with the end row
             await self.store.write_apart(*start)
+        self._started = (mode, now)
         store, held = self.store, None
         if store is not None:
             held, store.buffering = store.buffering, True
@@ -111,12 +127,6 @@ class CycleRunner:
                     except Exception as exc:
                         log.error("%d audit rows of the %s cycle could not be written: %s", store.pending, mode, exc)
 
-    async def _write(self, sql: str, *args) -> None:
-        """A trading_cycles statement, with the audit rows held so far when there is a store."""
-        if self.store is None:
-            await self.pool.execute(sql, *args)
-        else:
-            await self.store.flush(sql, *args)
 
     async def _run(self, mode: str, engine, cycle_id: uuid.UUID, now) -> CycleOutcome:
         with log_context(cycle_id=str(cycle_id), mode=mode):
@@ -162,11 +172,13 @@ class CycleRunner:
 
     async def _finish(self, cycle_id: uuid.UUID, result: EngineResult, orders_placed: int) -> None:
         from core.redaction import redact_row
-        await self._write(
-            """UPDATE trading_cycles SET status = $2, engine = $3, finished_at = $4, turns = $5, input_tokens = $6,
-                   output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9, cost_usd = $10,
-                   orders_placed = $11, summary = $12, error = $13 WHERE cycle_id = $1""",
-            cycle_id, result.status, result.engine, self.clock.now(), result.turns, result.input_tokens,
-            result.output_tokens, result.cache_write_tokens, result.cache_read_tokens,
-            Decimal(result.cost_usd), orders_placed, redact_row(json.loads(json.dumps(result.summary, default=str))),
-            redact_row(result.error))
+        args = (cycle_id, result.status, result.engine, self.clock.now(), result.turns, result.input_tokens,
+                result.output_tokens, result.cache_write_tokens, result.cache_read_tokens, Decimal(result.cost_usd),
+                orders_placed, redact_row(json.loads(json.dumps(result.summary, default=str))),
+                redact_row(result.error))
+        if self.store is None:
+            await self.pool.execute(_END, *args)
+        elif self.store.hold_monitor:  # the start row may be held still: the whole row, in the same statement
+            await self.store.flush(_END_UPSERT, *args, self.agent_id, *self._started, ends_cycle=True)
+        else:                          # with the audit rows the cycle held
+            await self.store.flush(_END, *args)

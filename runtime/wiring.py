@@ -249,7 +249,7 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock,
                         rsi_overbought=float(cfg.signals.rsi_overbought),
                         rsi_oversold=float(cfg.signals.rsi_oversold), daily=bar_store)
     store = Store(pool, clock, agent_id, reads=reads, hold_monitor=sole_writer)
-    orders = OrderPath(pool, broker, clock, agent_id)
+    orders = OrderPath(pool, broker, clock, agent_id, before_write=store.write_cycle_start)
     sync = build_sync(settings, bar_store, broker, clock)
     return Services(
         settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
@@ -258,7 +258,7 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock,
                             held_high_water=store.held_high_water),
         scanner=Scanner(pool=pool, store=bar_store, clock=clock, calendar=calendar, scan=cfg.scan,
                         max_position_value=cfg.trading.max_position_value, agent_id=agent_id,
-                        refresh=sync, live=cfg.broker != "paper"),
+                        refresh=sync, live=cfg.broker != "paper", before_write=store.write_cycle_start),
         bar_store=bar_store, sync=sync,
         reconciler=Reconciler(pool=pool, reads=reads, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
                               stop_loss_pct=cfg.trading.position_stop_loss_pct,
