@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 from core.account import Account, Position
 from core.instruments import Bar, Instrument, Quote, Timeframe
 from brokers.base import BrokerClient
-from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
+from core.errors import BrokerUnavailable, InvalidRequest, OrderRejected
 from core.feeds import Listing, PriceFeed, UniverseSpec
 from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, OrderType
 from brokers.paper import fill_prices
@@ -114,18 +114,6 @@ class PaperBroker(BrokerClient):
     async def _get_quote(self, symbol: str) -> Quote:
         await self._get_instrument(symbol)
         return self.market.quote(symbol, self.clock.now())
-
-    async def _get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
-        """Every known symbol's quote at once (the feed answers from memory); unknown ones are left out."""
-        now = self.clock.now()
-        out: dict[str, Quote] = {}
-        for symbol in symbols:
-            try:
-                self.market.instrument(symbol)
-                out[symbol] = self.market.quote(symbol, now)
-            except (KeyError, BrokerError):           # as the port's default: a failed symbol is left out
-                continue
-        return out
 
     async def _open_quote_stream(self) -> PaperQuoteStream:
         return PaperQuoteStream(self.market, self.clock)
