@@ -73,7 +73,7 @@ def _patterns_cte(n: int) -> str:
 
 
 def _statuses_cte(n: int) -> str:
-    # every position's status row, high-water marks raised with them
+    # every position's status row, high-water marks raised with them (positions still open)
     return f"""st AS (
                INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
                    pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
@@ -90,6 +90,21 @@ def _statuses_cte(n: int) -> str:
                UPDATE positions p SET high_water_mark = st.high_water_mark FROM st
                WHERE p.position_id = st.position_id AND p.status = 'open'
                  AND (p.high_water_mark IS NULL OR st.high_water_mark > p.high_water_mark))"""
+
+
+def _raises_cte(n: int) -> str:
+    # held high-water marks ($n ids, $n+1 marks), each from a pass that saw its position open: raised even if
+    # the position has closed since, as a write at the end of that pass would have
+    return f"""hwm_held AS (
+               UPDATE positions p SET high_water_mark = u.mark
+               FROM unnest(${n}::bigint[], ${n + 1}::numeric[]) AS u(id, mark)
+               WHERE p.position_id = u.id AND (p.high_water_mark IS NULL OR u.mark > p.high_water_mark))"""
+
+
+def _held_statuses_cte(n: int) -> str:
+    # held status rows: the table keeps each position's latest (its high-water marks go in hwm_held)
+    cte = _statuses_cte(n)
+    return cte[:cte.index("RETURNING position_id, high_water_mark)")] + "RETURNING position_id)"
 
 
 _CYCLE_START = "INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) VALUES ($1, $2, $3, $4)"
@@ -132,6 +147,7 @@ class Store:
         # write raises positions.high_water_mark to it (when higher), so a read from before that write, with this
         # applied, is what the database holds after it (and the write need not make `reads` ask again)
         self._high_water: dict[int, Decimal] = {}
+        self._raises: dict[int, Decimal] = {}        # position_id -> held high-water mark to raise it to
         self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
 
     # ------------------------------------------------------------------ the audit buffer
@@ -169,8 +185,10 @@ class Store:
         if start is not None and not ends_cycle:
             parts.append(_cycle_start_cte(len(params) + 1))
             params.extend(start)
+        statuses = _held_statuses_cte if self.hold_monitor else _statuses_cte
         for rows, make in ((self._decisions, _decisions_cte), (self._patterns, _patterns_cte),
-                           (list(self._statuses.values()), _statuses_cte)):
+                           (list(self._statuses.values()), statuses),
+                           (list(self._raises.items()), _raises_cte)):
             if rows:
                 parts.append(make(len(params) + 1))
                 params.extend(list(c) for c in zip(*rows))
@@ -189,7 +207,7 @@ class Store:
             # a row the server refuses would refuse every later flush too: those rows are dropped (said so,
             # loudly), the statement they rode with runs on its own
             held = self.pending
-            self._decisions, self._patterns, self._statuses = [], [], {}
+            self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
             log.error("%d audit rows of %s could not be written and are dropped: %s: %s", held, self.agent_id,
                       type(exc).__name__, exc)
             if start is not None and not ends_cycle:
@@ -198,7 +216,7 @@ class Store:
                 await self.pool.execute(sql, *args)
             self._cycle_start = None
             return
-        self._decisions, self._patterns, self._statuses = [], [], {}
+        self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
         self._cycle_start = None
 
     async def _decision_id(self) -> int:
@@ -304,10 +322,19 @@ class Store:
     async def write_monitor_statuses(self, rows: list[tuple]) -> None:
         """One position_monitor_status row per position, high-water marks raised with them, and any held audit
         rows, in one statement (held for the next flush with `hold_monitor`)."""
+        still_open = None
+        if self.hold_monitor and rows:
+            # the write at the end of this pass raises the high-water marks of the positions open now; held, it
+            # must raise the same ones (an exit in this pass may have closed one: it is read again then)
+            still_open = {r["position_id"] for r in await self.positions_to_monitor()}
         for row in rows:
             self._statuses[row[0]] = row
+            if row[6] is None or (still_open is not None and row[0] not in still_open):
+                continue
             known = self._high_water.get(row[0])
-            if row[6] is not None and (known is None or row[6] > known):
+            if known is None or row[6] > known:
                 self._high_water[row[0]] = row[6]
+            if still_open is not None and (row[0] not in self._raises or row[6] > self._raises[row[0]]):
+                self._raises[row[0]] = row[6]
         if not self.hold_monitor:
             await self.flush()
