@@ -119,3 +119,24 @@ async def test_a_sole_writers_cycle_is_one_row_written_whole_and_its_orders_stil
     placed = await pool.fetchval("SELECT count(*) FROM orders WHERE cycle_id = $1", trade.cycle_id)
     assert placed == trade.orders_placed > 0     # orders refer to the cycle: its row was written before the first
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", trade.cycle_id) == "completed"
+
+
+async def test_a_held_high_water_mark_is_raised_even_after_its_position_closed(pool, agent_id):
+    """As the pass's own write would have (the position was open when the pass ended); a status written after
+    the position closed raises nothing."""
+    from tests.agent_fixtures import executor
+    s = await sole_writer(pool, agent_id)
+    symbol, row = await enter_position(s)
+    pid, entry_high = row["position_id"], row["high_water_mark"]
+    high = (entry_high * Decimal("1.2")).quantize(Decimal("0.01"))
+    status = (pid, agent_id, symbol, high, Decimal(0), Decimal(0), high, None, None, "hold", "held", OPEN_AT)
+    await s.store.write_monitor_statuses([status])
+    ex = await executor(s)
+    closed = await ex.execute("close_position", {"symbol": symbol, "reason": "the test closes it"})
+    assert closed.data["status"] == "filled", closed.data
+    higher = (high * Decimal("1.1")).quantize(Decimal("0.01"))
+    await s.store.write_monitor_statuses([status[:6] + (higher,) + status[7:]])     # after the close
+    await s.store.flush()
+    assert await pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pid) == high
+    assert await pool.fetchval("SELECT high_water_mark FROM position_monitor_status WHERE position_id = $1",
+                               pid) == higher
