@@ -17,7 +17,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from core.calendar import MarketCalendar
 from core.clock import Clock
@@ -136,8 +136,9 @@ class Scanner:
 
     def __init__(self, *, pool: "asyncpg.Pool", store: "BarStore", clock: Clock, calendar: MarketCalendar,
                  scan: "ScanConfig", max_position_value: Decimal, agent_id: str, refresh: "Sync | None" = None,
-                 live: bool = False) -> None:
+                 live: bool = False, before_write: "Callable[[], Awaitable[None]] | None" = None) -> None:
         self.pool = pool
+        self.before_write = before_write      # awaited before rows that refer to the cycle (its start row held)
         self.store = store
         self.clock = clock
         self.calendar = calendar
@@ -175,6 +176,8 @@ class Scanner:
         lots = pd.Series({i.symbol: i.lot_size for i in instruments}, dtype=float)
         candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
                                              max_lot_value=float(self.max_position_value))
+        if self.before_write is not None:
+            await self.before_write()
         await self.pool.executemany(
             """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons, metrics)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from brokers.base import BrokerClient
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -63,9 +63,22 @@ class OrderOutcome:
         return d
 
 
+# The write-ahead row; $2 the client order id, or NULL to number the next one after prefix $14 (the count of the
+# ids already made with it, plus one). Returns the id written (NULL: that id exists already).
+_WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
+        quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
+    VALUES ($1, coalesce($2, $14 || ((SELECT count(*) FROM orders WHERE client_order_id LIKE $14 || '%') + 1)),
+            $3, CASE WHEN $5 = 'sell' THEN (SELECT position_id FROM positions WHERE agent_id = $1
+                                           AND symbol = $4 AND status = 'open') END,
+            $4, $5, $6, $7, $8, $9, $10, $11, 'pending_submit', $12, $12, $13)
+    ON CONFLICT (client_order_id) DO NOTHING RETURNING client_order_id"""
+
+
 class OrderPath:
-    def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str) -> None:
+    def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str, *,
+                 before_write: "Callable[[], Awaitable[None]] | None" = None) -> None:
         self.pool = pool
+        self.before_write = before_write      # awaited before the write-ahead row (its cycle's start row held)
         self.broker = broker
         self.clock = clock
         self.agent_id = agent_id
@@ -83,23 +96,29 @@ class OrderPath:
                      order_type: OrderType, intent: str, limit_price: Decimal | None = None,
                      stop_loss: Decimal | None = None, take_profit: Decimal | None = None,
                      client_order_id: str | None = None, stop_price: Decimal | None = None) -> OrderOutcome:
-        coid = client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
+        # the next client order id is numbered in the write-ahead statement itself (one round trip, not two); its
+        # form (at most 36 characters before the number) is checked with the first number
+        prefix = None if client_order_id else make_client_order_id(self.agent_id, cycle_id, symbol, side, 0)[:-1]
         try:
-            request = OrderRequest(client_order_id=coid, symbol=symbol, side=side, quantity=quantity,
-                                   order_type=order_type, limit_price=limit_price, stop_price=stop_price)
+            request = OrderRequest(client_order_id=client_order_id or f"{prefix}1", symbol=symbol, side=side,
+                                   quantity=quantity, order_type=order_type, limit_price=limit_price,
+                                   stop_price=stop_price)
         except InvalidRequest as exc:
+            coid = client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
         # 1. write-ahead (a sell names the open position it sells, looked up in the same statement)
         kill_point("before_write_ahead")
-        await self.pool.execute(
-            """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
-                   quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
-               VALUES ($1, $2, $3, CASE WHEN $5 = 'sell' THEN (SELECT position_id FROM positions WHERE agent_id = $1
-                                                              AND symbol = $4 AND status = 'open') END,
-                       $4, $5, $6, $7, $8, $9, $10, $11, 'pending_submit', $12, $12, $13)
-               ON CONFLICT (client_order_id) DO NOTHING""",
-            self.agent_id, coid, cycle_id, symbol, side.value, order_type.value, intent, quantity,
-            limit_price, stop_loss, take_profit, self.clock.now(), stop_price)
+        if self.before_write is not None:
+            await self.before_write()
+        args = (self.agent_id, client_order_id, cycle_id, symbol, side.value, order_type.value, intent, quantity,
+                limit_price, stop_loss, take_profit, self.clock.now(), stop_price, prefix)
+        coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
+        if coid is None:
+            if client_order_id is None:    # another process numbered the same id first: number it again
+                coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
+            coid = coid or client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
+        if coid != request.client_order_id:
+            request = replace(request, client_order_id=coid)
         self.unsettled.add(coid)
         log.info("order %s written ahead: %s %d %s %s", coid, side.value, quantity, symbol, order_type.value,
                  extra={})
@@ -170,6 +189,7 @@ class OrderPath:
                                       result.client_order_id)
             if row is None:
                 raise KeyError(f"no orders row for {result.client_order_id}")
+            attached = None                 # the position the fills went to (set on the order with its status)
             for fill in result.fills:
                 inserted = await conn.fetchval(
                     """INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
@@ -179,8 +199,9 @@ class OrderPath:
                     fill.price, fill.fee, fill.timestamp)
                 if inserted is not None:
                     self.fills_recorded += 1
-                    await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee, fill.timestamp)
-            await self._book_order_level_fees(conn, row, result.fees, result.fills)
+                    attached = await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee,
+                                                      fill.timestamp) or attached
+            await self._book_order_level_fees(conn, row, result.fees, result.fills, attached)
             old = OrderStatus(row["status"])
             new = result.status
             if not can_transition(old, new):
@@ -189,9 +210,10 @@ class OrderPath:
             position_id = await conn.fetchval(
                 """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
                        fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8),
-                       updated_at = $9 WHERE order_id = $1 RETURNING position_id""",
+                       updated_at = $9, position_id = coalesce($10, position_id) WHERE order_id = $1
+                   RETURNING position_id""",
                 row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
-                result.fees, result.reason, result.submitted_at, self.clock.now())
+                result.fees, result.reason, result.submitted_at, self.clock.now(), attached)
         self.unsettled.discard(result.client_order_id)
         if result.fills and result.filled_quantity:
             log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,
@@ -199,7 +221,8 @@ class OrderPath:
         return OrderOutcome(result.client_order_id, new.value, result.symbol, result.side.value, result.quantity,
                             result.filled_quantity, result.avg_fill_price, result.fees, result.reason, position_id)
 
-    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None, fills=()) -> None:
+    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None, fills=(),
+                                     attached: int | None = None) -> None:
         """Fees the broker reports for the whole order beyond what its fills carried go onto the position once
         (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
         if not order_fees:
@@ -213,14 +236,16 @@ class OrderPath:
         delta = due - now["fees_booked"]
         if delta == 0:
             return
-        position_id = now["position_id"]
+        position_id = attached if attached is not None else now["position_id"]
         if position_id is None:
             return                            # no fill yet: nothing to charge it to; booked when one arrives
         await conn.execute("UPDATE positions SET fees = fees + $2, realized_pnl = realized_pnl - $2 "
                            "WHERE position_id = $1", position_id, delta)
         await conn.execute("UPDATE orders SET fees_booked = $2 WHERE order_id = $1", order["order_id"], due)
 
-    async def _apply_fill(self, conn, order, side: OrderSide, qty: int, price: Decimal, fee: Decimal, at) -> None:
+    async def _apply_fill(self, conn, order, side: OrderSide, qty: int, price: Decimal, fee: Decimal,
+                          at) -> int | None:
+        """One new fill on our positions; the position it went to (the caller sets it on the order), or None."""
         pos = await conn.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open' "
                                   "FOR UPDATE", self.agent_id, order["symbol"])
         if side is OrderSide.BUY:
@@ -240,11 +265,9 @@ class OrderPath:
                            realized_pnl = realized_pnl - $4,
                            stop_loss = coalesce($5, stop_loss), take_profit = coalesce($6, take_profit)
                        WHERE position_id = $1""", pid, new_qty, avg, fee, order["stop_loss"], order["take_profit"])
-            await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"], pid)
-            return
+            return pid
         if pos is None:
-            await self._late_sell_fill(conn, order, qty, price, fee)
-            return
+            return await self._late_sell_fill(conn, order, qty, price, fee)
         sold = min(qty, pos["quantity"])
         remaining = pos["quantity"] - sold
         pnl = (price - pos["avg_entry_price"]) * sold - fee
@@ -256,10 +279,9 @@ class OrderPath:
                 """UPDATE positions SET quantity = 0, status = 'closed', closed_at = $2, realized_pnl = realized_pnl + $3,
                        fees = fees + $4, exit_reason = $5 WHERE position_id = $1""",
                 pos["position_id"], at, pnl, fee, order["intent"])
-        await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"],
-                           pos["position_id"])
+        return pos["position_id"]
 
-    async def _late_sell_fill(self, conn, order, qty: int, price: Decimal, fee: Decimal) -> None:
+    async def _late_sell_fill(self, conn, order, qty: int, price: Decimal, fee: Decimal) -> int | None:
         """A sell fill whose position reconciliation already closed (the broker had sold it before this fill was
         recorded here): its P&L goes onto that position, never lost."""
         closed = await conn.fetchrow(
@@ -269,14 +291,13 @@ class OrderPath:
         if closed is None:
             log.error("sell fill for %s with no open position recorded; reconciliation will correct positions",
                       order["symbol"])
-            return
+            return None
         pnl = (price - closed["avg_entry_price"]) * qty - fee
         await conn.execute("UPDATE positions SET realized_pnl = realized_pnl + $2, fees = fees + $3, exit_reason = $4 "
                            "WHERE position_id = $1", closed["position_id"], pnl, fee, order["intent"])
-        await conn.execute("UPDATE orders SET position_id = $2 WHERE order_id = $1", order["order_id"],
-                           closed["position_id"])
         log.warning("sell fill for %s recorded after reconciliation closed the position: P&L %s booked on it",
                     order["symbol"], pnl)
+        return closed["position_id"]
 
     async def _set_status(self, coid: str, status: str, *, reason: str | None = None) -> None:
         await self.pool.execute("UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = $4 "

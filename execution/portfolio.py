@@ -92,8 +92,11 @@ _ORDER_FIELDS = ("client_order_id", "symbol", "side", "quantity", "filled_quanti
 
 class Portfolio:
     def __init__(self, pool: "asyncpg.Pool", broker: "BrokerClient", clock: Clock, calendar: MarketCalendar,
-                 agent_id: str) -> None:
+                 agent_id: str, *, reads=None, held_high_water=None) -> None:
         self.pool = pool
+        self.reads = reads if reads is not None else pool        # see execution/store.py
+        # position_id -> the high-water mark a held monitor status row will raise it to (Store.held_high_water)
+        self.held_high_water = held_high_water
         self.broker = broker
         self.clock = clock
         self.calendar = calendar
@@ -104,17 +107,20 @@ class Portfolio:
         now = self.clock.now()
         (account, broker_positions), ours = await asyncio.gather(
             self.broker.get_account_and_positions(),
-            self.pool.fetchrow(_OURS, self.agent_id, self.calendar.day_start(now)))
-        return _snapshot(account, broker_positions, ours)
+            self.reads.fetchrow(_OURS, self.agent_id, self.calendar.day_start(now)))
+        return _snapshot(account, broker_positions, ours, self.held_high_water)
 
 
-def _snapshot(account: Account, broker_positions: list[Position], ours) -> PortfolioSnapshot:
+def _snapshot(account: Account, broker_positions: list[Position], ours, held_high_water=None) -> PortfolioSnapshot:
     records = {r[1]: r for r in ours["positions"]}
 
     def held(p: Position) -> HeldPosition:
         if p.symbol not in records:            # the broker holds it, we have no record (reconciliation adopts it)
             return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price)
         position_id, _symbol, stop_loss, take_profit, opened_at, high_water = records[p.symbol]
+        pending = held_high_water(position_id) if held_high_water is not None else None
+        if pending is not None and (high_water is None or pending > high_water):
+            high_water = pending               # as the held status row's write will raise it
         return HeldPosition(p.symbol, p.quantity, p.avg_price, p.market_price, position_id, stop_loss, take_profit,
                             opened_at, high_water)
 

@@ -97,10 +97,11 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, *, pool: "asyncpg.Pool", store: Store, orders: OrderPath, broker: "BrokerClient",
+    def __init__(self, *, pool: "asyncpg.Pool", store: Store, reads=None, orders: OrderPath, broker: "BrokerClient",
                  clock: Clock, agent_id: str, stop_loss_pct: Decimal,
                  protection: "Protection | None" = None) -> None:
         self.pool = pool
+        self.reads = reads if reads is not None else pool        # see execution/store.py
         self.store = store
         self.orders = orders
         self.broker = broker
@@ -136,7 +137,7 @@ async def _positions(services: Reconciler, records=None) -> tuple[dict, Any, dic
     can cost a second look, never a wrong correction)."""
     held = {p.symbol: p for p in await services.broker.get_positions()}
     if records is None:
-        records = await services.pool.fetchrow(_RECORDS, services.agent_id)
+        records = await services.reads.fetchrow(_RECORDS, services.agent_id)
     ours = {symbol: {"position_id": pid, "symbol": symbol, "quantity": qty}
             for pid, symbol, qty in records["positions"]}
     return held, records, ours
@@ -173,7 +174,7 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             await services.store.audit(row["symbol"], "reconcile_pending_order", report.resolved[-1],
                          {"client_order_id": coid})
         # 2. open orders: fills while nothing ran
-        records = await pool.fetchrow(_RECORDS, services.agent_id)
+        records = await services.reads.fetchrow(_RECORDS, services.agent_id)
         if await services.orders.sync_open_orders(records["working"]):
             records = None                 # something was recorded: step 4 reads ours again
         # 3. broker orders we never recorded

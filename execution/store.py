@@ -6,16 +6,18 @@ asks for working orders embeds it. `LATEST_STATE` is the one rule for the record
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import asyncpg
 
 from core.clock import Clock
 from core.orders import WORKING_STATUSES
 from core.state import TradingState
 
-if TYPE_CHECKING:
-    import asyncpg
+log = logging.getLogger("catalyst.store")
 
 # The working statuses as an SQL list, for `status IN (...)`.
 WORKING = "(" + ", ".join(f"'{s.value}'" for s in sorted(WORKING_STATUSES, key=lambda s: s.value)) + ")"
@@ -50,17 +52,193 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-class Store:
-    """One agent's rows: orders, positions, decisions, trading state."""
+# The audit rows a Store holds until its next flush, as the CTEs of one statement (parameters from $n on).
+def _decisions_cte(n: int) -> str:
+    return f"""d AS (INSERT INTO decisions (decision_id, agent_id, cycle_id, symbol, action, engine, reasoning,
+                   verdict, details, model, input_tokens, output_tokens, cost_usd, created_at) OVERRIDING SYSTEM VALUE
+               SELECT i, a, c, s, act, e, r, v::jsonb, dt::jsonb, m, it, ot, cost, at
+               FROM unnest(${n}::bigint[], ${n + 1}::text[], ${n + 2}::uuid[], ${n + 3}::text[], ${n + 4}::text[],
+                           ${n + 5}::text[], ${n + 6}::text[], ${n + 7}::text[], ${n + 8}::text[], ${n + 9}::text[],
+                           ${n + 10}::bigint[], ${n + 11}::bigint[], ${n + 12}::numeric[], ${n + 13}::timestamptz[])
+                    AS u(i, a, c, s, act, e, r, v, dt, m, it, ot, cost, at))"""
 
-    def __init__(self, pool: "asyncpg.Pool", clock: Clock, agent_id: str) -> None:
+
+def _patterns_cte(n: int) -> str:
+    return f"""p AS (INSERT INTO patterns (agent_id, cycle_id, symbol, pattern, direction, confidence, levels,
+                   bar_start, bar_end, detected_at)
+               SELECT a, c, s, pat, dir, conf, lv::jsonb, bs, be, at
+               FROM unnest(${n}::text[], ${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[],
+                           ${n + 5}::numeric[], ${n + 6}::text[], ${n + 7}::timestamptz[], ${n + 8}::timestamptz[],
+                           ${n + 9}::timestamptz[]) AS u(a, c, s, pat, dir, conf, lv, bs, be, at))"""
+
+
+def _statuses_cte(n: int) -> str:
+    # every position's status row, high-water marks raised with them (positions still open)
+    return f"""st AS (
+               INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
+                   pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
+               SELECT * FROM unnest(${n}::bigint[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::numeric[],
+                                    ${n + 4}::numeric[], ${n + 5}::numeric[], ${n + 6}::numeric[], ${n + 7}::text[],
+                                    ${n + 8}::text[], ${n + 9}::text[], ${n + 10}::text[], ${n + 11}::timestamptz[])
+               ON CONFLICT (position_id) DO UPDATE SET last_price = EXCLUDED.last_price,
+                   unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
+                   high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
+                   signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
+                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at
+               RETURNING position_id, high_water_mark),
+           hwm AS (
+               UPDATE positions p SET high_water_mark = st.high_water_mark FROM st
+               WHERE p.position_id = st.position_id AND p.status = 'open'
+                 AND (p.high_water_mark IS NULL OR st.high_water_mark > p.high_water_mark))"""
+
+
+def _raises_cte(n: int) -> str:
+    # held high-water marks ($n ids, $n+1 marks), each from a pass that saw its position open: raised even if
+    # the position has closed since, as a write at the end of that pass would have
+    return f"""hwm_held AS (
+               UPDATE positions p SET high_water_mark = u.mark
+               FROM unnest(${n}::bigint[], ${n + 1}::numeric[]) AS u(id, mark)
+               WHERE p.position_id = u.id AND (p.high_water_mark IS NULL OR u.mark > p.high_water_mark))"""
+
+
+def _held_statuses_cte(n: int) -> str:
+    # held status rows: the table keeps each position's latest (its high-water marks go in hwm_held)
+    cte = _statuses_cte(n)
+    return cte[:cte.index("RETURNING position_id, high_water_mark)")] + "RETURNING position_id)"
+
+
+_CYCLE_START = "INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) VALUES ($1, $2, $3, $4)"
+
+
+def _cycle_start_cte(n: int) -> str:
+    return (f"cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
+            f"VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}) ON CONFLICT (cycle_id) DO NOTHING)")
+
+DECISION_IDS = 64           # decision ids taken from the sequence at a time
+
+
+class Store:
+    """One agent's rows: orders, positions, decisions, trading state.
+
+    Audit rows (decisions, patterns, position_monitor_status) are held and written together, in one statement,
+    at the next flush: a cycle's with its end row (runtime/cycle.py), the monitor's with its pass's status rows,
+    or (`hold_monitor`) with the next cycle's start row. `buffering` is set while a cycle runs; outside one, a
+    decision is written at once. Each decision's id is taken from the sequence in advance (DECISION_IDS at a time),
+    so a caller gets it before the row is written. Money-path rows (orders, fills, positions, cash) are never held.
+
+    `reads`: where the agent's own rows are read (the pool, or runtime.lane_pool.SoleReads when this process is
+    their only writer). `hold_monitor`: the monitor's status rows wait for the next flush (a process that is
+    the only writer of its agent's rows: the rows read back are the held ones' high-water marks applied, see
+    positions_to_monitor)."""
+
+    def __init__(self, pool: "asyncpg.Pool", clock: Clock, agent_id: str, *, reads=None,
+                 hold_monitor: bool = False) -> None:
         self.pool = pool
+        self.reads = reads if reads is not None else pool
         self.clock = clock
         self.agent_id = agent_id
+        self.hold_monitor = hold_monitor
+        self.buffering = hold_monitor
+        self._decisions: list[tuple] = []
+        self._patterns: list[tuple] = []
+        self._statuses: dict[int, tuple] = {}        # position_id -> its latest status row (held)
+        self._ids: list[int] = []
+        # position_id -> the highest high-water mark this store has held or written for it: the status rows'
+        # write raises positions.high_water_mark to it (when higher), so a read from before that write, with this
+        # applied, is what the database holds after it (and the write need not make `reads` ask again)
+        self._high_water: dict[int, Decimal] = {}
+        self._raises: dict[int, Decimal] = {}        # position_id -> held high-water mark to raise it to
+        self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
+
+    # ------------------------------------------------------------------ the audit buffer
+    @property
+    def pending(self) -> int:
+        """Audit rows held, not yet written."""
+        return len(self._decisions) + len(self._patterns) + len(self._statuses)
+
+    def held_high_water(self, position_id: int):
+        """The high-water mark this store's status rows raise (or have raised) this position to (None: none)."""
+        return self._high_water.get(position_id)
+
+    def hold_cycle_start(self, cycle_id: uuid.UUID, mode: str, started_at) -> None:
+        """Hold a cycle's start row until something needs it (write_cycle_start: a row that refers to the cycle)
+        or the cycle's end row, an upsert, writes the whole row (a cycle that changes nothing costs one statement).
+        Only where nobody else looks for running cycles of this agent (`hold_monitor`)."""
+        self._cycle_start = (cycle_id, self.agent_id, mode, started_at)
+
+    async def write_cycle_start(self) -> None:
+        """The held cycle start row, now (before an order or a scan result that refers to the cycle)."""
+        if self._cycle_start is not None:
+            start, self._cycle_start = self._cycle_start, None
+            await self.write_apart(_CYCLE_START, *start)
+
+    async def write_apart(self, sql: str, *args) -> None:
+        """`sql` (it writes audit rows only, such as trading_cycles) alone, the held rows left held."""
+        await getattr(self.pool, "execute_apart", self.pool.execute)(sql, *args)
+
+    async def flush(self, sql: str | None = None, *args, ends_cycle: bool = False) -> None:
+        """Write every held audit row, with `sql` ($1.. are `args`; "SELECT 1" when None; it writes audit rows
+        only, such as trading_cycles) in the same statement; `ends_cycle`: `sql` is the held cycle's end row (an
+        upsert, so it writes the start too). On a connection failure the rows stay held."""
+        parts, params = [], list(args)
+        start = self._cycle_start
+        if start is not None and not ends_cycle:
+            parts.append(_cycle_start_cte(len(params) + 1))
+            params.extend(start)
+        statuses = _held_statuses_cte if self.hold_monitor else _statuses_cte
+        for rows, make in ((self._decisions, _decisions_cte), (self._patterns, _patterns_cte),
+                           (list(self._statuses.values()), statuses),
+                           (list(self._raises.items()), _raises_cte)):
+            if rows:
+                parts.append(make(len(params) + 1))
+                params.extend(list(c) for c in zip(*rows))
+        # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
+        # the readers of those take from held_high_water as well
+        run = getattr(self.pool, "execute_apart", self.pool.execute)
+        if not parts:
+            if sql is not None:
+                await run(sql, *args)
+            self._cycle_start = None
+            return
+        text = "WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1")
+        try:
+            await run(text, *params)
+        except asyncpg.PostgresError as exc:
+            # a row the server refuses would refuse every later flush too: those rows are dropped (said so,
+            # loudly), the statement they rode with runs on its own
+            held = self.pending
+            self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
+            log.error("%d audit rows of %s could not be written and are dropped: %s: %s", held, self.agent_id,
+                      type(exc).__name__, exc)
+            if start is not None and not ends_cycle:
+                await self.write_cycle_start()
+            if sql is not None:
+                await self.pool.execute(sql, *args)
+            self._cycle_start = None
+            return
+        self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
+        self._cycle_start = None
+
+    async def _decision_id(self) -> int:
+        if not self._ids:
+            sql = ("SELECT array_agg(nextval(pg_get_serial_sequence('decisions', 'decision_id'))) "
+                   "FROM generate_series(1, $1)")
+            apart = getattr(self.pool, "read", None)        # a sequence: nothing a SoleReads query reads
+            self._ids = list(await (apart("fetchval", sql, DECISION_IDS) if apart else
+                                    self.pool.fetchval(sql, DECISION_IDS)))
+            self._ids.sort(reverse=True)
+        return self._ids.pop()
+
+    async def _decision(self, row: tuple) -> int:
+        decision_id = await self._decision_id()
+        self._decisions.append((decision_id, self.agent_id, *row))
+        if not self.buffering:
+            await self.flush()
+        return decision_id
 
     # ------------------------------------------------------------------ trading state
     async def trading_state(self) -> TradingState:
-        return state_from(await self.pool.fetchval(LATEST_STATE, self.agent_id))
+        return state_from(await self.reads.fetchval(LATEST_STATE, self.agent_id))
 
     async def set_trading_state(self, state: TradingState, reason: str, set_by: str) -> None:
         await self.pool.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
@@ -75,43 +253,34 @@ class Store:
     # ------------------------------------------------------------------ decisions
     async def record_decision(self, *, cycle_id: uuid.UUID | None, engine: str, symbol: str | None, action: str,
                               reasoning: str, verdict: dict | None = None, details: dict | None = None) -> int:
-        return await self.pool.fetchval(
-            """INSERT INTO decisions (agent_id, cycle_id, symbol, action, engine, reasoning, verdict, details,
-                   created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9) RETURNING decision_id""",
-            self.agent_id, cycle_id, symbol, action, engine, reasoning,
-            to_json(verdict) if verdict is not None else None, to_json(details or {}),  # JSON text, parsed by the server
-            self.clock.now())
+        return await self._decision((cycle_id, symbol, action, engine, reasoning,
+                                     to_json(verdict) if verdict is not None else None, to_json(details or {}),
+                                     None, 0, 0, Decimal(0), self.clock.now()))
 
     async def record_patterns(self, cycle_id: uuid.UUID | None, symbol: str, patterns: list) -> None:
-        await self.pool.executemany(
-            """INSERT INTO patterns (agent_id, cycle_id, symbol, pattern, direction, confidence, levels,
-                   bar_start, bar_end, detected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-            [(self.agent_id, cycle_id, symbol, p.name, p.direction, Decimal(str(round(p.confidence, 4))),
-              {k: float(v) for k, v in p.levels.items()}, p.start, p.end, self.clock.now()) for p in patterns])
+        now = self.clock.now()
+        self._patterns.extend(
+            (self.agent_id, cycle_id, symbol, p.name, p.direction, Decimal(str(round(p.confidence, 4))),
+             to_json({k: float(v) for k, v in p.levels.items()}), p.start, p.end, now) for p in patterns)
+        if not self.buffering:
+            await self.flush()
 
     async def record_model_turn(self, *, cycle_id: uuid.UUID | None, turn: int, text: str, model: str,
                                 input_tokens: int, output_tokens: int, cost: Decimal) -> None:
-        await self.pool.execute(
-            """INSERT INTO decisions (agent_id, cycle_id, action, engine, reasoning, model, input_tokens,
-                   output_tokens, cost_usd, details, created_at)
-               VALUES ($1, $2, 'model_turn', 'claude', $3, $4, $5, $6, $7, $8, $9)""",
-            self.agent_id, cycle_id, text[:4000], model, input_tokens, output_tokens, cost, {"turn": turn},
-            self.clock.now())
+        await self._decision((cycle_id, None, "model_turn", "claude", text[:4000], None, to_json({"turn": turn}),
+                              model, input_tokens, output_tokens, cost, self.clock.now()))
 
     async def audit(self, symbol: str | None, action: str, reasoning: str, details: dict,
                     engine: str = "reconcile") -> None:
         """A correction's audit row (reconciliation)."""
-        await self.pool.execute(
-            "INSERT INTO decisions (agent_id, symbol, action, engine, reasoning, details, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)", self.agent_id, symbol, action, engine, reasoning,
-            json.loads(to_json(details)), self.clock.now())
+        await self._decision((None, symbol, action, engine, reasoning, None, to_json(details), None, 0, 0,
+                              Decimal(0), self.clock.now()))
 
     # ------------------------------------------------------------------ orders
     async def working_orders(self, symbol: str | None = None) -> list:
         """Working orders (oldest first), of one symbol or all: client_order_id, symbol, side, quantity, filled,
         intent ('protective_stop' for a stop held at the broker), stop_price."""
-        return await self.pool.fetch(
+        return await self.reads.fetch(
             "SELECT client_order_id, symbol, side, quantity, filled_quantity, intent, stop_price, status "
             "FROM orders WHERE agent_id = $1 "
             f"AND ($2::text IS NULL OR symbol = $2) AND status IN {WORKING} ORDER BY order_id",
@@ -120,8 +289,9 @@ class Store:
     # ------------------------------------------------------------------ positions (the monitor's)
     async def positions_to_monitor(self) -> list:
         """Open positions with their stops, high-water marks and whether an exit is already working (a protective
-        stop resting at the broker is not an exit in progress)."""
-        return await self.pool.fetch(
+        stop resting at the broker is not an exit in progress). Held status rows' high-water marks are applied
+        as their write will apply them."""
+        rows = await self.reads.fetch(
             """SELECT p.position_id, p.symbol, p.quantity, p.avg_entry_price, p.stop_loss, p.take_profit,
                       p.high_water_mark, p.opened_at,
                       EXISTS (SELECT 1 FROM orders o WHERE o.agent_id = p.agent_id AND o.symbol = p.symbol
@@ -129,11 +299,20 @@ class Store:
                               AND o.status IN """ + WORKING + """) AS exit_working
                FROM positions p WHERE p.agent_id = $1 AND p.status = 'open' ORDER BY p.position_id""",
             self.agent_id)
+        if not self._high_water:
+            return rows
+        out = []
+        for r in rows:
+            known = self._high_water.get(r["position_id"])
+            if known is not None and (r["high_water_mark"] is None or known > r["high_water_mark"]):
+                r = {**dict(r), "high_water_mark": known}
+            out.append(r)
+        return out
 
     async def working_stops(self) -> dict[str, list]:
         """Protective stops still working, by symbol (oldest first): client_order_id, quantity, stop_price, status."""
         out: dict[str, list] = {}
-        for r in await self.pool.fetch(
+        for r in await self.reads.fetch(
                 "SELECT client_order_id, symbol, quantity, filled_quantity, stop_price, status FROM orders "
                 "WHERE agent_id = $1 AND intent = 'protective_stop' AND status IN " + WORKING + " ORDER BY order_id",
                 self.agent_id):
@@ -141,23 +320,21 @@ class Store:
         return out
 
     async def write_monitor_statuses(self, rows: list[tuple]) -> None:
-        """One position_monitor_status row per position, high-water marks raised with them (one statement)."""
-        if not rows:
-            return
-        await self.pool.execute(          # every position in one statement, high-water marks raised with it
-            """WITH status AS (
-               INSERT INTO position_monitor_status (position_id, agent_id, symbol, last_price, unrealized_pnl,
-                   pnl_pct, high_water_mark, signal, signal_strength, recommendation, reason, checked_at)
-               SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
-                                    $6::numeric[], $7::numeric[], $8::text[], $9::text[], $10::text[], $11::text[],
-                                    $12::timestamptz[])
-               ON CONFLICT (position_id) DO UPDATE SET last_price = EXCLUDED.last_price,
-                   unrealized_pnl = EXCLUDED.unrealized_pnl, pnl_pct = EXCLUDED.pnl_pct,
-                   high_water_mark = EXCLUDED.high_water_mark, signal = EXCLUDED.signal,
-                   signal_strength = EXCLUDED.signal_strength, recommendation = EXCLUDED.recommendation,
-                   reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at
-               RETURNING position_id, high_water_mark)
-               UPDATE positions p SET high_water_mark = status.high_water_mark FROM status
-               WHERE p.position_id = status.position_id AND p.status = 'open'
-                 AND (p.high_water_mark IS NULL OR status.high_water_mark > p.high_water_mark)""",
-            *(list(c) for c in zip(*rows)))
+        """One position_monitor_status row per position, high-water marks raised with them, and any held audit
+        rows, in one statement (held for the next flush with `hold_monitor`)."""
+        still_open = None
+        if self.hold_monitor and rows:
+            # the write at the end of this pass raises the high-water marks of the positions open now; held, it
+            # must raise the same ones (an exit in this pass may have closed one: it is read again then)
+            still_open = {r["position_id"] for r in await self.positions_to_monitor()}
+        for row in rows:
+            self._statuses[row[0]] = row
+            if row[6] is None or (still_open is not None and row[0] not in still_open):
+                continue
+            known = self._high_water.get(row[0])
+            if known is None or row[6] > known:
+                self._high_water[row[0]] = row[6]
+            if still_open is not None and (row[0] not in self._raises or row[6] > self._raises[row[0]]):
+                self._raises[row[0]] = row[6]
+        if not self.hold_monitor:
+            await self.flush()

@@ -70,8 +70,11 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
 
     drive = Drive(on_cycle=on_cycle, on_monitor_exits=on_monitor_exits)
     with log_context(agent_id=agent_id):
-        await drive_day(agent, clock, calendar, session, today, agent.monitor(), monitor_every=MONITOR_EVERY,
-                        daily_only=daily_only, drive=drive)
+        try:
+            await drive_day(agent, clock, calendar, session, today, agent.monitor(), monitor_every=MONITOR_EVERY,
+                            daily_only=daily_only, drive=drive)
+        finally:
+            await agent.store.flush()            # the audit rows held since the last cycle (execution/store.py)
     await agent.orders.sync_open_orders()      # a protective stop may have sold after the day's last pass
     account = await agent.broker.get_account()
     positions = await agent.broker.get_positions()

@@ -48,6 +48,7 @@ class Session(Protocol):
     universe: Any
 
     sync: Any
+    store: Any
 
     async def run_cycle(self, mode: str) -> Any: ...
 
@@ -269,14 +270,17 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
         curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
                                                 cash=opening.cash, invested=opening.equity - opening.cash)]
         drive = Drive()
-        for n, day in enumerate(days, 1):
-            await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
-                            daily_only=daily_only, drive=drive)
-            account = await session.broker.get_account()
-            curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
-                                     invested=account.equity - account.cash))
-            if progress:
-                _progress(n, len(days), day, account.equity, t0)
+        try:
+            for n, day in enumerate(days, 1):
+                await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
+                                daily_only=daily_only, drive=drive)
+                account = await session.broker.get_account()
+                curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
+                                         invested=account.equity - account.cash))
+                if progress:
+                    _progress(n, len(days), day, account.equity, t0)
+        finally:
+            await session.store.flush()          # the audit rows held since the last cycle (execution/store.py)
     if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     trades = await load_trades(pool, rs.agent_id)

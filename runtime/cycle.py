@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from execution.reconcile import Reconciler
+    from execution.store import Store
     from tool_executor import ToolExecutor
 
 log = logging.getLogger("catalyst.cycle")
@@ -55,6 +56,19 @@ async def mark_interrupted(pool: "asyncpg.Pool", lock_dir: Path, now, *, found_b
     return marked
 
 
+_END = """UPDATE trading_cycles SET status = $2, engine = $3, finished_at = $4, turns = $5, input_tokens = $6,
+               output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9, cost_usd = $10,
+               orders_placed = $11, summary = $12, error = $13 WHERE cycle_id = $1"""
+# The same, when the start row may not have been written yet ($14 agent_id, $15 mode, $16 started_at).
+_END_UPSERT = """INSERT INTO trading_cycles (cycle_id, status, engine, finished_at, turns, input_tokens, output_tokens,
+               cache_write_tokens, cache_read_tokens, cost_usd, orders_placed, summary, error, agent_id, mode,
+               started_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+           ON CONFLICT (cycle_id) DO UPDATE SET status = $2, engine = $3, finished_at = $4, turns = $5,
+               input_tokens = $6, output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9,
+               cost_usd = $10, orders_placed = $11, summary = $12, error = $13"""
+
+
 @dataclass
 class CycleOutcome:
     cycle_id: uuid.UUID
@@ -71,8 +85,10 @@ class CycleRunner:
                  timezone: str, reconciler: "Reconciler",
                  executor: Callable[..., "ToolExecutor"],
                  choose_engine: Callable[[str], Awaitable[tuple[Any, str]]],
-                 after_trade: Callable[[], Awaitable[Any]], lock_dir: Path | None = None) -> None:
+                 after_trade: Callable[[], Awaitable[Any]], lock_dir: Path | None = None,
+                 store: "Store | None" = None) -> None:
         self.pool = pool
+        self.store = store             # its audit rows are held through the cycle, written with the end row
         self.clock = clock
         self.calendar = calendar
         self.agent_id = agent_id
@@ -88,8 +104,31 @@ class CycleRunner:
         now = self.clock.now()
         if self.lock_dir is not None:
             await mark_interrupted(self.pool, self.lock_dir, now, found_by=f"{self.agent_id} {mode}")
-        await self.pool.execute("INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
-                                "VALUES ($1, $2, $3, $4)", cycle_id, self.agent_id, mode, now)
+        start = ("INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) VALUES ($1, $2, $3, $4)",
+                 cycle_id, self.agent_id, mode, now)
+        if self.store is None:
+            await self.pool.execute(*start)
+        elif self.store.hold_monitor:  # nobody else looks for this agent's running cycles: the row waits
+            self.store.hold_cycle_start(cycle_id, mode, now)
+        else:                          # what the store holds is written with the end row
+            await self.store.write_apart(*start)
+        self._started = (mode, now)
+        store, held = self.store, None
+        if store is not None:
+            held, store.buffering = store.buffering, True
+        try:
+            return await self._run(mode, engine, cycle_id, now)
+        finally:
+            if store is not None:
+                store.buffering = held
+                if store.pending and not held:       # the end row was not written (cancelled, or it failed)
+                    try:
+                        await store.flush()
+                    except Exception as exc:
+                        log.error("%d audit rows of the %s cycle could not be written: %s", store.pending, mode, exc)
+
+
+    async def _run(self, mode: str, engine, cycle_id: uuid.UUID, now) -> CycleOutcome:
         with log_context(cycle_id=str(cycle_id), mode=mode):
             log.info("%s cycle started at %s", mode, now.isoformat())
             try:
@@ -133,11 +172,13 @@ class CycleRunner:
 
     async def _finish(self, cycle_id: uuid.UUID, result: EngineResult, orders_placed: int) -> None:
         from core.redaction import redact_row
-        await self.pool.execute(
-            """UPDATE trading_cycles SET status = $2, engine = $3, finished_at = $4, turns = $5, input_tokens = $6,
-                   output_tokens = $7, cache_write_tokens = $8, cache_read_tokens = $9, cost_usd = $10,
-                   orders_placed = $11, summary = $12, error = $13 WHERE cycle_id = $1""",
-            cycle_id, result.status, result.engine, self.clock.now(), result.turns, result.input_tokens,
-            result.output_tokens, result.cache_write_tokens, result.cache_read_tokens,
-            Decimal(result.cost_usd), orders_placed, redact_row(json.loads(json.dumps(result.summary, default=str))),
-            redact_row(result.error))
+        args = (cycle_id, result.status, result.engine, self.clock.now(), result.turns, result.input_tokens,
+                result.output_tokens, result.cache_write_tokens, result.cache_read_tokens, Decimal(result.cost_usd),
+                orders_placed, redact_row(json.loads(json.dumps(result.summary, default=str))),
+                redact_row(result.error))
+        if self.store is None:
+            await self.pool.execute(_END, *args)
+        elif self.store.hold_monitor:  # the start row may be held still: the whole row, in the same statement
+            await self.store.flush(_END_UPSERT, *args, self.agent_id, *self._started, ends_cycle=True)
+        else:                          # with the audit rows the cycle held
+            await self.store.flush(_END, *args)

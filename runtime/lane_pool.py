@@ -12,6 +12,12 @@ Each statement still commits on its own, in the order the caller awaited them, s
 process sees changes. A lane that failed in a way that may leave it unusable (cancelled mid-statement, the
 connection lost) is dropped — the error is raised as the pooled path would raise it — and a new one is made on
 a later call (not before LANE_RETRY_S when making one failed).
+
+`changes` counts what may have changed the database: every statement sent through these methods (as it starts
+and as it ends) and every pooled connection given back (a transaction's end). `SoleReads` serves a read again
+from memory while `changes` has not moved since it was read: for a process that is the only writer of the rows
+read (a replay holds its agent id's lock and nobody else writes under that id), an answer nothing of ours could
+have changed is the answer the database would give.
 """
 from __future__ import annotations
 
@@ -24,13 +30,15 @@ LANE_RETRY_S = 5.0
 
 
 class LanePool(asyncpg.pool.Pool):
-    __slots__ = ("_lane", "_lane_busy", "_lane_retry_at")
+    __slots__ = ("_lane", "_lane_busy", "_lane_retry_at", "changes", "_quiet")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lane: asyncpg.Connection | None = None
         self._lane_busy = False
         self._lane_retry_at = 0.0
+        self.changes = 0                  # see the module's docstring
+        self._quiet: set = set()          # pooled connections running a read for SoleReads (no change to count)
 
     def _ready_lane(self) -> asyncpg.Connection | None:
         """The lane when it is free and alive (taken: busy until _give_back); None otherwise."""
@@ -64,6 +72,13 @@ class LanePool(asyncpg.pool.Pool):
 
     async def _run(self, name: str, *args, **kwargs):
         """`name` (execute, fetch, ...) on the lane when it is free, else through the pool as asyncpg would."""
+        self.changes += 1
+        try:
+            return await self._send(name, *args, **kwargs)
+        finally:
+            self.changes += 1
+
+    async def _send(self, name: str, *args, **kwargs):
         lane = self._ready_lane()
         if lane is None:
             await self._make_lane()
@@ -75,6 +90,37 @@ class LanePool(asyncpg.pool.Pool):
             raise
         self._give_back(None)
         return out
+
+    async def execute_apart(self, query: str, *args) -> str:
+        """A statement that writes only rows no SoleReads query reads (audit rows: decisions, patterns,
+        trading_cycles), so it is not counted as a change."""
+        return await self.read("execute", query, *args)
+
+    async def read(self, name: str, query: str, *args):
+        """A read (fetch, fetchrow or fetchval) that does not count as a change: SoleReads' path."""
+        lane = self._ready_lane()
+        if lane is None:
+            await self._make_lane()
+            con = await self.acquire()
+            self._quiet.add(con)
+            try:
+                return await getattr(con, name)(query, *args)
+            finally:
+                await self.release(con)
+        try:
+            out = await getattr(lane, name)(query, *args)
+        except BaseException as exc:
+            self._give_back(exc)
+            raise
+        self._give_back(None)
+        return out
+
+    async def release(self, connection, *, timeout=None):
+        if connection in self._quiet:
+            self._quiet.discard(connection)
+        else:
+            self.changes += 1             # a transaction (or any work on a pooled connection) has ended
+        return await super().release(connection, timeout=timeout)
 
     async def execute(self, query: str, *args, timeout: float | None = None) -> str:
         return await self._run("execute", query, *args, timeout=timeout)
@@ -109,3 +155,48 @@ class LanePool(asyncpg.pool.Pool):
         if lane is not None:
             lane.terminate()
         super().terminate()
+
+
+class SoleReads:
+    """Reads served again from memory while nothing of this process has touched the database since (see the
+    module's docstring). Only for rows this process alone writes; a pool that counts no changes (not a LanePool)
+    is always asked."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self._at: int | None = None              # the pool's `changes` the memo belongs to
+        self._memo: dict[tuple, object] = {}
+        self.hits = 0
+
+    async def _get(self, name: str, query: str, args: tuple):
+        pool = self.pool
+        if not isinstance(pool, LanePool):
+            return await getattr(pool, name)(query, *args)
+        at = pool.changes
+        if at != self._at:
+            self._memo.clear()
+            self._at = at
+        key = (name, query, args)
+        try:
+            hash(key)
+        except TypeError:                        # an unhashable argument (a list): asked every time
+            return await getattr(pool, name)(query, *args)
+        if key in self._memo:
+            self.hits += 1
+            return self._memo[key]
+        out = await pool.read(name, query, *args)
+        if pool.changes == at:                   # nothing else ran meanwhile: still the database's answer
+            if self._at != at:
+                self._memo.clear()
+                self._at = at
+            self._memo[key] = out
+        return out
+
+    async def fetch(self, query: str, *args) -> list:
+        return list(await self._get("fetch", query, args))
+
+    async def fetchrow(self, query: str, *args):
+        return await self._get("fetchrow", query, args)
+
+    async def fetchval(self, query: str, *args):
+        return await self._get("fetchval", query, args)

@@ -140,7 +140,7 @@ class Services:
                            timezone=self.settings.config.market.timezone, reconciler=self.reconciler,
                            executor=self.executor, choose_engine=self.choose_engine,
                            after_trade=lambda: self.monitor().run_pass(),
-                           lock_dir=self.settings.var_dir / "locks" if sweep else None)
+                           lock_dir=self.settings.var_dir / "locks" if sweep else None, store=self.store)
 
     async def run_cycle(self, mode: str, *, engine=None):
         """One scan, trade or close cycle (a `trading_cycles` row); see runtime/cycle.py."""
@@ -201,12 +201,12 @@ def build_sync(settings: Settings, store: BarStore, broker: "BrokerClient", cloc
 
 
 def build_broker(settings: Settings, pool: "asyncpg.Pool", clock: Clock, calendar: MarketCalendar,
-                 source: "MarketDataSource") -> "BrokerClient":
+                 source: "MarketDataSource", *, reads=None) -> "BrokerClient":
     name = settings.config.broker
     if name == "paper":
         from brokers.paper.broker import PaperBroker
         return PaperBroker(pool, source, clock, calendar, account_id=settings.agent_id,
-                           currency=settings.config.market.currency, config=settings.config.paper)
+                           currency=settings.config.market.currency, config=settings.config.paper, reads=reads)
     # The venues' rate windows run on real time; CATALYST_RATE_SPEED (tests, rehearsal) runs them faster.
     speed = settings.env.get("CATALYST_RATE_SPEED")
     rate = ScaledClock(float(speed)) if speed else None
@@ -230,30 +230,37 @@ def build_news(settings: Settings) -> "NewsProvider":
     return NoNewsProvider()
 
 
-async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock) -> Services:
-    """Every part of one process, the broker connected."""
+async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock, *,
+                         sole_writer: bool = False) -> Services:
+    """Every part of one process, the broker connected. `sole_writer`: this process is the only one writing this
+    agent id's rows (replay and day hold its lock, under an id no other run uses): its reads of them are served
+    again while nothing of this process has touched the database since, and the monitor's status rows wait for
+    the next cycle (runtime/lane_pool.py SoleReads, execution/store.py)."""
+    from runtime.lane_pool import SoleReads
+    reads = SoleReads(pool) if sole_writer else pool
     cfg = settings.config
     agent_id = settings.agent_id
     calendar = MarketCalendar(cfg.market.exchange)
     source = build_source(settings, calendar)
-    broker = build_broker(settings, pool, clock, calendar, source)
+    broker = build_broker(settings, pool, clock, calendar, source, reads=reads)
     await broker.connect()
     bar_store = BarStore(pool, dataset=dataset_of(settings), exchange=cfg.market.exchange, calendar=calendar)
     market = MarketData(broker=broker, clock=clock, calendar=calendar,
                         rsi_overbought=float(cfg.signals.rsi_overbought),
                         rsi_oversold=float(cfg.signals.rsi_oversold), daily=bar_store)
-    store = Store(pool, clock, agent_id)
-    orders = OrderPath(pool, broker, clock, agent_id)
+    store = Store(pool, clock, agent_id, reads=reads, hold_monitor=sole_writer)
+    orders = OrderPath(pool, broker, clock, agent_id, before_write=store.write_cycle_start)
     sync = build_sync(settings, bar_store, broker, clock)
     return Services(
         settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
         market=market, news=build_news(settings), store=store, orders=orders,
-        portfolio=Portfolio(pool, broker, clock, calendar, agent_id),
+        portfolio=Portfolio(pool, broker, clock, calendar, agent_id, reads=reads,
+                            held_high_water=store.held_high_water),
         scanner=Scanner(pool=pool, store=bar_store, clock=clock, calendar=calendar, scan=cfg.scan,
                         max_position_value=cfg.trading.max_position_value, agent_id=agent_id,
-                        refresh=sync, live=cfg.broker != "paper"),
+                        refresh=sync, live=cfg.broker != "paper", before_write=store.write_cycle_start),
         bar_store=bar_store, sync=sync,
-        reconciler=Reconciler(pool=pool, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
+        reconciler=Reconciler(pool=pool, reads=reads, store=store, orders=orders, broker=broker, clock=clock, agent_id=agent_id,
                               stop_loss_pct=cfg.trading.position_stop_loss_pct,
                               protection=Protection(broker=broker, orders=orders, store=store,
                                                     thresholds=signals.SignalThresholds.from_config(
@@ -271,5 +278,5 @@ def builder(pool: "asyncpg.Pool"):
     async def build(settings: Settings, clock: Clock) -> Services:
         if settings.agent_id not in held:
             held[settings.agent_id] = AgentLock(settings.var_dir / "locks", settings.agent_id).acquire("replay")
-        return await build_services(settings, pool, clock)
+        return await build_services(settings, pool, clock, sole_writer=True)
     return build

@@ -68,13 +68,21 @@ _OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) F
                         AND status IN ('submitted', 'partially_filled')) AS buys"""
 
 
+# Whether client order id $2 is known to the account $1 already (a resubmission): a select-list item.
+_KNOWN = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2) AS known")
+
+
 class PaperBroker(BrokerClient):
     name = "paper"
     environment = "paper"
 
     def __init__(self, pool: "asyncpg.Pool", market: PriceFeed, clock: Clock,
-                 calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig) -> None:
+                 calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig,
+                 reads=None) -> None:
         self.pool = pool
+        # where the account's rows are read outside a transaction: the pool, or (a process that alone writes this
+        # account) runtime.lane_pool.SoleReads, which serves a read again while nothing has been written since
+        self.reads = reads if reads is not None else pool
         self.market = market
         self.clock = clock
         self.calendar = calendar
@@ -159,9 +167,10 @@ class PaperBroker(BrokerClient):
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
         async with self._locked() as (conn, now):
-            existing = await self._order_row(conn, order.client_order_id)
-            if existing is None:
-                reason = await self._rejection(conn, order, now)
+            reason, known = await self._rejection(conn, order, now)
+            if known is None:                  # not asked with the rejection's own read
+                known = await self._order_row(conn, order.client_order_id) is not None
+            if not known:
                 row = await self._insert_order(conn, order, now, reason)
                 if reason is None and order.order_type is not OrderType.STOP:   # a stop rests until a bar crosses it
                     await self._match_order(conn, row, now, immediate=True)
@@ -215,7 +224,7 @@ class PaperBroker(BrokerClient):
 
     async def _fetch(self, query: str, *args):
         try:
-            return await self.pool.fetch(query, *args)
+            return await self.reads.fetch(query, *args)
         except OSError as exc:
             raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
 
@@ -273,54 +282,56 @@ class PaperBroker(BrokerClient):
             total += value + fill_fees(self.config.fees, value=value, is_sell=False)
         return total
 
-    async def _rejection(self, conn, order: OrderRequest, now: datetime) -> str | None:
-        """Why the exchange / broker would refuse this order, or None."""
+    async def _rejection(self, conn, order: OrderRequest, now: datetime) -> tuple[str | None, bool | None]:
+        """(why the exchange / broker would refuse this order or None, whether its client_order_id is known here
+        already: asked in the same read as the cash or the holding, None when there was no read)."""
         try:
             inst = self.market.instrument(order.symbol)
         except KeyError:
-            return f"unknown symbol {order.symbol!r}"
+            return f"unknown symbol {order.symbol!r}", None
         if order.quantity % inst.lot_size:
             return (f"quantity {order.quantity} is not a multiple of the board lot {inst.lot_size} for "
-                    f"{order.symbol}")
+                    f"{order.symbol}"), None
         for what, price in (("limit", order.limit_price), ("stop", order.stop_price)):
             if price is not None and not is_on_tick(price, inst.tick_scheme):
                 return (f"{what} price {price} is not on the tick grid for {order.symbol} (nearest valid: "
                         f"{round_to_tick(price, inst.tick_scheme, 'down')} or "
-                        f"{round_to_tick(price, inst.tick_scheme, 'up')})")
+                        f"{round_to_tick(price, inst.tick_scheme, 'up')})"), None
         if order.order_type is OrderType.MARKET and not self.calendar.is_open(now):
             state = self.calendar.state(now)
             return (f"market closed ({state.status}); market orders are accepted only during trading hours; "
-                    f"next open {state.next_open.isoformat()}")
+                    f"next open {state.next_open.isoformat()}"), None
         quote = self.market.quote(order.symbol, now)
         if order.order_type is OrderType.STOP:
             if order.side is OrderSide.BUY:
-                return "the paper venue takes sell stop orders only (a protective stop on a long position)"
+                return "the paper venue takes sell stop orders only (a protective stop on a long position)", None
             if order.stop_price >= quote.bid:        # it would trigger at once (Alpaca: below the base price)
                 return (f"a sell stop must be below the market: stop price {order.stop_price} is not below the "
-                        f"bid {quote.bid} of {order.symbol}")
+                        f"bid {quote.bid} of {order.symbol}"), None
         if order.side is OrderSide.BUY:
             price = order.limit_price or fill_prices.slipped(quote.ask, self.config.slippage_bps, inst.tick_scheme,
                                                              OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            row = await conn.fetchrow("SELECT a.cash, " + _OPEN_BUYS + " FROM paper_accounts a WHERE a.agent_id = $1",
-                                      self.account_id)
+            row = await conn.fetchrow("SELECT a.cash, " + _OPEN_BUYS + ", " + _KNOWN + " FROM paper_accounts a "
+                                      "WHERE a.agent_id = $1", self.account_id, order.client_order_id)
             available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
                 return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "
-                        f"{available:.2f} available")
+                        f"{available:.2f} available"), row["known"]
         else:
             row = await conn.fetchrow(
                 """SELECT (SELECT coalesce(sum(quantity), 0) FROM paper_positions WHERE agent_id = $1 AND symbol = $2)
                               AS held,
                           (SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1
                             AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled'))
-                              AS pending""", self.account_id, order.symbol)
+                              AS pending, """ + _KNOWN.replace("$2", "$3"), self.account_id, order.symbol,
+                order.client_order_id)
             held, pending = row["held"], row["pending"]
             if order.quantity > held - pending:
                 return (f"cannot sell {order.quantity} {order.symbol}: {held} held, {pending} already in open "
-                        f"sell orders (short selling is not supported)")
-        return None
+                        f"sell orders (short selling is not supported)"), row["known"]
+        return None, row["known"]
 
     async def _insert_order(self, conn, order: OrderRequest, now: datetime, reason: str | None):
         """The next broker order number and the order row, in one statement; returns the row."""

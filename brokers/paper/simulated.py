@@ -210,7 +210,7 @@ class SimulatedMarket:
         last = None
         if j >= 0 and t < table.closes[self._first + j]:
             mins = self._minute_path(row, j)
-            k = int(np.searchsorted(mins.starts + NS_MIN, t, "right"))
+            k = int(mins.starts.searchsorted(t - NS_MIN, "right"))     # minutes that ended at or before t
             if k > 0:
                 last, vol, ts = int(mins.close[k - 1]), int(mins.cum_volume[k - 1]), int(mins.starts[k - 1]) + NS_MIN
             else:

@@ -70,3 +70,32 @@ async def test_close_closes_the_lane(pg_url):
                 break
             await asyncio.sleep(0.02)
         assert not await q.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+
+async def test_sole_reads_serve_a_read_again_until_anything_is_written(lane_pool, agent_id):
+    from runtime.lane_pool import SoleReads
+    reads = SoleReads(lane_pool)
+    q = "SELECT count(*) FROM agent_state WHERE agent_id = $1"
+    assert await reads.fetchval(q, agent_id) == 0
+    async with lane_pool.acquire() as other:          # a change only another connection could see...
+        await other.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                            "VALUES ($1, 'HALTED', 'x', 'test', now())", agent_id)
+        assert await reads.fetchval(q, agent_id) == 0  # (still inside: its end is what counts)
+    assert await reads.fetchval(q, agent_id) == 1     # ...counts once the connection is given back
+    assert reads.hits == 1
+    await lane_pool.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                            "VALUES ($1, 'ACTIVE', 'y', 'test', now())", agent_id)
+    assert await reads.fetchval(q, agent_id) == 2     # a statement through the pool: asked again
+    assert await reads.fetchval(q, agent_id) == 2 and reads.hits == 2
+    await lane_pool.execute_apart("SELECT 1")         # a statement that writes nothing read: still served
+    assert await reads.fetchval(q, agent_id) == 2 and reads.hits == 3
+    assert await reads.fetch("SELECT $1::text[] AS a", ["x"]) != []       # unhashable arguments: asked each time
+
+
+async def test_sole_reads_on_a_plain_pool_always_ask(pg_url, agent_id):
+    import asyncpg
+    from runtime.lane_pool import SoleReads
+    async with asyncpg.create_pool(pg_url, min_size=1, max_size=1) as plain:
+        reads = SoleReads(plain)
+        assert await reads.fetchval("SELECT 1") == 1 and await reads.fetchval("SELECT 1") == 1
+        assert reads.hits == 0

@@ -1,0 +1,142 @@
+"""Audit rows (decisions, patterns, position_monitor_status) are held and written together (execution/store.py):
+with a cycle's end row, on its error path too; at once outside a cycle; and, for a process that alone writes its
+agent's rows (replay, day), the monitor's status rows wait for the next cycle while every read sees their effect."""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from core.clock import SimulatedClock
+from engines.base import EngineResult
+from execution.store import Store
+from runtime.wiring import build_services
+from tests.agent_fixtures import OPEN_AT, agent_settings, enter_position
+
+
+async def decisions(pool, agent_id) -> list:
+    return await pool.fetch("SELECT decision_id, cycle_id, action, engine, details FROM decisions "
+                            "WHERE agent_id = $1 ORDER BY decision_id", agent_id)
+
+
+async def test_a_decision_outside_a_cycle_is_written_at_once_with_the_id_it_returned(pool, agent_id):
+    store = Store(pool, SimulatedClock(OPEN_AT), agent_id)
+    first = await store.record_decision(cycle_id=None, engine="monitor", symbol="S0001", action="hold",
+                                        reasoning="why", details={"price": Decimal("1.50")})
+    second = await store.record_decision(cycle_id=None, engine="monitor", symbol="S0002", action="hold",
+                                         reasoning="why not")
+    rows = await decisions(pool, agent_id)
+    assert [r["decision_id"] for r in rows] == [first, second] and first < second
+    assert rows[0]["details"] == {"price": "1.50"} and store.pending == 0
+
+
+class _Engine:
+    """Records two decisions through the tools, then does what it is told."""
+    name = "rules"
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.during: int | None = None
+
+    async def run(self, mode, ex):
+        await ex.execute("log_decision", {"action": "watch", "symbol": "S0001", "reasoning": "first"})
+        await ex.execute("log_decision", {"action": "watch", "symbol": "S0002", "reasoning": "second"})
+        self.during = await ex.trader.store.pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1",
+                                                          ex.trader.store.agent_id)
+        if self.fail:
+            raise RuntimeError("the engine broke")
+        return EngineResult(engine="rules", status="completed")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_cycles_decisions_are_written_with_its_end_row_even_when_it_fails(services, fail):
+    engine = _Engine(fail)
+    if fail:
+        with pytest.raises(RuntimeError):
+            await services.run_cycle("scan", engine=engine)
+    else:
+        await services.run_cycle("scan", engine=engine)
+    assert engine.during == 0                        # held while the cycle ran
+    rows = await decisions(services.pool, services.agent_id)
+    cycle = await services.pool.fetchrow("SELECT cycle_id, status FROM trading_cycles WHERE agent_id = $1",
+                                         services.agent_id)
+    assert [r["action"] for r in rows] == ["watch", "watch"]
+    assert {r["cycle_id"] for r in rows} == {cycle["cycle_id"]}
+    assert cycle["status"] == ("failed" if fail else "completed")
+    assert services.store.pending == 0
+
+
+async def test_rows_the_server_refuses_are_dropped_and_the_statement_they_rode_with_still_runs(pool, agent_id,
+                                                                                               caplog):
+    store = Store(pool, SimulatedClock(OPEN_AT), agent_id)
+    store.buffering = True
+    await store.record_decision(cycle_id=uuid.uuid4(), engine="rules", symbol=None, action="watch",
+                                reasoning="refers to a cycle that does not exist")
+    await store.flush("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                      "VALUES ($1, 'ACTIVE', 'x', 'test', now())", agent_id)
+    assert store.pending == 0
+    assert await pool.fetchval("SELECT count(*) FROM agent_state WHERE agent_id = $1", agent_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE agent_id = $1", agent_id) == 0
+    assert "could not be written and are dropped" in caplog.text
+
+
+async def sole_writer(pool, agent_id):
+    """Services as replay and day wire them (runtime/wiring.builder)."""
+    return await build_services(agent_settings(agent_id), pool, SimulatedClock(OPEN_AT), sole_writer=True)
+
+
+async def test_held_status_rows_are_seen_by_every_read_and_written_with_the_next_cycle(pool, agent_id):
+    s = await sole_writer(pool, agent_id)
+    symbol, row = await enter_position(s)
+    pid = row["position_id"]
+    high = (row["high_water_mark"] * Decimal("1.2")).quantize(Decimal("0.01"))
+    status = (pid, agent_id, symbol, high, Decimal(0), Decimal(0), high, None, None, "hold", "held", OPEN_AT)
+    await s.store.write_monitor_statuses([status])
+    # held: not in the database yet, but every reader of the high-water mark sees it
+    assert await pool.fetchval("SELECT count(*) FROM position_monitor_status WHERE position_id = $1", pid) == 0
+    assert (await s.store.positions_to_monitor())[0]["high_water_mark"] == high
+    snap = await s.portfolio.snapshot()
+    assert snap.positions[0].high_water_mark == high
+    await s.run_cycle("scan")                     # (a scan exits nothing: the position stays open)
+    assert await pool.fetchval("SELECT high_water_mark FROM position_monitor_status WHERE position_id = $1",
+                               pid) == high
+    assert await pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pid) == high
+    assert s.store.pending == 0
+
+
+async def test_a_sole_writers_cycle_is_one_row_written_whole_and_its_orders_still_find_it(pool, agent_id):
+    s = await sole_writer(pool, agent_id)
+    outcome = await s.run_cycle("scan")
+    row = await pool.fetchrow("SELECT agent_id, mode, status, started_at, finished_at, engine FROM trading_cycles "
+                              "WHERE cycle_id = $1", outcome.cycle_id)
+    assert (row["agent_id"], row["mode"], row["status"], row["engine"]) == (agent_id, "scan", "completed", "rules")
+    assert row["started_at"] == OPEN_AT and row["finished_at"] is not None
+    # scan results refer to the cycle: its start row was written before them
+    assert await pool.fetchval("SELECT count(*) FROM scan_results WHERE cycle_id = $1", outcome.cycle_id) > 0
+    trade = await s.run_cycle("trade")
+    assert trade.status == "completed"
+    placed = await pool.fetchval("SELECT count(*) FROM orders WHERE cycle_id = $1", trade.cycle_id)
+    assert placed == trade.orders_placed > 0     # orders refer to the cycle: its row was written before the first
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", trade.cycle_id) == "completed"
+
+
+async def test_a_held_high_water_mark_is_raised_even_after_its_position_closed(pool, agent_id):
+    """As the pass's own write would have (the position was open when the pass ended); a status written after
+    the position closed raises nothing."""
+    from tests.agent_fixtures import executor
+    s = await sole_writer(pool, agent_id)
+    symbol, row = await enter_position(s)
+    pid, entry_high = row["position_id"], row["high_water_mark"]
+    high = (entry_high * Decimal("1.2")).quantize(Decimal("0.01"))
+    status = (pid, agent_id, symbol, high, Decimal(0), Decimal(0), high, None, None, "hold", "held", OPEN_AT)
+    await s.store.write_monitor_statuses([status])
+    ex = await executor(s)
+    closed = await ex.execute("close_position", {"symbol": symbol, "reason": "the test closes it"})
+    assert closed.data["status"] == "filled", closed.data
+    higher = (high * Decimal("1.1")).quantize(Decimal("0.01"))
+    await s.store.write_monitor_statuses([status[:6] + (higher,) + status[7:]])     # after the close
+    await s.store.flush()
+    assert await pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pid) == high
+    assert await pool.fetchval("SELECT high_water_mark FROM position_monitor_status WHERE position_id = $1",
+                               pid) == higher
