@@ -238,8 +238,12 @@ class PushHandlers:
                 continue
             for c in codes:
                 self._last_pushed[(conn_id, c)] = current[c]
-            await self._send(conn, P_BASIC_QOT, next(self._push_serials), self._basic_push(codes, current))
-            self.pushed += len(codes)
+            for i in range(0, len(codes), PRICED_BETWEEN_YIELDS):   # OpenD pushes as quotes change, not in one block
+                if i:
+                    await asyncio.sleep(0)
+                chunk = codes[i:i + PRICED_BETWEEN_YIELDS]
+                await self._send(conn, P_BASIC_QOT, next(self._push_serials), self._basic_push(chunk, current))
+                self.pushed += len(chunk)
 
     async def _pulse(self) -> None:
         """The fake's own cadence: changed quotes go out, resting stop orders are checked against the feed."""
