@@ -121,17 +121,14 @@ class PositionMonitor:
         if row is None or row["exit_working"] or quote.last <= 0:
             return None
         hwm = self._high(row, quote.last)
+        view = None
         band = self._bands.get(quote.symbol)
-        if band is not None and band[0] == hwm and band[1] < quote.last < band[2]:
+        if band is None or band[0] != hwm:          # worked out again only when the high has risen
+            view = self._view(row, quote.last, hwm)
+            band = self._bands[quote.symbol] = (hwm, *signals.price_exit_band(view, self.thresholds))
+        if band[1] < quote.last < band[2]:
             return None                    # inside the band: no price-only exit (most pushed prices end here)
-        view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"], entry_price=row["avg_entry_price"],
-                                    price=quote.last, high_water=hwm, stop_loss=row["stop_loss"],
-                                    take_profit=row["take_profit"], opened_at=row["opened_at"])
-        if band is None or band[0] != hwm:
-            band = (hwm, *signals.price_exit_band(view, self.thresholds))
-            self._bands[quote.symbol] = band
-            if band[1] < quote.last < band[2]:
-                return None
+        view = view or self._view(row, quote.last, hwm)
         report = signals.evaluate(view, self.thresholds, now=self.clock.now())
         if report.action != "exit" or self._rows.pop(quote.symbol, None) is None:
             return None                    # popped: one attempt per symbol until the next pass re-reads it
@@ -144,6 +141,12 @@ class PositionMonitor:
         await self._exit(row, report, result, source="pushed price")
         self.stream_exits += len(result.exits)
         return result.exits[0] if result.exits else None
+
+    @staticmethod
+    def _view(row, price, high) -> signals.PositionView:
+        return signals.PositionView(symbol=row["symbol"], quantity=row["quantity"], entry_price=row["avg_entry_price"],
+                                    price=price, high_water=high, stop_loss=row["stop_loss"],
+                                    take_profit=row["take_profit"], opened_at=row["opened_at"])
 
     def _high(self, row, price):
         """The position's high-water mark with `price` seen: the stored mark (the entry before any), every price
