@@ -261,18 +261,22 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         heap.settle()                          # as the daemon does when its watch starts (runtime/heap.py)
         watch = QuoteWatch(broker=services.broker, monitor=monitor, clock=clock, stall_seconds=20, max_backoff=2)
 
-        async def run_monitor():
-            while not stop.is_set():
+        async def run_monitor(first: float):
+            wait = max(poll - first, 0)       # as the daemon keeps its cadence: the next pass a poll after the first
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                if stop.is_set():
+                    return
                 t = time.perf_counter()
                 result = await monitor.run_pass()
                 passes.append(result.seconds)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(poll - (time.perf_counter() - t), 0))
+                wait = max(poll - (time.perf_counter() - t), 0)
 
         # as the daemon starts: a first pass (it tells the watch the positions), then the stream beside the poll
         passes.append((await monitor.run_pass()).seconds)
         watch_task = asyncio.create_task(watch.run(stop, lambda: True))
-        loop_task = asyncio.create_task(run_monitor())
+        loop_task = asyncio.create_task(run_monitor(passes[0]))
         waits: list[float] = []
         moved: set[str] = set()
         profile = None
