@@ -14,7 +14,9 @@ answers one JSON command per stdin line, each with one `@@ ` line:
 """
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 import time
 from datetime import datetime, timedelta
@@ -47,6 +49,18 @@ def feed(exchange: str, clock: WallClock):
                            clock)
     market.quote(market.instruments()[0].symbol, clock.now())     # the session's daily paths, before any request
     return market, calendar
+
+
+def _log_gc_pauses(path: Path) -> None:
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (took := time.perf_counter() - started[0]) > 0.01:
+            with path.open("a") as out:
+                out.write(f"{started[0]:.3f} gen{info['generation']} {took * 1000:.0f} ms\n")
+    gc.callbacks.append(on_gc)
 
 
 def say(what: dict) -> None:
@@ -90,6 +104,13 @@ def main() -> None:
                     and r.body.get("symbol") == symbol)
     else:
         raise SystemExit(f"unknown venue {cfg['venue']!r}")
+    # A venue is not a Python process: its answers never wait behind a full garbage collection of the fake's
+    # ~1M objects (SDK, pandas, the market's paths; 100-200 ms each). Collected and frozen once, as the daemon does
+    # for its own heap (runtime/heap.py), so what the bench times is the monitor's path, not the fake's GC.
+    gc.collect()
+    gc.freeze()
+    if os.environ.get("BENCH_GC_LOG"):        # a path: every collection over 10 ms in the fake is written there
+        _log_gc_pauses(Path(os.environ["BENCH_GC_LOG"]))
     try:
         for line in sys.stdin:
             cmd = json.loads(line)
