@@ -99,6 +99,9 @@ class SignalThresholds:
                    trailing_stop_pct=trailing_stop_pct)
 
 
+_VIEW_PRICES = ("entry_price", "price", "high_water", "stop_loss", "take_profit")
+
+
 @dataclass(frozen=True)
 class PositionView:
     symbol: str
@@ -115,8 +118,10 @@ class PositionView:
             raise TypeError(f"{self.symbol}: quantity must be an int (got {self.quantity!r})")
         if self.quantity <= 0:
             raise ValueError(f"{self.symbol}: quantity must be positive for a long position (got {self.quantity})")
-        for name in ("entry_price", "price", "high_water", "stop_loss", "take_profit"):
+        for name in _VIEW_PRICES:
             value = getattr(self, name)
+            if type(value) is Decimal and value.is_finite() and value > 0:
+                continue                       # already what _price makes of it (the common case: a row, a quote)
             if value is None and name in ("stop_loss", "take_profit"):
                 continue
             object.__setattr__(self, name, _price(value, f"{self.symbol}: {name}"))
@@ -167,8 +172,10 @@ def evaluate(position: PositionView, thresholds: SignalThresholds, *, rsi: float
     reading = _rsi(rsi)
     held = _held_seconds(p.opened_at, now)
     found = [s for s in (_hard_stop(p), _stop_loss(p, t), _trailing_stop(p, t), _take_profit(p, t),
-                         _rsi_overbought(reading, t), _pattern_failure(p, patterns)) if s is not None]
-    found.sort(key=lambda s: (s.strength != "strong", KINDS.index(s.kind)))
+                         _rsi_overbought(reading, t), _pattern_failure(p, patterns) if patterns else None)
+             if s is not None]
+    if len(found) > 1:
+        found.sort(key=lambda s: (s.strength != "strong", KINDS.index(s.kind)))
     signals = tuple(found)
     strong = [s for s in signals if s.strength == "strong"]
     moderate = [s for s in signals if s.strength == "moderate"]
