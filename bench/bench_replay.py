@@ -89,6 +89,8 @@ def ensure_base(base: Path) -> None:
     if not (base / "replay.py").exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), BASE_COMMIT], check=True)
     venv = base / ".venv"
+    if venv.is_symlink() and not venv.exists():      # a link left to a checkout since removed
+        venv.unlink()
     if not venv.exists():
         venv.symlink_to(ROOT / ".venv")
 
