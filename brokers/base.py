@@ -25,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import aclosing
 from datetime import date, datetime
-from typing import AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 from core.account import Account, Position
 from core.errors import BrokerError
@@ -39,6 +39,30 @@ log = logging.getLogger("catalyst.broker")
 # itself (moomoo, Alpaca: both would take an oversell on a margin account) takes that read for the check when it is
 # younger than this many seconds, once, instead of asking the venue a second time before the order leaves.
 SELL_CHECK_FRESH = 0.5
+
+
+class SellCheckReads:
+    """What an exit's position read found, per key (a symbol, a venue code), for the sell's check that follows: each
+    taken at most once, and only while younger than `fresh` seconds (else the caller asks the venue again)."""
+
+    def __init__(self, fresh: float = SELL_CHECK_FRESH) -> None:
+        self.fresh = fresh
+        self._kept: dict[str, tuple[float, Any]] = {}
+
+    def keep(self, key: str, value: Any) -> None:
+        now = time.monotonic()
+        self._kept = {k: v for k, v in self._kept.items() if now - v[0] < self.fresh}
+        self._kept[key] = (now, value)
+
+    def take(self, key: str) -> tuple[bool, Any]:
+        """(True, the value) when a fresh read is kept for `key`, else (False, None); either way it is gone."""
+        kept = self._kept.pop(key, None)
+        if kept is not None and time.monotonic() - kept[0] < self.fresh:
+            return True, kept[1]
+        return False, None
+
+    def drop(self, key: str) -> None:
+        self._kept.pop(key, None)
 
 
 # ---------------------------------------------------------------- pushed quotes

@@ -214,10 +214,7 @@ class PositionMonitor:
                     result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
                     continue
                 hwm = self._high(row, quote.last)             # stored with the status
-                view = signals.PositionView(symbol=row["symbol"], quantity=row["quantity"],
-                                            entry_price=row["avg_entry_price"], price=quote.last, high_water=hwm,
-                                            stop_loss=row["stop_loss"], take_profit=row["take_profit"],
-                                            opened_at=row["opened_at"])
+                view = self._view(row, quote.last, hwm)
                 result.checked += 1
                 report = signals.evaluate(view, self.thresholds, now=now)
                 pid = row["position_id"]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -41,7 +40,7 @@ from brokers.alpaca.history import AlpacaHistory
 from brokers.alpaca.sdk import (LIVE_URL, PAPER_URL, AlpacaRefused, AlpacaSession, AnswerLost, NotFound,
                                 check_endpoint, clean_url)
 from brokers.alpaca.stream import STREAM_SYMBOL_LIMIT, STREAM_URL, AlpacaQuoteStream
-from brokers.base import SELL_CHECK_FRESH, BrokerClient, QuoteStream
+from brokers.base import BrokerClient, QuoteStream, SellCheckReads
 from core.account import Account, Position
 from core.clock import Clock, RealClock
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -98,10 +97,17 @@ class AlpacaBroker(BrokerClient):
         self._stream_keys = (api_key, secret_key)
         self._instruments: dict[str, Instrument] = {}
         self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
-        # symbol -> (monotonic time, its position row or None): what an exit's get_position read, taken (once) by
-        # the sell's check that follows within `sell_check_fresh` seconds
-        self._sell_checks: dict[str, tuple[float, Any | None]] = {}
-        self.sell_check_fresh = SELL_CHECK_FRESH
+        # symbol -> its position row or None: what an exit's get_position read, for the sell's check that follows
+        self._sell_checks = SellCheckReads()
+
+    @property
+    def sell_check_fresh(self) -> float:
+        """How young (seconds) an exit's position read must be for its sell's check to take it."""
+        return self._sell_checks.fresh
+
+    @sell_check_fresh.setter
+    def sell_check_fresh(self, seconds: float) -> None:
+        self._sell_checks.fresh = seconds
 
     def __repr__(self) -> str:  # never the keys
         return f"AlpacaBroker({self.environment}, {self.base_url}, data={self.data_url or 'default'})"
@@ -251,9 +257,7 @@ class AlpacaBroker(BrokerClient):
         before it sells: the row is kept for that sell's check of the shares free (`_shares`), so the exit waits for
         Alpaca once before its order leaves, not twice."""
         row = await self._position_row(symbol)
-        now = time.monotonic()
-        self._sell_checks = {s: v for s, v in self._sell_checks.items() if now - v[0] < self.sell_check_fresh}
-        self._sell_checks[symbol] = (now, row)
+        self._sell_checks.keep(symbol, row)
         if row is None:
             return None
         return mapping.position(row) if mapping.value(row.asset_class) == "us_equity" else None
@@ -329,10 +333,8 @@ class AlpacaBroker(BrokerClient):
 
     async def _shares(self, symbol: str) -> tuple[int, int]:
         """(shares held, shares free to sell: not held by open sell orders)."""
-        kept = self._sell_checks.pop(symbol, None)       # what an exit's get_position read just now, used once
-        if kept is not None and time.monotonic() - kept[0] < self.sell_check_fresh:
-            pos = kept[1]
-        else:
+        fresh, pos = self._sell_checks.take(symbol)     # what an exit's get_position read just now, used once
+        if not fresh:
             pos = await self._position_row(symbol)
         if pos is None:
             return 0, 0

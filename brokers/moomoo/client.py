@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
-from brokers.base import SELL_CHECK_FRESH, BrokerClient, QuoteStream
+from brokers.base import BrokerClient, QuoteStream, SellCheckReads
 from brokers.moomoo import mapping
 from brokers.moomoo.book import OrderBook
 from brokers.moomoo.history import OpenDHistory
@@ -98,10 +97,9 @@ class MoomooBroker(BrokerClient):
         self._book = OrderBook()
         self._instruments: dict[str, Instrument] = {}
         self._sim_fills: dict[str, list[Fill]] = {}
-        # code -> (monotonic time, today's orders of the code, its position row): what an exit's get_position read,
-        # taken (once) by the sell's checks that follow within `sell_check_fresh` seconds
-        self._sell_checks: dict[str, tuple[float, list[OrderView], dict[str, Any] | None]] = {}
-        self.sell_check_fresh = SELL_CHECK_FRESH
+        # code -> (today's orders of the code, its position row): what an exit's get_position read, for the sell's
+        # checks that follow
+        self._sell_checks = SellCheckReads()
         self._rate_clock = rate_clock or RealClock()
         self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=self._rate_clock,
                                     sleep=sleep or asyncio.sleep, snapshot_batch=snapshot_batch)
@@ -267,24 +265,33 @@ class MoomooBroker(BrokerClient):
         out = [p for p in map(mapping.position, mapping.records(data)) if p is not None]
         return sorted(out, key=lambda p: p.symbol)
 
+    @property
+    def sell_check_fresh(self) -> float:
+        """How young (seconds) an exit's reads must be for its sell's checks to take them."""
+        return self._sell_checks.fresh
+
+    @sell_check_fresh.setter
+    def sell_check_fresh(self, seconds: float) -> None:
+        self._sell_checks.fresh = seconds
+
     async def _get_position(self, symbol: str) -> Position | None:
         """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book.
         What an exit reads before it sells, so today's orders of the code are asked in the same round trip's wait
         and both are kept for that sell's checks (`_sell_check`): the exit waits for OpenD twice before its order
         leaves, not three times."""
         code = to_moomoo_code(symbol)
-        today, row = await asyncio.gather(self._today_orders(code), self._position_row(code))
-        now = time.monotonic()
-        self._sell_checks = {c: v for c, v in self._sell_checks.items() if now - v[0] < self.sell_check_fresh}
-        self._sell_checks[code] = (now, today, row)
+        today, row = reads = await self._orders_and_position(code)
+        self._sell_checks.keep(code, reads)
         return None if row is None else mapping.position(row)
 
     async def _sell_check(self, code: str) -> tuple[list[OrderView], dict[str, Any] | None]:
         """Today's orders of `code` and its position row for a sell's checks: what get_position read for this code
         less than `sell_check_fresh` seconds ago (used once: a second sell asks OpenD again), else asked now."""
-        kept = self._sell_checks.pop(code, None)
-        if kept is not None and time.monotonic() - kept[0] < self.sell_check_fresh:
-            return kept[1], kept[2]
+        fresh, reads = self._sell_checks.take(code)
+        return reads if fresh else await self._orders_and_position(code)
+
+    async def _orders_and_position(self, code: str) -> tuple[list[OrderView], dict[str, Any] | None]:
+        """Today's orders of `code` and its position row, asked together: one round trip's wait."""
         today, row = await asyncio.gather(self._today_orders(code), self._position_row(code))
         return today, row
 
@@ -308,7 +315,7 @@ class MoomooBroker(BrokerClient):
         if order.side is OrderSide.SELL:
             today, held = await self._sell_check(code)
         else:
-            self._sell_checks.pop(code, None)
+            self._sell_checks.drop(code)
             today, held = await self._today_orders(code), None
 
         # day orders are found in today's list; a GTC stop placed on an earlier day may be history already
