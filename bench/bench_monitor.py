@@ -15,7 +15,10 @@ every position followed, the subscription's first pushes judged, and no pass sti
 stream was subscribing. At random instants a followed position's price is moved through its stop
 (tests/fakes/movable.py, the venue's feed); we time from the move to the exit order's arrival at the venue (the
 paper venue's order row; the fake's record of the place-order request, stamped on arrival in the fake's process:
-perf_counter is the machine's monotonic clock).
+perf_counter is the machine's monotonic clock). Each run's time is also split where the pushed price through the
+stop is judged in the monitor's process: move -> judged (the venue's push and our stream's reading of it) and
+judged -> the order's arrival (our exit: its reads of the venue, the write-ahead row, the order request), each with
+its own p50 / p99 (a crossing a pass saw before any push has no split).
 Protective stops at the broker are off here (monitor.broker_stops false): the venue's own stop would fire first and
 this measures the monitor's path. Each venue runs at a 1 s and a 10 s poll: the stream makes the exit independent
 of the poll. The quotas are set as a large account has them (OpenD: 1000 subscriptions; Alpaca: Algo Trader Plus,
@@ -94,16 +97,18 @@ class PaperVenue:
     def __init__(self, feed: MovableMarket, pool, agent: str, clock: WallClock) -> None:
         self.feed, self.pool, self.agent, self.clock = feed, pool, agent, clock
 
-    async def cross(self, symbol: str, price: Decimal, timeout: float) -> float | None:
-        at, give_up = self.clock.now(), time.perf_counter() + timeout
+    async def cross(self, symbol: str, price: Decimal, timeout: float) -> tuple[float | None, float]:
+        """(seconds from the move to the exit order, or None after `timeout`; perf_counter at the move)."""
+        moved = time.perf_counter()
+        at, give_up = self.clock.now(), moved + timeout
         self.feed.move(symbol, price)
         while time.perf_counter() < give_up:
             row = await self.pool.fetchval("SELECT min(submitted_at) FROM paper_orders WHERE agent_id = $1 AND "
                                            "symbol = $2 AND side = 'sell'", self.agent, symbol)
             if row is not None:
-                return (row - at).total_seconds()
+                return (row - at).total_seconds(), moved
             await asyncio.sleep(0.005)         # the order row's own time is measured, not when we look
-        return None
+        return None, moved
 
 
 class FakeVenue:
@@ -134,11 +139,12 @@ class FakeVenue:
             if line.startswith(b"@@ "):
                 return json.loads(line[3:])
 
-    async def cross(self, symbol: str, price: Decimal, timeout: float) -> float | None:
+    async def cross(self, symbol: str, price: Decimal, timeout: float) -> tuple[float | None, float]:
         self.proc.stdin.write((json.dumps({"op": "move", "symbol": symbol, "price": str(price),
                                            "timeout": timeout}) + "\n").encode())
         await self.proc.stdin.drain()
-        return (await self._answer())["wait"]
+        answer = await self._answer()
+        return answer["wait"], answer["moved"]
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -268,6 +274,16 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         watch = QuoteWatch(broker=services.broker, monitor=monitor, clock=clock, stall_seconds=20, max_backoff=2)
 
         in_pass: list[float | None] = [None]   # when the pass running now began
+        # where a crossing's time goes: symbol -> when the pushed price through its stop was judged (perf_counter)
+        judged: dict[str, float] = {}
+        plain_judge = monitor.judge
+
+        def judge(quote):
+            crossed = plain_judge(quote)
+            if crossed is not None:
+                judged.setdefault(quote.symbol, time.perf_counter())
+            return crossed
+        monitor.judge = judge
 
         async def run_monitor(first: float):
             wait = max(poll - first, 0)       # as the daemon keeps its cadence: the next pass a poll after the first
@@ -287,6 +303,8 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         watch_task = asyncio.create_task(watch.run(stop, lambda: True))
         loop_task = asyncio.create_task(run_monitor(passes[0]))
         waits: list[float] = []
+        to_judged: list[float] = []            # the move -> the pushed price judged here (venue push + our stream)
+        to_order: list[float] = []             # that judgement -> the order's arrival (our exit + the venue's reads)
         moved: set[str] = set()
         profile = None
         if os.environ.get("BENCH_PROFILE"):            # where the event loop's time goes while crossings are timed
@@ -326,10 +344,13 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
                 moved.add(symbol)
                 row = await pool.fetchrow("SELECT stop_loss FROM positions WHERE agent_id = $1 AND symbol = $2 "
                                           "AND status = 'open'", agent, symbol)
-                wait = await place.cross(symbol, row["stop_loss"] * Decimal("0.97"), 10)
+                wait, at = await place.cross(symbol, row["stop_loss"] * Decimal("0.97"), 10)
                 if wait is None:
                     raise SystemExit(f"{name}: no exit for {symbol} within 10 s ({watch.status_text()})")
                 waits.append(wait)
+                if symbol in judged:           # (a crossing a pass saw first has no pushed judgement)
+                    to_judged.append(judged[symbol] - at)
+                    to_order.append(at + wait - judged[symbol])
                 for s in await open_positions(services, spare, 1):      # keep n positions open
                     await monitor._indicators(s)       # as the daemon has them: cached per session
         finally:
@@ -339,7 +360,11 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
         waits.sort()
-        return {"venue": name, "n": held, "poll": poll, "p50": statistics.median(waits),
+        split = {}
+        for key, part in (("judged", to_judged), ("order", to_order)):
+            part.sort()
+            split[key] = (statistics.median(part), part[math.ceil(0.99 * len(part)) - 1]) if part else (0.0, 0.0)
+        return {"split": split, "venue": name, "n": held, "poll": poll, "p50": statistics.median(waits),
                 "p99": waits[math.ceil(0.99 * len(waits)) - 1], "max": waits[-1],
                 "pass_ms": statistics.median(passes) * 1000, "samples": len(waits),
                 "stream_exits": monitor.stream_exits}
@@ -433,6 +458,9 @@ async def main() -> int:
               f"p99 {r['p99'] * 1000:6.1f} ms (p99 / poll = {r['p99'] / r['poll']:.3f}), max {r['max'] * 1000:.0f} ms, "
               f"median pass {r['pass_ms']:.1f} ms, {r['samples']} crossings ({r['stream_exits']} by a pushed price)  "
               f"{'PASS' if good else 'FAIL'}")
+        (j50, j99), (o50, o99) = r["split"]["judged"], r["split"]["order"]
+        print(f"{'':6}   of which: move -> pushed price judged here p50 {j50 * 1000:.1f} / p99 {j99 * 1000:.1f} ms; "
+              f"judged -> exit order at the venue p50 {o50 * 1000:.1f} / p99 {o99 * 1000:.1f} ms")
     if mem is None:
         print(f"overall (latency only): {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1

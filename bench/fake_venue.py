@@ -9,7 +9,8 @@ line `@@ {"host", "port"}` (OpenD) or `@@ {"api_key", "secret_key", "base_url", 
 answers one JSON command per stdin line, each with one `@@ ` line:
   {"op": "move", "symbol", "price", "timeout"}  the symbol trades at `price` from now on (pushed at once to the
       followed connections); answers {"wait": seconds from the move to the arrival of the first place-order request
-      for that symbol (stamped by the fake on arrival), or null after `timeout`}
+      for that symbol (stamped by the fake on arrival), or null after `timeout`; "moved": the fake's
+      time.perf_counter() at the move, CLOCK_MONOTONIC as the parent's)}
   {"op": "stop"}                                   stops the fake and exits.
 """
 from __future__ import annotations
@@ -129,7 +130,7 @@ def main() -> None:
                     wait = min(hits) - t0
                 else:                          # the arrival is the fake's own stamp: how often we look changes
                     time.sleep(0.02)           # nothing but how soon we answer (and a busy look would steal its GIL)
-            say({"wait": wait})
+            say({"wait": wait, "moved": t0})
     finally:
         fake.stop()
 
