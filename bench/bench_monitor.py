@@ -255,6 +255,11 @@ async def open_positions(services, symbols: Iterator[str], want: int) -> list[st
     return opened
 
 
+def p99(ordered: list[float]) -> float:
+    """The nearest-rank 99th percentile of sorted values (the ceil(0.99 n)-th smallest)."""
+    return ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+
 async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int, poll: float) -> dict:
     async with venue(name, pool, pg_url, tmp, poll) as (services, place, clock):
         agent = services.agent_id
@@ -363,9 +368,9 @@ async def latency(name: str, pool, pg_url: str, tmp: Path, n: int, samples: int,
         split = {}
         for key, part in (("judged", to_judged), ("order", to_order)):
             part.sort()
-            split[key] = (statistics.median(part), part[math.ceil(0.99 * len(part)) - 1]) if part else (0.0, 0.0)
+            split[key] = (statistics.median(part), p99(part)) if part else (0.0, 0.0)
         return {"split": split, "venue": name, "n": held, "poll": poll, "p50": statistics.median(waits),
-                "p99": waits[math.ceil(0.99 * len(waits)) - 1], "max": waits[-1],
+                "p99": p99(waits), "max": waits[-1],
                 "pass_ms": statistics.median(passes) * 1000, "samples": len(waits),
                 "stream_exits": monitor.stream_exits}
 

@@ -98,16 +98,7 @@ class AlpacaBroker(BrokerClient):
         self._instruments: dict[str, Instrument] = {}
         self._fills: dict[str, list[Fill]] = {}          # broker order id -> executions, once complete
         # symbol -> its position row or None: what an exit's get_position read, for the sell's check that follows
-        self._sell_checks = SellCheckReads()
-
-    @property
-    def sell_check_fresh(self) -> float:
-        """How young (seconds) an exit's position read must be for its sell's check to take it."""
-        return self._sell_checks.fresh
-
-    @sell_check_fresh.setter
-    def sell_check_fresh(self, seconds: float) -> None:
-        self._sell_checks.fresh = seconds
+        self.sell_checks = SellCheckReads()
 
     def __repr__(self) -> str:  # never the keys
         return f"AlpacaBroker({self.environment}, {self.base_url}, data={self.data_url or 'default'})"
@@ -257,7 +248,7 @@ class AlpacaBroker(BrokerClient):
         before it sells: the row is kept for that sell's check of the shares free (`_shares`), so the exit waits for
         Alpaca once before its order leaves, not twice."""
         row = await self._position_row(symbol)
-        self._sell_checks.keep(symbol, row)
+        self.sell_checks.keep(symbol, row)
         if row is None:
             return None
         return mapping.position(row) if mapping.value(row.asset_class) == "us_equity" else None
@@ -333,7 +324,7 @@ class AlpacaBroker(BrokerClient):
 
     async def _shares(self, symbol: str) -> tuple[int, int]:
         """(shares held, shares free to sell: not held by open sell orders)."""
-        fresh, pos = self._sell_checks.take(symbol)     # what an exit's get_position read just now, used once
+        fresh, pos = self.sell_checks.take(symbol)     # what an exit's get_position read just now, used once
         if not fresh:
             pos = await self._position_row(symbol)
         if pos is None:

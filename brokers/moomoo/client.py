@@ -99,7 +99,7 @@ class MoomooBroker(BrokerClient):
         self._sim_fills: dict[str, list[Fill]] = {}
         # code -> (today's orders of the code, its position row): what an exit's get_position read, for the sell's
         # checks that follow
-        self._sell_checks = SellCheckReads()
+        self.sell_checks = SellCheckReads()
         self._rate_clock = rate_clock or RealClock()
         self.history = OpenDHistory(self._opend, clock=clock, calendar=calendar, rate_clock=self._rate_clock,
                                     sleep=sleep or asyncio.sleep, snapshot_batch=snapshot_batch)
@@ -265,15 +265,6 @@ class MoomooBroker(BrokerClient):
         out = [p for p in map(mapping.position, mapping.records(data)) if p is not None]
         return sorted(out, key=lambda p: p.symbol)
 
-    @property
-    def sell_check_fresh(self) -> float:
-        """How young (seconds) an exit's reads must be for its sell's checks to take them."""
-        return self._sell_checks.fresh
-
-    @sell_check_fresh.setter
-    def sell_check_fresh(self, seconds: float) -> None:
-        self._sell_checks.fresh = seconds
-
     async def _get_position(self, symbol: str) -> Position | None:
         """Trd_GetPositionList filtered to the symbol's code (filterConditions.codeList): one row, not the book.
         What an exit reads before it sells, so today's orders of the code are asked in the same round trip's wait
@@ -281,13 +272,13 @@ class MoomooBroker(BrokerClient):
         leaves, not three times."""
         code = to_moomoo_code(symbol)
         today, row = reads = await self._orders_and_position(code)
-        self._sell_checks.keep(code, reads)
+        self.sell_checks.keep(code, reads)
         return None if row is None else mapping.position(row)
 
     async def _sell_check(self, code: str) -> tuple[list[OrderView], dict[str, Any] | None]:
         """Today's orders of `code` and its position row for a sell's checks: what get_position read for this code
-        less than `sell_check_fresh` seconds ago (used once: a second sell asks OpenD again), else asked now."""
-        fresh, reads = self._sell_checks.take(code)
+        less than `sell_checks.fresh` seconds ago (used once: a second sell asks OpenD again), else asked now."""
+        fresh, reads = self.sell_checks.take(code)
         return reads if fresh else await self._orders_and_position(code)
 
     async def _orders_and_position(self, code: str) -> tuple[list[OrderView], dict[str, Any] | None]:
@@ -315,7 +306,7 @@ class MoomooBroker(BrokerClient):
         if order.side is OrderSide.SELL:
             today, held = await self._sell_check(code)
         else:
-            self._sell_checks.drop(code)
+            self.sell_checks.drop(code)
             today, held = await self._today_orders(code), None
 
         # day orders are found in today's list; a GTC stop placed on an earlier day may be history already

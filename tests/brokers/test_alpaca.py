@@ -277,7 +277,7 @@ async def test_an_exit_reads_its_position_once_before_its_sell(world):
         await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, held.quantity,
                                               OrderType.MARKET))
     assert reads() == before + 2
-    broker.sell_check_fresh = 0.0
+    broker.sell_checks.fresh = 0.0
     await broker.get_position(symbol)
     with pytest.raises(OrderRejected, match=r"10 held, 5 already in open sell orders"):
         await broker.place_order(OrderRequest(world.coid("stale"), symbol, OrderSide.SELL, held.quantity,

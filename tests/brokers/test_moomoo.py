@@ -314,7 +314,7 @@ async def test_a_position_read_serves_one_sell_only_and_only_while_fresh(world):
     with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
         await broker.place_order(OrderRequest(world.coid("again"), symbol, OrderSide.SELL, 2 * lot,
                                               OrderType.MARKET))
-    broker.sell_check_fresh = 0.0
+    broker.sell_checks.fresh = 0.0
     await broker.get_position(symbol)
     positions = len(world.fake.requests_for(P_POSITIONS))
     with pytest.raises(OrderRejected, match=rf"{2 * lot} held, {lot} already in open sell orders"):
