@@ -2,7 +2,9 @@
 
 `QuoteWatch.run` keeps a stream (`broker.open_quote_stream()`) open while the market is in a session:
   - it follows exactly the monitor's watched symbols (open positions with no exit working), re-following whenever
-    they change; symbols the venue's quota cannot hold are left to the monitor's poll (`polled`);
+    they change (a symbol an exit took out is unfollowed once no exit is in flight, so the venue's work on the
+    unsubscribe does not queue beside the exit's requests); symbols the venue's quota cannot hold are left to the
+    monitor's poll (`polled`);
   - every pushed quote is judged by `PositionMonitor.judge` (stop, stop_loss, take-profit, trailing on that price;
     the quotes waiting are taken and judged in one go), an exit it calls for runs as a task of its own beside the
     stream (a second stop crossed meanwhile is not kept waiting behind the first exit's order), and the quote is
@@ -151,7 +153,7 @@ class QuoteWatch:
                 self.state = "closed"
                 return
             symbols = self.monitor.watched_symbols()     # the same object while the positions stay the same
-            if symbols is not wanted:
+            if symbols is not wanted and not self._leaving_during_exit(symbols, wanted):
                 if symbols != wanted:
                     self.followed = await stream.follow(symbols)
                     self.polled = symbols - self.followed
@@ -183,6 +185,12 @@ class QuoteWatch:
                     self._exits.add(task)
                     task.add_done_callback(self._exits.discard)
             await asyncio.sleep(0)           # an exit just started goes out before the next batch is judged
+
+    def _leaving_during_exit(self, symbols: frozenset[str], wanted: frozenset[str] | None) -> bool:
+        """True while symbols only left the watched set (an exit took them out) and an exit is still in flight: the
+        unsubscribe waits until no exit is, so the venue's work on it is not queued beside the exit's own requests
+        (a position's pushes are ignored as soon as its exit is called for; an added symbol never waits)."""
+        return bool(self._exits) and wanted is not None and symbols < wanted
 
     async def _fell_back(self, reason: str) -> None:
         """Poll at once: the gap since the last pushed price is checked for crossed stops, then a full pass."""

@@ -254,3 +254,41 @@ async def test_while_streaming_the_poll_asks_the_venue_only_for_what_is_not_push
         asked.clear()
         await w.monitor.run_pass()
         assert asked == [[symbol]]
+
+
+async def test_a_symbol_an_exit_took_out_is_unfollowed_only_once_no_exit_is_in_flight(pool, agent_id):
+    """The unsubscribe is venue work: it waits until the exit's own requests are done. The exited position's later
+    pushes are not judged meanwhile (no second exit), and the other position is still followed and judged."""
+    from tests.venues import liquid_symbols
+    s = await paper_services(pool, agent_id, monitor=NO_STOPS)
+    a, b = liquid_symbols(s.universe, s.clock.now())[:2]
+    _, pa = await enter(s, a)
+    await enter(s, b)
+    held, started = asyncio.Event(), asyncio.Event()
+    async with Watching(s) as w:
+        stream = w.streams[-1]
+        follows: list[frozenset] = []
+        real_follow, real_exit = stream.follow, w.monitor.trader.exit_position
+
+        async def follow(symbols):
+            follows.append(frozenset(symbols))
+            return await real_follow(symbols)
+
+        async def exit_position(symbol, *args, **kwargs):
+            started.set()
+            await held.wait()                   # the exit's order is slow to come back
+            return await real_exit(symbol, *args, **kwargs)
+
+        stream.follow, w.monitor.trader.exit_position = follow, exit_position
+        try:
+            s.broker.market.move(a, pa["stop_loss"] - Decimal("0.10"))
+            await asyncio.wait_for(started.wait(), 5)
+            s.broker.market.move(a, pa["stop_loss"] - Decimal("0.20"))     # pushed again while the exit is held
+            await asyncio.sleep(0.6)                # more than two of the watch's read slices
+            assert follows == [] and w.watch.followed == {a, b}
+            assert w.monitor.watched_symbols() == {b}
+        finally:
+            held.set()
+        await until(lambda: w.watch.followed == {b}, "the exited symbol to be unfollowed after the exit")
+        assert follows == [frozenset({b})]
+        assert w.monitor.stream_exits == 1 and [r["quantity"] for r in await w.sells()] == [pa["quantity"]]

@@ -72,8 +72,13 @@ class QuoteHandlers:
     def _throttle(self, kind: str) -> None:
         limit, window = self.limits[kind]
         now = self.rate_clock.now()
-        recent = [t for t in self.accepted_at[kind] if now - t <= timedelta(seconds=window)]
-        if len(recent) >= limit:
+        since = now - timedelta(seconds=window)
+        recent = 0                      # counted from the newest back: the times are appended as they come
+        for t in reversed(self.accepted_at[kind]):
+            if t < since or recent >= limit:
+                break
+            recent += 1
+        if recent >= limit:
             self.refused[kind] += 1
             raise _Refuse(f"Request too frequent: at most {limit} requests of this interface in {window:g} "
                           f"seconds")

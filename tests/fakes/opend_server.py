@@ -121,6 +121,7 @@ class FakeOpenD(TradeHandlers, QuoteHandlers, PushHandlers):
         self._paper: dict[int, PaperBroker] = {}
         self._conns: dict[int, _Conn] = {}
         self._orders: dict[int, _Order] = {}
+        self._orders_of: dict[int, dict[str, dict[str, _Order]]] = {}     # acc id -> code -> paper id -> order
         self._held: dict[int, OrderResult] = {}        # accepted by OpenD, not (yet) at the paper exchange
         self._firing: set[int] = set()                  # stops being sent to the exchange right now
         self._fill_ids: dict[str, int] = {}

@@ -138,8 +138,16 @@ class TradeHandlers:
             row.secMarket, row.trdMarket, row.currency = SEC_MARKET_HK, TRD_MARKET_HK, CURRENCY_HKD
 
     # ------------------------------------------------------------ orders
-    def _mine(self, acc_id: int) -> dict[str, _Order]:
-        return {o.paper_coid: o for o in self._orders.values() if o.acc_id == acc_id}
+    def _mine(self, acc_id: int, codes: Any = ()) -> dict[str, _Order]:
+        """The account's orders (of those codes only, when given) by paper id: from an index, not a scan of every
+        order the fake has taken."""
+        of_code = self._orders_of.get(acc_id, {})
+        wanted = dict.fromkeys(codes) if codes else of_code
+        return {coid: meta for code in wanted for coid, meta in of_code.get(code, {}).items()}
+
+    def _keep(self, meta: _Order) -> None:
+        self._orders[meta.order_id] = meta
+        self._orders_of.setdefault(meta.acc_id, {}).setdefault(meta.code, {})[meta.paper_coid] = meta
 
     def _fill_order(self, target: Any, meta: _Order, r: OrderResult, *, stale: bool = False) -> None:
         target.trdSide = 1 if r.side is OrderSide.BUY else 2
@@ -177,9 +185,7 @@ class TradeHandlers:
     async def _results(self, acc_id: int, *, codes: Any = (), live: bool = False) -> list[tuple[_Order, OrderResult]]:
         """The account's orders (`codes`: of those codes only; `live`: only those whose last push was not final),
         in the order they were placed. A few are read one by one; many, in one read of the whole book."""
-        mine = self._mine(acc_id)
-        if codes:
-            mine = {k: m for k, m in mine.items() if m.code in codes}
+        mine = self._mine(acc_id, codes)
         if live:
             mine = {k: m for k, m in mine.items() if not (m.pushed and m.pushed[0].is_terminal)}
         if (codes or live) and len(mine) <= FEW:
@@ -298,7 +304,7 @@ class TradeHandlers:
                 await broker.place_order(request)
             except OrderRejected as exc:
                 raise _Refuse(exc.reason) from None      # OpenD refuses the request: no order exists
-        self._orders[meta.order_id] = meta
+        self._keep(meta)
         self._header(s2c.header, c2s.header)
         s2c.orderID, s2c.orderIDEx = meta.order_id, f"FAKE{meta.order_id}"
         return await self._changes(acc_id)
