@@ -179,45 +179,61 @@ class Store:
     async def flush(self, sql: str | None = None, *args, ends_cycle: bool = False) -> None:
         """Write every held audit row, with `sql` ($1.. are `args`; "SELECT 1" when None; it writes audit rows
         only, such as trading_cycles) in the same statement; `ends_cycle`: `sql` is the held cycle's end row (an
-        upsert, so it writes the start too). On a connection failure the rows stay held."""
+        upsert, so it writes the start too). The rows are taken out of the buffer before the statement is sent, so
+        a row recorded meanwhile (an exit beside the monitor's pass) waits for the next flush and none is sent twice;
+        on a connection failure the rows taken go back to the buffer, ahead of any recorded meanwhile."""
         parts, params = [], list(args)
         start = self._cycle_start
+        taken = (self._decisions, self._patterns, self._statuses, self._raises)
+        self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
+        self._cycle_start = None
         if start is not None and not ends_cycle:
             parts.append(_cycle_start_cte(len(params) + 1))
             params.extend(start)
-        statuses = _held_statuses_cte if self.hold_monitor else _statuses_cte
-        for rows, make in ((self._decisions, _decisions_cte), (self._patterns, _patterns_cte),
-                           (list(self._statuses.values()), statuses),
-                           (list(self._raises.items()), _raises_cte)):
+        decisions, patterns, statuses, raises = taken
+        for rows, make in ((decisions, _decisions_cte), (patterns, _patterns_cte),
+                           (list(statuses.values()), _held_statuses_cte if self.hold_monitor else _statuses_cte),
+                           (list(raises.items()), _raises_cte)):
             if rows:
                 parts.append(make(len(params) + 1))
                 params.extend(list(c) for c in zip(*rows))
         # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
         # the readers of those take from held_high_water as well
         run = getattr(self.pool, "execute_apart", self.pool.execute)
-        if not parts:
-            if sql is not None:
-                await run(sql, *args)
-            self._cycle_start = None
-            return
-        text = "WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1")
         try:
-            await run(text, *params)
+            if not parts:
+                if sql is not None:
+                    await run(sql, *args)
+                return
+            await run("WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1"), *params)
         except asyncpg.PostgresError as exc:
-            # a row the server refuses would refuse every later flush too: those rows are dropped (said so,
-            # loudly), the statement they rode with runs on its own
-            held = self.pending
-            self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
+            if not parts:
+                raise
+            # a row the server refuses would refuse every later flush too: the rows of this statement are dropped
+            # (said so, loudly), the statement they rode with runs on its own
+            held = len(decisions) + len(patterns) + len(statuses)
             log.error("%d audit rows of %s could not be written and are dropped: %s: %s", held, self.agent_id,
                       type(exc).__name__, exc)
             if start is not None and not ends_cycle:
+                self._cycle_start = self._cycle_start or start
                 await self.write_cycle_start()
             if sql is not None:
                 await self.pool.execute(sql, *args)
-            self._cycle_start = None
-            return
-        self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
-        self._cycle_start = None
+        except BaseException:
+            self._put_back(taken, start)
+            raise
+
+    def _put_back(self, taken: tuple, start: tuple | None) -> None:
+        """Rows a failed write had taken, back in the buffer ahead of those recorded since (a status row recorded
+        since is the newer one; a high-water mark keeps the higher)."""
+        decisions, patterns, statuses, raises = taken
+        self._decisions = decisions + self._decisions
+        self._patterns = patterns + self._patterns
+        self._statuses = {**statuses, **self._statuses}
+        for pid, mark in raises.items():
+            if pid not in self._raises or mark > self._raises[pid]:
+                self._raises[pid] = mark
+        self._cycle_start = self._cycle_start or start
 
     async def _decision_id(self) -> int:
         if not self._ids:

@@ -81,6 +81,53 @@ async def test_rows_the_server_refuses_are_dropped_and_the_statement_they_rode_w
     assert "could not be written and are dropped" in caplog.text
 
 
+async def test_decisions_recorded_while_another_write_is_in_flight_are_each_written_once(pool, agent_id, caplog):
+    """The daemon's exits run beside its pass: decisions are recorded (each written at once) while another write of
+    held rows is still waiting for the server. Every row is written exactly once: none twice (the server would
+    refuse the second, and the rows riding with it would be dropped), none lost."""
+    import asyncio
+    store = Store(pool, SimulatedClock(OPEN_AT), agent_id)
+    ids = await asyncio.gather(*(store.record_decision(cycle_id=None, engine="monitor", symbol=f"S{n:04d}",
+                                                       action="close", reasoning=f"exit {n}") for n in range(12)))
+    rows = await decisions(pool, agent_id)
+    assert sorted(r["decision_id"] for r in rows) == sorted(ids) and len(set(ids)) == 12
+    assert store.pending == 0 and "could not be written" not in caplog.text
+
+
+async def test_held_rows_stay_held_when_their_write_fails_and_rows_recorded_meanwhile_are_kept(pool, agent_id):
+    """A write that fails on the connection (not a row the server refuses) keeps its rows for the next flush,
+    and a row recorded while it was in flight is kept too."""
+    import asyncio
+    store = Store(pool, SimulatedClock(OPEN_AT), agent_id)
+    store.buffering = True
+    await store.record_decision(cycle_id=None, engine="monitor", symbol="S0001", action="hold", reasoning="first")
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = store.pool
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        async def execute(self, *args):
+            entered.set()
+            await release.wait()
+            raise ConnectionResetError("the connection dropped mid-write")
+
+        execute_apart = execute
+
+    store.pool = Failing()
+    flush = asyncio.create_task(store.flush())
+    await asyncio.wait_for(entered.wait(), 5)
+    await store.record_decision(cycle_id=None, engine="monitor", symbol="S0002", action="hold", reasoning="second")
+    release.set()
+    with pytest.raises(ConnectionResetError):
+        await flush
+    store.pool = real
+    assert store.pending == 2
+    await store.flush()
+    assert [r["action"] for r in await decisions(pool, agent_id)] == ["hold", "hold"] and store.pending == 0
+
+
 async def sole_writer(pool, agent_id):
     """Services as replay and day wire them (runtime/wiring.builder)."""
     return await build_services(agent_settings(agent_id), pool, SimulatedClock(OPEN_AT), sole_writer=True)
