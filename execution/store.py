@@ -207,7 +207,8 @@ class Store:
                 return
             await run("WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1"), *params)
         except asyncpg.PostgresError as exc:
-            if not parts:
+            if not parts:                  # the caller's statement alone: its error is the caller's
+                self._put_back(taken, start)
                 raise
             # a row the server refuses would refuse every later flush too: the rows of this statement are dropped
             # (said so, loudly), the statement they rode with runs on its own
