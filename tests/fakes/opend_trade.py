@@ -182,13 +182,18 @@ class TradeHandlers:
         target.createTimestamp, target.status = fill.timestamp.timestamp(), 0
         target.secMarket, target.trdMarket = SEC_MARKET_HK, TRD_MARKET_HK
 
-    async def _results(self, acc_id: int, *, codes: Any = (), live: bool = False) -> list[tuple[_Order, OrderResult]]:
-        """The account's orders (`codes`: of those codes only; `live`: only those whose last push was not final),
-        in the order they were placed. A few are read one by one; many, in one read of the whole book."""
+    async def _results(self, acc_id: int, *, codes: Any = (), ids: Any = (), live: bool = False
+                       ) -> list[tuple[_Order, OrderResult]]:
+        """The account's orders (`codes`: of those codes only; `ids`: of those order ids only; `live`: only those
+        whose last push was not final), in the order they were placed. A few are read one by one; many, in one read
+        of the whole book."""
         mine = self._mine(acc_id, codes)
+        if ids:
+            wanted = set(ids)
+            mine = {k: m for k, m in mine.items() if m.order_id in wanted}
         if live:
             mine = {k: m for k, m in mine.items() if not (m.pushed and m.pushed[0].is_terminal)}
-        if (codes or live) and len(mine) <= FEW:
+        if (codes or ids or live) and len(mine) <= FEW:
             found = [await self._paper[acc_id].get_order_by_client_id(coid) for coid in mine]
             placed = sorted(((mine[r.client_order_id], r) for r in found if r is not None),
                             key=lambda pair: pair[0].order_id)
@@ -198,7 +203,7 @@ class TradeHandlers:
         at_exchange = {meta.order_id for meta, _ in placed}
         held = [(self._orders[order_id], r) for order_id, r in list(self._held.items())
                 if self._orders[order_id].acc_id == acc_id and order_id not in at_exchange
-                and (not codes or self._orders[order_id].code in codes)]
+                and (not codes or self._orders[order_id].code in codes) and (not ids or order_id in ids)]
         return placed + held
 
     def _today(self, r: OrderResult) -> bool:
@@ -224,7 +229,13 @@ class TradeHandlers:
         self._account(c2s.header)
         self._header(s2c.header, c2s.header)
         wanted = set(c2s.filterStatusList)
-        for meta, r in await self._results(c2s.header.accID, codes=list(c2s.filterConditions.codeList)):
+        fc = c2s.filterConditions
+        # an id filter (the SDK's own read-back of an order it just placed) reads those orders only, as OpenD
+        # answers from its cache; `_matches` still applies every filter
+        ids = list(fc.idList) + [int(x[4:]) for x in fc.orderIDExList if x.startswith("FAKE") and x[4:].isdigit()]
+        if (fc.idList or fc.orderIDExList) and not ids:
+            ids = [-1]                     # ids no order of ours can have: none match
+        for meta, r in await self._results(c2s.header.accID, codes=list(fc.codeList), ids=ids):
             if (today and not self._today(r)) or not self._matches(c2s, meta, r, by_time=not today):
                 continue
             row = s2c.orderList.add()
@@ -354,9 +365,11 @@ class TradeHandlers:
         for acc_id in fired:
             await self._flush(await self._changes(acc_id))
 
-    async def _free_to_sell(self, acc_id: int, symbol: str) -> int:
-        held = {p.symbol: p.quantity for p in await self._paper[acc_id].get_positions()}.get(symbol, 0)
-        return held - (await self._selling(acc_id)).get(symbol, 0)
+    async def _free_to_sell(self, acc_id: int, code: str) -> int:
+        """Shares of `code` held less those in its open sells (that code's position and orders only)."""
+        position = await self._paper[acc_id].get_position(code)
+        held = position.quantity if position is not None else 0
+        return held - (await self._selling(acc_id, [code])).get(code, 0)
 
     async def _affordable(self, broker: PaperBroker, request: OrderRequest) -> bool:
         """A buy the account's cash covers at the ask (what a late fill may accept before it reaches the exchange)."""
@@ -390,9 +403,12 @@ class TradeHandlers:
         broker = self._account(c2s.header, trading=True)
         if c2s.modifyOrderOp != 2:
             raise _Refuse(f"modify operation {c2s.modifyOrderOp} {NOT_SUPPORTED} (only cancel)")
-        mine = [o for o in self._orders.values() if o.acc_id == c2s.header.accID]
-        if not c2s.forAll:
-            mine = [o for o in mine if o.order_id == c2s.orderID or f"FAKE{o.order_id}" == c2s.orderIDEx]
+        if c2s.forAll:
+            mine = [o for o in self._orders.values() if o.acc_id == c2s.header.accID]
+        else:                               # the order by its id (from the index, not a scan of every order)
+            ex = c2s.orderIDEx[4:] if c2s.orderIDEx.startswith("FAKE") else ""
+            found = {c2s.orderID, int(ex) if ex.isdigit() else None}
+            mine = [o for o in map(self._orders.get, found) if o is not None and o.acc_id == c2s.header.accID]
             if not mine:
                 raise _Refuse(f"order {c2s.orderIDEx or c2s.orderID} does not exist")
         for meta in mine:
