@@ -365,6 +365,36 @@ async def test_position_and_order_lists_filtered_by_code_answer_that_code_only(w
     assert {r["code"] for r in everything.to_dict("records")} == {to_moomoo_code(a), to_moomoo_code(b)}
 
 
+async def test_an_order_list_filtered_by_order_id_answers_that_order_only(world):
+    """Trd_GetOrderList filterConditions.orderIDExList, as the SDK sends `order_id=` (and as its place_order reads
+    back the order it just placed): that order, none for an id the account has not, every order without one."""
+    sdk = load_sdk(world.log_dir)
+    broker = await world.connect("real")
+    a, b = symbols()[:2]
+    for symbol in (a, b):
+        await buy(broker, world, symbol, 1, f"hold-{symbol}")
+
+    def lists():
+        ctx = sdk.OpenSecTradeContext(filter_trdmarket=sdk.TrdMarket.HK, host=world.fake.host, port=world.fake.port,
+                                      security_firm=sdk.SecurityFirm.FUTUSECURITIES)
+        try:
+            ctx.unlock_trade(password=PASSWORD)
+            ret, everything = ctx.order_list_query(trd_env="REAL", acc_id=REAL_ACC)
+            assert ret == sdk.RET_OK, everything
+            rows = everything.to_dict("records")
+            one = ctx.order_list_query(order_id=rows[0]["order_id"], trd_env="REAL", acc_id=REAL_ACC)
+            none = ctx.order_list_query(order_id="FAKE999999", trd_env="REAL", acc_id=REAL_ACC)
+            return rows, one, none
+        finally:
+            ctx.close()
+
+    rows, (ret, one), (ret2, none) = await asyncio.to_thread(lists)
+    assert ret == ret2 == sdk.RET_OK
+    assert len(rows) == 2
+    assert [r["order_id"] for r in one.to_dict("records")] == [rows[0]["order_id"]]
+    assert none.empty
+
+
 async def test_the_fake_takes_an_oversell_on_the_margin_account_as_opend_does_and_refuses_it_on_paper(world):
     """What the adapter guards against, at the venue: the SDK sends the oversell straight to the fake."""
     sdk = load_sdk(world.log_dir)
