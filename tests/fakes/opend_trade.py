@@ -182,18 +182,17 @@ class TradeHandlers:
         target.createTimestamp, target.status = fill.timestamp.timestamp(), 0
         target.secMarket, target.trdMarket = SEC_MARKET_HK, TRD_MARKET_HK
 
-    async def _results(self, acc_id: int, *, codes: Any = (), ids: Any = (), live: bool = False
+    async def _results(self, acc_id: int, *, codes: Any = (), ids: set[int] | None = None, live: bool = False
                        ) -> list[tuple[_Order, OrderResult]]:
         """The account's orders (`codes`: of those codes only; `ids`: of those order ids only; `live`: only those
         whose last push was not final), in the order they were placed. A few are read one by one; many, in one read
         of the whole book."""
         mine = self._mine(acc_id, codes)
-        if ids:
-            wanted = set(ids)
-            mine = {k: m for k, m in mine.items() if m.order_id in wanted}
+        if ids is not None:
+            mine = {k: m for k, m in mine.items() if m.order_id in ids}
         if live:
             mine = {k: m for k, m in mine.items() if not (m.pushed and m.pushed[0].is_terminal)}
-        if (codes or ids or live) and len(mine) <= FEW:
+        if (codes or ids is not None or live) and len(mine) <= FEW:
             found = [await self._paper[acc_id].get_order_by_client_id(coid) for coid in mine]
             placed = sorted(((mine[r.client_order_id], r) for r in found if r is not None),
                             key=lambda pair: pair[0].order_id)
@@ -203,7 +202,7 @@ class TradeHandlers:
         at_exchange = {meta.order_id for meta, _ in placed}
         held = [(self._orders[order_id], r) for order_id, r in list(self._held.items())
                 if self._orders[order_id].acc_id == acc_id and order_id not in at_exchange
-                and (not codes or self._orders[order_id].code in codes) and (not ids or order_id in ids)]
+                and (not codes or self._orders[order_id].code in codes) and (ids is None or order_id in ids)]
         return placed + held
 
     def _today(self, r: OrderResult) -> bool:
@@ -232,9 +231,9 @@ class TradeHandlers:
         fc = c2s.filterConditions
         # an id filter (the SDK's own read-back of an order it just placed) reads those orders only, as OpenD
         # answers from its cache; `_matches` still applies every filter
-        ids = list(fc.idList) + [int(x[4:]) for x in fc.orderIDExList if x.startswith("FAKE") and x[4:].isdigit()]
-        if (fc.idList or fc.orderIDExList) and not ids:
-            ids = [-1]                     # ids no order of ours can have: none match
+        ids = None
+        if fc.idList or fc.orderIDExList:
+            ids = set(fc.idList) | {i for i in map(_order_id, fc.orderIDExList) if i is not None}
         for meta, r in await self._results(c2s.header.accID, codes=list(fc.codeList), ids=ids):
             if (today and not self._today(r)) or not self._matches(c2s, meta, r, by_time=not today):
                 continue
@@ -406,8 +405,7 @@ class TradeHandlers:
         if c2s.forAll:
             mine = [o for o in self._orders.values() if o.acc_id == c2s.header.accID]
         else:                               # the order by its id (from the index, not a scan of every order)
-            ex = c2s.orderIDEx[4:] if c2s.orderIDEx.startswith("FAKE") else ""
-            found = {c2s.orderID, int(ex) if ex.isdigit() else None}
+            found = sorted({c2s.orderID, _order_id(c2s.orderIDEx) or c2s.orderID})
             mine = [o for o in map(self._orders.get, found) if o is not None and o.acc_id == c2s.header.accID]
             if not mine:
                 raise _Refuse(f"order {c2s.orderIDEx or c2s.orderID} does not exist")
@@ -490,3 +488,9 @@ class TradeHandlers:
                     self._fill_deal(deal.s2c.orderFill, meta, r, fill)
                     pushes.append((2218, deal, acc_id))
         return pushes
+
+
+def _order_id(order_id_ex: str) -> int | None:
+    """The order id in the fake's orderIDEx ("FAKE<id>"), None for any other string."""
+    digits = order_id_ex[4:] if order_id_ex.startswith("FAKE") else ""
+    return int(digits) if digits.isdigit() else None
