@@ -14,7 +14,9 @@ trade:  1. get_portfolio; for each position, get_technicals + detect_patterns, t
            [rules.rsi_min, rules.rsi_max], the close is above SMA(20) (if rules.require_above_sma20), MACD's
            histogram is positive or a bullish pattern is present, and no bearish pattern is present. The entry is a
            limit order at the ask plus rules.limit_offset_pct, for rules.entry_value of money, with a take profit
-           at signals.take_profit_strong. At most rules.max_new_entries_per_cycle entries.
+           at signals.take_profit_strong. At most rules.max_new_entries_per_cycle entries. A candidate whose quote
+           is older than trading.max_quote_age_seconds (at the bell every quote is still the last session's
+           close) is not sent: the gate would refuse it; one no_trade decision names them for the cycle.
 scan:   scan_market; log_decision 'watch' for the top candidates.
 close:  get_portfolio; exit every position when trading.intraday_only, otherwise only positions whose price alone
         says "exit" under signals.evaluate (get_portfolio again only if something was closed); log_decision with
@@ -128,6 +130,7 @@ class RulesEngine:
             return {"exits": exits, "error": portfolio["error"]}
         entries: list[str] = []
         skipped: dict[str, str] = {}
+        stale_quotes: list[str] = []
         if portfolio["trading_state"] != "ACTIVE":
             await self._call("log_decision", {"action": "no_trade", "reasoning":
                                               f"trading state {portfolio['trading_state']}: no new entries"})
@@ -161,6 +164,11 @@ class RulesEngine:
             quote, err = await self._call("get_quote", {"symbol": symbol})
             if err:
                 continue
+            stale = self._stale(quote)
+            if stale:                              # the gate would refuse it: not sent, said once for the cycle
+                skipped[symbol] = stale
+                stale_quotes.append(symbol)
+                continue
             ask = Decimal(str(quote["ask"]))
             limit = ask * (1 + self.rules.limit_offset_pct)
             take_profit = ask * (1 + self.cfg.signals.take_profit_strong)
@@ -173,7 +181,22 @@ class RulesEngine:
             elif not err:
                 failed = order.get("failed") or order.get("order", {}).get("reason")
                 skipped[symbol] = f"refused: {failed}"
+        if stale_quotes:
+            await self._call("log_decision", {"action": "no_trade", "reasoning": (
+                f"no entry on a stale price for {', '.join(stale_quotes)}: "
+                f"{skipped[stale_quotes[0]]}; waiting for fresh quotes")})
         return {"exits": exits, "entries": entries, "skipped": skipped}
+
+    def _stale(self, quote: dict) -> str | None:
+        """Why this quote is too old to enter on (the safety gate's fresh-quote rule, asked first so an entry the
+        gate would refuse is not sent: at the bell every quote is still the last session's close), else None."""
+        if quote.get("market") != "open" or not quote.get("time"):
+            return None
+        age = (self._ex.now() - datetime.fromisoformat(quote["time"])).total_seconds()
+        limit = self.cfg.trading.max_quote_age_seconds
+        if age <= limit:
+            return None
+        return f"the last quote is {age:.0f}s old (limit {limit}s)"
 
     async def _close(self) -> dict:
         exits = await self._review_positions(end_of_day=True)

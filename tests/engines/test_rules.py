@@ -65,6 +65,26 @@ async def test_a_trade_cycle_enters_within_its_limits_and_says_why_it_skipped(po
     assert all(len(r["reasoning"]) > 10 for r in skips)
 
 
+async def test_at_the_bell_no_entry_is_sent_on_the_last_sessions_close(pool, agent_id):
+    # 09:30:00 Hong Kong: the first minute has not completed, so every quote is yesterday's close (hours old); the
+    # gate would refuse each entry ("the last quote is ...s old"): the engine does not send them, and says so once
+    from datetime import datetime, timezone
+    bell = datetime(2026, 11, 24, 1, 30, tzinfo=timezone.utc)
+    s = await build_services(agent_settings(agent_id, market_data={"universe_size": 100},
+                                            rules={"rsi_min": Decimal(1), "rsi_max": Decimal(99),
+                                                   "require_above_sma20": False}), pool, SimulatedClock(bell))
+    ex = await cycle(s, "trade")
+    summary = ex.result.summary
+    assert summary["entries"] == [] and "execute_trade" not in ex.names, summary
+    stale = {sym: why for sym, why in summary["skipped"].items() if "s old (limit 300s)" in why}
+    assert stale, summary
+    rows = await pool.fetch("SELECT action, reasoning FROM decisions WHERE agent_id = $1 AND action IN "
+                            "('refused', 'no_trade')", agent_id)
+    assert [r["action"] for r in rows] == ["no_trade"]
+    assert all(sym in rows[0]["reasoning"] for sym in stale) and "stale price" in rows[0]["reasoning"]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE agent_id = $1", agent_id) == 0
+
+
 async def test_a_strict_band_skips_every_candidate_with_its_reason(pool, agent_id):
     s = await make(pool, agent_id, rules={"rsi_min": Decimal(98), "rsi_max": Decimal(99)})
     ex = await cycle(s, "trade")
