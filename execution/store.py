@@ -5,6 +5,7 @@ asks for working orders embeds it. `LATEST_STATE` is the one rule for the record
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -149,6 +150,11 @@ class Store:
         self._high_water: dict[int, Decimal] = {}
         self._raises: dict[int, Decimal] = {}        # position_id -> held high-water mark to raise it to
         self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
+        # a sole writer's flushes are sent behind (see flush): the last one sent, and the statements of any that
+        # failed, sent again by the next flush
+        self.write_behind = hold_monitor
+        self._behind: asyncio.Task | None = None
+        self._unsent: list[tuple] = []
 
     # ------------------------------------------------------------------ the audit buffer
     @property
@@ -176,12 +182,20 @@ class Store:
         """`sql` (it writes audit rows only, such as trading_cycles) alone, the held rows left held."""
         await getattr(self.pool, "execute_apart", self.pool.execute)(sql, *args)
 
-    async def flush(self, sql: str | None = None, *args, ends_cycle: bool = False) -> None:
+    async def flush(self, sql: str | None = None, *args, ends_cycle: bool = False, wait: bool = False) -> None:
         """Write every held audit row, with `sql` ($1.. are `args`; "SELECT 1" when None; it writes audit rows
         only, such as trading_cycles) in the same statement; `ends_cycle`: `sql` is the held cycle's end row (an
         upsert, so it writes the start too). The rows are taken out of the buffer before the statement is sent, so
         a row recorded meanwhile (an exit beside the monitor's pass) waits for the next flush and none is sent twice;
-        on a connection failure the rows taken go back to the buffer, ahead of any recorded meanwhile."""
+        on a connection failure the rows taken go back to the buffer, ahead of any recorded meanwhile.
+
+        With `write_behind` (a sole writer: nothing but this store reads what it holds) the statement is sent
+        behind, unless `wait`: it runs on a connection of its own while the caller goes on (PostgreSQL writes the
+        rows on one core while this process works on the other), each one after the one before; `settle` waits
+        for them. A write sent behind that fails puts its rows back and keeps its statement for the next flush,
+        which sends it first and raises if it fails again."""
+        if self._unsent:
+            await self._resend()
         parts, params = [], list(args)
         start = self._cycle_start
         taken = (self._decisions, self._patterns, self._statuses, self._raises)
@@ -197,13 +211,24 @@ class Store:
             if rows:
                 parts.append(make(len(params) + 1))
                 params.extend(list(c) for c in zip(*rows))
+        if not parts and sql is None:
+            return
+        if self.write_behind and not wait:
+            before = self._behind
+            self._behind = asyncio.get_running_loop().create_task(
+                self._send_behind(before, parts, params, taken, start, sql, args, ends_cycle))
+            return
+        await self._send(parts, params, taken, start, sql, args, ends_cycle)
+
+    async def _send(self, parts: list, params: list, taken: tuple, start: tuple | None, sql: str | None,
+                    args: tuple, ends_cycle: bool, behind: bool = False) -> None:
+        decisions, patterns, statuses, _ = taken
         # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
         # the readers of those take from held_high_water as well
-        run = getattr(self.pool, "execute_apart", self.pool.execute)
+        run = getattr(self.pool, "execute_behind" if behind else "execute_apart", self.pool.execute)
         try:
             if not parts:
-                if sql is not None:
-                    await run(sql, *args)
+                await run(sql, *args)
                 return
             await run("WITH " + ",\n".join(parts) + "\n" + (sql if sql is not None else "SELECT 1"), *params)
         except asyncpg.PostgresError as exc:
@@ -223,6 +248,37 @@ class Store:
         except BaseException:
             self._put_back(taken, start)
             raise
+
+    async def _send_behind(self, before: "asyncio.Task | None", *sent) -> None:
+        if before is not None:
+            await asyncio.wait([before])           # in order; its failure is its own (kept, see below)
+        try:
+            await self._send(*sent, behind=True)
+        except Exception as exc:                   # its rows are back in the buffer; its statement waits here
+            sql, args = sent[4], sent[5]
+            if sql is not None:
+                self._unsent.append((sql, args))
+            log.error("audit rows of %s sent behind were not written (%s: %s); the next flush sends them again",
+                      self.agent_id, type(exc).__name__, exc)
+
+    async def _resend(self) -> None:
+        """The statements of writes sent behind that failed (their rows went back to the buffer), in order."""
+        while self._unsent:
+            sql, args = self._unsent[0]
+            await self.write_apart(sql, *args)
+            self._unsent.pop(0)
+
+    async def settle(self) -> None:
+        """Every held row written and every write sent behind finished (or the failure raised): before this
+        process reads the audit rows it wrote, and before its pool closes."""
+        while self._behind is not None:
+            task = self._behind
+            await asyncio.wait([task])
+            if self._behind is task:
+                self._behind = None
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        await self.flush(wait=True)
 
     def _put_back(self, taken: tuple, start: tuple | None) -> None:
         """Rows a failed write had taken, back in the buffer ahead of those recorded since (a status row recorded

@@ -74,7 +74,7 @@ async def run_day(settings: Settings, pool, *, build: Build, session: date | Non
             await drive_day(agent, clock, calendar, session, today, agent.monitor(), monitor_every=MONITOR_EVERY,
                             daily_only=daily_only, drive=drive)
         finally:
-            await agent.store.flush()            # the audit rows held since the last cycle (execution/store.py)
+            await agent.store.settle()           # the audit rows held or sent behind since the last cycle (execution/store.py)
     await agent.orders.sync_open_orders()      # a protective stop may have sold after the day's last pass
     account = await agent.broker.get_account()
     positions = await agent.broker.get_positions()

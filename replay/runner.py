@@ -280,7 +280,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                 if progress:
                     _progress(n, len(days), day, account.equity, t0)
         finally:
-            await session.store.flush()          # the audit rows held since the last cycle (execution/store.py)
+            await session.store.settle()         # the audit rows held or sent behind since the last cycle (execution/store.py)
     if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     trades = await load_trades(pool, rs.agent_id)

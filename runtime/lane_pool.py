@@ -96,6 +96,16 @@ class LanePool(asyncpg.pool.Pool):
         trading_cycles), so it is not counted as a change."""
         return await self.read("execute", query, *args)
 
+    async def execute_behind(self, query: str, *args) -> str:
+        """`execute_apart` on a pooled connection, never the lane: a write sent behind (execution/store.py) runs
+        beside the statements that follow it, which keep the lane."""
+        con = await self.acquire()
+        self._quiet.add(con)
+        try:
+            return await con.execute(query, *args)
+        finally:
+            await self.release(con)
+
     async def read(self, name: str, query: str, *args):
         """A read (fetch, fetchrow or fetchval) that does not count as a change: SoleReads' path."""
         lane = self._ready_lane()

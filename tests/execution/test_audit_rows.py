@@ -146,6 +146,7 @@ async def test_held_status_rows_are_seen_by_every_read_and_written_with_the_next
     snap = await s.portfolio.snapshot()
     assert snap.positions[0].high_water_mark == high
     await s.run_cycle("scan")                     # (a scan exits nothing: the position stays open)
+    await s.store.settle()                        # the cycle's flush was sent behind
     assert await pool.fetchval("SELECT high_water_mark FROM position_monitor_status WHERE position_id = $1",
                                pid) == high
     assert await pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pid) == high
@@ -155,6 +156,7 @@ async def test_held_status_rows_are_seen_by_every_read_and_written_with_the_next
 async def test_a_sole_writers_cycle_is_one_row_written_whole_and_its_orders_still_find_it(pool, agent_id):
     s = await sole_writer(pool, agent_id)
     outcome = await s.run_cycle("scan")
+    await s.store.settle()                        # the end row was sent behind
     row = await pool.fetchrow("SELECT agent_id, mode, status, started_at, finished_at, engine FROM trading_cycles "
                               "WHERE cycle_id = $1", outcome.cycle_id)
     assert (row["agent_id"], row["mode"], row["status"], row["engine"]) == (agent_id, "scan", "completed", "rules")
@@ -165,6 +167,7 @@ async def test_a_sole_writers_cycle_is_one_row_written_whole_and_its_orders_stil
     assert trade.status == "completed"
     placed = await pool.fetchval("SELECT count(*) FROM orders WHERE cycle_id = $1", trade.cycle_id)
     assert placed == trade.orders_placed > 0     # orders refer to the cycle: its row was written before the first
+    await s.store.settle()
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", trade.cycle_id) == "completed"
 
 
@@ -183,7 +186,59 @@ async def test_a_held_high_water_mark_is_raised_even_after_its_position_closed(p
     assert closed.data["status"] == "filled", closed.data
     higher = (high * Decimal("1.1")).quantize(Decimal("0.01"))
     await s.store.write_monitor_statuses([status[:6] + (higher,) + status[7:]])     # after the close
-    await s.store.flush()
+    await s.store.settle()
     assert await pool.fetchval("SELECT high_water_mark FROM positions WHERE position_id = $1", pid) == high
     assert await pool.fetchval("SELECT high_water_mark FROM position_monitor_status WHERE position_id = $1",
                                pid) == higher
+
+
+class Behind:
+    """The pool, its writes sent behind held until `release` is set (or failing once with `fail`)."""
+
+    def __init__(self, real, *, fail: BaseException | None = None) -> None:
+        import asyncio
+        self.real, self.fail = real, fail
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def execute_behind(self, *args):
+        self.entered.set()
+        await self.release.wait()
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+        return await self.real.execute_behind(*args)
+
+
+async def test_a_sole_writers_cycle_end_is_written_behind_and_settle_waits_for_it(pool, agent_id):
+    """The cycle returns while its end row and audit rows are still being written (PostgreSQL writes them while
+    this process goes on); settle() waits for them."""
+    import asyncio
+    s = await sole_writer(pool, agent_id)
+    s.store.pool = behind = Behind(s.store.pool)
+    outcome = await s.run_cycle("scan")
+    await asyncio.wait_for(behind.entered.wait(), 5)
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", outcome.cycle_id) == "running"
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE cycle_id = $1", outcome.cycle_id) == 0
+    behind.release.set()
+    await s.store.settle()
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1",
+                               outcome.cycle_id) == "completed"
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE cycle_id = $1 AND action = 'watch'",
+                               outcome.cycle_id) > 0
+
+
+async def test_a_write_sent_behind_that_fails_is_sent_again_and_loses_nothing(pool, agent_id, caplog):
+    s = await sole_writer(pool, agent_id)
+    s.store.pool = behind = Behind(s.store.pool, fail=ConnectionResetError("the connection dropped mid-write"))
+    behind.release.set()
+    outcome = await s.run_cycle("scan")
+    await s.store.settle()                        # the failed write's rows and end row, written again
+    assert "sent behind were not written (ConnectionResetError" in caplog.text
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1",
+                               outcome.cycle_id) == "completed"
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE cycle_id = $1 AND action = 'watch'",
+                               outcome.cycle_id) > 0
+    assert s.store.pending == 0
