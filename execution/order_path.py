@@ -63,11 +63,13 @@ class OrderOutcome:
         return d
 
 
-# The write-ahead row; $2 the client order id, or NULL to number the next one after prefix $14 (the count of the
-# ids already made with it, plus one). Returns the id written (NULL: that id exists already).
+# The write-ahead row; $2 the client order id, or NULL to number the next one after prefix $14 (the count of this
+# agent's ids made with it, plus one: an index probe by agent and symbol, never a read of every order ever written).
+# Returns the id written (NULL: that id exists already: see submit).
 _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
         quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
-    VALUES ($1, coalesce($2, $14 || ((SELECT count(*) FROM orders WHERE client_order_id LIKE $14 || '%') + 1)),
+    VALUES ($1, coalesce($2, $14 || ((SELECT count(*) FROM orders WHERE agent_id = $1 AND symbol = $4
+                                      AND client_order_id LIKE $14 || '%') + 1)),
             $3, CASE WHEN $5 = 'sell' THEN (SELECT position_id FROM positions WHERE agent_id = $1
                                            AND symbol = $4 AND status = 'open') END,
             $4, $5, $6, $7, $8, $9, $10, $11, 'pending_submit', $12, $12, $13)
@@ -113,10 +115,17 @@ class OrderPath:
         args = (self.agent_id, client_order_id, cycle_id, symbol, side.value, order_type.value, intent, quantity,
                 limit_price, stop_loss, take_profit, self.clock.now(), stop_price, prefix)
         coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
-        if coid is None:
-            if client_order_id is None:    # another process numbered the same id first: number it again
-                coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
-            coid = coid or client_order_id or await self.next_client_order_id(cycle_id, symbol, side)
+        if coid is None and client_order_id is None:
+            # the number is taken: another process of this agent numbered the same id first, or another agent whose
+            # id starts alike (client ids keep 12 characters of it) has one: numbered again over every agent
+            for _ in range(3):
+                explicit = await self.next_client_order_id(cycle_id, symbol, side)
+                coid = await self.pool.fetchval(_WRITE_AHEAD, args[0], explicit, *args[2:])
+                if coid is not None:
+                    break
+            else:
+                raise RuntimeError(f"could not number an order after {prefix}: every id tried was taken")
+        coid = coid or client_order_id         # an id given and already written: the broker answers for it
         if coid != request.client_order_id:
             request = replace(request, client_order_id=coid)
         self.unsettled.add(coid)
