@@ -13,6 +13,7 @@ Score (each term shown in `reasons`):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -178,11 +179,16 @@ class Scanner:
                                              max_lot_value=float(self.max_position_value))
         if self.before_write is not None:
             await self.before_write()
-        await self.pool.executemany(
-            """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons, metrics)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            [(self.agent_id, cycle_id, now, c.symbol, c.rank, Decimal(str(round(c.score, 6))),
-              Decimal(str(c.price)), list(c.reasons), c.metrics) for c in candidates])
+        if candidates:                       # one statement for the whole scan (not one per candidate)
+            await self.pool.execute(
+                """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons,
+                       metrics)
+                   SELECT $1, $2, $3, u.symbol, u.rank, u.score, u.price, u.reasons::jsonb, u.metrics::jsonb
+                   FROM unnest($4::text[], $5::integer[], $6::numeric[], $7::numeric[], $8::text[], $9::text[])
+                        WITH ORDINALITY AS u(symbol, rank, score, price, reasons, metrics, n) ORDER BY u.n""",
+                self.agent_id, cycle_id, now, [c.symbol for c in candidates], [c.rank for c in candidates],
+                [Decimal(str(round(c.score, 6))) for c in candidates], [Decimal(str(c.price)) for c in candidates],
+                [json.dumps(list(c.reasons)) for c in candidates], [json.dumps(c.metrics) for c in candidates])
         log.info("scan of %d symbols: %d candidates; top %s", len(symbols), len(candidates),
                  ", ".join(c.symbol for c in candidates[:5]))
         return candidates

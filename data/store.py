@@ -71,6 +71,7 @@ class BarStore:
         self.calendar = calendar
         self._series_cache: tuple[tuple, float, dict[str, Series]] | None = None
         self._listed_cache: tuple[float, list[Instrument]] | None = None     # (read at, monotonic), listed only
+        self._block: _Block | None = None        # daily_frame's dense block (of one read of the dataset)
 
     # ------------------------------------------------------------------ securities
     async def upsert_securities(self, listings: Sequence[Listing], *, source: str, now: datetime) -> int:
@@ -217,10 +218,25 @@ class BarStore:
 
     async def daily_frame(self, symbols: Sequence[str], end: datetime, lookback_days: int) -> dict[str, "pd.DataFrame"]:
         """{"open"|"high"|"low"|"close"|"volume": DataFrame(session date x symbol, float, NaN where no bar)} of the
-        last `lookback_days` sessions whose close is at or before `end`: the scan's frames."""
+        last `lookback_days` sessions whose close is at or before `end`: the scan's frames.
+
+        They are sliced from a block of every symbol's bars on the calendar's sessions (`_Block`), laid out once for
+        this read of the dataset and the next DENSE_AHEAD sessions' windows (a replay's daily scans), not symbol by
+        symbol for each scan. The block may hold bars after `end` (the dataset does); the slice never does."""
         import pandas as pd
         series = await self.series()                    # the whole dataset, kept for the single-symbol reads after
-        return await asyncio.to_thread(_frames, series, list(symbols), self.calendar, end, lookback_days, pd)
+        symbols = list(symbols)
+        table = self.calendar.table
+        done = int(np.searchsorted(table.closes, to_ns(end), "right"))     # sessions completed by `end`
+        lo = max(done - int(lookback_days), 0)
+        block = self._block
+        if block is None or not block.serves(series, symbols, lo, done):
+            block = self._block = await asyncio.to_thread(_Block, series, symbols, table.closes, lo,
+                                                          min(done + self.DENSE_AHEAD, len(table.closes)))
+        return block.frames(lo, done, pd.DatetimeIndex(table.dates[lo:done], name="date"), pd)
+
+    # How many sessions past the window asked for a dense block covers (the next scans' windows slide into them).
+    DENSE_AHEAD = 60
 
     async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":
         """One symbol's completed daily bars with start in [start, end) as a float frame indexed by bar start
@@ -288,15 +304,17 @@ def _parse_series(data: bytes) -> dict[str, Series]:
     return out
 
 
-def _frames(series: dict[str, Series], symbols: list[str], calendar: MarketCalendar, end: datetime,
-            lookback_days: int, pd) -> dict[str, "pd.DataFrame"]:
-    table = calendar.table
-    done = int(np.searchsorted(table.closes, to_ns(end), "right"))     # sessions completed by `end`
-    lo = max(done - int(lookback_days), 0)
-    closes = table.closes[lo:done]
-    index = pd.DatetimeIndex(table.dates[lo:done], name="date")
-    values = {f: np.full((len(closes), len(symbols)), np.nan) for f in DAILY_FIELDS}
-    if len(closes):
+class _Block:
+    """Every symbol's daily bars on calendar sessions [lo, hi) (rows) x `symbols` (columns), NaN where a symbol has
+    no bar: a bar sits on the session whose close is its end (a bar ending at no session close is left out)."""
+
+    def __init__(self, series: dict[str, Series], symbols: list[str], closes_all: np.ndarray, lo: int,
+                 hi: int) -> None:
+        self.series, self.symbols, self.lo, self.hi = series, list(symbols), lo, hi
+        closes = closes_all[lo:hi]
+        self.values = {f: np.full((len(closes), len(symbols)), np.nan) for f in DAILY_FIELDS}
+        if not len(closes):
+            return
         for j, symbol in enumerate(symbols):
             s = series.get(symbol)
             if s is None:
@@ -310,8 +328,25 @@ def _frames(series: dict[str, Series], symbols: list[str], calendar: MarketCalen
             hit = (rows < len(closes)) & (closes[np.minimum(rows, len(closes) - 1)] == ends[start:upto])
             rows = rows[hit]
             for f in DAILY_FIELDS:
-                values[f][rows, j] = getattr(s, f)[start:upto][hit]
-    return {f: pd.DataFrame(values[f], index=index, columns=symbols) for f in DAILY_FIELDS}
+                self.values[f][rows, j] = getattr(s, f)[start:upto][hit]
+
+    def serves(self, series: dict[str, Series], symbols: list[str], lo: int, hi: int) -> bool:
+        """Laid out from this very read of the dataset, for these symbols, over rows covering [lo, hi)."""
+        return series is self.series and symbols == self.symbols and self.lo <= lo and hi <= self.hi
+
+    def frames(self, lo: int, hi: int, index, pd) -> dict[str, "pd.DataFrame"]:
+        return {f: pd.DataFrame(self.values[f][lo - self.lo:hi - self.lo], index=index, columns=self.symbols)
+                for f in DAILY_FIELDS}
+
+
+def _frames(series: dict[str, Series], symbols: list[str], calendar: MarketCalendar, end: datetime,
+            lookback_days: int, pd) -> dict[str, "pd.DataFrame"]:
+    """The frames of BarStore.daily_frame from a block laid out for this window alone."""
+    table = calendar.table
+    done = int(np.searchsorted(table.closes, to_ns(end), "right"))     # sessions completed by `end`
+    lo = max(done - int(lookback_days), 0)
+    block = _Block(series, symbols, table.closes, lo, done)
+    return block.frames(lo, done, pd.DatetimeIndex(table.dates[lo:done], name="date"), pd)
 
 
 def group(items: Iterable[Any], size: int) -> list[list[Any]]:

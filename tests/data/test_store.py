@@ -87,6 +87,34 @@ async def test_reads_are_point_in_time(pool):
     assert bars and all(CAL.local_date(b.start) < date(2026, 11, 24) for b in bars)
 
 
+async def test_frames_slid_day_by_day_from_one_block_equal_a_fresh_layout_and_never_see_past_end(pool):
+    """A replay's scans read a window one session later each day: one block laid out for a read of the dataset
+    serves them (laid out again past DENSE_AHEAD sessions); every frame equals one laid out for its window alone
+    and holds no bar that has not completed by `end`."""
+    import pandas as pd
+
+    from data.store import _frames
+    m = market(8)
+    store, sync = make(pool, MarketHistory(m))
+    await sync.run()
+    symbols = [i.symbol for i in m.instruments()]
+    series = await store.series()
+    days = CAL.trading_days(NOW.date() - timedelta(days=130), NOW.date())[-80:]
+    blocks: list = []
+    for day in days:
+        end = CAL.session_bounds(day)[-1][1] - timedelta(minutes=30)     # the day's bar has not completed
+        ours = await store.daily_frame(symbols, end, 30)
+        if not any(b is store._block for b in blocks):
+            blocks.append(store._block)
+        fresh = _frames(series, symbols, CAL, end, 30, pd)
+        assert ours["close"].index[-1].date() < day
+        for field in ("open", "high", "low", "close", "volume"):
+            assert list(ours[field].index) == list(fresh[field].index)
+            assert list(ours[field].columns) == symbols
+            np.testing.assert_array_equal(ours[field].to_numpy(), fresh[field].to_numpy())
+    assert 1 < len(blocks) <= 1 + len(days) // store.DENSE_AHEAD
+
+
 async def test_a_second_sync_adds_nothing_and_asks_nothing(pool):
     history = MarketHistory(market())
     store, sync = make(pool, history)
