@@ -174,12 +174,30 @@ def evaluate(position: PositionView, thresholds: SignalThresholds, *, rsi: float
     found = [s for s in (_hard_stop(p), _stop_loss(p, t), _trailing_stop(p, t), _take_profit(p, t),
                          _rsi_overbought(reading, t), _pattern_failure(p, patterns) if patterns else None)
              if s is not None]
+    return _report(p, found, held)
+
+
+def with_indicators(report: SignalReport, position: PositionView, thresholds: SignalThresholds, *,
+                    rsi: float | Decimal | None = None, patterns: Sequence[Mapping[str, Any]] = ()) -> SignalReport:
+    """`evaluate(position, thresholds, rsi=rsi, patterns=patterns, now=now)`, given `report`, the price-only
+    `evaluate(position, thresholds, now=now)` of the same position: its price signals are not worked out again, and
+    when the indicators add no signal the answer is `report` itself."""
+    extra = [s for s in (_rsi_overbought(_rsi(rsi), thresholds),
+                         _pattern_failure(position, patterns) if patterns else None) if s is not None]
+    if not extra:
+        return report
+    return _report(position, [*report.signals, *extra], report.held_seconds, report.pnl_pct)
+
+
+def _report(p: PositionView, found: list[Signal], held: int | None, pnl: Decimal | None = None) -> SignalReport:
+    """The signals found, in reporting order, and the action and reason they add up to."""
     if len(found) > 1:
         found.sort(key=lambda s: (s.strength != "strong", KINDS.index(s.kind)))
     signals = tuple(found)
     strong = [s for s in signals if s.strength == "strong"]
     moderate = [s for s in signals if s.strength == "moderate"]
-    pnl = ((p.price - p.entry_price) / p.entry_price).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+    if pnl is None:
+        pnl = ((p.price - p.entry_price) / p.entry_price).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
     summary = f"{p.symbol} {p.price} vs entry {p.entry_price} (P&L {_pct(p.price - p.entry_price, p.entry_price)})"
     if strong:
         action: Action = "exit"
@@ -295,7 +313,7 @@ def _pattern_failure(p: PositionView, patterns: Sequence[Mapping[str, Any]]) -> 
     high = max(p.high_water, p.price)
     found: list[str] = []
     for pattern in patterns:
-        if not isinstance(pattern, Mapping):
+        if type(pattern) is not dict and not isinstance(pattern, Mapping):
             raise TypeError(f"patterns must be mappings (Pattern.to_dict()), got {type(pattern).__name__}")
         name = str(pattern.get("name") or "pattern")
         direction = str(pattern.get("direction") or "").lower()

@@ -248,7 +248,7 @@ class RulesEngine:
         if report.action != "exit" and with_indicators:
             rsi, patterns = await self._indicators(p["symbol"])
             if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
-                report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns)
+                report = signals.with_indicators(report, view, self.thresholds, rsi=rsi, patterns=patterns)
         return report.reason if report.action == "exit" else None
 
     async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:

@@ -237,7 +237,7 @@ class PositionMonitor:
                     await asyncio.sleep(0)
                 rsi, patterns = await self._indicators(row["symbol"])
                 if signals.indicators_matter(self.thresholds, rsi=rsi, patterns=patterns):
-                    report = signals.evaluate(view, self.thresholds, rsi=rsi, patterns=patterns, now=now)
+                    report = signals.with_indicators(report, view, self.thresholds, rsi=rsi, patterns=patterns)
                 recommendation = report.action
                 if report.action == "exit":
                     recommendation = await self._exit(row, report, result)

@@ -446,6 +446,16 @@ def test_when_indicators_do_not_matter_the_price_only_report_stands(p, t, rsi, p
         assert evaluate(p, t, rsi=rsi, patterns=pats, now=NOW) == evaluate(p, t, now=NOW)
 
 
+@PROPS
+@given(positions(), thresholds(), maybe_rsi, st.lists(pattern, max_size=4))
+def test_indicators_added_to_a_price_only_report_give_evaluates_report(p, t, rsi, pats):
+    """with_indicators (the monitor's and the rules' second look) is evaluate with the indicators, field for field
+    (signals, their order, action, P&L, reason, held seconds), without working the price rules out again."""
+    price_only = evaluate(p, t, now=NOW)
+    assert signals.with_indicators(price_only, p, t, rsi=rsi, patterns=pats) == evaluate(
+        p, t, rsi=rsi, patterns=pats, now=NOW)
+
+
 def test_indicators_matter_reads_rsi_as_evaluate_does_at_a_threshold_with_no_exact_float():
     t = replace(T, rsi_overbought=D("72.3"))
     assert signals.indicators_matter(t, rsi=72.3) and "rsi_overbought" in kinds(evaluate(pos("20.00"), t, rsi=72.3))
