@@ -47,6 +47,10 @@ class Candidate:
                 "reasons": list(self.reasons), **{k: round(v, 4) for k, v in self.metrics.items()}}
 
 
+# The indicators the score reads (the rest of UNIVERSE_KEYS is not computed for a scan).
+_SCAN_KEYS = ("rsi14", "sma20", "sma50", "macd_hist", "volume_ratio20")
+
+
 def rank_universe(frames: dict, cfg, *, lot_sizes=None, max_lot_value: float | None = None) -> list[Candidate]:
     """Pure: daily OHLCV frames (dates x symbols) -> ranked candidates.
 
@@ -58,7 +62,7 @@ def rank_universe(frames: dict, cfg, *, lot_sizes=None, max_lot_value: float | N
 
     close, high, low, volume, open_ = frames["close"], frames["high"], frames["low"], frames["volume"], frames["open"]
     symbols = list(close.columns)
-    ind = universe_indicators(close, high, low, volume)
+    ind = universe_indicators(close, high, low, volume, keys=_SCAN_KEYS)
     c = close.to_numpy(dtype=np.float64)
     n = len(c)
     with np.errstate(invalid="ignore", divide="ignore"):

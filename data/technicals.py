@@ -169,16 +169,16 @@ def last_rsi14(close: np.ndarray) -> float | None:
 # ---------------------------------------------------------------- the whole universe
 
 def universe_indicators(close: pd.DataFrame, high: pd.DataFrame, low: pd.DataFrame,
-                        volume: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """UNIVERSE_KEYS -> (dates x symbols) frames for every symbol at once, equal (1e-9) to `symbol_indicators` on
-    each symbol's own bars; NaN on rows where the symbol has no bar."""
+                        volume: pd.DataFrame, keys=UNIVERSE_KEYS) -> dict[str, pd.DataFrame]:
+    """`keys` (UNIVERSE_KEYS or some of them) -> (dates x symbols) frames for every symbol at once, equal (1e-9)
+    to `symbol_indicators` on each symbol's own bars; NaN on rows where the symbol has no bar. Only the indicators
+    asked for are computed (the scan reads five of the thirteen); each is the same number either way."""
     index, columns = close.index, close.columns
     c = close.to_numpy(dtype=np.float64)
     h, lo, v = (_values(f, index, columns) for f in (high, low, volume))
     layout = _Layout(~np.isnan(c))
-    dense = _dense_indicators(*(layout.pack(a) for a in (c, h, lo, v)), layout.counts)
-    return {k: pd.DataFrame(layout.unpack(dense[k]), index=index, columns=columns, copy=False)
-            for k in UNIVERSE_KEYS}
+    dense = _dense_indicators(*(layout.pack(a) for a in (c, h, lo, v)), layout.counts, keys=frozenset(keys))
+    return {k: pd.DataFrame(layout.unpack(dense[k]), index=index, columns=columns, copy=False) for k in keys}
 
 
 def _values(frame: pd.DataFrame, index: pd.Index, columns: pd.Index) -> np.ndarray:
@@ -233,54 +233,65 @@ _RULES = {"rsi14": (1, RSI_LEN + 1),
 
 
 def _dense_indicators(c: np.ndarray, h: np.ndarray, lo: np.ndarray, v: np.ndarray,
-                      counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Indicators in dense per-symbol time (see _Layout); rows past a symbol's last bar are never read back."""
+                      counts: np.ndarray, keys: frozenset = frozenset(UNIVERSE_KEYS)) -> dict[str, np.ndarray]:
+    """Indicators in dense per-symbol time (see _Layout); rows past a symbol's last bar are never read back.
+    Each group of `keys` is computed only when one of its keys is asked for (by the same operations either way)."""
     out: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         ref = np.nan_to_num(c[0]) if len(c) else 0.0    # sums of offsets from bar 0 keep the totals small
         cs = np.cumsum(c - ref, axis=0)
         sma20 = _window_mean(cs, 20, ref)
         out["sma20"], out["sma50"] = sma20, _window_mean(cs, 50, ref)
-        band = _rolling_std(c, sma20, BB_LEN)
-        band *= BB_STD
-        out["bb_middle"] = sma20.copy()
-        out["bb_upper"] = sma20 + band
-        out["bb_lower"] = sma20 - band
+        if keys & {"bb_middle", "bb_upper", "bb_lower"}:
+            band = _rolling_std(c, sma20, BB_LEN)
+            band *= BB_STD
+            out["bb_middle"] = sma20.copy()
+            out["bb_upper"] = sma20 + band
+            out["bb_lower"] = sma20 - band
 
-        diff = np.full_like(c, np.nan)
-        np.subtract(c[1:], c[:-1], out=diff[1:])
-        seed_bar = 1 if len(c) > 1 else len(c)            # the RMA starts at the first change, with it
-        gain = _ewm(np.maximum(diff, 0.0), 1 / RSI_LEN, seed_bar)
-        loss = _ewm(np.maximum(-diff, 0.0), 1 / RSI_LEN, seed_bar)
-        loss += gain
-        gain *= 100.0                                    # pandas-ta: scalar * G / (G + L), in that order
-        gain /= loss
-        out["rsi14"] = gain
+        if "rsi14" in keys:
+            diff = np.full_like(c, np.nan)
+            np.subtract(c[1:], c[:-1], out=diff[1:])
+            seed_bar = 1 if len(c) > 1 else len(c)            # the RMA starts at the first change, with it
+            gain = _ewm(np.maximum(diff, 0.0), 1 / RSI_LEN, seed_bar)
+            loss = _ewm(np.maximum(-diff, 0.0), 1 / RSI_LEN, seed_bar)
+            loss += gain
+            gain *= 100.0                                    # pandas-ta: scalar * G / (G + L), in that order
+            gain /= loss
+            out["rsi14"] = gain
 
-        prev = np.full_like(c, np.nan)
-        prev[1:] = c[:-1]
-        tr = np.abs(h - lo)
-        tr = np.fmax(tr, np.abs(h - prev), out=tr)        # fmax: bar 0 has no previous close, TR_0 = |h - l|
-        tr = np.fmax(tr, np.abs(prev - lo), out=tr)
-        out["atr14"] = _ewm(tr, 1 / ATR_LEN, ATR_LEN - 1, sma_seed=True)
+        if "atr14" in keys:
+            prev = np.full_like(c, np.nan)
+            prev[1:] = c[:-1]
+            tr = np.abs(h - lo)
+            tr = np.fmax(tr, np.abs(h - prev), out=tr)        # fmax: bar 0 has no previous close, TR_0 = |h - l|
+            tr = np.fmax(tr, np.abs(prev - lo), out=tr)
+            out["atr14"] = _ewm(tr, 1 / ATR_LEN, ATR_LEN - 1, sma_seed=True)
 
-        ema = {n: _ewm(c, 2 / (n + 1), n - 1, sma_seed=True) for n in (MACD_FAST, MACD_SLOW, 20, 50)}
-        out["ema20"], out["ema50"] = ema[20], ema[50]
-        macd = ema[MACD_FAST]
-        macd -= ema[MACD_SLOW]
-        first = MACD_SLOW - 1
-        signal = np.full_like(c, np.nan)
-        signal[first:] = _ewm(macd[first:], 2 / (MACD_SIGNAL + 1), MACD_SIGNAL - 1, sma_seed=True)
-        out["macd"], out["macd_signal"], out["macd_hist"] = macd, signal, macd - signal
+        spans = [n for n, key in ((20, "ema20"), (50, "ema50")) if key in keys]
+        if keys & {"macd", "macd_signal", "macd_hist"}:
+            spans += [MACD_FAST, MACD_SLOW]
+        ema = {n: _ewm(c, 2 / (n + 1), n - 1, sma_seed=True) for n in (MACD_FAST, MACD_SLOW, 20, 50) if n in spans}
+        out.update({f"ema{n}": ema[n] for n in (20, 50) if n in ema})
+        if MACD_FAST in ema:
+            macd = ema[MACD_FAST]
+            macd -= ema[MACD_SLOW]
+            first = MACD_SLOW - 1
+            signal = np.full_like(c, np.nan)
+            signal[first:] = _ewm(macd[first:], 2 / (MACD_SIGNAL + 1), MACD_SIGNAL - 1, sma_seed=True)
+            out["macd"], out["macd_signal"], out["macd_hist"] = macd, signal, macd - signal
 
-        vol_mean = _window_mean(np.cumsum(v, axis=0), VOLUME_LEN, 0.0)
-        ratio = np.full_like(v, np.nan)
-        prev_mean = vol_mean[VOLUME_LEN - 1:-1]
-        np.divide(v[VOLUME_LEN:], np.where(prev_mean > 0, prev_mean, np.nan), out=ratio[VOLUME_LEN:])
-        out["volume_ratio20"] = ratio
+        if "volume_ratio20" in keys:
+            vol_mean = _window_mean(np.cumsum(v, axis=0), VOLUME_LEN, 0.0)
+            ratio = np.full_like(v, np.nan)
+            prev_mean = vol_mean[VOLUME_LEN - 1:-1]
+            np.divide(v[VOLUME_LEN:], np.where(prev_mean > 0, prev_mean, np.nan), out=ratio[VOLUME_LEN:])
+            out["volume_ratio20"] = ratio
 
     short = {need: np.flatnonzero(counts < need) for need in {need for _, need in _RULES.values()}}
     for key, (first_bar, need) in _RULES.items():
+        if key not in out:
+            continue
         a = out[key]
         a[:first_bar] = np.nan
         if short[need].size:

@@ -345,3 +345,15 @@ def test_a_small_indicator_keeps_its_sign_and_size():
     out = compute_technicals(daily(closes))
     hist = out["macd_hist"]
     assert hist is not None and hist != 0 and abs(hist) < 1e-3
+
+
+def test_a_subset_of_keys_gives_the_same_numbers_as_the_whole_set():
+    """The scan asks for five indicators; each is bit for bit what the whole set computes."""
+    missing = np.random.default_rng(4).random((150, 12)) < 0.05       # suspensions and late listings
+    frames = random_frames(np.random.default_rng(4), 150, 12, missing=missing)
+    whole = universe_indicators(frames["close"], frames["high"], frames["low"], frames["volume"])
+    for keys in (("rsi14", "sma20", "sma50", "macd_hist", "volume_ratio20"), ("atr14",), ("bb_upper", "ema50")):
+        part = universe_indicators(frames["close"], frames["high"], frames["low"], frames["volume"], keys=keys)
+        assert set(part) == set(keys)
+        for k in keys:
+            np.testing.assert_array_equal(part[k].to_numpy(), whole[k].to_numpy())
