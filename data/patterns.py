@@ -257,17 +257,23 @@ def _double(b: _Bars, window: int, *, bottom: bool) -> Pattern | None:
             x1, x2 = abs(d[j1]), abs(d[j2])
             floor, higher = min(x1, x2), max(x1, x2)
             diff = (higher - floor) / floor
-            between = d[j1:j2 + 1].min() if bottom else (-d[j1:j2 + 1]).max()
-            after = d[j2 + 1:i + 1]
+            if diff > DOUBLE_TOLERANCE:                  # most pairs end here, before any slice is read
+                continue
             if bottom:
                 neck = peak[j1:j2 + 1].max()
                 rise = neck / higher - 1
-                broken = between < floor or (after.size and after.min() < floor)
             else:
                 neck = -peak[j1:j2 + 1].max()            # the lowest low between the tops
                 rise = floor / neck - 1                  # floor is the lower top here
+            if rise < DOUBLE_MIN_RISE:
+                continue
+            between = d[j1:j2 + 1].min() if bottom else (-d[j1:j2 + 1]).max()
+            after = d[j2 + 1:i + 1]
+            if bottom:
+                broken = between < floor or (after.size and after.min() < floor)
+            else:
                 broken = between > higher or (after.size and (-after).max() > higher)
-            if diff > DOUBLE_TOLERANCE or rise < DOUBLE_MIN_RISE or broken:
+            if broken:
                 continue
             beyond = np.flatnonzero(close[j2 + 1:i + 1] > (neck if bottom else -neck))
             confirmed = beyond.size > 0
