@@ -130,7 +130,7 @@ class Store:
     `reads`: where the agent's own rows are read (the pool, or runtime.lane_pool.SoleReads when this process is
     their only writer). `hold_monitor`: the monitor's status rows wait for the next flush (a process that is
     the only writer of its agent's rows: the rows read back are the held ones' high-water marks applied, see
-    positions_to_monitor)."""
+    positions_to_monitor), and flushes are sent behind (`write_behind`, see flush; `settle` waits for them)."""
 
     def __init__(self, pool: "asyncpg.Pool", clock: Clock, agent_id: str, *, reads=None,
                  hold_monitor: bool = False) -> None:
