@@ -185,6 +185,7 @@ class RulesEngine:
             await self._call("log_decision", {"action": "no_trade", "reasoning": (
                 f"no entry on a stale price for {', '.join(stale_quotes)}: "
                 f"{skipped[stale_quotes[0]]}; waiting for fresh quotes")})
+            return {"exits": exits, "entries": entries, "skipped": skipped, "stale_quotes": stale_quotes}
         return {"exits": exits, "entries": entries, "skipped": skipped}
 
     def _stale(self, quote: dict) -> str | None:

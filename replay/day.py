@@ -94,6 +94,8 @@ def _brief(summary: dict) -> str:
     for key in ("candidates", "entries", "exits"):
         if summary.get(key):
             parts.append(f"{key}: {', '.join(map(str, summary[key]))[:60]}")
+    if summary.get("stale_quotes"):
+        parts.append(f"waiting for fresh quotes: {', '.join(summary['stale_quotes'])}"[:80])
     if summary.get("next_open"):
         parts.append(f"next open {summary['next_open']}")
     return "; ".join(parts)

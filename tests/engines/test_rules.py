@@ -77,7 +77,7 @@ async def test_at_the_bell_no_entry_is_sent_on_the_last_sessions_close(pool, age
     summary = ex.result.summary
     assert summary["entries"] == [] and "execute_trade" not in ex.names, summary
     stale = {sym: why for sym, why in summary["skipped"].items() if "s old (limit 300s)" in why}
-    assert stale, summary
+    assert stale and summary["stale_quotes"] == list(stale), summary
     rows = await pool.fetch("SELECT action, reasoning FROM decisions WHERE agent_id = $1 AND action IN "
                             "('refused', 'no_trade')", agent_id)
     assert [r["action"] for r in rows] == ["no_trade"]
