@@ -254,6 +254,9 @@ class Store:
             await asyncio.wait([before])           # in order; its failure is its own (kept, see below)
         try:
             await self._send(*sent, behind=True)
+        except asyncpg.PostgresError as exc:       # the server refused the statement: it would refuse it again
+            log.error("a statement of %s sent behind was refused and is dropped: %s: %s", self.agent_id,
+                      type(exc).__name__, exc)
         except Exception as exc:                   # its rows are back in the buffer; its statement waits here
             sql, args = sent[4], sent[5]
             if sql is not None:
@@ -265,7 +268,11 @@ class Store:
         """The statements of writes sent behind that failed (their rows went back to the buffer), in order."""
         while self._unsent:
             sql, args = self._unsent[0]
-            await self.write_apart(sql, *args)
+            try:
+                await self.write_apart(sql, *args)
+            except asyncpg.PostgresError:
+                self._unsent.pop(0)                # refused: sending it again would be refused again
+                raise
             self._unsent.pop(0)
 
     async def settle(self) -> None:

@@ -242,3 +242,30 @@ async def test_a_write_sent_behind_that_fails_is_sent_again_and_loses_nothing(po
     assert await pool.fetchval("SELECT count(*) FROM decisions WHERE cycle_id = $1 AND action = 'watch'",
                                outcome.cycle_id) > 0
     assert s.store.pending == 0
+
+
+async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_sent_forever(pool, agent_id, caplog):
+    """Refused rows are dropped and the end row is written alone (as a flush in line does); a refused end row is
+    dropped too (the server would refuse it again), and the flushes after it go on."""
+    import asyncpg
+    from datetime import timedelta
+    s = await sole_writer(pool, agent_id)
+    real = s.store.pool
+    s.store.pool = behind = Behind(real, fail=asyncpg.exceptions.CheckViolationError("refused"))
+    behind.release.set()
+    scan = await s.run_cycle("scan")              # its watch decisions ride with the end row
+    await s.store.settle()
+    assert "audit rows of" in caplog.text and "could not be written and are dropped: CheckViolationError" in caplog.text
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", scan.cycle_id) == "completed"
+    s.clock.set(OPEN_AT + timedelta(days=4))      # Saturday: a trade cycle records market_closed, its end row alone
+    s.store.pool = Behind(real, fail=asyncpg.exceptions.CheckViolationError("refused"))
+    s.store.pool.release.set()
+    closed = await s.run_cycle("trade")
+    await s.store.settle()
+    assert "was refused and is dropped: CheckViolationError" in caplog.text
+    s.store.pool = real
+    again = await s.run_cycle("trade")
+    await s.store.settle()                        # nothing refused is sent again
+    assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", again.cycle_id) == \
+        "market_closed"
+    assert closed.cycle_id != again.cycle_id
