@@ -171,6 +171,15 @@ def _money(x: Decimal) -> str:
     return f"{x.quantize(Decimal('0.01'))}"
 
 
+def stale_quote(now: datetime, quoted_at: datetime, market_status: str, max_age_seconds: int) -> str | None:
+    """The fresh-quote rule: why a quote from `quoted_at` is too old to enter on at `now`, or None. Only while the
+    market is open (a closed market's last price is the close, whatever its age)."""
+    age = (now - quoted_at).total_seconds()
+    if market_status != "open" or age <= max_age_seconds:
+        return None
+    return f"the last quote is {age:.0f}s old (limit {max_age_seconds}s)"
+
+
 def evaluate_entry(intent: EntryIntent, ctx: RiskContext, limits: RiskLimits) -> Verdict:
     """Judge an entry. Pure: everything it needs is in its arguments."""
     fails: list[Failure] = []
@@ -223,10 +232,9 @@ def evaluate_entry(intent: EntryIntent, ctx: RiskContext, limits: RiskLimits) ->
     if quote.last <= 0 or quote.ask <= 0 or quote.bid <= 0:
         fail("quote", f"no usable quote for {intent.symbol} (bid {quote.bid}, ask {quote.ask}, last {quote.last})")
     else:
-        age = (ctx.now - quote.timestamp).total_seconds()
-        if ctx.market.status == "open" and age > limits.max_quote_age_seconds:
-            fail("quote", f"the last quote is {age:.0f}s old (limit {limits.max_quote_age_seconds}s); wait for a "
-                          f"fresh price")
+        stale = stale_quote(ctx.now, quote.timestamp, ctx.market.status, limits.max_quote_age_seconds)
+        if stale:
+            fail("quote", f"{stale}; wait for a fresh price")
     if intent.order_type is OrderType.LIMIT:
         if intent.limit_price is None:
             fail("limit_price", "a limit order needs limit_price")

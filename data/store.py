@@ -339,16 +339,6 @@ class _Block:
                 for f in DAILY_FIELDS}
 
 
-def _frames(series: dict[str, Series], symbols: list[str], calendar: MarketCalendar, end: datetime,
-            lookback_days: int, pd) -> dict[str, "pd.DataFrame"]:
-    """The frames of BarStore.daily_frame from a block laid out for this window alone."""
-    table = calendar.table
-    done = int(np.searchsorted(table.closes, to_ns(end), "right"))     # sessions completed by `end`
-    lo = max(done - int(lookback_days), 0)
-    block = _Block(series, symbols, table.closes, lo, done)
-    return block.frames(lo, done, pd.DatetimeIndex(table.dates[lo:done], name="date"), pd)
-
-
 def group(items: Iterable[Any], size: int) -> list[list[Any]]:
     items = list(items)
     return [items[i:i + size] for i in range(0, len(items), size)]

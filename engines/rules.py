@@ -36,6 +36,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import safety
 import signals
 from core.calendar import MarketCalendar
 
@@ -181,23 +182,21 @@ class RulesEngine:
             elif not err:
                 failed = order.get("failed") or order.get("order", {}).get("reason")
                 skipped[symbol] = f"refused: {failed}"
+        summary = {"exits": exits, "entries": entries, "skipped": skipped}
         if stale_quotes:
             await self._call("log_decision", {"action": "no_trade", "reasoning": (
                 f"no entry on a stale price for {', '.join(stale_quotes)}: "
                 f"{skipped[stale_quotes[0]]}; waiting for fresh quotes")})
-            return {"exits": exits, "entries": entries, "skipped": skipped, "stale_quotes": stale_quotes}
-        return {"exits": exits, "entries": entries, "skipped": skipped}
+            summary["stale_quotes"] = stale_quotes
+        return summary
 
     def _stale(self, quote: dict) -> str | None:
-        """Why this quote is too old to enter on (the safety gate's fresh-quote rule, asked first so an entry the
-        gate would refuse is not sent: at the bell every quote is still the last session's close), else None."""
-        if quote.get("market") != "open" or not quote.get("time"):
+        """Why this quote is too old to enter on (the safety gate's own rule, asked first so an entry the gate would
+        refuse is not sent: at the bell every quote is still the last session's close), else None."""
+        if not quote.get("time"):
             return None
-        age = (self._ex.now() - datetime.fromisoformat(quote["time"])).total_seconds()
-        limit = self.cfg.trading.max_quote_age_seconds
-        if age <= limit:
-            return None
-        return f"the last quote is {age:.0f}s old (limit {limit}s)"
+        return safety.stale_quote(self._ex.now(), datetime.fromisoformat(quote["time"]), quote.get("market"),
+                                  self.cfg.trading.max_quote_age_seconds)
 
     async def _close(self) -> dict:
         exits = await self._review_positions(end_of_day=True)

@@ -249,16 +249,16 @@ class Store:
             self._put_back(taken, start)
             raise
 
-    async def _send_behind(self, before: "asyncio.Task | None", *sent) -> None:
+    async def _send_behind(self, before: "asyncio.Task | None", parts: list, params: list, taken: tuple,
+                           start: tuple | None, sql: str | None, args: tuple, ends_cycle: bool) -> None:
         if before is not None:
             await asyncio.wait([before])           # in order; its failure is its own (kept, see below)
         try:
-            await self._send(*sent, behind=True)
+            await self._send(parts, params, taken, start, sql, args, ends_cycle, behind=True)
         except asyncpg.PostgresError as exc:       # the server refused the statement: it would refuse it again
             log.error("a statement of %s sent behind was refused and is dropped: %s: %s", self.agent_id,
                       type(exc).__name__, exc)
         except Exception as exc:                   # its rows are back in the buffer; its statement waits here
-            sql, args = sent[4], sent[5]
             if sql is not None:
                 self._unsent.append((sql, args))
             log.error("audit rows of %s sent behind were not written (%s: %s); the next flush sends them again",

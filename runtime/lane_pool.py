@@ -99,10 +99,14 @@ class LanePool(asyncpg.pool.Pool):
     async def execute_behind(self, query: str, *args) -> str:
         """`execute_apart` on a pooled connection, never the lane: a write sent behind (execution/store.py) runs
         beside the statements that follow it, which keep the lane."""
+        return await self._quiet_pooled("execute", query, *args)
+
+    async def _quiet_pooled(self, name: str, query: str, *args):
+        """`name` on a pooled connection whose release is not counted as a change."""
         con = await self.acquire()
         self._quiet.add(con)
         try:
-            return await con.execute(query, *args)
+            return await getattr(con, name)(query, *args)
         finally:
             await self.release(con)
 
@@ -111,12 +115,7 @@ class LanePool(asyncpg.pool.Pool):
         lane = self._ready_lane()
         if lane is None:
             await self._make_lane()
-            con = await self.acquire()
-            self._quiet.add(con)
-            try:
-                return await getattr(con, name)(query, *args)
-            finally:
-                await self.release(con)
+            return await self._quiet_pooled(name, query, *args)
         try:
             out = await getattr(lane, name)(query, *args)
         except BaseException as exc:

@@ -89,16 +89,12 @@ async def test_reads_are_point_in_time(pool):
 
 async def test_frames_slid_day_by_day_from_one_block_equal_a_fresh_layout_and_never_see_past_end(pool):
     """A replay's scans read a window one session later each day: one block laid out for a read of the dataset
-    serves them (laid out again past DENSE_AHEAD sessions); every frame equals one laid out for its window alone
-    and holds no bar that has not completed by `end`."""
-    import pandas as pd
-
-    from data.store import _frames
+    serves them (laid out again past DENSE_AHEAD sessions); every frame equals the source's own frame for that
+    window and holds no bar that has not completed by `end`."""
     m = market(8)
     store, sync = make(pool, MarketHistory(m))
     await sync.run()
     symbols = [i.symbol for i in m.instruments()]
-    series = await store.series()
     days = CAL.trading_days(NOW.date() - timedelta(days=130), NOW.date())[-80:]
     blocks: list = []
     for day in days:
@@ -106,7 +102,7 @@ async def test_frames_slid_day_by_day_from_one_block_equal_a_fresh_layout_and_ne
         ours = await store.daily_frame(symbols, end, 30)
         if not any(b is store._block for b in blocks):
             blocks.append(store._block)
-        fresh = _frames(series, symbols, CAL, end, 30, pd)
+        fresh = m.daily_frame(symbols, end, 30)
         assert ours["close"].index[-1].date() < day
         for field in ("open", "high", "low", "close", "volume"):
             assert list(ours[field].index) == list(fresh[field].index)
