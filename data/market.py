@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from core.calendar import MarketCalendar
+    from data.bar_arrays import BarArrays
     from data.store import BarStore
 
 # How far back to ask for bars so the slowest indicator (SMA 50, MACD 26+9) has history.
@@ -57,10 +58,16 @@ class MarketData:
     async def quote(self, symbol: str) -> Quote:
         return await self.broker.get_quote(symbol)
 
-    async def bars_frame(self, symbol: str, timeframe: str) -> "pd.DataFrame":
+    async def _broker_bars(self, symbol: str, timeframe: str) -> Sequence[Bar]:
         now = self.clock.now()
-        bars = await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
-        return bars_to_frame(list(bars))
+        return await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
+
+    async def bar_arrays(self, symbol: str, timeframe: str) -> "BarArrays":
+        """The symbol's bars of `timeframe` as the technicals and patterns read them (daily: `daily_bars`)."""
+        if timeframe == "1d":
+            return await self.daily_bars(symbol)
+        from data.bar_arrays import BarArrays
+        return BarArrays.from_bars(await self._broker_bars(symbol, timeframe))
 
     def daily_key(self, symbol: str, kind: str) -> tuple | None:
         """Daily bars change only when a session closes: (symbol, kind, local date, closed yet?) names them."""
@@ -77,50 +84,52 @@ class MarketData:
         self._cache[key] = value
         return value
 
-    async def daily_frame(self, symbol: str) -> "pd.DataFrame":
+    async def daily_bars(self, symbol: str) -> "BarArrays":
         """The symbol's daily bars, fetched once per symbol until the session closes (callers must not modify
-        the frame): technicals, patterns and the monitor's RSI all read this one copy."""
+        them): technicals, patterns and the monitor's RSI all read this one copy. From the bar store when it holds
+        the symbol (views of its arrays), else from the broker."""
         key = self.daily_key(symbol, "bars")
-        frame = self._cache.get(key)
-        if frame is None:
+        bars = self._cache.get(key)
+        if bars is None:
             now = self.clock.now()
             if self.daily is not None:
-                frame = await self.daily.symbol_frame(symbol, now - LOOKBACK["1d"], now)
-            if frame is None:
-                frame = await self.bars_frame(symbol, "1d")
-            frame = self._remember(key, frame)
-        return frame
+                bars = await self.daily.symbol_bars(symbol, now - LOOKBACK["1d"], now)
+            if bars is None:
+                from data.bar_arrays import BarArrays
+                bars = BarArrays.from_bars(await self._broker_bars(symbol, "1d"))
+            bars = self._remember(key, bars)
+        return bars
 
     async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
         if timeframe != "1d":
-            return self._technicals(symbol, timeframe, await self.bars_frame(symbol, timeframe))
+            return self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe))
         key = self.daily_key(symbol, "technicals")
         if key not in self._cache:
-            self._remember(key, self._technicals(symbol, timeframe, await self.daily_frame(symbol)))
+            self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
         return dict(self._cache[key])
 
-    def _technicals(self, symbol: str, timeframe: str, frame: "pd.DataFrame") -> dict[str, Any]:
-        from data.technicals import compute_technicals
-        if frame.empty:
+    def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays") -> dict[str, Any]:
+        from data.technicals import technicals_of
+        if not len(bars):
             return {"symbol": symbol, "timeframe": timeframe, "bars_used": 0, "note": "no bars yet"}
-        values = compute_technicals(frame, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
-        return {"symbol": symbol, "timeframe": timeframe, "as_of": frame.index[-1].isoformat(),
-                "close": float(frame["close"].iloc[-1]), **values}
+        values = technicals_of(bars, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
+        return {"symbol": symbol, "timeframe": timeframe, "as_of": bars.time(len(bars) - 1).isoformat(),
+                "close": float(bars.close[-1]), **values}
 
     async def patterns(self, symbol: str, timeframe: str = "1d") -> list:
         if timeframe != "1d":
-            return self._patterns(await self.bars_frame(symbol, timeframe))
+            return self._patterns(await self.bar_arrays(symbol, timeframe))
         key = self.daily_key(symbol, "patterns")
         if key not in self._cache:
-            self._remember(key, self._patterns(await self.daily_frame(symbol)))
+            self._remember(key, self._patterns(await self.daily_bars(symbol)))
         return list(self._cache[key])
 
     @staticmethod
-    def _patterns(frame: "pd.DataFrame") -> list:
-        from data.patterns import detect_patterns
-        if len(frame) < 5:
+    def _patterns(bars: "BarArrays") -> list:
+        from data.patterns import patterns_of
+        if len(bars) < 5:
             return []
-        return detect_patterns(frame)
+        return patterns_of(bars)
 
     async def monitor_indicators(self, symbol: str) -> tuple[float | None, tuple[dict, ...]]:
         """(RSI(14), patterns as dicts) of the daily bars, as the position monitor's signals take them."""
@@ -136,6 +145,6 @@ class MarketData:
         key = self.daily_key(symbol, "rsi14")
         if key not in self._cache:
             from data.technicals import last_rsi14
-            frame = await self.daily_frame(symbol)
-            self._remember(key, last_rsi14(frame["close"].to_numpy()) if not frame.empty else None)
+            bars = await self.daily_bars(symbol)
+            self._remember(key, last_rsi14(bars.close) if len(bars) else None)
         return self._cache[key]

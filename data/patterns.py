@@ -69,10 +69,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
+
+from data.bar_arrays import BarArrays
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Direction = Literal["bullish", "bearish", "neutral"]
 
@@ -113,7 +117,7 @@ class _Bars:
     lo: np.ndarray
     c: np.ndarray
     v: np.ndarray
-    times: pd.Index
+    source: BarArrays                   # the bars kept (their times name a pattern's start and end)
 
     @property
     def last(self) -> int:
@@ -123,7 +127,7 @@ class _Bars:
                 start: int, end: int) -> Pattern:
         conf = min(max(float(confidence), 0.0), 1.0) if math.isfinite(confidence) else 0.0
         clean = {k: float(x) for k, x in levels.items() if math.isfinite(x)}
-        return Pattern(name, direction, conf, clean, _when(self.times[start]), _when(self.times[end]))
+        return Pattern(name, direction, conf, clean, self.source.time(start), self.source.time(end))
 
     def decline_into(self, s: int) -> bool:
         return s - 1 - TREND_BARS >= 0 and self.c[s - 1] < self.c[s - 1 - TREND_BARS]
@@ -135,9 +139,14 @@ class _Bars:
 def detect_patterns(frame: pd.DataFrame, *, lookback: int = 20) -> list[Pattern]:
     """Every rule in the module docstring on `frame` (DatetimeIndex, open/high/low/close/volume, oldest first);
     [] for a frame too short for any of them. Never raises on NaN, zero volume or inconsistent bars."""
+    return patterns_of(BarArrays.from_frame(frame), lookback=lookback)
+
+
+def patterns_of(bars: BarArrays, *, lookback: int = 20) -> list[Pattern]:
+    """`detect_patterns` of one symbol's bars as arrays (the bar store's own form: no frame built)."""
     if lookback < 5:
         raise ValueError(f"lookback must be at least 5 bars (got {lookback})")
-    b = _clean(frame)
+    b = _clean(bars)
     if b is None:
         return []
     found: list[Pattern | None] = []
@@ -150,25 +159,22 @@ def detect_patterns(frame: pd.DataFrame, *, lookback: int = 20) -> list[Pattern]
     return [p for p in found if p is not None]
 
 
-def _clean(frame: pd.DataFrame) -> _Bars | None:
-    if len(frame) < 2:
+def _clean(bars: BarArrays) -> _Bars | None:
+    if len(bars) < 2:
         return None
-    ohlc = np.column_stack([frame[k].to_numpy(dtype=np.float64, na_value=np.nan)
-                            for k in ("open", "high", "low", "close")])
-    ok = np.isfinite(ohlc).all(axis=1) & (ohlc > 0).all(axis=1)
+    o, h, lo, c = (a.astype(np.float64, copy=False) for a in (bars.open, bars.high, bars.low, bars.close))
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
+              & (o > 0) & (h > 0) & (lo > 0) & (c > 0))
     if ok.sum() < 2:
         return None
-    everything = bool(ok.all())
-    o, h, lo, c = (ohlc if everything else ohlc[ok]).T
-    v = frame["volume"].to_numpy(dtype=np.float64, na_value=np.nan)
-    v = v if everything else v[ok]
-    v = np.where(np.isfinite(v) & (v > 0), v, 0.0)
-    return _Bars(o, np.maximum(h, np.maximum(o, c)), np.minimum(lo, np.minimum(o, c)), c, v,
-                 frame.index if everything else frame.index[ok])
-
-
-def _when(t: Any) -> datetime:
-    return pd.Timestamp(t).to_pydatetime()
+    if not ok.all():
+        bars = bars.take(ok)
+        o, h, lo, c = o[ok], h[ok], lo[ok], c[ok]
+    v = bars.volume.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):
+        v = np.where(np.isfinite(v) & (v > 0), v, 0.0)
+    return _Bars(o, np.maximum(h, np.maximum(o, c)), np.minimum(lo, np.minimum(o, c)), c, v, bars)
 
 
 # ---------------------------------------------------------------- breakouts

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import asyncpg
     import pandas as pd
 
+    from data.bar_arrays import BarArrays
+
 _F8 = np.dtype("<f8")
 _I8 = np.dtype("<i8")
 TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "1d")
@@ -238,19 +240,28 @@ class BarStore:
     # How many sessions past the window asked for a dense block covers (the next scans' windows slide into them).
     DENSE_AHEAD = 60
 
-    async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":
-        """One symbol's completed daily bars with start in [start, end) as a float frame indexed by bar start
-        (UTC), like the broker's bars; None when the store does not hold the symbol."""
-        import pandas as pd
+    async def symbol_bars(self, symbol: str, start: datetime, end: datetime) -> "BarArrays | None":
+        """One symbol's completed daily bars with start in [start, end) as arrays (views of the dataset read, no
+        copy); None when the store does not hold the symbol."""
+        from data.bar_arrays import BarArrays
         found = (await self.series([symbol])).get(symbol)
         if found is None:
             return None
         lo = int(np.searchsorted(found.starts, to_ns(start), side="left"))
         hi = min(found.visible(to_ns(end)), int(np.searchsorted(found.starts, to_ns(end), side="left")))
         hi = max(hi, lo)
+        return BarArrays(found.starts[lo:hi], found.open[lo:hi], found.high[lo:hi], found.low[lo:hi],
+                         found.close[lo:hi], found.volume[lo:hi])
+
+    async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":
+        """`symbol_bars` as a float frame indexed by bar start (UTC), like the broker's bars."""
+        import pandas as pd
+        bars = await self.symbol_bars(symbol, start, end)
+        if bars is None:
+            return None
         # epoch ns viewed as datetime64[ns] (what to_datetime(..., utc=True) returns, at half its cost)
-        index = pd.DatetimeIndex(found.starts[lo:hi].view("M8[ns]"), name="timestamp").tz_localize("UTC")
-        return pd.DataFrame({f: getattr(found, f)[lo:hi] for f in DAILY_FIELDS}, index=index)
+        index = pd.DatetimeIndex(bars.starts.view("M8[ns]"), name="timestamp").tz_localize("UTC")
+        return pd.DataFrame({f: getattr(bars, f) for f in DAILY_FIELDS}, index=index)
 
     async def bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[Bar]:
         """Completed bars with start in [start, end), oldest first (Decimal prices, as stored)."""

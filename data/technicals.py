@@ -43,10 +43,13 @@ High, low and volume are expected wherever close is present; a NaN there propaga
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from data.bar_arrays import BarArrays
 
 RSI_LEN = 14
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
@@ -90,13 +93,21 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
     """The last bar's indicators for one symbol's OHLCV frame (oldest first), compact for the model: floats
     to six significant digits, None where the history is too short; plus rsi_state, bb_position (0 = lower band,
     1 = upper, outside [0, 1] beyond the bands) and bars_used."""
-    close = frame["close"].to_numpy(dtype=np.float64)
+    from data.bar_arrays import BarArrays
+    return technicals_of(BarArrays.from_frame(frame), rsi_overbought=rsi_overbought, rsi_oversold=rsi_oversold)
+
+
+def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30) -> dict[str, Any]:
+    """`compute_technicals` of one symbol's bars as arrays (the bar store's own form: no frame built)."""
+    close = bars.close
     keep = ~np.isnan(close)
-    bars = frame if keep.all() else frame[keep]
+    if not keep.all():
+        bars = bars.take(keep)
     # The universe path on one dense column (every row a bar): pandas-ta's numbers, without its cost.
-    cols = [bars[k].to_numpy(dtype=np.float64)[:, None] for k in ("close", "high", "low", "volume")]
-    dense = _dense_indicators(*cols, np.array([len(bars)]))
-    last = {k: _rounded(float(dense[k][-1, 0])) if len(bars) else None for k in UNIVERSE_KEYS}
+    cols = [a.astype(np.float64, copy=False)[:, None] for a in (bars.close, bars.high, bars.low, bars.volume)]
+    n = len(bars)
+    dense = _dense_indicators(*cols, np.array([n]))
+    last = {k: _rounded(float(dense[k][-1, 0])) if n else None for k in UNIVERSE_KEYS}
     rsi = last["rsi14"]
     upper, lower = last["bb_upper"], last["bb_lower"]
     position = None
@@ -110,7 +121,7 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
         "bb_upper": upper, "bb_middle": last["bb_middle"], "bb_lower": lower, "bb_position": position,
         "atr14": last["atr14"], "vwap": _session_vwap(bars),
         "sma20": last["sma20"], "sma50": last["sma50"], "ema20": last["ema20"], "ema50": last["ema50"],
-        "volume_ratio20": last["volume_ratio20"], "bars_used": len(bars),
+        "volume_ratio20": last["volume_ratio20"], "bars_used": n,
     }
 
 
@@ -127,20 +138,21 @@ def _rounded(x: float) -> float | None:
     return float(f"{x:.6g}") + 0.0 if math.isfinite(x) else None      # + 0.0: no "-0.0" in the JSON
 
 
-def _session_vwap(bars: pd.DataFrame) -> float | None:
+def _session_vwap(bars: "BarArrays") -> float | None:
     """Session VWAP of the last bar's session for intraday bars (< 1 day apart); None for daily bars."""
     if len(bars) < 2:
         return None
-    gaps = np.diff(bars.index.to_numpy(dtype="datetime64[ns]").astype(np.int64))    # nanoseconds
+    gaps = np.diff(bars.starts)                                   # nanoseconds
     if not np.median(gaps) < 86_400 * 10**9:                     # daily bars: no session VWAP
         return None
     breaks = np.flatnonzero(gaps > SESSION_GAP.value)
-    session = bars.iloc[breaks[-1] + 1:] if len(breaks) else bars
-    hlc3 = (session["high"] + session["low"] + session["close"]) / 3
-    vol = session["volume"].sum()
+    first = breaks[-1] + 1 if len(breaks) else 0
+    high, low, close, volume = (a[first:] for a in (bars.high, bars.low, bars.close, bars.volume))
+    hlc3 = (high + low + close) / 3
+    vol = np.nansum(volume)                                    # NaN skipped, as pandas' sum does
     if not vol > 0:
         return None
-    vwap = float((hlc3 * session["volume"]).sum() / vol)
+    vwap = float(np.nansum(hlc3 * volume) / vol)
     return round(vwap, 4) if math.isfinite(vwap) else None
 
 

@@ -222,3 +222,20 @@ async def test_the_listed_securities_kept_in_memory_follow_an_upsert(pool):
     await store.upsert_securities([Listing(gone, status="delisted")], source="test", now=NOW)
     assert [i.symbol for i in await store.instruments()] == [i.symbol for i in first[1:]]
     assert gone.symbol in [i.symbol for i in await store.instruments(listed_only=False)]
+
+
+async def test_one_symbols_arrays_are_the_venues_bars_and_views_of_the_read(pool):
+    """The technicals and patterns read the store's arrays for the window (no frame per symbol): the same bars as
+    the venue serves, for the same [start, end), and nothing past `end`."""
+    m = market(3)
+    store, sync = make(pool, MarketHistory(m))
+    await sync.run()
+    symbol = m.instruments()[2].symbol
+    start, end = NOW - timedelta(days=150), NOW - timedelta(days=20)
+    ours = await store.symbol_bars(symbol, start, end)
+    theirs = m.bars(symbol, "1d", start, end)
+    assert len(ours) == len(theirs) > 70
+    assert [ours.time(k) for k in range(len(ours))] == [b.start for b in theirs]
+    for field in ("open", "high", "low", "close", "volume"):
+        assert getattr(ours, field).tolist() == [float(getattr(b, field)) for b in theirs]
+    assert await store.symbol_bars("NOPE", start, end) is None
