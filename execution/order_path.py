@@ -76,6 +76,16 @@ _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, posit
     ON CONFLICT (client_order_id) DO NOTHING RETURNING client_order_id"""
 
 
+# A broker fill recorded once (unique per broker fill id), and the symbol's open position locked for it, in one
+# statement: `inserted` is NULL for a fill recorded before; the position's columns are NULL when none is open.
+_RECORD_FILL = """WITH f AS (
+        INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
+        RETURNING fill_row_id),
+    p AS (SELECT * FROM positions WHERE agent_id = $1 AND symbol = $10 AND status = 'open' FOR UPDATE)
+    SELECT (SELECT fill_row_id FROM f) AS inserted, p.* FROM (SELECT 1) AS one LEFT JOIN p ON true"""
+
+
 class OrderPath:
     def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str, *,
                  before_write: "Callable[[], Awaitable[None]] | None" = None) -> None:
@@ -200,15 +210,12 @@ class OrderPath:
                 raise KeyError(f"no orders row for {result.client_order_id}")
             attached = None                 # the position the fills went to (set on the order with its status)
             for fill in result.fills:
-                inserted = await conn.fetchval(
-                    """INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
-                       RETURNING fill_row_id""",
-                    self.agent_id, row["order_id"], fill.fill_id, fill.symbol, fill.side.value, fill.quantity,
-                    fill.price, fill.fee, fill.timestamp)
-                if inserted is not None:
+                found = await conn.fetchrow(_RECORD_FILL, self.agent_id, row["order_id"], fill.fill_id, fill.symbol,
+                                            fill.side.value, fill.quantity, fill.price, fill.fee, fill.timestamp, row["symbol"])
+                if found["inserted"] is not None:
                     self.fills_recorded += 1
-                    attached = await self._apply_fill(conn, row, fill.side, fill.quantity, fill.price, fill.fee,
+                    pos = found if found["position_id"] is not None else None
+                    attached = await self._apply_fill(conn, row, pos, fill.side, fill.quantity, fill.price, fill.fee,
                                                       fill.timestamp) or attached
             await self._book_order_level_fees(conn, row, result.fees, result.fills, attached)
             old = OrderStatus(row["status"])
@@ -252,11 +259,10 @@ class OrderPath:
                            "WHERE position_id = $1", position_id, delta)
         await conn.execute("UPDATE orders SET fees_booked = $2 WHERE order_id = $1", order["order_id"], due)
 
-    async def _apply_fill(self, conn, order, side: OrderSide, qty: int, price: Decimal, fee: Decimal,
+    async def _apply_fill(self, conn, order, pos, side: OrderSide, qty: int, price: Decimal, fee: Decimal,
                           at) -> int | None:
-        """One new fill on our positions; the position it went to (the caller sets it on the order), or None."""
-        pos = await conn.fetchrow("SELECT * FROM positions WHERE agent_id = $1 AND symbol = $2 AND status = 'open' "
-                                  "FOR UPDATE", self.agent_id, order["symbol"])
+        """One new fill on our positions (`pos`: the symbol's open position, locked, or None); the position it went
+        to (the caller sets it on the order), or None."""
         if side is OrderSide.BUY:
             if pos is None:
                 pid = await conn.fetchval(

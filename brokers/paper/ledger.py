@@ -8,17 +8,28 @@ from decimal import Decimal
 
 from core.orders import Fill, OrderResult, OrderSide, OrderStatus, OrderType
 
-# An order with its fills in one statement (one snapshot): append "AND ..." conditions and an ORDER BY.
-RESULTS = """SELECT o.*, f.fill_ids, f.fill_quantities, f.fill_prices, f.fill_fees, f.fill_times
-    FROM paper_orders o
-    CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,
+# An order's fills as arrays, joined to the order row `o`.
+_FILLS_OF = """CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,
                                array_agg(quantity ORDER BY filled_at, fill_id) AS fill_quantities,
                                array_agg(price ORDER BY filled_at, fill_id) AS fill_prices,
                                array_agg(fee ORDER BY filled_at, fill_id) AS fill_fees,
                                array_agg(filled_at ORDER BY filled_at, fill_id) AS fill_times
                         FROM paper_fills pf
-                        WHERE pf.agent_id = o.agent_id AND pf.client_order_id = o.client_order_id) f
+                        WHERE pf.agent_id = o.agent_id AND pf.client_order_id = o.client_order_id) f"""
+_WITH_FILLS = "SELECT o.*, f.fill_ids, f.fill_quantities, f.fill_prices, f.fill_fees, f.fill_times"
+
+# An order with its fills in one statement (one snapshot): append "AND ..." conditions and an ORDER BY.
+RESULTS = f"""{_WITH_FILLS}
+    FROM paper_orders o
+    {_FILLS_OF}
     WHERE o.agent_id = $1 """
+
+# An order's status set, and the order read back with its fills, in one statement (the fills written by this
+# transaction's earlier statements are seen).
+UPDATE_STATUS = f"""WITH o AS (
+        UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, triggered_at = $7
+        WHERE agent_id = $1 AND client_order_id = $2 RETURNING *)
+    {_WITH_FILLS} FROM o {_FILLS_OF}"""
 
 
 @dataclass
@@ -28,47 +39,48 @@ class PaperFill:
     at: datetime
 
 
+# A fill's books in one statement: the fill (numbered after the order's earlier ones), the order's totals, the
+# cash, and the position ({position}: a buy adds to it at the averaged price; a sell takes from it, deleting it when
+# nothing is left; each CTE sees the same snapshot, so exactly one of the sell's two applies).
+_FILL = """WITH fill AS (
+        INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee, filled_at)
+        SELECT $3 || '-F' || (count(*) + 1), $1, $2, $4, $5, $6, $7, $8, $9
+        FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2),
+    ord AS (
+        UPDATE paper_orders SET filled_quantity = filled_quantity + $6, fees = fees + $8,
+            avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $7::numeric * $6)
+                                   / (filled_quantity + $6), 6)
+        WHERE agent_id = $1 AND client_order_id = $2),
+    {position},
+    cash AS (UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1)
+    SELECT 1"""
+_BUY = _FILL.format(position="""pos AS (
+        INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $4, $6, $7)
+        ON CONFLICT (agent_id, symbol) DO UPDATE SET
+            avg_price = round((paper_positions.avg_price * paper_positions.quantity + $7 * $6)
+                              / (paper_positions.quantity + $6), 6),
+            quantity = paper_positions.quantity + $6)""")
+_SELL = _FILL.format(position="""gone AS (
+        DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $4 AND quantity <= $6),
+    pos AS (
+        UPDATE paper_positions SET quantity = quantity - $6 WHERE agent_id = $1 AND symbol = $4 AND quantity > $6)""")
+
+
 async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal) -> None:
-    """The fill (numbered after the order's earlier ones), the order's totals, the cash and the position."""
+    """The fill, the order's totals, the cash and the position, in one statement (one round trip)."""
     side = row["side"]
     value = fill.price * fill.quantity
     cash_delta = -(value + fee) if side == "buy" else value - fee
-    await conn.execute(
-        """WITH fill AS (
-               INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee,
-                                        filled_at)
-               SELECT $3 || '-F' || (count(*) + 1), $1, $2, $4, $5, $6, $7, $8, $9
-               FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2),
-           ord AS (
-               UPDATE paper_orders SET filled_quantity = filled_quantity + $6, fees = fees + $8,
-                   avg_fill_price = round(((coalesce(avg_fill_price, 0) * filled_quantity) + $7::numeric * $6)
-                                          / (filled_quantity + $6), 6)
-               WHERE agent_id = $1 AND client_order_id = $2)
-           UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1""",
-        account_id, row["client_order_id"], row["broker_order_id"], row["symbol"], side, fill.quantity,
-        fill.price, fee, fill.at, cash_delta)
-    if side == "buy":
-        await conn.execute(
-            """INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (agent_id, symbol) DO UPDATE SET
-                 avg_price = round((paper_positions.avg_price * paper_positions.quantity + $4 * $3)
-                                   / (paper_positions.quantity + $3), 6),
-                 quantity = paper_positions.quantity + $3""",
-            account_id, row["symbol"], fill.quantity, fill.price)
-    else:
-        closed = await conn.fetchval("DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $2 "
-                                     "AND quantity <= $3 RETURNING symbol", account_id, row["symbol"], fill.quantity)
-        if closed is None:
-            await conn.execute("UPDATE paper_positions SET quantity = quantity - $3 WHERE agent_id = $1 "
-                               "AND symbol = $2", account_id, row["symbol"], fill.quantity)
+    await conn.execute(_BUY if side == "buy" else _SELL, account_id, row["client_order_id"], row["broker_order_id"],
+                       row["symbol"], side, fill.quantity, fill.price, fee, fill.at, cash_delta)
 
 
 def to_result(row) -> OrderResult:
-    """A `RESULTS` row as the port's `OrderResult`."""
+    """A `RESULTS` or `UPDATE_STATUS` row (or an order row with no fills) as the port's `OrderResult`."""
     side = OrderSide(row["side"])
     coid = row["client_order_id"]
-    fills = zip(row["fill_ids"] or (), row["fill_quantities"] or (), row["fill_prices"] or (),
-                row["fill_fees"] or (), row["fill_times"] or ())
+    fills = zip(row.get("fill_ids") or (), row.get("fill_quantities") or (), row.get("fill_prices") or (),
+                row.get("fill_fees") or (), row.get("fill_times") or ())       # none on a row just inserted
     return OrderResult(
         client_order_id=coid, broker_order_id=row["broker_order_id"], symbol=row["symbol"],
         side=side, order_type=OrderType(row["order_type"]), quantity=row["quantity"],
