@@ -36,6 +36,8 @@ _F8 = np.dtype("<f8")
 _I8 = np.dtype("<i8")
 TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "1d")
 _SERIES_COLUMNS = ("starts", "ends", "open", "high", "low", "close", "volume")
+_BAR_COLUMNS = ("dataset", "symbol", "timeframe", "bar_start", "bar_end", "open", "high", "low", "close", "volume",
+                "source", "ingested_at")
 
 
 @dataclass(frozen=True)
@@ -131,23 +133,39 @@ class BarStore:
 
     async def write_bars(self, timeframe: str, batch: dict[str, list[Bar]], *, source: str, now: datetime) -> int:
         """Add the bars of a batch (COPY; rows already stored are left alone) and refresh the touched symbols'
-        series, in one transaction: a sync killed mid-batch leaves the store as it was before the batch."""
-        records = [(self.dataset, symbol, timeframe, b.start, self.bar_end(timeframe, b), b.open, b.high, b.low,
-                    b.close, int(b.volume), source, now)
-                   for symbol, bars in batch.items() for b in bars]
-        if not records:
+        series, in one transaction: a sync killed mid-batch leaves the store as it was before the batch.
+
+        The bars go straight into `bars` (a sync asks only for bars after the ones it holds, so they are new); when
+        some are stored already (another process synced them first) that COPY is rolled back to its savepoint and
+        the batch is merged through a temporary table instead, keeping the stored rows."""
+        import asyncpg
+        ends: dict[datetime, datetime] = {}            # by bar start: the symbols of a batch share their sessions
+
+        def end_of(b: Bar) -> datetime:
+            end = ends.get(b.start)
+            if end is None:
+                end = ends[b.start] = self.bar_end(timeframe, b)
+            return end
+
+        rows = [(self.dataset, symbol, timeframe, b.start, end_of(b), b.open, b.high, b.low, b.close, int(b.volume),
+                 source, now)
+                for symbol, bars in batch.items() for b in bars]
+        if not rows:
             return 0
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS bars_in (LIKE bars INCLUDING DEFAULTS) "
-                               "ON COMMIT DELETE ROWS")
-            await conn.copy_records_to_table("bars_in", records=records, columns=(
-                "dataset", "symbol", "timeframe", "bar_start", "bar_end", "open", "high", "low", "close", "volume",
-                "source", "ingested_at"))
-            added = await conn.fetchval(
-                """WITH added AS (INSERT INTO bars SELECT * FROM bars_in ON CONFLICT DO NOTHING RETURNING 1)
-                   SELECT count(*) FROM added""")
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table("bars", records=rows, columns=_BAR_COLUMNS)
+                added = len(rows)
+            except asyncpg.UniqueViolationError:
+                await conn.execute("CREATE TEMP TABLE IF NOT EXISTS bars_in (LIKE bars INCLUDING DEFAULTS) "
+                                   "ON COMMIT DELETE ROWS")
+                await conn.copy_records_to_table("bars_in", records=rows, columns=_BAR_COLUMNS)
+                added = await conn.fetchval(
+                    """WITH added AS (INSERT INTO bars SELECT * FROM bars_in ON CONFLICT DO NOTHING RETURNING 1)
+                       SELECT count(*) FROM added""")
             if added:
-                await self._rebuild_series(conn, timeframe, sorted({r[1] for r in records}))
+                await self._rebuild_series(conn, timeframe, sorted({r[1] for r in rows}))
         self._series_cache = None
         return int(added)
 

@@ -239,3 +239,22 @@ async def test_one_symbols_arrays_are_the_venues_bars_and_views_of_the_read(pool
     for field in ("open", "high", "low", "close", "volume"):
         assert getattr(ours, field).tolist() == [float(getattr(b, field)) for b in theirs]
     assert await store.symbol_bars("NOPE", start, end) is None
+
+
+async def test_a_batch_partly_stored_already_keeps_the_stored_rows_and_adds_the_rest(pool):
+    """Bars another process stored first (two syncs racing): the batch's COPY straight into `bars` fails on them,
+    rolls back to its savepoint, and the batch is merged instead: the stored rows stay as they were, the new ones
+    are added and counted, and the series hold every bar once."""
+    m = market(2)
+    store, _ = make(pool, MarketHistory(m))
+    symbol = m.instruments()[0].symbol
+    bars = list(m.bars(symbol, "1d", NOW - timedelta(days=60), NOW))
+    first = await store.write_bars("1d", {symbol: bars[:20]}, source="first", now=NOW)
+    again = await store.write_bars("1d", {symbol: bars[10:]}, source="second", now=NOW)
+    assert (first, again) == (20, len(bars) - 20)
+    sources = await pool.fetch("SELECT source, count(*) AS n FROM bars WHERE dataset = $1 GROUP BY source "
+                               "ORDER BY source", store.dataset)
+    assert [(r["source"], r["n"]) for r in sources] == [("first", 20), ("second", len(bars) - 20)]
+    assert await store.write_bars("1d", {symbol: bars}, source="third", now=NOW) == 0
+    stored = await store.symbol_bars(symbol, NOW - timedelta(days=60), NOW)
+    assert [stored.time(k) for k in range(len(stored))] == [b.start for b in bars]
