@@ -67,7 +67,7 @@ Rules (module constants hold every threshold). Confidence is in [0, 1]; the form
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -118,6 +118,7 @@ class _Bars:
     c: np.ndarray
     v: np.ndarray
     source: BarArrays                   # the bars kept (their times name a pattern's start and end)
+    memo: dict = field(default_factory=dict, compare=False)     # swing points by (window, lows)
 
     @property
     def last(self) -> int:
@@ -236,15 +237,26 @@ def _bull_flag(b: _Bars) -> Pattern | None:
 
 def _swings(b: _Bars, window: int, *, lows: bool) -> list[int]:
     """Swing lows (or highs) among the last `window` bars, oldest first: x[j] above the SWING bars before it
-    and at least the SWING bars after it (x = the highs, or the negated lows)."""
-    x = -b.lo if lows else b.h                          # as swing highs of x
-    i = b.last
+    and at least the SWING bars after it (x = the highs, or the negated lows). Worked out once per bars and
+    window (the double bottom and the support level ask for the same lows) and only over the bars it reads."""
+    key = (window, lows)
+    found = b.memo.get(key)
+    if found is None:
+        found = b.memo[key] = _find_swings(-b.lo if lows else b.h, b.last, window)
+    return found
+
+
+def _find_swings(x: np.ndarray, i: int, window: int) -> list[int]:
     first, stop = max(SWING, i - window + 1), i - SWING + 1
     if stop <= first:
         return []
+    base = first - SWING                                # x[base:] holds every bar compared (stop + SWING = i + 1)
+    seg = x[base:i + 1]
+    widest = seg[:len(seg) - SWING + 1].copy()          # widest[k] = max x[base + k : base + k + SWING]
+    for s in range(1, SWING):
+        np.maximum(widest, seg[s:len(seg) - SWING + 1 + s], out=widest)
     j = np.arange(first, stop)
-    widest = np.lib.stride_tricks.sliding_window_view(x, SWING).max(axis=1)   # widest[k] = max x[k:k+SWING]
-    keep = (x[j] > widest[j - SWING]) & (x[j] >= widest[j + 1])
+    keep = (x[j] > widest[j - SWING - base]) & (x[j] >= widest[j + 1 - base])
     return j[keep].tolist()
 
 

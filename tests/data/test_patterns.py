@@ -372,3 +372,16 @@ def test_random_frames_never_raise_and_give_well_formed_patterns(f):
         assert p.direction in DIRECTIONS and p.start <= p.end
         assert all(np.isfinite(v) for v in p.levels.values())
         json.dumps(p.to_dict(), allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([1.0, 2.0, 3.0, 4.0, 5.0]), min_size=0, max_size=80), st.integers(5, 90))
+def test_swing_points_are_exactly_the_definition(values, window):
+    """x[j] is a swing high when it is above each of the SWING bars before it and at least each of the SWING bars
+    after it, for j among the last `window` bars (ties included: few distinct values make many)."""
+    from data.patterns import SWING, _find_swings
+    x = np.array(values, dtype=np.float64)
+    i = len(x) - 1
+    expected = [j for j in range(max(SWING, i - window + 1), i - SWING + 1)
+                if all(x[j] > x[k] for k in range(j - SWING, j)) and all(x[j] >= x[k] for k in range(j + 1, j + SWING + 1))]
+    assert _find_swings(x, i, window) == expected
