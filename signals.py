@@ -309,25 +309,51 @@ def _rsi_overbought(rsi: Decimal | None, t: SignalThresholds) -> Signal | None:
     return None
 
 
-def _pattern_failure(p: PositionView, patterns: Sequence[Mapping[str, Any]]) -> Signal | None:
+def _pattern_failure(p: PositionView, patterns: "Sequence[Mapping[str, Any]] | PatternSet") -> Signal | None:
     high = max(p.high_water, p.price)
-    found: list[str] = []
-    for pattern in patterns:
-        if type(pattern) is not dict and not isinstance(pattern, Mapping):
-            raise TypeError(f"patterns must be mappings (Pattern.to_dict()), got {type(pattern).__name__}")
-        name = str(pattern.get("name") or "pattern")
-        direction = str(pattern.get("direction") or "").lower()
-        confidence = _confidence(pattern.get("confidence"))
-        if direction == "bearish" or (not direction and name.lower() in BEARISH_PATTERNS):
-            found.append(f"bearish {name}{confidence} present")
-        elif direction == "bullish":
-            level = _level(pattern.get("levels"))
-            if level is not None and high >= level > p.price:
-                found.append(f"bullish {name}{confidence} failed: price {p.price} fell back below its breakout "
-                             f"level {_px(level)}")
+    found = [head if level is None else f"{head}{p.price}{tail}" for level, head, tail in PatternSet.of(patterns).entries
+             if level is None or high >= level > p.price]
     if not found:
         return None
     return Signal("pattern_failure", "moderate", "; ".join(found))
+
+
+@dataclass(frozen=True)
+class PatternSet:
+    """Patterns read once for many evaluations (the monitor judges one session's patterns on every pass): per
+    pattern that can fail, in the order given, (breakout level or None for a bearish one, its text before the
+    price, after it). Neutral patterns and bullish ones with no usable level are left out: they never signal.
+    `evaluate`, `with_indicators` and `indicators_matter` take it wherever they take the patterns themselves."""
+    entries: tuple[tuple[Decimal | None, str, str], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    @classmethod
+    def of(cls, patterns: "Sequence[Mapping[str, Any]] | PatternSet") -> "PatternSet":
+        if isinstance(patterns, PatternSet):
+            return patterns
+        entries: list[tuple[Decimal | None, str, str]] = []
+        for pattern in patterns:
+            if type(pattern) is not dict and not isinstance(pattern, Mapping):
+                raise TypeError(f"patterns must be mappings (Pattern.to_dict()), got {type(pattern).__name__}")
+            name = str(pattern.get("name") or "pattern")
+            direction = str(pattern.get("direction") or "").lower()
+            confidence = _confidence(pattern.get("confidence"))
+            if direction == "bearish" or (not direction and name.lower() in BEARISH_PATTERNS):
+                entries.append((None, f"bearish {name}{confidence} present", ""))
+            elif direction == "bullish":
+                level = _level(pattern.get("levels"))
+                if level is not None:
+                    entries.append((level, f"bullish {name}{confidence} failed: price ",
+                                    f" fell back below its breakout level {_px(level)}"))
+        return cls(tuple(entries))
+
+
+def rsi_reading(rsi: float | Decimal | None) -> Decimal | None:
+    """An RSI value as the rules read it (None for no reading; ValueError outside [0, 100]): converted once, it is
+    given to many evaluations as it is."""
+    return _rsi(rsi)
 
 
 # ---------------------------------------------------------------- validation and formatting

@@ -251,14 +251,15 @@ class RulesEngine:
                 report = signals.with_indicators(report, view, self.thresholds, rsi=rsi, patterns=patterns)
         return report.reason if report.action == "exit" else None
 
-    async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
+    async def _indicators(self, symbol: str) -> tuple[Decimal | None, signals.PatternSet | tuple]:
         """A held symbol's daily RSI(14) and patterns, asked of the tools once per session."""
         known = self._memo.indicators.get(symbol)
         if known is not None:
             return known
         tech, terr = await self._call("get_technicals", {"symbol": symbol})
         pats, perr = await self._call("detect_patterns", {"symbol": symbol})
-        found = (None if terr else tech.get("rsi14"), () if perr else tuple(pats["patterns"]))
+        found = (None if terr else signals.rsi_reading(tech.get("rsi14")),
+                 () if perr else signals.PatternSet.of(pats["patterns"]))      # read for the signals once
         if not terr and not perr:
             self._memo.indicators[symbol] = found
         return found

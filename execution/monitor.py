@@ -27,6 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import signals
@@ -90,6 +91,8 @@ class PositionMonitor:
         # that high; a pushed price inside it is no exit, and only one outside it is evaluated
         self._bands: dict[str, tuple[Any, Any, Any]] = {}
         self._exit_locks: dict[str, asyncio.Lock] = {}
+        # symbol -> (MarketData's (rsi, patterns) pair, the RSI reading, the PatternSet): see _indicators
+        self._ready: dict[str, tuple] = {}
         self._pushed: Callable[[], dict[str, Quote]] | None = None
         self.stream_exits = 0
 
@@ -187,7 +190,7 @@ class PositionMonitor:
         result = PassResult()
         rows = await self.store.positions_to_monitor()
         if not rows:
-            self._rows, self._watched, self._bands, self._highs = {}, None, {}, {}
+            self._rows, self._watched, self._bands, self._highs, self._ready = {}, None, {}, {}, {}
             if self.protection is not None:        # stops whose position is gone
                 await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
@@ -197,6 +200,7 @@ class PositionMonitor:
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         self._highs = {k: v for k, v in self._highs.items() if k in open_ids}
         self._rows, self._watched, self._bands = {r["symbol"]: r for r in rows}, None, {}
+        self._ready = {k: v for k, v in self._ready.items() if k in self._rows}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
         pending: list[tuple[Any, signals.PositionView, signals.SignalReport]] = []
         # position_id -> its status row; every evaluated position has one (and its raised high-water mark), written
@@ -293,10 +297,16 @@ class PositionMonitor:
                 result.errors.append(f"{symbol}: quote failed ({failures.get(symbol, 'no quote returned')})")
         return quotes
 
-    async def _indicators(self, symbol: str) -> tuple[float | None, tuple]:
-        """Daily RSI(14) and patterns, from MarketData's per-session cache (shared with the tools)."""
+    async def _indicators(self, symbol: str) -> tuple[Decimal | None, signals.PatternSet | tuple]:
+        """Daily RSI(14) and patterns, from MarketData's per-session cache (shared with the tools), read for the
+        signals once per session (RSI as a Decimal, the patterns as a PatternSet), not once per pass."""
         try:
-            return await self.market.monitor_indicators(symbol)
+            found = await self.market.monitor_indicators(symbol)
+            ready = self._ready.get(symbol)
+            if ready is None or ready[0] is not found:      # a new session's pair (held here: its id is not reused)
+                rsi, patterns = found
+                ready = self._ready[symbol] = (found, signals.rsi_reading(rsi), signals.PatternSet.of(patterns))
+            return ready[1], ready[2]
         except Exception as exc:
             log.warning("monitor: indicators for %s unavailable (%s); deciding on price alone", symbol, exc)
             return None, ()

@@ -456,6 +456,26 @@ def test_indicators_added_to_a_price_only_report_give_evaluates_report(p, t, rsi
         p, t, rsi=rsi, patterns=pats, now=NOW)
 
 
+@PROPS
+@given(positions(), thresholds(), maybe_rsi, st.lists(pattern, max_size=4))
+def test_indicators_read_once_give_the_same_reports(p, t, rsi, pats):
+    """The monitor reads a session's RSI and patterns once (rsi_reading, PatternSet) and judges every pass with them:
+    the same reports as with the raw values, and indicators_matter is never True where they add nothing."""
+    reading, ready = signals.rsi_reading(rsi), signals.PatternSet.of(pats)
+    price_only = evaluate(p, t, now=NOW)
+    assert evaluate(p, t, rsi=reading, patterns=ready, now=NOW) == evaluate(p, t, rsi=rsi, patterns=pats, now=NOW)
+    assert signals.with_indicators(price_only, p, t, rsi=reading, patterns=ready) == evaluate(
+        p, t, rsi=rsi, patterns=pats, now=NOW)
+    if not signals.indicators_matter(t, rsi=reading, patterns=ready):
+        assert evaluate(p, t, rsi=rsi, patterns=pats, now=NOW) == price_only
+
+
+def test_a_pattern_set_refuses_what_evaluate_refuses():
+    with pytest.raises(TypeError, match="patterns must be mappings"):
+        signals.PatternSet.of(["double_top"])
+    assert not signals.PatternSet.of([{"name": "doji", "direction": "neutral", "confidence": 0.6}])
+
+
 def test_indicators_matter_reads_rsi_as_evaluate_does_at_a_threshold_with_no_exact_float():
     t = replace(T, rsi_overbought=D("72.3"))
     assert signals.indicators_matter(t, rsi=72.3) and "rsi_overbought" in kinds(evaluate(pos("20.00"), t, rsi=72.3))
