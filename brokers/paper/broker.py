@@ -44,7 +44,7 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import RESULTS, UPDATE_STATUS, PaperFill, record_fill, to_result
+from brokers.paper.ledger import RESULTS, SET_STATUS, SET_STATUS_RESULT, PaperFill, record_fill, to_result
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
@@ -172,12 +172,11 @@ class PaperBroker(BrokerClient):
                 known = await self._order_row(conn, order.client_order_id) is not None
             if known:                          # sent before: its own answer, as it stands
                 result = await self._result(conn, order.client_order_id)
-            else:
+            elif reason is None and order.order_type is not OrderType.STOP:   # a stop rests until a bar crosses it
                 row = await self._insert_order(conn, order, now, reason)
-                if reason is None and order.order_type is not OrderType.STOP:   # a stop rests until a bar crosses it
-                    result = await self._match_order(conn, row, now, immediate=True)
-                else:
-                    result = to_result(row)    # refused or resting: the row as written (no fill yet)
+                result = await self._match_order(conn, row, now, immediate=True)
+            else:                              # refused or resting: the row as written (no fill yet)
+                result = to_result(await self._insert_order(conn, order, now, reason))
         if result.status is OrderStatus.REJECTED:
             raise OrderRejected(result.reason or "rejected", client_order_id=order.client_order_id)
         return result
@@ -380,7 +379,6 @@ class PaperBroker(BrokerClient):
         return bars[-1].start + size if bars else row["matched_until"]
 
     async def _match_order(self, conn, row, now: datetime, *, immediate: bool) -> OrderResult | None:
-        """Fill what the bars allow; at placement (`immediate`) the order's result, read back with its status."""
         inst = self.market.instrument(row["symbol"])
         scheme, slippage = inst.tick_scheme, self.config.slippage_bps
         side = OrderSide(row["side"])
@@ -466,9 +464,8 @@ class PaperBroker(BrokerClient):
             status, reason = "expired", "day order expired at the session close"
         args = (self.account_id, row["client_order_id"], status, matched_until, reason, now, triggered_at)
         if immediate:                          # the placement's answer comes back with the status
-            return to_result(await conn.fetchrow(UPDATE_STATUS, *args))
-        await conn.execute("UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, "
-                           "triggered_at = $7 WHERE agent_id = $1 AND client_order_id = $2", *args)
+            return to_result(await conn.fetchrow(SET_STATUS_RESULT, *args))
+        await conn.execute(SET_STATUS, *args)
         return None
 
     def _resolution(self, symbol: str) -> tuple[str, timedelta]:
@@ -490,8 +487,8 @@ class PaperBroker(BrokerClient):
         return shares - shares % lot
 
     async def _result(self, conn, client_order_id: str) -> OrderResult:
-        return to_result(await conn.fetchrow(RESULTS + "AND o.client_order_id = $2", self.account_id,
-                                                   client_order_id))
+        return to_result(await conn.fetchrow(RESULTS + "AND o.client_order_id = $2", self.account_id, client_order_id))
+
 
 def _minute(when: datetime) -> datetime:
     return when.replace(second=0, microsecond=0)

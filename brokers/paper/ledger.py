@@ -24,11 +24,11 @@ RESULTS = f"""{_WITH_FILLS}
     {_FILLS_OF}
     WHERE o.agent_id = $1 """
 
-# An order's status set, and the order read back with its fills, in one statement (the fills written by this
-# transaction's earlier statements are seen).
-UPDATE_STATUS = f"""WITH o AS (
-        UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, triggered_at = $7
-        WHERE agent_id = $1 AND client_order_id = $2 RETURNING *)
+# An order's status after a match; with _RESULT, the order read back with its fills in the same statement (the fills
+# written by this transaction's earlier statements are seen).
+SET_STATUS = """UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, triggered_at = $7
+    WHERE agent_id = $1 AND client_order_id = $2"""
+SET_STATUS_RESULT = f"""WITH o AS ({SET_STATUS} RETURNING *)
     {_WITH_FILLS} FROM o {_FILLS_OF}"""
 
 
@@ -76,7 +76,7 @@ async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal)
 
 
 def to_result(row) -> OrderResult:
-    """A `RESULTS` or `UPDATE_STATUS` row (or an order row with no fills) as the port's `OrderResult`."""
+    """A `RESULTS` or `SET_STATUS_RESULT` row (or an order row with no fills) as the port's `OrderResult`."""
     side = OrderSide(row["side"])
     coid = row["client_order_id"]
     fills = zip(row.get("fill_ids") or (), row.get("fill_quantities") or (), row.get("fill_prices") or (),
