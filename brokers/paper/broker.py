@@ -44,7 +44,8 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import RESULTS, SET_STATUS, SET_STATUS_RESULT, PaperFill, record_fill, to_result
+from brokers.paper.ledger import (ACCOUNT, KNOWN, OPEN_BUYS, RESULTS, SET_STATUS, SET_STATUS_RESULT, PaperFill,
+                                  record_fill, to_result)
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
@@ -61,15 +62,6 @@ MINUTE = timedelta(minutes=1)
 _TIMEFRAMES = {m: (tf, timedelta(minutes=m)) for m, tf in ((1, "1m"), (5, "5m"), (15, "15m"), (30, "30m"), (60, "1h"))}
 PRICE_Q = Decimal("0.000001")
 OPEN_STATUSES = ("submitted", "partially_filled")
-# The account's open buy orders as (symbol, quantity left, limit price) rows: the cash they hold back
-# (PaperBroker._reserve). A select-list item over `paper_accounts a`.
-_OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
-                      WHERE agent_id = a.agent_id AND side = 'buy'
-                        AND status IN ('submitted', 'partially_filled')) AS buys"""
-
-
-# Whether client order id $2 is known to the account $1 already (a resubmission): a select-list item.
-_KNOWN = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2) AS known")
 
 
 class PaperBroker(BrokerClient):
@@ -134,14 +126,16 @@ class PaperBroker(BrokerClient):
 
     async def _get_account_and_positions(self) -> tuple[Account, list[Position]]:
         """Cash, holdings and open buy orders in one statement: one consistent view, no lock."""
-        now = await self._catch_up()
-        row = await self._fetchrow(
-            """SELECT a.cash, """ + _OPEN_BUYS + """,
-                      ARRAY(SELECT (symbol, quantity, avg_price) FROM paper_positions WHERE agent_id = a.agent_id
-                            ORDER BY symbol) AS positions
-               FROM paper_accounts a WHERE a.agent_id = $1""", self.account_id)
+        now = self.clock.now()
+        row = await self._fetchrow(ACCOUNT, self.account_id)
         if row is None:
             raise InvalidRequest("paper account does not exist: call connect() first")
+        if self._matched_minute != _minute(now):   # _catch_up's question answered by the same read
+            if row["resting"]:                     # orders rest: match them up to now, then read again
+                now = await self._catch_up()
+                row = await self._fetchrow(ACCOUNT, self.account_id)
+            else:
+                self._matched_minute = _minute(now)
         positions = [Position(symbol=symbol, quantity=qty, avg_price=avg,
                               market_price=self.market.quote(symbol, now).last)
                      for symbol, qty, avg in row["positions"]]
@@ -315,7 +309,7 @@ class PaperBroker(BrokerClient):
                                                              OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            row = await conn.fetchrow("SELECT a.cash, " + _OPEN_BUYS + ", " + _KNOWN + " FROM paper_accounts a "
+            row = await conn.fetchrow("SELECT a.cash, " + OPEN_BUYS + ", " + KNOWN + " FROM paper_accounts a "
                                       "WHERE a.agent_id = $1", self.account_id, order.client_order_id)
             available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
@@ -327,7 +321,7 @@ class PaperBroker(BrokerClient):
                               AS held,
                           (SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1
                             AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled'))
-                              AS pending, """ + _KNOWN.replace("$2", "$3"), self.account_id, order.symbol,
+                              AS pending, """ + KNOWN.replace("$2", "$3"), self.account_id, order.symbol,
                 order.client_order_id)
             held, pending = row["held"], row["pending"]
             if order.quantity > held - pending:

@@ -1,5 +1,6 @@
 """The paper account's books in SQL: a fill written into its order, the cash and the position (in the caller's
-transaction, under the account lock); an order read back with its fills in one statement."""
+transaction, under the account lock); the account read in one statement; an order read back with its fills in one
+statement."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,24 @@ from datetime import datetime
 from decimal import Decimal
 
 from core.orders import Fill, OrderResult, OrderSide, OrderStatus, OrderType
+
+# The account's open buy orders as (symbol, quantity left, limit price) rows: the cash they hold back
+# (PaperBroker._reserve). A select-list item over `paper_accounts a`.
+OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FROM paper_orders
+                      WHERE agent_id = a.agent_id AND side = 'buy'
+                        AND status IN ('submitted', 'partially_filled')) AS buys"""
+
+
+# Cash, open buys and holdings in one read (one snapshot), and whether any order rests (to be matched first).
+ACCOUNT = ("SELECT a.cash, " + OPEN_BUYS + ", ARRAY(SELECT (symbol, quantity, avg_price) FROM paper_positions "
+           "WHERE agent_id = a.agent_id ORDER BY symbol) AS positions, EXISTS (SELECT 1 FROM paper_orders WHERE "
+           "agent_id = a.agent_id AND status IN ('submitted', 'partially_filled')) AS resting "
+           "FROM paper_accounts a WHERE a.agent_id = $1")
+
+
+# Whether client order id $2 is known to the account $1 already (a resubmission): a select-list item.
+KNOWN = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2) AS known")
+
 
 # An order's fills as arrays, joined to the order row `o`.
 _FILLS_OF = """CROSS JOIN LATERAL (SELECT array_agg(fill_id ORDER BY filled_at, fill_id) AS fill_ids,

@@ -176,6 +176,41 @@ async def test_placing_an_order_first_matches_what_another_process_left_resting(
     assert row["filled_quantity"] > placed.filled_quantity
 
 
+async def test_an_account_read_first_matches_what_rests_and_reads_once_when_nothing_does(pool, agent_id):
+    """The account read asks in the same statement whether anything rests: an order left working is matched up to
+    the clock before cash and holdings are read; with nothing resting, no other statement is sent."""
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    inst = await broker.get_instrument(symbol)
+    placed = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-big", symbol=symbol,
+                                                   side=OrderSide.BUY, quantity=inst.lot_size * 10,
+                                                   order_type=OrderType.MARKET))
+    assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
+    clock.advance(timedelta(minutes=30))                        # bars complete: the rest works on them
+    account, positions = await broker._get_account_and_positions()
+    row = await pool.fetchrow("SELECT filled_quantity FROM paper_orders WHERE client_order_id = $1",
+                              placed.client_order_id)
+    assert row["filled_quantity"] > placed.filled_quantity      # matched before the read
+    assert positions[0].quantity == row["filled_quantity"]      # and the read saw it
+    sent: list[str] = []
+    broker.reads = _Counting(broker.reads, sent)
+    clock.advance(timedelta(minutes=1))
+    await pool.execute("UPDATE paper_orders SET status = 'cancelled' WHERE client_order_id = $1",
+                       placed.client_order_id)
+    await broker._get_account_and_positions()
+    assert len(sent) == 1                                       # nothing rests: the one read
+
+
+class _Counting:
+    def __init__(self, inner, sent: list) -> None:
+        self.inner, self.sent = inner, sent
+
+    async def fetch(self, query, *args):
+        self.sent.append(query)
+        return await self.inner.fetch(query, *args)
+
+
 async def test_a_day_order_partly_filled_on_arrival_still_expires_at_the_close(pool, agent_id):
     """Regression: an order that took liquidity when placed (a marketable limit, partly filled at once) never
     expired: the quantity filled on arrival was read as "this is the placement", which skips expiry."""
