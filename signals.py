@@ -100,6 +100,7 @@ class SignalThresholds:
 
 
 _VIEW_PRICES = ("entry_price", "price", "high_water", "stop_loss", "take_profit")
+_PNL_Q = Decimal("0.000001")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,13 @@ class PositionView:
     opened_at: datetime | None = None
 
     def __post_init__(self) -> None:
+        # the common case first (a row and a quote: an int quantity, positive finite Decimal prices): no loop
+        e, p, h, sl, tp = self.entry_price, self.price, self.high_water, self.stop_loss, self.take_profit
+        if (type(self.quantity) is int and self.quantity > 0 and type(e) is Decimal and type(p) is Decimal
+                and type(h) is Decimal and e.is_finite() and p.is_finite() and h.is_finite() and e > 0 and p > 0
+                and h > 0 and (sl is None or (type(sl) is Decimal and sl.is_finite() and sl > 0))
+                and (tp is None or (type(tp) is Decimal and tp.is_finite() and tp > 0))):
+            return
         if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
             raise TypeError(f"{self.symbol}: quantity must be an int (got {self.quantity!r})")
         if self.quantity <= 0:
@@ -196,9 +204,10 @@ def _report(p: PositionView, found: list[Signal], held: int | None, pnl: Decimal
     signals = tuple(found)
     strong = [s for s in signals if s.strength == "strong"]
     moderate = [s for s in signals if s.strength == "moderate"]
+    ratio = (p.price - p.entry_price) / p.entry_price
     if pnl is None:
-        pnl = ((p.price - p.entry_price) / p.entry_price).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
-    summary = f"{p.symbol} {p.price} vs entry {p.entry_price} (P&L {_pct(p.price - p.entry_price, p.entry_price)})"
+        pnl = ratio.quantize(_PNL_Q, rounding=ROUND_HALF_EVEN)
+    summary = f"{p.symbol} {p.price} vs entry {p.entry_price} (P&L {ratio:+.2%})"
     if strong:
         action: Action = "exit"
         reason = f"exit: {summary}; " + "; ".join(f"{s.kind} ({s.strength}): {s.reason}" for s in signals)
