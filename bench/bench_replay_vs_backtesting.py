@@ -163,17 +163,18 @@ def day_views(daily: pd.DataFrame, *, rsi_overbought: float, rsi_oversold: float
     technicals, patterns, the monitor's RSI. None before."""
     from data.patterns import detect_patterns
     from data.technicals import compute_technicals, last_rsi14
-    from core.calendar import MarketCalendar
-    table = MarketCalendar(US_MARKET.exchange).table
+    from core.calendar import MarketCalendar, from_ns, to_ns
+    calendar = MarketCalendar(US_MARKET.exchange)
+    table = calendar.table
     sessions = np.searchsorted(table.dates, daily.index.values.astype("datetime64[D]"))
     opens = table.opens[sessions]                       # a daily bar starts at its session's open (UTC ns)
     frame = daily.astype(float)
     frame.index = pd.DatetimeIndex(pd.to_datetime(opens, utc=True), name="timestamp")
-    lookback = int(LOOKBACK.total_seconds()) * 1_000_000_000
     views: list[dict | None] = [None] * max(first, 1)
     for i in range(max(first, 1), len(frame)):
-        # the day's first question is asked at its open and kept for the session (data/market.py daily_key)
-        lo = int(np.searchsorted(opens, opens[i] - lookback, "left"))
+        # the window starts LOOKBACK before the exchange's day (data/market.py daily_bars), kept for the session
+        start = to_ns(calendar.day_start(from_ns(int(opens[i]))) - LOOKBACK)
+        lo = int(np.searchsorted(opens, start, "left"))
         window = frame.iloc[lo:i]
         tech = compute_technicals(window, rsi_overbought=rsi_overbought, rsi_oversold=rsi_oversold)
         tech["close"] = float(window["close"].iloc[-1])

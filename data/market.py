@@ -58,9 +58,9 @@ class MarketData:
     async def quote(self, symbol: str) -> Quote:
         return await self.broker.get_quote(symbol)
 
-    async def _broker_bars(self, symbol: str, timeframe: str) -> Sequence[Bar]:
+    async def _broker_bars(self, symbol: str, timeframe: str, start: datetime | None = None) -> Sequence[Bar]:
         now = self.clock.now()
-        return await self.broker.get_bars(symbol, timeframe, now - LOOKBACK[timeframe], now)
+        return await self.broker.get_bars(symbol, timeframe, start or now - LOOKBACK[timeframe], now)
 
     async def bar_arrays(self, symbol: str, timeframe: str) -> "BarArrays":
         """The symbol's bars of `timeframe` as the technicals and patterns read them (daily: `daily_bars`)."""
@@ -87,16 +87,20 @@ class MarketData:
     async def daily_bars(self, symbol: str) -> "BarArrays":
         """The symbol's daily bars, fetched once per symbol until the session closes (callers must not modify
         them): technicals, patterns and the monitor's RSI all read this one copy. From the bar store when it holds
-        the symbol (views of its arrays), else from the broker."""
+        the symbol (views of its arrays), else from the broker.
+
+        The window starts LOOKBACK before the exchange's day, not before the moment asked: every process (the day
+        job, the monitor daemon) reads the same bars for a session, whenever it first asks."""
         key = self.daily_key(symbol, "bars")
         bars = self._cache.get(key)
         if bars is None:
             now = self.clock.now()
+            start = self.calendar.day_start(now) - LOOKBACK["1d"]
             if self.daily is not None:
-                bars = await self.daily.symbol_bars(symbol, now - LOOKBACK["1d"], now)
+                bars = await self.daily.symbol_bars(symbol, start, now)
             if bars is None:
                 from data.bar_arrays import BarArrays
-                bars = BarArrays.from_bars(await self._broker_bars(symbol, "1d"))
+                bars = BarArrays.from_bars(await self._broker_bars(symbol, "1d", start))
             bars = self._remember(key, bars)
         return bars
 
