@@ -11,8 +11,6 @@ from core.clock import Clock
 from core.instruments import Bar, Quote, Timeframe
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from core.calendar import MarketCalendar
     from data.bar_arrays import BarArrays
     from data.store import BarStore
@@ -20,16 +18,6 @@ if TYPE_CHECKING:
 # How far back to ask for bars so the slowest indicator (SMA 50, MACD 26+9) has history.
 LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelta(days=10),
             "5m": timedelta(days=5), "1m": timedelta(days=2)}
-
-
-def bars_to_frame(bars: list[Bar]) -> "pd.DataFrame":
-    import pandas as pd
-    frame = pd.DataFrame({
-        "open": [float(b.open) for b in bars], "high": [float(b.high) for b in bars],
-        "low": [float(b.low) for b in bars], "close": [float(b.close) for b in bars],
-        "volume": [float(b.volume) for b in bars]},
-        index=pd.DatetimeIndex([b.start for b in bars], name="timestamp"))
-    return frame
 
 
 class QuoteSource(Protocol):

@@ -271,16 +271,6 @@ class BarStore:
         return BarArrays(found.starts[lo:hi], found.open[lo:hi], found.high[lo:hi], found.low[lo:hi],
                          found.close[lo:hi], found.volume[lo:hi])
 
-    async def symbol_frame(self, symbol: str, start: datetime, end: datetime) -> "pd.DataFrame | None":
-        """`symbol_bars` as a float frame indexed by bar start (UTC), like the broker's bars."""
-        import pandas as pd
-        bars = await self.symbol_bars(symbol, start, end)
-        if bars is None:
-            return None
-        # epoch ns viewed as datetime64[ns] (what to_datetime(..., utc=True) returns, at half its cost)
-        index = pd.DatetimeIndex(bars.starts.view("M8[ns]"), name="timestamp").tz_localize("UTC")
-        return pd.DataFrame({f: getattr(bars, f) for f in DAILY_FIELDS}, index=index)
-
     async def bars(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> list[Bar]:
         """Completed bars with start in [start, end), oldest first (Decimal prices, as stored)."""
         rows = await self.pool.fetch(

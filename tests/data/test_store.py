@@ -174,22 +174,6 @@ async def test_staleness_is_the_last_completed_session(pool, stale_days):
     assert await sync.is_stale() == (stale_days > 0)
 
 
-async def test_one_symbols_frame_is_the_venues_bars(pool):
-    """The tools' daily bars come from the store; they are the bars the venue itself serves."""
-    from data.market import bars_to_frame
-    m = market(3)
-    store, sync = make(pool, MarketHistory(m))
-    await sync.run()
-    symbol = m.instruments()[1].symbol
-    start = NOW - timedelta(days=150)
-    ours = await store.symbol_frame(symbol, start, NOW)
-    theirs = bars_to_frame(list(m.bars(symbol, "1d", start, NOW)))
-    assert list(ours.index) == list(theirs.index) and len(ours) > 80
-    for field in ("open", "high", "low", "close", "volume"):
-        np.testing.assert_array_equal(ours[field].to_numpy(), theirs[field].to_numpy())
-    assert await store.symbol_frame("NOPE", start, NOW) is None
-
-
 async def test_a_fresh_store_is_not_asked_again_until_the_next_session_completes(pool):
     """Bars are only added: once the store holds the last completed session, staleness is known without a query
     until a later session completes (then the store is asked, and found stale)."""
