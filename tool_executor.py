@@ -180,7 +180,7 @@ class ToolExecutor:
                 "time": q.timestamp, "market": status.status}
 
     async def _get_technicals(self, args) -> Any:
-        return await self.market.technicals(args.symbol, args.timeframe)
+        return await self.market.technicals(args.symbol, args.timeframe, args.indicators)
 
     async def _detect_patterns(self, args) -> Any:
         patterns = await self.market.patterns(args.symbol, args.timeframe)

@@ -64,10 +64,18 @@ class GetQuoteInput(ToolInput):
     symbol: Symbol
 
 
+# What get_technicals can return (data/technicals.py compute_technicals; rsi_state comes with rsi14).
+INDICATORS = ("rsi14", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "bb_position", "atr14",
+              "vwap", "sma20", "sma50", "ema20", "ema50", "volume_ratio20")
+
+
 class GetTechnicalsInput(ToolInput):
     """RSI(14), MACD(12,26,9), Bollinger(20,2), ATR(14), SMA/EMA 20 and 50, volume ratio, VWAP (intraday)."""
     symbol: Symbol
     timeframe: Literal["1d", "5m", "15m", "1h"] = "1d"
+    indicators: tuple[Literal[INDICATORS], ...] | None = Field(  # type: ignore[valid-type]
+        default=None, min_length=1, max_length=len(INDICATORS),
+        description="Only these indicators (default: all of them); rsi_state comes with rsi14")
 
 
 class DetectPatternsInput(ToolInput):

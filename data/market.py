@@ -20,6 +20,18 @@ LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelt
             "5m": timedelta(days=5), "1m": timedelta(days=2)}
 
 
+# Returned with any selection of indicators.
+_ALWAYS = ("symbol", "timeframe", "as_of", "close", "bars_used", "note")
+
+
+def _only(values: dict[str, Any], indicators: Sequence[str] | None) -> dict[str, Any]:
+    """`values` (a copy), or only the indicators asked for (rsi_state with rsi14) and what comes with any."""
+    if indicators is None:
+        return dict(values)
+    keep = set(indicators) | set(_ALWAYS) | ({"rsi_state"} if "rsi14" in indicators else set())
+    return {k: v for k, v in values.items() if k in keep}
+
+
 class QuoteSource(Protocol):
     """Where live quotes and per-symbol bars come from (the broker)."""
 
@@ -92,19 +104,32 @@ class MarketData:
             bars = self._remember(key, bars)
         return bars
 
-    async def technicals(self, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
+    async def technicals(self, symbol: str, timeframe: str = "1d",
+                         indicators: Sequence[str] | None = None) -> dict[str, Any]:
+        """The last bar's indicators (all, or only `indicators`: the symbol, timeframe, as_of, close and bars_used
+        come with any). Daily RSI asked alone is worked out without the rest (the same number), unless the whole set
+        is at hand already."""
         if timeframe != "1d":
-            return self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe))
+            return _only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
+        whole = self._cache.get(self.daily_key(symbol, "technicals"))
+        if whole is not None:
+            return _only(whole, indicators)
+        if indicators is not None and set(indicators) <= {"rsi14"}:
+            key = self.daily_key(symbol, "technicals:rsi14")
+            if key not in self._cache:
+                self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol), rsi_only=True))
+            return dict(self._cache[key])
         key = self.daily_key(symbol, "technicals")
         if key not in self._cache:
             self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
-        return dict(self._cache[key])
+        return _only(self._cache[key], indicators)
 
-    def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays") -> dict[str, Any]:
-        from data.technicals import technicals_of
+    def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays", *, rsi_only: bool = False) -> dict[str, Any]:
+        from data.technicals import rsi_technicals, technicals_of
         if not len(bars):
             return {"symbol": symbol, "timeframe": timeframe, "bars_used": 0, "note": "no bars yet"}
-        values = technicals_of(bars, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
+        values = (rsi_technicals if rsi_only else technicals_of)(bars, rsi_overbought=self.rsi_overbought,
+                                                                 rsi_oversold=self.rsi_oversold)
         return {"symbol": symbol, "timeframe": timeframe, "as_of": bars.time(len(bars) - 1).isoformat(),
                 "close": float(bars.close[-1]), **values}
 

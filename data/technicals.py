@@ -114,15 +114,29 @@ def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold
     if upper is not None and lower is not None and upper > lower:
         position = round((float(cols[0][-1, 0]) - lower) / (upper - lower), 2)
     return {
-        "rsi14": rsi,
-        "rsi_state": None if rsi is None else
-        "overbought" if rsi >= rsi_overbought else "oversold" if rsi <= rsi_oversold else "neutral",
+        "rsi14": rsi, "rsi_state": _rsi_state(rsi, rsi_overbought, rsi_oversold),
         "macd": last["macd"], "macd_signal": last["macd_signal"], "macd_hist": last["macd_hist"],
         "bb_upper": upper, "bb_middle": last["bb_middle"], "bb_lower": lower, "bb_position": position,
         "atr14": last["atr14"], "vwap": _session_vwap(bars),
         "sma20": last["sma20"], "sma50": last["sma50"], "ema20": last["ema20"], "ema50": last["ema50"],
         "volume_ratio20": last["volume_ratio20"], "bars_used": n,
     }
+
+
+def rsi_technicals(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30) -> dict[str, Any]:
+    """`technicals_of`'s rsi14, rsi_state and bars_used alone (the same numbers: `last_rsi14` is its RSI bit for
+    bit), without the other indicators' work."""
+    close = np.asarray(bars.close, dtype=np.float64)
+    rsi = last_rsi14(close)
+    rounded = None if rsi is None else _rounded(rsi)
+    return {"rsi14": rounded, "rsi_state": _rsi_state(rounded, rsi_overbought, rsi_oversold),
+            "bars_used": int((~np.isnan(close)).sum())}
+
+
+def _rsi_state(rsi: float | None, overbought: float, oversold: float) -> str | None:
+    if rsi is None:
+        return None
+    return "overbought" if rsi >= overbought else "oversold" if rsi <= oversold else "neutral"
 
 
 def _column(frame: pd.DataFrame | None, prefix: str) -> pd.Series | None:

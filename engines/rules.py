@@ -3,7 +3,7 @@
 It calls the same tools Claude would, so an offline run exercises the same validation, safety gate, order path
 and audit trail. It runs when no ANTHROPIC_API_KEY is set or the AI budget is spent.
 
-trade:  1. get_portfolio; for each position, get_technicals + detect_patterns, then the one exit policy of
+trade:  1. get_portfolio; for each position, get_technicals (RSI alone) + detect_patterns, then the one exit policy of
            signals.evaluate (the position monitor's): close_position on "exit" (a strong signal — the position's
            stop, stop_loss_strong, the trailing stop, take_profit_strong or the recorded take-profit — or two
            moderate ones); "uncertain" (one moderate signal, e.g. RSI(14) at or above signals.rsi_overbought
@@ -256,7 +256,7 @@ class RulesEngine:
         known = self._memo.indicators.get(symbol)
         if known is not None:
             return known
-        tech, terr = await self._call("get_technicals", {"symbol": symbol})
+        tech, terr = await self._call("get_technicals", {"symbol": symbol, "indicators": ["rsi14"]})
         pats, perr = await self._call("detect_patterns", {"symbol": symbol})
         found = (None if terr else signals.rsi_reading(tech.get("rsi14")),
                  () if perr else signals.PatternSet.of(pats["patterns"]))      # read for the signals once

@@ -92,6 +92,21 @@ async def test_data_tools_return_compact_json_of_what_the_broker_and_the_scan_sa
     assert [c["rank"] for c in scan["candidates"]] == [1, 2, 3, 4, 5]
 
 
+async def test_technicals_can_be_asked_for_some_indicators_only(services):
+    """get_technicals with `indicators` answers only those (rsi_state with rsi14; symbol, timeframe, as_of, close and
+    bars_used with any), with the numbers of the whole answer; a name it does not know is an input error."""
+    ex = await executor(services)
+    symbol = cheap_symbol(services)
+    whole = (await ex.execute("get_technicals", {"symbol": symbol})).data
+    rsi = (await ex.execute("get_technicals", {"symbol": symbol, "indicators": ["rsi14"]})).data
+    assert rsi == {k: whole[k] for k in ("symbol", "timeframe", "as_of", "close", "rsi14", "rsi_state", "bars_used")}
+    assert whole["rsi14"] is not None and len(whole) > len(rsi) + 10
+    some = (await ex.execute("get_technicals", {"symbol": symbol, "indicators": ["macd_hist", "sma20"]})).data
+    assert some == {k: whole[k] for k in ("symbol", "timeframe", "as_of", "close", "bars_used", "macd_hist", "sma20")}
+    bad = await ex.execute("get_technicals", {"symbol": symbol, "indicators": ["rsi"]})
+    assert bad.is_error and bad.data["error"].startswith("indicators"), bad.data
+
+
 async def test_execute_trade_runs_safety_itself_and_records_the_order_and_the_decision(services):
     ex = await executor(services)
     symbol = cheap_symbol(services)

@@ -11,7 +11,7 @@ import pytest
 from core.instruments import Bar
 from data.bar_arrays import BarArrays
 from data.patterns import detect_patterns, patterns_of
-from data.technicals import compute_technicals, technicals_of
+from data.technicals import compute_technicals, rsi_technicals, technicals_of
 
 FIELDS = ("open", "high", "low", "close", "volume")
 
@@ -36,7 +36,9 @@ def test_real_windows_give_the_same_technicals_and_patterns_as_their_frames(name
     found = 0
     for end in range(30, len(frame), 7):
         window = frame.iloc[max(0, end - 280):end]
-        assert technicals_of(arrays(window)) == compute_technicals(window)
+        whole = compute_technicals(window)
+        assert technicals_of(arrays(window)) == whole
+        assert rsi_technicals(arrays(window)) == {k: whole[k] for k in ("rsi14", "rsi_state", "bars_used")}
         theirs = [p.to_dict() for p in detect_patterns(window)]
         assert [p.to_dict() for p in patterns_of(arrays(window))] == theirs
         found += len(theirs)
@@ -49,6 +51,8 @@ def test_nan_rows_are_dropped_alike_and_times_follow_the_bars_kept():
     frame.iloc[[40], 1] = 0.0                            # an unusable high
     assert technicals_of(arrays(frame)) == compute_technicals(frame)
     assert technicals_of(arrays(frame))["bars_used"] == 117
+    whole = compute_technicals(frame)
+    assert rsi_technicals(arrays(frame)) == {k: whole[k] for k in ("rsi14", "rsi_state", "bars_used")}
     assert [p.to_dict() for p in patterns_of(arrays(frame))] == [p.to_dict() for p in detect_patterns(frame)]
 
 
