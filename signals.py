@@ -320,8 +320,8 @@ def _rsi_overbought(rsi: Decimal | None, t: SignalThresholds) -> Signal | None:
 
 def _pattern_failure(p: PositionView, patterns: "Sequence[Mapping[str, Any]] | PatternSet") -> Signal | None:
     high = max(p.high_water, p.price)
-    found = [head if level is None else f"{head}{p.price}{tail}" for level, head, tail in PatternSet.of(patterns).entries
-             if level is None or high >= level > p.price]
+    found = [head if level is None else f"{head}{p.price}{tail}"
+             for level, head, tail in PatternSet.of(patterns).entries if level is None or high >= level > p.price]
     if not found:
         return None
     return Signal("pattern_failure", "moderate", "; ".join(found))

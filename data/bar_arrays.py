@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from core.calendar import from_ns
+from core.calendar import from_ns, to_ns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +61,6 @@ class BarArrays:
     @classmethod
     def from_bars(cls, bars: Sequence["Bar"]) -> "BarArrays":
         """Broker bars (Decimal prices) as floats."""
-        from core.calendar import to_ns
         return cls(np.array([to_ns(b.start) for b in bars], dtype=np.int64),
                    *(np.array([float(getattr(b, f)) for b in bars], dtype=np.float64)
                      for f in ("open", "high", "low", "close", "volume")))

@@ -111,18 +111,17 @@ class MarketData:
         is at hand already."""
         if timeframe != "1d":
             return _only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
-        whole = self._cache.get(self.daily_key(symbol, "technicals"))
-        if whole is not None:
-            return _only(whole, indicators)
-        if indicators is not None and set(indicators) <= {"rsi14"}:
-            key = self.daily_key(symbol, "technicals:rsi14")
-            if key not in self._cache:
-                self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol), rsi_only=True))
-            return dict(self._cache[key])
         key = self.daily_key(symbol, "technicals")
-        if key not in self._cache:
-            self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
-        return _only(self._cache[key], indicators)
+        whole = self._cache.get(key)
+        if whole is None and indicators is not None and set(indicators) <= {"rsi14"}:
+            key = self.daily_key(symbol, "technicals:rsi14")
+            whole = self._cache.get(key)
+            if whole is None:
+                whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol),
+                                                             rsi_only=True))
+        if whole is None:
+            whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
+        return _only(whole, indicators)
 
     def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays", *, rsi_only: bool = False) -> dict[str, Any]:
         from data.technicals import rsi_technicals, technicals_of

@@ -211,7 +211,8 @@ class OrderPath:
             attached = None                 # the position the fills went to (set on the order with its status)
             for fill in result.fills:
                 found = await conn.fetchrow(_RECORD_FILL, self.agent_id, row["order_id"], fill.fill_id, fill.symbol,
-                                            fill.side.value, fill.quantity, fill.price, fill.fee, fill.timestamp, row["symbol"])
+                                            fill.side.value, fill.quantity, fill.price, fill.fee, fill.timestamp,
+                                            row["symbol"])
                 if found["inserted"] is not None:
                     self.fills_recorded += 1
                     pos = found if found["position_id"] is not None else None

@@ -130,12 +130,11 @@ class PaperBroker(BrokerClient):
         row = await self._fetchrow(ACCOUNT, self.account_id)
         if row is None:
             raise InvalidRequest("paper account does not exist: call connect() first")
-        if self._matched_minute != _minute(now):   # _catch_up's question answered by the same read
-            if row["resting"]:                     # orders rest: match them up to now, then read again
-                now = await self._catch_up()
-                row = await self._fetchrow(ACCOUNT, self.account_id)
-            else:
-                self._matched_minute = _minute(now)
+        if row["resting"] and self._matched_minute != _minute(now):   # orders rest: matched up to now, read again
+            now = await self._catch_up(resting=True)
+            row = await self._fetchrow(ACCOUNT, self.account_id)
+        else:
+            await self._catch_up(resting=row["resting"])     # nothing to match: no statement
         positions = [Position(symbol=symbol, quantity=qty, avg_price=avg,
                               market_price=self.market.quote(symbol, now).last)
                      for symbol, qty, avg in row["positions"]]
@@ -202,16 +201,19 @@ class PaperBroker(BrokerClient):
         return None if row is None else to_result(row)
 
     # ------------------------------------------------------------ internals
-    async def _catch_up(self) -> datetime:
-        """Match resting orders up to the clock unless this process already did within the current minute."""
+    async def _catch_up(self, resting: bool | None = None) -> datetime:
+        """Match resting orders up to the clock unless this process already did within the current minute
+        (`resting`: whether any order rests, when the caller has just read it; asked here otherwise)."""
         now = self.clock.now()
         if self._matched_minute != _minute(now):
-            account = await self._fetchrow(
-                "SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN ('submitted', "
-                "'partially_filled')) AS resting FROM paper_accounts WHERE agent_id = $1", self.account_id)
-            if account is None:
-                raise InvalidRequest("paper account does not exist: call connect() first")
-            if not account["resting"]:
+            if resting is None:
+                account = await self._fetchrow(
+                    "SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN ('submitted', "
+                    "'partially_filled')) AS resting FROM paper_accounts WHERE agent_id = $1", self.account_id)
+                if account is None:
+                    raise InvalidRequest("paper account does not exist: call connect() first")
+                resting = account["resting"]
+            if not resting:
                 self._matched_minute = _minute(now)      # nothing rests: nothing to match, no lock needed
                 return now
             async with self._locked() as (_conn, now):
