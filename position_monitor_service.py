@@ -255,7 +255,7 @@ async def _main(settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from runtime.bootstrap import settings_or_exit
+    from runtime.bootstrap import run, settings_or_exit
     parser = argparse.ArgumentParser(prog="position_monitor_service.py", description="Catalyst position monitor")
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.config.market_data.source != "files" and "pandas" not in sys.modules:
         # The daemon reads no Parquet; without this pandas loads pyarrow anyway (~35 MB of a small droplet's RAM).
         sys.modules["pyarrow"] = None  # type: ignore[assignment]
-    return asyncio.run(_main(settings))
+    return run(_main(settings))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ stopped), 2 config, 3 database, 4 broker unreachable, 75 another run of this age
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from core.clock import RealClock
 from core.errors import BrokerUnavailable
 from core.state import TradingState
 from execution.reconcile import EXIT_ACTION_NEEDED
-from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, process, run_lock, settings_or_exit
+from runtime.bootstrap import EXIT_BROKER, EXIT_DATABASE, process, run, run_lock, settings_or_exit
 from runtime.wiring import build_services
 
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_or_exit(args.config)
         with run_lock(settings, "reconcile"):
-            return asyncio.run(_main(settings, args.resume))
+            return run(_main(settings, args.resume))
     except SystemExit as exc:
         return int(exc.code or 0)
 

@@ -78,7 +78,7 @@ def _date(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.bootstrap import run_lock, settings_or_exit
+    from runtime.bootstrap import run, run_lock, settings_or_exit
     try:
         settings = settings_or_exit(args.config)
         # day and replay trade under agent ids of their own, report only reads: they never hold the live agent's lock
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         with run_lock(settings, args.mode, take=args.mode not in unlocked), \
                 run_lock(settings, "data", take=args.mode == "data", name=f"{settings.agent_id}-data"), \
                 run_lock(settings, "check", take=args.mode == "broker-check", name=f"{settings.agent_id}-check"):
-            return asyncio.run(_run(settings, args))
+            return run(_run(settings, args))
     except SystemExit as exc:
         return int(exc.code or 0)
     except KeyboardInterrupt:

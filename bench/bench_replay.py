@@ -83,6 +83,9 @@ def worker(root: Path, days: int | None) -> dict:
                 "monitor_passes": result.monitor_passes, "orders": counts["orders"], "fills": counts["fills"],
                 "final_equity": str(result.curve[-1].equity)}
 
+    if wired:                               # the loop ./run.sh replay runs on (uvloop's)
+        from runtime.bootstrap import run
+        return run(main())
     return asyncio.run(main())
 
 

@@ -29,7 +29,6 @@ Run: ./run.sh bench replay_vs_backtesting [--symbol GOOG|MSFT] [--start YYYY-MM-
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import sys
@@ -386,4 +385,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    from runtime.bootstrap import run
+    sys.exit(run(main()))

@@ -27,6 +27,12 @@ CACHE_DIR = Path(tempfile.gettempdir()) / f"catalyst-test-cache-{os.getuid()}"
 os.environ["CATALYST_CACHE_DIR"] = str(CACHE_DIR)       # and so does this process (never the checkout's var/)
 
 
+def pytest_asyncio_loop_factories(config, item):
+    """Async tests and fixtures run on the event loop the agent's processes run on (uvloop's)."""
+    from runtime.bootstrap import new_event_loop
+    return {"process-loop": new_event_loop}
+
+
 @pytest.fixture(scope="session")
 def pg_root():
     root = Path(tempfile.mkdtemp(prefix="catalyst-pg-"))
