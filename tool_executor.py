@@ -123,7 +123,11 @@ class ToolExecutor:
         if not isinstance(raw_input, dict):
             return self._error(name, None, f"input: must be a JSON object (got {type(raw_input).__name__})")
         try:
-            args = spec.model.model_validate(copy.deepcopy(raw_input), context={"exchange": self.exchange})
+            # a copy when the input nests lists or objects: what the handlers keep of it never aliases the caller's
+            # (the model's transcript); flat input (nearly every call) is only read
+            nested = any(isinstance(v, (dict, list)) for v in raw_input.values())
+            args = spec.model.model_validate(copy.deepcopy(raw_input) if nested else raw_input,
+                                             context={"exchange": self.exchange})
         except ValidationError as exc:
             return self._error(name, raw_input.get("symbol"), describe_validation_error(exc))
         except (ValueError, TypeError) as exc:

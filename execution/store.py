@@ -29,8 +29,12 @@ LATEST_STATE = "SELECT state FROM agent_state WHERE agent_id = $1 ORDER BY set_a
 
 # Realised P&L (net of fees) since $2, the trading day's start: positions closed since, and positions opened since
 # (their entry fees, any partial sells). The safety gate's daily loss and the live report both count it this way.
-REALIZED_SINCE = """SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1
-       AND ((status = 'closed' AND closed_at >= $2) OR (status = 'open' AND opened_at >= $2))"""
+# (Two sums, one per status: each reads only its own rows through its own index, whatever the plan; one OR'd filter
+# read every position the agent ever had under a generic plan.)
+REALIZED_SINCE = """SELECT (SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND status = 'closed'
+                               AND closed_at >= $2)
+                     + (SELECT coalesce(sum(realized_pnl), 0) FROM positions WHERE agent_id = $1 AND status = 'open'
+                               AND opened_at >= $2)"""
 
 
 def state_from(stored: str | None) -> TradingState:
