@@ -12,6 +12,7 @@ Safety is not here: callers obtain a `safety` verdict first (execute_trade alway
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -76,14 +77,64 @@ _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, posit
     ON CONFLICT (client_order_id) DO NOTHING RETURNING client_order_id"""
 
 
-# A broker fill recorded once (unique per broker fill id), and the symbol's open position locked for it, in one
-# statement: `inserted` is NULL for a fill recorded before; the position's columns are NULL when none is open.
+# The order row locked, and with it (when the broker reported fills) its first fill recorded once (unique per broker
+# fill id) and the symbol's open position locked for it, in one statement. `inserted` is NULL for a fill recorded
+# before; the open_* columns are NULL when no position is open. No row: no such order.
+_LOCK_ORDER = "SELECT *, NULL::bigint AS inserted FROM orders WHERE client_order_id = $1 FOR UPDATE"
+_LOCK_ORDER_RECORD_FILL = """WITH o AS (SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE),
+    f AS (
+        INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
+        SELECT $2, o.order_id, $3, $4, $5, $6, $7, $8, $9 FROM o ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
+        RETURNING fill_row_id),
+    p AS (SELECT position_id, quantity, avg_entry_price FROM positions
+          WHERE agent_id = $2 AND symbol = (SELECT symbol FROM o) AND status = 'open' FOR UPDATE)
+    SELECT o.*, (SELECT fill_row_id FROM f) AS inserted, p.position_id AS open_position_id,
+           p.quantity AS open_quantity, p.avg_entry_price AS open_avg_entry_price
+    FROM o LEFT JOIN p ON true"""
+
+# A later fill of the same answer: recorded once, the open position locked for it (columns as above).
 _RECORD_FILL = """WITH f AS (
         INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
         RETURNING fill_row_id),
-    p AS (SELECT * FROM positions WHERE agent_id = $1 AND symbol = $10 AND status = 'open' FOR UPDATE)
-    SELECT (SELECT fill_row_id FROM f) AS inserted, p.* FROM (SELECT 1) AS one LEFT JOIN p ON true"""
+    p AS (SELECT position_id, quantity, avg_entry_price FROM positions
+          WHERE agent_id = $1 AND symbol = $10 AND status = 'open' FOR UPDATE)
+    SELECT (SELECT fill_row_id FROM f) AS inserted, p.position_id AS open_position_id, p.quantity AS open_quantity,
+           p.avg_entry_price AS open_avg_entry_price
+    FROM (SELECT 1) AS one LEFT JOIN p ON true"""
+
+# The order's row as the broker answered ($10: the position its fills went to, when known); with a fill's position
+# change as CTE `a` ($11 on, RETURNING position_id) when that is the last thing written before it.
+_SET_ORDER = """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
+        fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8), updated_at = $9,
+        position_id = coalesce({attached}, position_id) WHERE order_id = $1
+    RETURNING position_id"""
+
+# A new fill's change to our positions, each RETURNING the position it went to: (sql, args) made by _position_change.
+_OPEN = """INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, take_profit,
+        high_water_mark, fees, realized_pnl, opened_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $4, $7, -$7::numeric, $8)
+    RETURNING position_id"""
+_ADD = """UPDATE positions SET quantity = $2, avg_entry_price = $3, fees = fees + $4, realized_pnl = realized_pnl - $4,
+        stop_loss = coalesce($5, stop_loss), take_profit = coalesce($6, take_profit)
+    WHERE position_id = $1 RETURNING position_id"""
+_REDUCE = """UPDATE positions SET quantity = $2, realized_pnl = realized_pnl + $3, fees = fees + $4
+    WHERE position_id = $1 RETURNING position_id"""
+_CLOSE = """UPDATE positions SET quantity = 0, status = 'closed', closed_at = $2, realized_pnl = realized_pnl + $3,
+        fees = fees + $4, exit_reason = $5 WHERE position_id = $1 RETURNING position_id"""
+
+
+def _shifted(sql: str, by: int) -> str:
+    """`sql` with its parameters $n renumbered $(n + by) (to follow another statement's)."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
+def _open_position(found) -> dict | None:
+    """The open position a _RECORD_FILL / _LOCK_ORDER_RECORD_FILL row locked, or None."""
+    if found["open_position_id"] is None:
+        return None
+    return {"position_id": found["open_position_id"], "quantity": found["open_quantity"],
+            "avg_entry_price": found["open_avg_entry_price"]}
 
 
 class OrderPath:
@@ -202,35 +253,64 @@ class OrderPath:
         return ok
 
     async def record_result(self, result: OrderResult) -> OrderOutcome:
-        """Bring our orders row and positions in line with the broker's view of one order."""
+        """Bring our orders row and positions in line with the broker's view of one order.
+
+        In the common case (one new fill, no fee beyond what the fills carry) that is four statements: the order
+        locked with its fill recorded and the open position locked, then the position's change with the order's
+        new row, between BEGIN and COMMIT."""
+        fills = result.fills
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE",
-                                      result.client_order_id)
+            if fills:
+                f = fills[0]
+                row = await conn.fetchrow(_LOCK_ORDER_RECORD_FILL, result.client_order_id, self.agent_id, f.fill_id,
+                                          f.symbol, f.side.value, f.quantity, f.price, f.fee, f.timestamp)
+            else:
+                row = await conn.fetchrow(_LOCK_ORDER, result.client_order_id)
             if row is None:
                 raise KeyError(f"no orders row for {result.client_order_id}")
+            # fees the broker reports beyond what the fills carry are booked after the fills, apart
+            book_fees = bool(result.fees) and not (row["fees_booked"] == 0 and
+                                                   result.fees <= sum((f.fee for f in fills), Decimal(0)))
             attached = None                 # the position the fills went to (set on the order with its status)
-            for fill in result.fills:
-                found = await conn.fetchrow(_RECORD_FILL, self.agent_id, row["order_id"], fill.fill_id, fill.symbol,
-                                            fill.side.value, fill.quantity, fill.price, fill.fee, fill.timestamp,
-                                            row["symbol"])
-                if found["inserted"] is not None:
-                    self.fills_recorded += 1
-                    pos = found if found["position_id"] is not None else None
-                    attached = await self._apply_fill(conn, row, pos, fill.side, fill.quantity, fill.price, fill.fee,
-                                                      fill.timestamp) or attached
-            await self._book_order_level_fees(conn, row, result.fees, result.fills, attached)
+            last: tuple[str, tuple] | None = None     # the last fill's position change, sent with the order's row
+            for n, fill in enumerate(fills):
+                if n:
+                    if last is not None:      # the earlier fill's change first: this fill's read sees it
+                        attached = await conn.fetchval(last[0], *last[1]) or attached
+                        last = None
+                    found = await conn.fetchrow(_RECORD_FILL, self.agent_id, row["order_id"], fill.fill_id,
+                                                fill.symbol, fill.side.value, fill.quantity, fill.price, fill.fee,
+                                                fill.timestamp, row["symbol"])
+                else:
+                    found = row
+                if found["inserted"] is None:
+                    continue                  # recorded before
+                self.fills_recorded += 1
+                change = await self._position_change(conn, row, _open_position(found), fill.side, fill.quantity,
+                                                     fill.price, fill.fee, fill.timestamp)
+                if isinstance(change, tuple):
+                    last = change
+                else:
+                    attached = change or attached
+            if last is not None and book_fees:
+                attached = await conn.fetchval(last[0], *last[1]) or attached
+                last = None
+            if book_fees:
+                await self._book_order_level_fees(conn, row, result.fees, fills, attached)
             old = OrderStatus(row["status"])
             new = result.status
             if not can_transition(old, new):
                 log.error("order %s: broker reports %s after %s; keeping the broker's view", result.client_order_id,
                           new.value, old.value)
-            position_id = await conn.fetchval(
-                """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
-                       fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8),
-                       updated_at = $9, position_id = coalesce($10, position_id) WHERE order_id = $1
-                   RETURNING position_id""",
-                row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
-                result.fees, result.reason, result.submitted_at, self.clock.now(), attached)
+            args = (row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
+                    result.fees, result.reason, result.submitted_at, self.clock.now(), attached)
+            if last is None:
+                position_id = await conn.fetchval(_SET_ORDER.format(attached="$10"), *args)
+            else:                             # the last fill's position change and the order's row, one statement
+                sql, change_args = last
+                position_id = await conn.fetchval(
+                    f"WITH a AS ({_shifted(sql, len(args))})\n"
+                    + _SET_ORDER.format(attached="(SELECT position_id FROM a), $10"), *args, *change_args)
         self.unsettled.discard(result.client_order_id)
         if result.fills and result.filled_quantity:
             log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,
@@ -260,42 +340,26 @@ class OrderPath:
                            "WHERE position_id = $1", position_id, delta)
         await conn.execute("UPDATE orders SET fees_booked = $2 WHERE order_id = $1", order["order_id"], due)
 
-    async def _apply_fill(self, conn, order, pos, side: OrderSide, qty: int, price: Decimal, fee: Decimal,
-                          at) -> int | None:
-        """One new fill on our positions (`pos`: the symbol's open position, locked, or None); the position it went
-        to (the caller sets it on the order), or None."""
+    async def _position_change(self, conn, order, pos, side: OrderSide, qty: int, price: Decimal, fee: Decimal,
+                               at) -> tuple[str, tuple] | int | None:
+        """What one new fill does to our positions (`pos`: the symbol's open position, locked, or None): a statement
+        and its arguments, RETURNING the position it went to, for the caller to send; or, for a sell fill that found
+        no open position, done here already: the position it went to, or None."""
         if side is OrderSide.BUY:
             if pos is None:
-                pid = await conn.fetchval(
-                    """INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, take_profit,
-                           high_water_mark, fees, realized_pnl, opened_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $4, $7, -$7::numeric, $8)
-                       RETURNING position_id""",
-                    self.agent_id, order["symbol"], qty, price, order["stop_loss"], order["take_profit"], fee, at)
-            else:
-                pid = pos["position_id"]
-                new_qty = pos["quantity"] + qty
-                avg = ((pos["avg_entry_price"] * pos["quantity"] + price * qty) / new_qty).quantize(PRICE_Q)
-                await conn.execute(
-                    """UPDATE positions SET quantity = $2, avg_entry_price = $3, fees = fees + $4,
-                           realized_pnl = realized_pnl - $4,
-                           stop_loss = coalesce($5, stop_loss), take_profit = coalesce($6, take_profit)
-                       WHERE position_id = $1""", pid, new_qty, avg, fee, order["stop_loss"], order["take_profit"])
-            return pid
+                return _OPEN, (self.agent_id, order["symbol"], qty, price, order["stop_loss"], order["take_profit"],
+                               fee, at)
+            new_qty = pos["quantity"] + qty
+            avg = ((pos["avg_entry_price"] * pos["quantity"] + price * qty) / new_qty).quantize(PRICE_Q)
+            return _ADD, (pos["position_id"], new_qty, avg, fee, order["stop_loss"], order["take_profit"])
         if pos is None:
             return await self._late_sell_fill(conn, order, qty, price, fee)
         sold = min(qty, pos["quantity"])
         remaining = pos["quantity"] - sold
         pnl = (price - pos["avg_entry_price"]) * sold - fee
         if remaining > 0:
-            await conn.execute("UPDATE positions SET quantity = $2, realized_pnl = realized_pnl + $3, fees = fees + $4 "
-                               "WHERE position_id = $1", pos["position_id"], remaining, pnl, fee)
-        else:
-            await conn.execute(
-                """UPDATE positions SET quantity = 0, status = 'closed', closed_at = $2, realized_pnl = realized_pnl + $3,
-                       fees = fees + $4, exit_reason = $5 WHERE position_id = $1""",
-                pos["position_id"], at, pnl, fee, order["intent"])
-        return pos["position_id"]
+            return _REDUCE, (pos["position_id"], remaining, pnl, fee)
+        return _CLOSE, (pos["position_id"], at, pnl, fee, order["intent"])
 
     async def _late_sell_fill(self, conn, order, qty: int, price: Decimal, fee: Decimal) -> int | None:
         """A sell fill whose position reconciliation already closed (the broker had sold it before this fill was

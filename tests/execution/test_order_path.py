@@ -1,12 +1,15 @@
 """execution/order_path.py: the write-ahead row numbers the next client order id with an index probe, and agents
-whose ids start alike still each get an orders row for every order."""
+whose ids start alike still each get an orders row for every order; a broker's answer is recorded once, its fills
+becoming one position, in few statements."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from decimal import Decimal
 
 from core.clock import SimulatedClock
-from core.orders import OrderSide, OrderType, client_id_prefix
-from execution.order_path import _WRITE_AHEAD
+from core.orders import Fill, OrderResult, OrderSide, OrderStatus, OrderType, client_id_prefix
+from execution.order_path import _WRITE_AHEAD, OrderPath
 from runtime.wiring import build_services
 from tests.agent_fixtures import OPEN_AT, agent_settings, cheap_symbol
 
@@ -42,3 +45,113 @@ async def test_agents_whose_ids_start_alike_each_write_their_order_ahead(pool, a
     assert [o.status for o in outcomes] == ["filled", "filled"], outcomes
     for agent, coid in zip((first, second), ids):
         assert await pool.fetchval("SELECT agent_id FROM orders WHERE client_order_id = $1", coid) == agent
+
+
+# ---------------------------------------------------------------- recording the broker's answer
+
+class _CountingPool:
+    """The pool, with every statement sent on a connection it lends counted (BEGIN and COMMIT included)."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.sent = pool, []
+
+    def acquire(self):
+        outer = self
+
+        class _Lend:
+            async def __aenter__(self):
+                self.conn = await outer.pool.acquire()
+                self.log = lambda record: outer.sent.append(record.query)
+                self.conn.add_query_logger(self.log)
+                return self.conn
+
+            async def __aexit__(self, *exc):
+                self.conn.remove_query_logger(self.log)
+                await outer.pool.release(self.conn)
+
+        return _Lend()
+
+
+async def _written_ahead(pool, agent_id: str, coid: str, side: OrderSide, quantity: int, intent: str = "entry"):
+    await pool.execute(
+        """INSERT INTO orders (agent_id, client_order_id, position_id, symbol, side, order_type, intent, quantity,
+               status, created_at, updated_at)
+           VALUES ($1, $2, (SELECT position_id FROM positions WHERE agent_id = $1 AND symbol = 'S0001'
+                            AND status = 'open' AND $3 = 'sell'), 'S0001', $3, 'market', $4, $5, 'pending_submit',
+                   $6, $6)""", agent_id, coid, side.value, intent, quantity, OPEN_AT)
+
+
+def _answer(coid: str, side: OrderSide, quantity: int, fills: list[tuple[int, str, str]],
+            fees: str | None = None) -> OrderResult:
+    """The broker's answer: `fills` as (quantity, price, fee); order-level `fees` (the fills' sum when None)."""
+    made = tuple(Fill(f"{coid}-F{n}", coid, "S0001", side, q, Decimal(p), Decimal(fee),
+                      OPEN_AT + timedelta(minutes=n)) for n, (q, p, fee) in enumerate(fills, 1))
+    filled = sum(f.quantity for f in made)
+    avg = (sum(f.price * f.quantity for f in made) / filled).quantize(Decimal("0.000001")) if filled else None
+    return OrderResult(coid, f"B-{coid}", "S0001", side, OrderType.MARKET, quantity, None,
+                       OrderStatus.FILLED if filled == quantity else OrderStatus.SUBMITTED, filled, avg,
+                       Decimal(fees) if fees is not None else sum((f.fee for f in made), Decimal(0)),
+                       submitted_at=OPEN_AT, updated_at=OPEN_AT, fills=made)
+
+
+async def _position(pool, agent_id: str):
+    rows = await pool.fetch("SELECT position_id, quantity, avg_entry_price, fees, realized_pnl, status, exit_reason "
+                            "FROM positions WHERE agent_id = $1 ORDER BY position_id", agent_id)
+    assert len(rows) == 1, rows                         # every fill of the symbol went to one position
+    return rows[0]
+
+
+async def test_one_new_fill_is_recorded_in_four_statements_and_becomes_the_position(pool, agent_id):
+    """The order locked with its fill recorded, then the position's change with the order's row: BEGIN, two
+    statements, COMMIT (it was six: the lock, the fill, the position and the order each on their own)."""
+    counting = _CountingPool(pool)
+    path = OrderPath(counting, None, SimulatedClock(OPEN_AT), agent_id)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 100)
+    outcome = await path.record_result(_answer(f"{agent_id}-b1", OrderSide.BUY, 100, [(100, "10.00", "1.50")]))
+    assert len(counting.sent) == 4, counting.sent
+    pos = await _position(pool, agent_id)
+    assert (pos["quantity"], pos["avg_entry_price"], pos["fees"], pos["realized_pnl"], pos["status"]) == \
+        (100, Decimal("10.00"), Decimal("1.50"), Decimal("-1.50"), "open")
+    order = await pool.fetchrow("SELECT status, filled_quantity, position_id FROM orders WHERE client_order_id = $1",
+                                f"{agent_id}-b1")
+    assert (order["status"], order["filled_quantity"], order["position_id"]) == ("filled", 100, pos["position_id"])
+    assert outcome.position_id == pos["position_id"] and path.fills_recorded == 1
+
+
+async def test_fills_of_one_answer_go_to_one_position_and_an_answer_recorded_again_changes_nothing(pool, agent_id):
+    """A buy answered with two fills opens one position at their average, the fees of both on it; the sell's two
+    fills close it with the P&L of both; each answer recorded a second time (reconciliation after the process
+    that placed it) writes nothing more."""
+    path = OrderPath(pool, None, SimulatedClock(OPEN_AT), agent_id)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 200)
+    buy = _answer(f"{agent_id}-b1", OrderSide.BUY, 200, [(100, "10.00", "1"), (100, "10.50", "1")])
+    for _ in range(2):
+        await path.record_result(buy)
+        pos = await _position(pool, agent_id)
+        assert (pos["quantity"], pos["avg_entry_price"], pos["fees"], pos["realized_pnl"]) == \
+            (200, Decimal("10.25"), Decimal("2"), Decimal("-2"))
+    await _written_ahead(pool, agent_id, f"{agent_id}-s1", OrderSide.SELL, 200, intent="take_profit")
+    sell = _answer(f"{agent_id}-s1", OrderSide.SELL, 200, [(100, "11.00", "1"), (100, "12.00", "1")])
+    for _ in range(2):
+        outcome = await path.record_result(sell)
+        pos = await _position(pool, agent_id)
+        # -2 on entry, then (11 - 10.25) x 100 - 1 and (12 - 10.25) x 100 - 1
+        assert (pos["quantity"], pos["status"], pos["exit_reason"], pos["realized_pnl"], pos["fees"]) == \
+            (0, "closed", "take_profit", Decimal("246"), Decimal("4"))
+        assert outcome.position_id == pos["position_id"]
+    assert path.fills_recorded == 4
+    assert await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1", agent_id) == 4
+
+
+async def test_an_order_level_fee_beyond_its_fills_is_booked_on_the_position_once(pool, agent_id):
+    """A broker that reports the order's fee apart from its fills (none on the fill): the fee goes onto the
+    position the fill opened, once however often the answer is recorded."""
+    path = OrderPath(pool, None, SimulatedClock(OPEN_AT), agent_id)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 100)
+    answer = _answer(f"{agent_id}-b1", OrderSide.BUY, 100, [(100, "10.00", "0")], fees="5")
+    for _ in range(2):
+        await path.record_result(answer)
+        pos = await _position(pool, agent_id)
+        assert (pos["quantity"], pos["fees"], pos["realized_pnl"]) == (100, Decimal("5"), Decimal("-5"))
+    assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
+                               f"{agent_id}-b1") == pos["position_id"]
