@@ -44,8 +44,8 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import (ACCOUNT, KNOWN, OPEN_BUYS, RESULTS, SET_STATUS, SET_STATUS_RESULT, PaperFill,
-                                  record_fill, to_result)
+from brokers.paper.ledger import (ACCOUNT, KNOWN, OPEN_BUYS, RESULTS, SET_STATUS, PaperFill, place, record_fill,
+                                  to_result)
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
@@ -166,8 +166,7 @@ class PaperBroker(BrokerClient):
             if known:                          # sent before: its own answer, as it stands
                 result = await self._result(conn, order.client_order_id)
             elif reason is None and order.order_type is not OrderType.STOP:   # a stop rests until a bar crosses it
-                row = await self._insert_order(conn, order, now, reason)
-                result = await self._match_order(conn, row, now, immediate=True)
+                result = await self._arrive(conn, order, now)
             else:                              # refused or resting: the row as written (no fill yet)
                 result = to_result(await self._insert_order(conn, order, now, reason))
         if result.status is OrderStatus.REJECTED:
@@ -353,11 +352,11 @@ class PaperBroker(BrokerClient):
             if row["order_type"] == "stop" and row["triggered_at"] is None:
                 until = self._watch_stop(row, now)
                 if until is None:
-                    await self._match_order(conn, row, now, immediate=False)
+                    await self._match_order(conn, row, now)
                 elif until > row["matched_until"]:
                     untouched[row["client_order_id"]] = until
             else:
-                await self._match_order(conn, row, now, immediate=False)
+                await self._match_order(conn, row, now)
         if untouched:                                    # one statement however many stops rest
             await conn.execute(
                 "UPDATE paper_orders o SET matched_until = u.until FROM unnest($2::text[], $3::timestamptz[]) "
@@ -374,7 +373,34 @@ class PaperBroker(BrokerClient):
             return None
         return bars[-1].start + size if bars else row["matched_until"]
 
-    async def _match_order(self, conn, row, now: datetime, *, immediate: bool) -> OrderResult | None:
+    async def _arrive(self, conn, order: OrderRequest, now: datetime) -> OrderResult:
+        """An accepted order placed: a market order, or a limit order that is marketable against the quote, takes
+        liquidity now (capped by the recent minutes' volume); the rest works against later bars. Written with what
+        it took, in one statement (ledger.place)."""
+        inst = self.market.instrument(order.symbol)
+        side, limit = order.side, order.limit_price
+        quote = self.market.quote(order.symbol, now)
+        touch = quote.ask if side is OrderSide.BUY else quote.bid
+        marketable = limit is None or (side is OrderSide.BUY and limit >= touch) or (
+            side is OrderSide.SELL and limit <= touch)
+        fill, fee = None, Decimal(0)
+        if marketable and self.calendar.is_open(now):
+            # The depth resting at the touch is taken as the last DEPTH_MINUTES minutes of traded volume.
+            timeframe, size = self._resolution(order.symbol)
+            recent = self.market.bars(order.symbol, timeframe, now - max(timedelta(minutes=DEPTH_MINUTES), size), now)
+            qty = min(order.quantity, self._cap(sum(b.volume for b in recent), self.config.max_volume_participation,
+                                                inst.lot_size))
+            if qty > 0:
+                price = touch if limit is not None else fill_prices.on_arrival(
+                    touch, recent[-1], self.config.slippage_bps, inst.tick_scheme, side)
+                fill = PaperFill(qty, price, now)
+                fee = fill_fees(self.config.fees, value=price * qty, is_sell=side is OrderSide.SELL)
+        taken = fill.quantity if fill is not None else 0
+        status = "filled" if taken == order.quantity else "partially_filled" if taken else "submitted"
+        return to_result(await place(conn, self.account_id, order, now, fill, fee, status, _next_minute(now)))
+
+    async def _match_order(self, conn, row, now: datetime) -> None:
+        """A working order matched against the bars completed since it was last matched."""
         inst = self.market.instrument(row["symbol"])
         scheme, slippage = inst.tick_scheme, self.config.slippage_bps
         side = OrderSide(row["side"])
@@ -385,66 +411,46 @@ class PaperBroker(BrokerClient):
         participation = self.config.max_volume_participation
         fills: list[PaperFill] = []
         matched_until = row["matched_until"]
-
-        if immediate:
-            # At placement: a market order, or a limit order that is marketable against the quote, takes
-            # liquidity now (capped by the last minute's volume); the rest works against later bars.
-            quote = self.market.quote(row["symbol"], now)
-            touch = quote.ask if side is OrderSide.BUY else quote.bid
-            marketable = limit is None or (side is OrderSide.BUY and limit >= touch) or (
-                side is OrderSide.SELL and limit <= touch)
-            if marketable and self.calendar.is_open(now):
-                # The depth resting at the touch is taken as the last DEPTH_MINUTES minutes of traded volume.
-                timeframe, size = self._resolution(row["symbol"])
-                recent = self.market.bars(row["symbol"], timeframe, now - max(timedelta(minutes=DEPTH_MINUTES), size),
-                                          now)
-                qty = min(remaining, self._cap(sum(b.volume for b in recent), participation, inst.lot_size))
-                if qty > 0:
-                    price = touch if limit is not None else fill_prices.on_arrival(
-                        touch, recent[-1], slippage, scheme, side)
-                    fills.append(PaperFill(qty, price, now))
-                    remaining -= qty
+        # A working order takes its share of the volume that trades at prices it accepts, accumulated
+        # since it was placed (a stop: since it triggered): over many small bars it fills a lot at a time, as
+        # a real working order does. A stop is good till cancelled; other orders end at the session close.
+        timeframe, size = self._resolution(row["symbol"])
+        expiry = None if is_stop else self._expiry(row["submitted_at"])
+        end = now if is_stop else min(now, expiry)
+        if end <= matched_until and (is_stop or now < expiry):
+            return                                   # no bar since the last match, not expiring: nothing changes
+        if not is_stop:
+            first = _next_minute(row["submitted_at"])
+        elif triggered_at is None:
+            first = matched_until                    # nothing before it crossed the stop
         else:
-            # A working order takes its share of the volume that trades at prices it accepts, accumulated
-            # since it was placed (a stop: since it triggered): over many small bars it fills a lot at a time, as
-            # a real working order does. A stop is good till cancelled; other orders end at the session close.
-            timeframe, size = self._resolution(row["symbol"])
-            expiry = None if is_stop else self._expiry(row["submitted_at"])
-            end = now if is_stop else min(now, expiry)
-            if end <= matched_until and (is_stop or now < expiry):
-                return                                   # no bar since the last match, not expiring: nothing changes
-            if not is_stop:
-                first = _next_minute(row["submitted_at"])
-            elif triggered_at is None:
-                first = matched_until                    # nothing before it crossed the stop
+            first = triggered_at - size              # from the bar that triggered it
+        bars = self.market.bars(row["symbol"], timeframe, first, end) if end > matched_until else []
+        on_arrival = 0 if is_stop else await conn.fetchval(
+            "SELECT coalesce(sum(quantity), 0) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
+            "AND filled_at = $3", self.account_id, row["client_order_id"], row["submitted_at"])
+        worked = row["filled_quantity"] - on_arrival          # filled from bars so far
+        eligible_volume = 0
+        for bar in bars:
+            if is_stop and triggered_at is None:
+                price = fill_prices.stop_triggered(bar, stop, slippage, scheme)
+                if price is None:
+                    continue
+                triggered_at = bar.start + size      # known once the bar that crossed it completes
             else:
-                first = triggered_at - size              # from the bar that triggered it
-            bars = self.market.bars(row["symbol"], timeframe, first, end) if end > matched_until else []
-            on_arrival = 0 if is_stop else await conn.fetchval(
-                "SELECT coalesce(sum(quantity), 0) FROM paper_fills WHERE agent_id = $1 AND client_order_id = $2 "
-                "AND filled_at = $3", self.account_id, row["client_order_id"], row["submitted_at"])
-            worked = row["filled_quantity"] - on_arrival          # filled from bars so far
-            eligible_volume = 0
-            for bar in bars:
-                if is_stop and triggered_at is None:
-                    price = fill_prices.stop_triggered(bar, stop, slippage, scheme)
-                    if price is None:
-                        continue
-                    triggered_at = bar.start + size      # known once the bar that crossed it completes
-                else:
-                    price = fill_prices.in_bar(bar, side, limit, slippage, scheme)
-                    if price is None:
-                        continue
-                eligible_volume += bar.volume
-                if bar.start < matched_until or remaining <= 0:
-                    continue                                     # matched on an earlier call
-                qty = min(remaining, self._cap(eligible_volume, participation, inst.lot_size) - worked)
-                if qty > 0:
-                    fills.append(PaperFill(qty, price, bar.start + size))
-                    remaining -= qty
-                    worked += qty
-            if bars:
-                matched_until = max(matched_until, bars[-1].start + size)
+                price = fill_prices.in_bar(bar, side, limit, slippage, scheme)
+                if price is None:
+                    continue
+            eligible_volume += bar.volume
+            if bar.start < matched_until or remaining <= 0:
+                continue                                     # matched on an earlier call
+            qty = min(remaining, self._cap(eligible_volume, participation, inst.lot_size) - worked)
+            if qty > 0:
+                fills.append(PaperFill(qty, price, bar.start + size))
+                remaining -= qty
+                worked += qty
+        if bars:
+            matched_until = max(matched_until, bars[-1].start + size)
 
         for fill in fills:
             fee = fill_fees(self.config.fees, value=fill.price * fill.quantity, is_sell=side is OrderSide.SELL)
@@ -456,13 +462,10 @@ class PaperBroker(BrokerClient):
         elif filled_now > 0:
             status = "partially_filled"
         reason = row["reason"]
-        if remaining > 0 and not immediate and not is_stop and now >= expiry:
+        if remaining > 0 and not is_stop and now >= expiry:
             status, reason = "expired", "day order expired at the session close"
-        args = (self.account_id, row["client_order_id"], status, matched_until, reason, now, triggered_at)
-        if immediate:                          # the placement's answer comes back with the status
-            return to_result(await conn.fetchrow(SET_STATUS_RESULT, *args))
-        await conn.execute(SET_STATUS, *args)
-        return None
+        await conn.execute(SET_STATUS, self.account_id, row["client_order_id"], status, matched_until, reason, now,
+                           triggered_at)
 
     def _resolution(self, symbol: str) -> tuple[str, timedelta]:
         """The bars the venue trades on: the feed's own resolution (one minute unless it says otherwise; an

@@ -1,6 +1,6 @@
-"""The paper account's books in SQL: a fill written into its order, the cash and the position (in the caller's
-transaction, under the account lock); the account read in one statement; an order read back with its fills in one
-statement."""
+"""The paper account's books in SQL: a new order placed with what it took on arrival, and a later fill written into
+its order, the cash and the position, each in one statement (in the caller's transaction, under the account lock);
+the account read in one statement; an order read back with its fills in one statement."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,12 +43,9 @@ RESULTS = f"""{_WITH_FILLS}
     {_FILLS_OF}
     WHERE o.agent_id = $1 """
 
-# An order's status after a match; with _RESULT, the order read back with its fills in the same statement (the fills
-# written by this transaction's earlier statements are seen).
+# An order's status after a match.
 SET_STATUS = """UPDATE paper_orders SET status = $3, matched_until = $4, reason = $5, updated_at = $6, triggered_at = $7
     WHERE agent_id = $1 AND client_order_id = $2"""
-SET_STATUS_RESULT = f"""WITH o AS ({SET_STATUS} RETURNING *)
-    {_WITH_FILLS} FROM o {_FILLS_OF}"""
 
 
 @dataclass
@@ -73,16 +70,62 @@ _FILL = """WITH fill AS (
     {position},
     cash AS (UPDATE paper_accounts SET cash = cash + $10, updated_at = now() WHERE agent_id = $1)
     SELECT 1"""
-_BUY = _FILL.format(position="""pos AS (
+# ($1 account, $4 symbol, $6 quantity, $7 price, in both statements that take them)
+_BUY_POSITION = """pos AS (
         INSERT INTO paper_positions (agent_id, symbol, quantity, avg_price) VALUES ($1, $4, $6, $7)
         ON CONFLICT (agent_id, symbol) DO UPDATE SET
             avg_price = round((paper_positions.avg_price * paper_positions.quantity + $7 * $6)
                               / (paper_positions.quantity + $6), 6),
-            quantity = paper_positions.quantity + $6)""")
-_SELL = _FILL.format(position="""gone AS (
+            quantity = paper_positions.quantity + $6)"""
+_SELL_POSITION = """gone AS (
         DELETE FROM paper_positions WHERE agent_id = $1 AND symbol = $4 AND quantity <= $6),
     pos AS (
-        UPDATE paper_positions SET quantity = quantity - $6 WHERE agent_id = $1 AND symbol = $4 AND quantity > $6)""")
+        UPDATE paper_positions SET quantity = quantity - $6 WHERE agent_id = $1 AND symbol = $4 AND quantity > $6)"""
+_BUY = _FILL.format(position=_BUY_POSITION)
+_SELL = _FILL.format(position=_SELL_POSITION)
+
+
+# A new order placed, with what it took on arrival, in one statement: the next broker order number and the cash in
+# one update of the account, the order row as it stands after arrival ($6 filled, $8 its fee, $7 the price), and with
+# a fill ({fill}: _ARRIVAL_FILL) the fill and the position; the order comes back with its fills as RESULTS reads them.
+# $1 account, $2 client order id, $3 order type, $4 symbol, $5 side, $9 now, $10 cash change, $11 quantity,
+# $12 limit price, $13 stop price, $14 status, $15 matched until.
+_PLACE = """WITH seq AS (UPDATE paper_accounts SET order_seq = order_seq + 1, cash = cash + $10, updated_at = now()
+                 WHERE agent_id = $1 RETURNING order_seq),
+    o AS (INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type, quantity,
+              limit_price, stop_price, status, submitted_at, matched_until, updated_at, filled_quantity, fees,
+              avg_fill_price)
+          SELECT $1, $2, 'PAPER-' || $1 || '-' || seq.order_seq, $4, $5, $3, $11, $12, $13, $14, $9, $15, $9, $6, $8,
+                 CASE WHEN $6 > 0 THEN round($7::numeric, 6) END
+          FROM seq RETURNING *){fill}
+    SELECT o.*{arrays} FROM o"""
+_ARRIVAL_FILL = """,
+    fill AS (
+        INSERT INTO paper_fills (fill_id, agent_id, client_order_id, symbol, side, quantity, price, fee, filled_at)
+        SELECT o.broker_order_id || '-F1', $1, $2, $4, $5, $6, $7, $8, $9 FROM o RETURNING *),
+    {position}"""
+_ARRIVAL_ARRAYS = """, (SELECT array_agg(fill_id) FROM fill) AS fill_ids,
+        (SELECT array_agg(quantity) FROM fill) AS fill_quantities, (SELECT array_agg(price) FROM fill) AS fill_prices,
+        (SELECT array_agg(fee) FROM fill) AS fill_fees, (SELECT array_agg(filled_at) FROM fill) AS fill_times"""
+
+
+async def place(conn, account_id: str, order, now: datetime, fill: PaperFill | None, fee: Decimal, status: str,
+                matched_until: datetime):
+    """Insert `order` (an OrderRequest the venue accepted) as it stands after arrival (`fill`: what it took at once,
+    with its `fee`), with the books of that fill, in one statement (one round trip); returns the order's row with
+    its fills, for to_result."""
+    side = order.side.value
+    if fill is None:
+        sql, qty, price, fee, cash_delta = _PLACE.format(fill="", arrays=""), 0, None, Decimal(0), Decimal(0)
+    else:
+        value = fill.price * fill.quantity
+        cash_delta = -(value + fee) if side == "buy" else value - fee
+        position = (_BUY_POSITION if side == "buy" else _SELL_POSITION)
+        sql = _PLACE.format(fill=_ARRIVAL_FILL.format(position=position), arrays=_ARRIVAL_ARRAYS)
+        qty, price = fill.quantity, fill.price
+    return await conn.fetchrow(sql, account_id, order.client_order_id, order.order_type.value, order.symbol, side,
+                               qty, price, fee, now, cash_delta, order.quantity, order.limit_price, order.stop_price,
+                               status, matched_until)
 
 
 async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal) -> None:
@@ -95,7 +138,7 @@ async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal)
 
 
 def to_result(row) -> OrderResult:
-    """A `RESULTS` or `SET_STATUS_RESULT` row (or an order row with no fills) as the port's `OrderResult`."""
+    """A `RESULTS` or `place` row (or an order row with no fills) as the port's `OrderResult`."""
     side = OrderSide(row["side"])
     coid = row["client_order_id"]
     fills = zip(row.get("fill_ids") or (), row.get("fill_quantities") or (), row.get("fill_prices") or (),

@@ -202,6 +202,67 @@ async def test_an_account_read_first_matches_what_rests_and_reads_once_when_noth
     assert len(sent) == 1                                       # nothing rests: the one read
 
 
+async def test_an_order_placed_is_written_with_what_it_took_on_arrival_in_one_statement(pool, agent_id):
+    """Placing is BEGIN, the account lock, the resting orders, the buying-power read, the order written with its
+    fill and the books of it (one statement: it was three, the order, the fill and the status), COMMIT; the answer
+    is what the venue reads back for that order afterwards, and the cash and holding moved by the fill."""
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    lot = (await broker.get_instrument(symbol)).lot_size
+    counting = _CountingPool(pool)
+    broker.pool = counting
+    for side in (OrderSide.BUY, OrderSide.SELL):    # once first: the connection's statements prepared, types known
+        await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-warm-{side.value}", symbol=symbol,
+                                              side=side, quantity=lot, order_type=OrderType.MARKET))
+    before = await broker.get_account()
+    counting.sent.clear()
+    placed = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-buy", symbol=symbol,
+                                                   side=OrderSide.BUY, quantity=lot, order_type=OrderType.MARKET))
+    assert placed.status is OrderStatus.FILLED and len(placed.fills) == 1, placed
+    assert len(counting.sent) == 6, counting.sent
+    assert placed == await broker.get_order_by_client_id(placed.client_order_id)
+    fill = placed.fills[0]
+    account, positions = await broker.get_account_and_positions()
+    assert account.cash == before.cash - fill.price * fill.quantity - fill.fee
+    assert [(p.symbol, p.quantity, p.avg_price) for p in positions] == [(symbol, lot, fill.price)]
+    # a limit far below the bid rests: written as submitted, nothing taken, nothing moved
+    counting.sent.clear()
+    resting = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-low", symbol=symbol,
+                                                    side=OrderSide.SELL, quantity=lot, order_type=OrderType.LIMIT,
+                                                    limit_price=fill.price * 3))
+    assert (resting.status, resting.filled_quantity, resting.fills) == (OrderStatus.SUBMITTED, 0, ())
+    assert resting == await broker.get_order_by_client_id(resting.client_order_id)
+    assert (await broker.get_account()).cash == account.cash
+    await broker.cancel_order(resting.client_order_id)
+    # a sell of the whole holding: the position goes, the proceeds less the fee come in
+    sold = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-sell", symbol=symbol,
+                                                 side=OrderSide.SELL, quantity=lot, order_type=OrderType.MARKET))
+    assert sold.status is OrderStatus.FILLED and sold == await broker.get_order_by_client_id(sold.client_order_id)
+    out = sold.fills[0]
+    account, positions = await broker.get_account_and_positions()
+    assert positions == [] and account.cash == before.cash - fill.price * lot - fill.fee + out.price * lot - out.fee
+
+
+class _CountingPool:
+    """The pool, every statement sent on a connection it lends counted (BEGIN and COMMIT included)."""
+
+    def __init__(self, pool) -> None:
+        self.pool, self.sent = pool, []
+
+    async def acquire(self):
+        conn = await self.pool.acquire()
+        conn.add_query_logger(self._log)
+        return conn
+
+    async def release(self, conn) -> None:
+        conn.remove_query_logger(self._log)
+        await self.pool.release(conn)
+
+    def _log(self, record) -> None:
+        self.sent.append(record.query)
+
+
 class _Counting:
     def __init__(self, inner, sent: list) -> None:
         self.inner, self.sent = inner, sent
