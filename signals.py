@@ -46,7 +46,7 @@ non-positive quantity raises ValueError, a float price raises TypeError (money i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, Mapping, Sequence
@@ -183,6 +183,14 @@ def evaluate(position: PositionView, thresholds: SignalThresholds, *, rsi: float
                          _rsi_overbought(reading, t), _pattern_failure(p, patterns) if patterns else None)
              if s is not None]
     return _report(p, found, held)
+
+
+def as_of(report: SignalReport, position: PositionView, now: datetime | None) -> SignalReport:
+    """`report`, evaluate's price-only answer for `position` at some time, as of `now`: exactly
+    `evaluate(position, thresholds, now=now)`, since no rule depends on time (only held_seconds does). What a
+    monitor pass reuses when nothing about a position changed since its last pass."""
+    held = _held_seconds(position.opened_at, now)
+    return report if held == report.held_seconds else replace(report, held_seconds=held)
 
 
 def with_indicators(report: SignalReport, position: PositionView, thresholds: SignalThresholds, *,

@@ -87,6 +87,8 @@ class PositionMonitor:
         # position_id -> the highest price pushed since the position was opened (the high-water mark rises with
         # every pushed price, not only with the prices a pass sees; the next pass stores it)
         self._highs: dict[int, Any] = {}
+        # position_id -> (what its last price-only report was worked out from, the view, the report): _judge
+        self._judged: dict[int, tuple] = {}
         # symbol -> (the high-water mark, low, high): the row's price-only exit band (signals.price_exit_band) as of
         # that high; a pushed price inside it is no exit, and only one outside it is evaluated
         self._bands: dict[str, tuple[Any, Any, Any]] = {}
@@ -151,6 +153,20 @@ class PositionMonitor:
                                     price=price, high_water=high, stop_loss=row["stop_loss"],
                                     take_profit=row["take_profit"], opened_at=row["opened_at"])
 
+    def _judge(self, row, price, high, now: datetime) -> tuple[signals.PositionView, signals.SignalReport]:
+        """The position's view and price-only report: worked out again only when the price, the high-water mark or
+        the position changed since the last pass (about half the positions' prices do not move between two passes),
+        otherwise the last report as of now (signals.as_of)."""
+        key = (str(price), str(high), row["quantity"], row["avg_entry_price"], row["stop_loss"], row["take_profit"],
+               row["opened_at"], self.thresholds)        # (prices as text: 10.5 and 10.50 read differently)
+        last = self._judged.get(row["position_id"])
+        if last is not None and last[0] == key:
+            return last[1], signals.as_of(last[2], last[1], now)
+        view = self._view(row, price, high)
+        report = signals.evaluate(view, self.thresholds, now=now)
+        self._judged[row["position_id"]] = (key, view, report)
+        return view, report
+
     def _high(self, row, price):
         """The position's high-water mark with `price` seen: the stored mark (the entry before any), every price
         pushed since, and this one."""
@@ -191,6 +207,7 @@ class PositionMonitor:
         rows = await self.store.positions_to_monitor()
         if not rows:
             self._rows, self._watched, self._bands, self._highs, self._ready = {}, None, {}, {}, {}
+            self._judged = {}
             if self.protection is not None:        # stops whose position is gone
                 await self._protect([], {}, {}, result)
             result.seconds = time.perf_counter() - t0
@@ -199,6 +216,7 @@ class PositionMonitor:
         open_ids = {r["position_id"] for r in rows}
         self._standing = {k: v for k, v in self._standing.items() if k in open_ids}
         self._highs = {k: v for k, v in self._highs.items() if k in open_ids}
+        self._judged = {k: v for k, v in self._judged.items() if k in open_ids}
         self._rows, self._watched, self._bands = {r["symbol"]: r for r in rows}, None, {}
         self._ready = {k: v for k, v in self._ready.items() if k in self._rows}
         quotes = await self._quotes([r["symbol"] for r in rows], result)
@@ -218,9 +236,8 @@ class PositionMonitor:
                     result.errors.append(f"{row['symbol']}: unusable quote (last {quote.last})")
                     continue
                 hwm = self._high(row, quote.last)             # stored with the status
-                view = self._view(row, quote.last, hwm)
+                view, report = self._judge(row, quote.last, hwm, now)
                 result.checked += 1
-                report = signals.evaluate(view, self.thresholds, now=now)
                 pid = row["position_id"]
                 if row["exit_working"]:           # an exit is already at the broker: watch it, do not repeat it
                     statuses[pid] = self._status_row(row, view, report, "exit working")

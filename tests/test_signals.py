@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import signals
 from core.config_model import SignalsConfig
-from signals import PositionView, Signal, SignalThresholds, evaluate
+from signals import PositionView, Signal, SignalThresholds, as_of, evaluate
 
 T = SignalThresholds(stop_loss_strong=D("-0.03"), stop_loss_moderate=D("-0.02"), take_profit_strong=D("0.08"),
                      take_profit_moderate=D("0.05"), rsi_overbought=D(75), rsi_oversold=D(30),
@@ -515,3 +515,17 @@ def test_a_price_only_evaluation_exits_exactly_when_the_price_is_outside_the_ban
     low, high = signals.price_exit_band(p, t)
     exits = evaluate(p, t, now=NOW).action == "exit"
     assert exits == (p.price <= low or p.price >= high)
+
+
+@settings(max_examples=200, deadline=None)
+@given(price=st.decimals(min_value=D("18.00"), max_value=D("23.00"), places=2),
+       high=st.decimals(min_value=D("20.00"), max_value=D("24.00"), places=2),
+       stop=st.one_of(st.none(), st.decimals(min_value=D("18.00"), max_value=D("19.90"), places=2)),
+       later=st.integers(min_value=-7200, max_value=10 * 86400))
+def test_a_report_as_of_another_time_is_evaluate_at_that_time(price, high, stop, later):
+    """signals.as_of: what a monitor pass reuses when nothing about a position moved: the same report as evaluate
+    at the new time, held time included (and before the opening, none of it: 0)."""
+    p = pos(str(price), high=str(max(high, price)), stop=None if stop is None else str(stop))
+    then = NOW + timedelta(seconds=later)
+    assert as_of(evaluate(p, T, now=NOW), p, then) == evaluate(p, T, now=then)
+    assert as_of(evaluate(p, T, now=NOW), p, None) == evaluate(p, T)
