@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+import orjson
 from pydantic import ValidationError
 
 import safety
@@ -47,7 +48,7 @@ class ToolResult:
 
     @property
     def data(self) -> Any:
-        return json.loads(self.content)
+        return orjson.loads(self.content)
 
 
 def _brief(text: str, limit: int = 2000) -> str:

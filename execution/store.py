@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 
 from core.clock import Clock
 from core.orders import WORKING_STATUSES
@@ -42,9 +43,22 @@ def state_from(stored: str | None) -> TradingState:
     return TradingState[stored] if stored else TradingState.ACTIVE
 
 
+# orjson's options for to_json: datetimes and dataclasses through _default (ISO text; a to_dict where there is one),
+# keys that are not text written as text, as json does.
+_ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+
+
 def to_json(data: Any) -> str:
-    """Compact JSON with Decimal as strings and datetimes as ISO text (what the model and jsonb columns get)."""
-    return json.dumps(data, default=_default, separators=(",", ":"))
+    """Compact JSON with Decimal as strings and datetimes as ISO text (what the model and jsonb columns get).
+
+    orjson writes it (~5x faster than json here, on every tool result and audit row): text as UTF-8 rather than
+    \\u escapes, and a float that is not a number (NaN, infinity) as null, which JSON and jsonb accept (json wrote
+    `NaN`, which neither does). Text that is not valid Unicode (an unpaired surrogate) cannot be UTF-8: such data is
+    written by json, escaped."""
+    try:
+        return orjson.dumps(data, default=_default, option=_ORJSON).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data, default=_default, separators=(",", ":"))
 
 
 def _default(value: Any) -> Any:
