@@ -107,28 +107,33 @@ class MarketData:
     async def technicals(self, symbol: str, timeframe: str = "1d",
                          indicators: Sequence[str] | None = None) -> dict[str, Any]:
         """The last bar's indicators (all, or only `indicators`: the symbol, timeframe, as_of, close and bars_used
-        come with any). Daily RSI asked alone is worked out without the rest (the same number), unless the whole set
-        is at hand already."""
+        come with any). Daily indicators asked for by name are worked out without the rest (the same numbers; RSI
+        alone by `rsi_technicals`), unless the whole set is at hand already."""
         if timeframe != "1d":
             return _only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
         key = self.daily_key(symbol, "technicals")
         whole = self._cache.get(key)
-        if whole is None and indicators is not None and set(indicators) <= {"rsi14"}:
-            key = self.daily_key(symbol, "technicals:rsi14")
+        if whole is None and indicators is not None:      # these alone, unless the whole set is at hand
+            asked = ",".join(sorted(set(indicators)))
+            key = self.daily_key(symbol, f"technicals:{asked}")
             whole = self._cache.get(key)
             if whole is None:
                 whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol),
-                                                             rsi_only=True))
+                                                             indicators=indicators))
         if whole is None:
             whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
         return _only(whole, indicators)
 
-    def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays", *, rsi_only: bool = False) -> dict[str, Any]:
+    def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays", *,
+                    indicators: Sequence[str] | None = None) -> dict[str, Any]:
         from data.technicals import rsi_technicals, technicals_of
         if not len(bars):
             return {"symbol": symbol, "timeframe": timeframe, "bars_used": 0, "note": "no bars yet"}
-        values = (rsi_technicals if rsi_only else technicals_of)(bars, rsi_overbought=self.rsi_overbought,
-                                                                 rsi_oversold=self.rsi_oversold)
+        if indicators is not None and set(indicators) <= {"rsi14"}:
+            values = rsi_technicals(bars, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold)
+        else:
+            values = technicals_of(bars, rsi_overbought=self.rsi_overbought, rsi_oversold=self.rsi_oversold,
+                                   indicators=indicators)
         return {"symbol": symbol, "timeframe": timeframe, "as_of": bars.time(len(bars) - 1).isoformat(),
                 "close": float(bars.close[-1]), **values}
 

@@ -43,7 +43,7 @@ High, low and volume are expected wherever close is present; a NaN there propaga
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -97,8 +97,11 @@ def compute_technicals(frame: pd.DataFrame, *, rsi_overbought: float = 70,
     return technicals_of(BarArrays.from_frame(frame), rsi_overbought=rsi_overbought, rsi_oversold=rsi_oversold)
 
 
-def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30) -> dict[str, Any]:
-    """`compute_technicals` of one symbol's bars as arrays (the bar store's own form: no frame built)."""
+def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30,
+                  indicators: Iterable[str] | None = None) -> dict[str, Any]:
+    """`compute_technicals` of one symbol's bars as arrays (the bar store's own form: no frame built). With
+    `indicators`, only those (rsi_state with rsi14, bars_used always): only their groups are worked out, each the
+    same number as in the whole set."""
     close = bars.close
     keep = ~np.isnan(close)
     if not keep.all():
@@ -106,21 +109,28 @@ def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold
     # The universe path on one dense column (every row a bar): pandas-ta's numbers, without its cost.
     cols = [a.astype(np.float64, copy=False)[:, None] for a in (bars.close, bars.high, bars.low, bars.volume)]
     n = len(bars)
-    dense = _dense_indicators(*cols, np.array([n]))
-    last = {k: _rounded(float(dense[k][-1, 0])) if n else None for k in UNIVERSE_KEYS}
-    rsi = last["rsi14"]
-    upper, lower = last["bb_upper"], last["bb_lower"]
+    asked = None if indicators is None else frozenset(indicators)
+    keys = UNIVERSE_KEYS if asked is None else [k for k in UNIVERSE_KEYS if k in asked or (
+        k in ("bb_upper", "bb_lower") and "bb_position" in asked)]
+    dense = _dense_indicators(*cols, np.array([n]), keys=frozenset(keys))
+    last = {k: _rounded(float(dense[k][-1, 0])) if n else None for k in keys}
+    rsi = last.get("rsi14")
+    upper, lower = last.get("bb_upper"), last.get("bb_lower")
     position = None
     if upper is not None and lower is not None and upper > lower:
         position = round((float(cols[0][-1, 0]) - lower) / (upper - lower), 2)
-    return {
+    values = {
         "rsi14": rsi, "rsi_state": _rsi_state(rsi, rsi_overbought, rsi_oversold),
-        "macd": last["macd"], "macd_signal": last["macd_signal"], "macd_hist": last["macd_hist"],
-        "bb_upper": upper, "bb_middle": last["bb_middle"], "bb_lower": lower, "bb_position": position,
-        "atr14": last["atr14"], "vwap": _session_vwap(bars),
-        "sma20": last["sma20"], "sma50": last["sma50"], "ema20": last["ema20"], "ema50": last["ema50"],
-        "volume_ratio20": last["volume_ratio20"], "bars_used": n,
+        "macd": last.get("macd"), "macd_signal": last.get("macd_signal"), "macd_hist": last.get("macd_hist"),
+        "bb_upper": upper, "bb_middle": last.get("bb_middle"), "bb_lower": lower, "bb_position": position,
+        "atr14": last.get("atr14"), "vwap": _session_vwap(bars) if asked is None or "vwap" in asked else None,
+        "sma20": last.get("sma20"), "sma50": last.get("sma50"), "ema20": last.get("ema20"), "ema50": last.get("ema50"),
+        "volume_ratio20": last.get("volume_ratio20"), "bars_used": n,
     }
+    if asked is None:
+        return values
+    return {k: v for k, v in values.items()
+            if k in asked or k == "bars_used" or (k == "rsi_state" and "rsi14" in asked)}
 
 
 def rsi_technicals(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class SessionMemo:
 
 
 _CALENDARS: dict[str, MarketCalendar] = {}
+# What the entry rules read of get_technicals (close comes with any): only these are worked out.
+_ENTRY_INDICATORS = ("rsi14", "sma20", "macd_hist")
 
 
 def session_of(exchange: str, now: datetime) -> tuple:
@@ -276,7 +278,7 @@ class RulesEngine:
     async def _judge_entry(self, symbol: str) -> tuple[str | None, bool]:
         """(why not or None, judged on complete answers?)"""
         r = self.rules
-        tech, err = await self._call("get_technicals", {"symbol": symbol})
+        tech, err = await self._call("get_technicals", {"symbol": symbol, "indicators": list(_ENTRY_INDICATORS)})
         if err:
             return f"no technicals: {tech['error']}", False
         rsi, close, sma20, hist = tech.get("rsi14"), tech.get("close"), tech.get("sma20"), tech.get("macd_hist")

@@ -12,6 +12,7 @@ from core.instruments import Bar
 from data.bar_arrays import BarArrays
 from data.patterns import detect_patterns, patterns_of
 from data.technicals import compute_technicals, rsi_technicals, technicals_of
+from tools import INDICATORS
 
 FIELDS = ("open", "high", "low", "close", "volume")
 
@@ -21,6 +22,11 @@ def real(name: str) -> pd.DataFrame:
     frame = getattr(shipped, name).rename(columns=str.lower)[list(FIELDS)].astype(float)
     frame.index = frame.index.tz_localize("UTC")
     return frame
+
+
+# Indicators asked by name (tools.INDICATORS): each subset's values are the whole set's, in its order.
+_SUBSETS = [("rsi14", "sma20", "macd_hist"), ("bb_position",), ("vwap", "atr14"), ("ema50", "macd", "macd_signal"),
+            ("bb_upper", "bb_middle", "bb_lower", "volume_ratio20", "sma50", "ema20"), ("rsi14",), INDICATORS]
 
 
 def arrays(frame: pd.DataFrame) -> BarArrays:
@@ -39,6 +45,10 @@ def test_real_windows_give_the_same_technicals_and_patterns_as_their_frames(name
         whole = compute_technicals(window)
         assert technicals_of(arrays(window)) == whole
         assert rsi_technicals(arrays(window)) == {k: whole[k] for k in ("rsi14", "rsi_state", "bars_used")}
+        asked = _SUBSETS[(end // 7) % len(_SUBSETS)]
+        assert list(technicals_of(arrays(window), indicators=asked).items()) == [
+            (k, v) for k, v in whole.items()
+            if k in asked or k == "bars_used" or (k == "rsi_state" and "rsi14" in asked)]
         theirs = [p.to_dict() for p in detect_patterns(window)]
         assert [p.to_dict() for p in patterns_of(arrays(window))] == theirs
         found += len(theirs)
