@@ -16,7 +16,9 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
+
+import asyncpg
 
 from brokers.base import BrokerClient
 from core.errors import BrokerError, BrokerUnavailable, InvalidRequest, OrderRejected
@@ -25,9 +27,6 @@ from core.orders import (OrderRequest, OrderResult, OrderSide, OrderStatus, Orde
 from core.clock import Clock
 from core.faults import kill_point
 from execution.store import WORKING
-
-if TYPE_CHECKING:
-    import asyncpg
 
 log = logging.getLogger("catalyst.orders")
 
@@ -80,8 +79,11 @@ _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, posit
 # The order row locked, and with it (when the broker reported fills) its first fill recorded once (unique per broker
 # fill id) and the symbol's open position locked for it, in one statement. `inserted` is NULL for a fill recorded
 # before; the open_* columns are NULL when no position is open. No row: no such order.
+# NOWAIT: the statement reads positions from a snapshot taken when it starts, so it must not wait for the order's
+# lock (a position another process opens while it waits would be invisible to it); when another process holds the
+# order, record_result locks it alone (_LOCK_ORDER, waiting) and records every fill after the wait.
 _LOCK_ORDER = "SELECT *, NULL::bigint AS inserted FROM orders WHERE client_order_id = $1 FOR UPDATE"
-_LOCK_ORDER_RECORD_FILL = """WITH o AS (SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE),
+_LOCK_ORDER_RECORD_FILL = """WITH o AS (SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE NOWAIT),
     f AS (
         INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
         SELECT $2, o.order_id, $3, $4, $5, $6, $7, $8, $9 FROM o ON CONFLICT (agent_id, broker_fill_id) DO NOTHING
@@ -257,10 +259,18 @@ class OrderPath:
 
         In the common case (one new fill, no fee beyond what the fills carry) that is four statements: the order
         locked with its fill recorded and the open position locked, then the position's change with the order's
-        new row, between BEGIN and COMMIT."""
+        new row, between BEGIN and COMMIT. When another process is recording the same order, this waits for it
+        and records every fill after it (_LOCK_ORDER_RECORD_FILL)."""
+        try:
+            return await self._record(result, wait=False)
+        except asyncpg.LockNotAvailableError:
+            log.info("order %s is being recorded by another process: waiting for it", result.client_order_id)
+            return await self._record(result, wait=True)
+
+    async def _record(self, result: OrderResult, *, wait: bool) -> OrderOutcome:
         fills = result.fills
         async with self.pool.acquire() as conn, conn.transaction():
-            if fills:
+            if fills and not wait:
                 f = fills[0]
                 row = await conn.fetchrow(_LOCK_ORDER_RECORD_FILL, result.client_order_id, self.agent_id, f.fill_id,
                                           f.symbol, f.side.value, f.quantity, f.price, f.fee, f.timestamp)
@@ -274,7 +284,7 @@ class OrderPath:
             attached = None                 # the position the fills went to (set on the order with its status)
             last: tuple[str, tuple] | None = None     # the last fill's position change, sent with the order's row
             for n, fill in enumerate(fills):
-                if n:
+                if n or wait:
                     if last is not None:      # the earlier fill's change first: this fill's read sees it
                         attached = await conn.fetchval(last[0], *last[1]) or attached
                         last = None

@@ -3,6 +3,7 @@ whose ids start alike still each get an orders row for every order; a broker's a
 becoming one position, in few statements."""
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -155,3 +156,61 @@ async def test_an_order_level_fee_beyond_its_fills_is_booked_on_the_position_onc
         assert (pos["quantity"], pos["fees"], pos["realized_pnl"]) == (100, Decimal("5"), Decimal("-5"))
     assert await pool.fetchval("SELECT position_id FROM orders WHERE client_order_id = $1",
                                f"{agent_id}-b1") == pos["position_id"]
+
+
+async def _holding_the_order(pool, coid: str):
+    """Another process recording order `coid`: its transaction open, the order's row locked."""
+    conn = await pool.acquire()
+    tx = conn.transaction()
+    await tx.start()
+    await conn.fetchrow("SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE", coid)
+    return conn, tx
+
+
+async def test_an_answer_recorded_while_another_process_opens_the_position_adds_to_it(pool, agent_id):
+    """Another process holds the order and, recording a partial answer whose one fill the broker listed late, opens
+    the position; this process waits for it and adds the answer's other fill to that position (one position at the
+    average of both). Reading positions from a snapshot taken before the wait saw no position and failed on the
+    one-open-position-per-symbol rule."""
+    coid = f"{agent_id}-b1"
+    await _written_ahead(pool, agent_id, coid, OrderSide.BUY, 200)
+    full = _answer(coid, OrderSide.BUY, 200, [(100, "10.00", "1"), (100, "10.50", "1")])
+    conn, tx = await _holding_the_order(pool, coid)
+    try:
+        order_id = await conn.fetchval("SELECT order_id FROM orders WHERE client_order_id = $1", coid)
+        late = full.fills[1]
+        await conn.execute("INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, "
+                           "filled_at) VALUES ($1, $2, $3, 'S0001', 'buy', 100, 10.50, 1, $4)", agent_id, order_id,
+                           late.fill_id, late.timestamp)
+        await conn.execute("INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, fees, realized_pnl, "
+                           "opened_at) VALUES ($1, 'S0001', 100, 10.50, 1, -1, $2)", agent_id, OPEN_AT)
+        recording = asyncio.create_task(OrderPath(pool, None, SimulatedClock(OPEN_AT), agent_id).record_result(full))
+        await asyncio.sleep(0.3)
+        assert not recording.done()                       # it waits for the other process
+        await tx.commit()
+    finally:
+        await pool.release(conn)
+    await recording
+    pos = await _position(pool, agent_id)
+    assert (pos["quantity"], pos["avg_entry_price"], pos["fees"], pos["status"]) == \
+        (200, Decimal("10.25"), Decimal("2"), "open")
+
+
+async def test_a_position_opened_by_another_order_while_waiting_is_added_to(pool, agent_id):
+    """While this process waits for its order's lock, another order of the same symbol opens the position: this
+    order's fill goes onto that position."""
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 100)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b2", OrderSide.BUY, 100)
+    conn, tx = await _holding_the_order(pool, f"{agent_id}-b1")
+    try:
+        waiting = asyncio.create_task(OrderPath(pool, None, SimulatedClock(OPEN_AT), agent_id).record_result(
+            _answer(f"{agent_id}-b1", OrderSide.BUY, 100, [(100, "10.00", "1")])))
+        await asyncio.sleep(0.3)
+        await OrderPath(pool, None, SimulatedClock(OPEN_AT), agent_id).record_result(
+            _answer(f"{agent_id}-b2", OrderSide.BUY, 100, [(100, "11.00", "1")]))
+        await tx.commit()
+    finally:
+        await pool.release(conn)
+    await waiting
+    pos = await _position(pool, agent_id)
+    assert (pos["quantity"], pos["avg_entry_price"], pos["fees"]) == (200, Decimal("10.50"), Decimal("2"))
