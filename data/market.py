@@ -20,18 +20,6 @@ LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelt
             "5m": timedelta(days=5), "1m": timedelta(days=2)}
 
 
-# Returned with any selection of indicators.
-_ALWAYS = ("symbol", "timeframe", "as_of", "close", "bars_used", "note")
-
-
-def _only(values: dict[str, Any], indicators: Sequence[str] | None) -> dict[str, Any]:
-    """`values` (a copy), or only the indicators asked for (rsi_state with rsi14) and what comes with any."""
-    if indicators is None:
-        return dict(values)
-    keep = set(indicators) | set(_ALWAYS) | ({"rsi_state"} if "rsi14" in indicators else set())
-    return {k: v for k, v in values.items() if k in keep}
-
-
 class QuoteSource(Protocol):
     """Where live quotes and per-symbol bars come from (the broker)."""
 
@@ -109,8 +97,9 @@ class MarketData:
         """The last bar's indicators (all, or only `indicators`: the symbol, timeframe, as_of, close and bars_used
         come with any). Daily indicators asked for by name are worked out without the rest (the same numbers; RSI
         alone by `rsi_technicals`), unless the whole set is at hand already."""
+        from data.technicals import only
         if timeframe != "1d":
-            return _only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
+            return only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
         key = self.daily_key(symbol, "technicals")
         whole = self._cache.get(key)
         if whole is None and indicators is not None:      # these alone, unless the whole set is at hand
@@ -122,7 +111,7 @@ class MarketData:
                                                              indicators=indicators))
         if whole is None:
             whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
-        return _only(whole, indicators)
+        return only(whole, indicators)
 
     def _technicals(self, symbol: str, timeframe: str, bars: "BarArrays", *,
                     indicators: Sequence[str] | None = None) -> dict[str, Any]:

@@ -127,10 +127,19 @@ def technicals_of(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold
         "sma20": last.get("sma20"), "sma50": last.get("sma50"), "ema20": last.get("ema20"), "ema50": last.get("ema50"),
         "volume_ratio20": last.get("volume_ratio20"), "bars_used": n,
     }
-    if asked is None:
-        return values
-    return {k: v for k, v in values.items()
-            if k in asked or k == "bars_used" or (k == "rsi_state" and "rsi14" in asked)}
+    return values if asked is None else only(values, asked)
+
+
+# Returned with any selection of indicators (MarketData's answers carry the first four as well).
+WITH_ANY = ("symbol", "timeframe", "as_of", "close", "bars_used", "note")
+
+
+def only(values: dict[str, Any], indicators: Iterable[str] | None) -> dict[str, Any]:
+    """`values` (a copy), or only the indicators asked for (rsi_state with rsi14) and what comes with any."""
+    if indicators is None:
+        return dict(values)
+    keep = set(indicators) | set(WITH_ANY) | ({"rsi_state"} if "rsi14" in indicators else set())
+    return {k: v for k, v in values.items() if k in keep}
 
 
 def rsi_technicals(bars: "BarArrays", *, rsi_overbought: float = 70, rsi_oversold: float = 30) -> dict[str, Any]:

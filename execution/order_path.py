@@ -82,7 +82,7 @@ _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, posit
 # NOWAIT: the statement reads positions from a snapshot taken when it starts, so it must not wait for the order's
 # lock (a position another process opens while it waits would be invisible to it); when another process holds the
 # order, record_result locks it alone (_LOCK_ORDER, waiting) and records every fill after the wait.
-_LOCK_ORDER = "SELECT *, NULL::bigint AS inserted FROM orders WHERE client_order_id = $1 FOR UPDATE"
+_LOCK_ORDER = "SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE"
 _LOCK_ORDER_RECORD_FILL = """WITH o AS (SELECT * FROM orders WHERE client_order_id = $1 FOR UPDATE NOWAIT),
     f AS (
         INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
@@ -105,12 +105,12 @@ _RECORD_FILL = """WITH f AS (
            p.avg_entry_price AS open_avg_entry_price
     FROM (SELECT 1) AS one LEFT JOIN p ON true"""
 
-# The order's row as the broker answered ($10: the position its fills went to, when known); with a fill's position
-# change as CTE `a` ($11 on, RETURNING position_id) when that is the last thing written before it.
+# The order's row as the broker answered ($10: the position its fills went to, when known).
 _SET_ORDER = """UPDATE orders SET status = $2, broker_order_id = $3, filled_quantity = $4, avg_fill_price = $5,
         fees = $6, reason = coalesce($7, reason), submitted_at = coalesce(submitted_at, $8), updated_at = $9,
         position_id = coalesce({attached}, position_id) WHERE order_id = $1
     RETURNING position_id"""
+_SET_ORDER_ARGS = 10
 
 # A new fill's change to our positions, each RETURNING the position it went to: (sql, args) made by _position_change.
 _OPEN = """INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, take_profit,
@@ -129,6 +129,19 @@ _CLOSE = """UPDATE positions SET quantity = 0, status = 'closed', closed_at = $2
 def _shifted(sql: str, by: int) -> str:
     """`sql` with its parameters $n renumbered $(n + by) (to follow another statement's)."""
     return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
+# A position change (CTE `a`, its parameters after the order's) and the order's row, in one statement; per change.
+_WITH_SET_ORDER = {change: f"WITH a AS ({_shifted(change, _SET_ORDER_ARGS)})\n"
+                           + _SET_ORDER.format(attached="(SELECT position_id FROM a), $10")
+                   for change in (_OPEN, _ADD, _REDUCE, _CLOSE)}
+_SET_ORDER_ALONE = _SET_ORDER.format(attached="$10")
+
+
+def _fees_beyond_fills(order, order_fees: Decimal | None, fills) -> bool:
+    """Whether the broker reports fees for the order beyond what its fills carry (booked on the position apart)."""
+    return bool(order_fees) and not (order["fees_booked"] == 0 and
+                                     order_fees <= sum((f.fee for f in fills), Decimal(0)))
 
 
 def _open_position(found) -> dict | None:
@@ -278,9 +291,7 @@ class OrderPath:
                 row = await conn.fetchrow(_LOCK_ORDER, result.client_order_id)
             if row is None:
                 raise KeyError(f"no orders row for {result.client_order_id}")
-            # fees the broker reports beyond what the fills carry are booked after the fills, apart
-            book_fees = bool(result.fees) and not (row["fees_booked"] == 0 and
-                                                   result.fees <= sum((f.fee for f in fills), Decimal(0)))
+            book_fees = _fees_beyond_fills(row, result.fees, fills)       # booked after the fills, apart
             attached = None                 # the position the fills went to (set on the order with its status)
             last: tuple[str, tuple] | None = None     # the last fill's position change, sent with the order's row
             for n, fill in enumerate(fills):
@@ -306,7 +317,7 @@ class OrderPath:
                 attached = await conn.fetchval(last[0], *last[1]) or attached
                 last = None
             if book_fees:
-                await self._book_order_level_fees(conn, row, result.fees, fills, attached)
+                await self._book_order_level_fees(conn, row, result.fees, attached)
             old = OrderStatus(row["status"])
             new = result.status
             if not can_transition(old, new):
@@ -315,12 +326,9 @@ class OrderPath:
             args = (row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
                     result.fees, result.reason, result.submitted_at, self.clock.now(), attached)
             if last is None:
-                position_id = await conn.fetchval(_SET_ORDER.format(attached="$10"), *args)
+                position_id = await conn.fetchval(_SET_ORDER_ALONE, *args)
             else:                             # the last fill's position change and the order's row, one statement
-                sql, change_args = last
-                position_id = await conn.fetchval(
-                    f"WITH a AS ({_shifted(sql, len(args))})\n"
-                    + _SET_ORDER.format(attached="(SELECT position_id FROM a), $10"), *args, *change_args)
+                position_id = await conn.fetchval(_WITH_SET_ORDER[last[0]], *args, *last[1])
         self.unsettled.discard(result.client_order_id)
         if result.fills and result.filled_quantity:
             log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,
@@ -328,14 +336,9 @@ class OrderPath:
         return OrderOutcome(result.client_order_id, new.value, result.symbol, result.side.value, result.quantity,
                             result.filled_quantity, result.avg_fill_price, result.fees, result.reason, position_id)
 
-    async def _book_order_level_fees(self, conn, order, order_fees: Decimal | None, fills=(),
-                                     attached: int | None = None) -> None:
-        """Fees the broker reports for the whole order beyond what its fills carried go onto the position once
-        (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
-        if not order_fees:
-            return
-        if order["fees_booked"] == 0 and order_fees <= sum((f.fee for f in fills), Decimal(0)):
-            return                            # the fills carry every fee (they are all recorded by now)
+    async def _book_order_level_fees(self, conn, order, order_fees: Decimal, attached: int | None) -> None:
+        """Fees the broker reports for the whole order beyond what its fills carried (_fees_beyond_fills) go onto the
+        position once (net P&L stays net of every fee even with brokers that have no per-fill fee)."""
         now = await conn.fetchrow("SELECT (SELECT coalesce(sum(fee), 0) FROM fills WHERE order_id = o.order_id) "
                                   "AS carried, fees_booked, position_id FROM orders o WHERE order_id = $1",
                                   order["order_id"])

@@ -107,6 +107,15 @@ _ARRIVAL_FILL = """,
 _ARRIVAL_ARRAYS = """, (SELECT array_agg(fill_id) FROM fill) AS fill_ids,
         (SELECT array_agg(quantity) FROM fill) AS fill_quantities, (SELECT array_agg(price) FROM fill) AS fill_prices,
         (SELECT array_agg(fee) FROM fill) AS fill_fees, (SELECT array_agg(filled_at) FROM fill) AS fill_times"""
+_PLACE_RESTING = _PLACE.format(fill="", arrays="")
+_PLACE_FILLED = {side: _PLACE.format(fill=_ARRIVAL_FILL.format(position=position), arrays=_ARRIVAL_ARRAYS)
+                 for side, position in (("buy", _BUY_POSITION), ("sell", _SELL_POSITION))}
+
+
+def _cash_change(side: str, fill: PaperFill, fee: Decimal) -> Decimal:
+    """What a fill does to the cash: a buy pays its value and fee, a sell receives its value less the fee."""
+    value = fill.price * fill.quantity
+    return -(value + fee) if side == "buy" else value - fee
 
 
 async def place(conn, account_id: str, order, now: datetime, fill: PaperFill | None, fee: Decimal, status: str,
@@ -116,13 +125,9 @@ async def place(conn, account_id: str, order, now: datetime, fill: PaperFill | N
     its fills, for to_result."""
     side = order.side.value
     if fill is None:
-        sql, qty, price, fee, cash_delta = _PLACE.format(fill="", arrays=""), 0, None, Decimal(0), Decimal(0)
+        sql, qty, price, fee, cash_delta = _PLACE_RESTING, 0, None, Decimal(0), Decimal(0)
     else:
-        value = fill.price * fill.quantity
-        cash_delta = -(value + fee) if side == "buy" else value - fee
-        position = (_BUY_POSITION if side == "buy" else _SELL_POSITION)
-        sql = _PLACE.format(fill=_ARRIVAL_FILL.format(position=position), arrays=_ARRIVAL_ARRAYS)
-        qty, price = fill.quantity, fill.price
+        sql, qty, price, cash_delta = _PLACE_FILLED[side], fill.quantity, fill.price, _cash_change(side, fill, fee)
     return await conn.fetchrow(sql, account_id, order.client_order_id, order.order_type.value, order.symbol, side,
                                qty, price, fee, now, cash_delta, order.quantity, order.limit_price, order.stop_price,
                                status, matched_until)
@@ -131,10 +136,8 @@ async def place(conn, account_id: str, order, now: datetime, fill: PaperFill | N
 async def record_fill(conn, account_id: str, row, fill: PaperFill, fee: Decimal) -> None:
     """The fill, the order's totals, the cash and the position, in one statement (one round trip)."""
     side = row["side"]
-    value = fill.price * fill.quantity
-    cash_delta = -(value + fee) if side == "buy" else value - fee
     await conn.execute(_BUY if side == "buy" else _SELL, account_id, row["client_order_id"], row["broker_order_id"],
-                       row["symbol"], side, fill.quantity, fill.price, fee, fill.at, cash_delta)
+                       row["symbol"], side, fill.quantity, fill.price, fee, fill.at, _cash_change(side, fill, fee))
 
 
 def to_result(row) -> OrderResult:
