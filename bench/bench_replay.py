@@ -11,6 +11,11 @@ With --rounds R the two sides alternate R times (head, base, head, base, ...) an
 this host's speed drifts by tens of percent over minutes, and alternating keeps a slow spell from landing on one
 side only. Every round's times are printed.
 
+Beside the wall time, each side prints the CPU it used (this process, and its PostgreSQL server's processes) and
+the CPU time the host's hypervisor stole while it ran (/proc/stat, all CPUs). Steal is what makes this host's wall
+times drift; CPU seconds drift much less, so the CPU ratio is printed too, as a check on the wall ratio (the target
+is the wall ratio).
+
 Target: this checkout takes at most a quarter of e409bb7's time (ratio <= 0.25).
 Run: ./run.sh bench replay [--days N] [--rounds R] [--base DIR] [--only head|base]   (N trading days instead of a year)
 """
@@ -41,6 +46,7 @@ def worker(root: Path, days: int | None) -> dict:
     import asyncio
     import shutil
     import tempfile
+    import time
     from datetime import date, timedelta
 
     sys.path.insert(0, str(root))
@@ -70,8 +76,11 @@ def worker(root: Path, days: int | None) -> dict:
             await database.ensure_schema(pool)
             settings = agent_settings("bench_replay", market_data={"universe_size": 100})
             extra = {"build": builder(pool)} if wired else {}
+            steal0, cpu0, pg0 = _steal_seconds(), time.process_time(), _server_cpu(tmp / "pgdata")
             result = await run_replay(settings, pool, start=chosen[0], end=chosen[-1], progress=False, out_dir=tmp,
                                       run_id="bench", **extra)
+            cpu, steal = time.process_time() - cpu0, _steal_seconds() - steal0
+            pg_cpu = _server_cpu(tmp / "pgdata") - pg0
             counts = await pool.fetchrow(
                 "SELECT (SELECT count(*) FROM orders WHERE agent_id = $1) AS orders, "
                 "(SELECT count(*) FROM fills WHERE agent_id = $1) AS fills", result.agent_id)
@@ -81,12 +90,45 @@ def worker(root: Path, days: int | None) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
         return {"seconds": result.wall_seconds, "days": result.days, "cycles": result.cycles,
                 "monitor_passes": result.monitor_passes, "orders": counts["orders"], "fills": counts["fills"],
-                "final_equity": str(result.curve[-1].equity)}
+                "final_equity": str(result.curve[-1].equity), "cpu": cpu, "pg_cpu": pg_cpu, "steal": steal}
 
     if wired:                               # the loop ./run.sh replay runs on (uvloop's)
         from runtime.bootstrap import run
         return run(main())
     return asyncio.run(main())
+
+
+def _steal_seconds() -> float:
+    """CPU time the hypervisor has stolen from this host so far, all CPUs (0 where /proc/stat has no such field)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _server_cpu(pgdata: Path) -> float:
+    """CPU seconds used so far by the PostgreSQL server of `pgdata`: the postmaster with the children it has reaped,
+    and the processes still running under it (its backends). 0 when it cannot be read (not Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue                       # ended meanwhile
+        pid, ppid = int(proc.name), int(stat[1])
+        if pid == postmaster:
+            total += sum(int(x) for x in stat[11:15])   # utime, stime, and those of reaped children
+        elif ppid == postmaster:
+            total += int(stat[11]) + int(stat[12])
+    return total / tick
 
 
 # ---------------------------------------------------------------- the comparison
@@ -130,7 +172,8 @@ def main() -> int:
                 sides[name] = s
             print(f"{name:>8}: {s['seconds']:7.1f} s for {s['days']} days ({s['seconds'] / s['days'] * 1000:.0f} ms a "
                   f"day), {s['cycles']} cycles, {s['monitor_passes']} monitor passes, {s['orders']} orders, "
-                  f"{s['fills']} fills, final equity {s['final_equity']}" + (f"  (round {n})" if rounds > 1 else ""),
+                  f"{s['fills']} fills, final equity {s['final_equity']}; CPU {s['cpu']:.1f} s + PostgreSQL "
+                  f"{s['pg_cpu']:.1f} s, {s['steal']:.1f} s stolen from the host" + (f"  (round {n})" if rounds > 1 else ""),
                   flush=True)
     if len(sides) < 2:
         return 0
@@ -140,6 +183,10 @@ def main() -> int:
         if rounds > 1 else ""
     print(f"head / e409bb7 = {ratio:.3f} ({1 / ratio:.2f}x faster){best}; target <= {TARGET_RATIO}: "
           f"{'PASS' if ok else 'FAIL'}")
+    head, base_ = sides["head"], sides["e409bb7"]
+    cpu = (head["cpu"] + head["pg_cpu"]) / (base_["cpu"] + base_["pg_cpu"])
+    print(f"CPU (process + PostgreSQL, the same rounds): {head['cpu'] + head['pg_cpu']:.1f} s / "
+          f"{base_['cpu'] + base_['pg_cpu']:.1f} s = {cpu:.3f} (a check on the wall ratio, less moved by steal)")
     return 0 if ok else 1
 
 
