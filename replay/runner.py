@@ -36,7 +36,7 @@ from core.calendar import MarketCalendar
 from core.clock import SimulatedClock
 from core.environment import Environment
 from core.settings import Settings
-from replay.plot import plot_equity
+from replay.plot import Plotter
 from replay.schedule import day_schedule, read_schedule
 from replay.stats import EquityPoint, Metrics, compute_metrics, load_costs, load_trades, render_table
 
@@ -242,8 +242,6 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
-    from core.logcontext import log_context
-
     t0 = _time.perf_counter()
     run_id = run_id or uuid.uuid4().hex[:8]
     rs = replay_settings(settings, run_id=run_id, engine=engine, data=data)
@@ -254,6 +252,22 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     days = calendar.trading_days(start, end)
     if not days:
         raise ReplayRefused(f"no trading days on {calendar.code} between {start} and {end}")
+    plotter = await Plotter.start()                   # matplotlib loads in its own process meanwhile
+    try:
+        return await _replay(pool, rs, calendar, (start, end), days, plotter, build=build, engine=engine,
+                             run_id=run_id, monitor_every=monitor_every, out_dir=out_dir, progress=progress,
+                             cron_text=cron_text, t0=t0)
+    finally:
+        await plotter.close()
+
+
+async def _replay(pool, rs: Settings, calendar: MarketCalendar, span: tuple[date, date], days: list[date],
+                  plotter: Plotter, *, build: Build, engine: str, run_id: str, monitor_every: timedelta,
+                  out_dir: Path | None, progress: bool, cron_text: str | None, t0: float) -> ReplayResult:
+    """run_replay's days and report, once the dates are known good and the PNG's drawing process started."""
+    from core.logcontext import log_context
+
+    start, end = span
     with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
         await prepare_history(build, rs, calendar, days[0], days[-1])
         clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
@@ -290,7 +304,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
              f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
     out_dir = out_dir or rs.var_dir / "replays"
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot_equity(curve, out_dir / f"{rs.agent_id}.png", title=title)
+    png = await plotter.draw({"equity": curve}, out_dir / f"{rs.agent_id}.png", title=title)
     sent = await pool.fetchrow("SELECT count(*) AS n, count(*) FILTER (WHERE status IN ('rejected', 'pending_submit')) "
                                "AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
     return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
