@@ -31,6 +31,7 @@ decision is checked against an unmatched book.
 """
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
@@ -44,8 +45,8 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import (ACCOUNT, KNOWN, OPEN_BUYS, RESULTS, SET_STATUS, PaperFill, place, record_fill,
-                                  to_result)
+from brokers.paper.ledger import (ACCOUNT, RESULTS, SET_STATUS, AccountLock, PaperFill, books_for, place,
+                                  read_books, record_fill, to_result)
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
@@ -159,8 +160,8 @@ class PaperBroker(BrokerClient):
 
     # ------------------------------------------------------------ orders
     async def _place_order(self, order: OrderRequest) -> OrderResult:
-        async with self._locked() as (conn, now):
-            reason, known = await self._rejection(conn, order, now)
+        async with self._locked(books_for(order)) as (conn, now, books):
+            reason, known = await self._rejection(conn, order, now, books)
             if known is None:                  # not asked with the rejection's own read
                 known = await self._order_row(conn, order.client_order_id) is not None
             if known:                          # sent before: its own answer, as it stands
@@ -177,7 +178,7 @@ class PaperBroker(BrokerClient):
         return True
 
     async def _cancel_order(self, order_id: str) -> bool:
-        async with self._locked() as (conn, now):
+        async with self._locked() as (conn, now, _books):
             row = await self._order_row(conn, order_id)
             if row is None:
                 return False
@@ -215,7 +216,7 @@ class PaperBroker(BrokerClient):
             if not resting:
                 self._matched_minute = _minute(now)      # nothing rests: nothing to match, no lock needed
                 return now
-            async with self._locked() as (_conn, now):
+            async with self._locked() as (_conn, now, _books):
                 pass
         return now
 
@@ -229,42 +230,21 @@ class PaperBroker(BrokerClient):
         rows = await self._fetch(query, *args)
         return rows[0] if rows else None
 
-    def _locked(self):
-        broker = self
+    @asynccontextmanager
+    async def _locked(self, books: tuple[str, tuple] | None = None):
+        """A transaction holding the account's row lock (ledger.AccountLock), resting orders matched up to now:
+        gives (connection, now, books): `books` (ledger.books_for) read with the resting orders, in a statement that
+        starts once the lock is granted; the row when nothing rested (else None: read them again)."""
+        now = None
 
-        class _Tx:
-            async def __aenter__(self):
-                try:
-                    self.conn = await broker.pool.acquire()
-                except OSError as exc:
-                    raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
-                self.tx = self.conn.transaction()
-                await self.tx.start()
-                try:
-                    found = await self.conn.fetchval("SELECT 1 FROM paper_accounts WHERE agent_id = $1 FOR UPDATE",
-                                                     broker.account_id)
-                    if not found:
-                        raise InvalidRequest("paper account does not exist: call connect() first")
-                    now = self.now = broker.clock.now()
-                    await broker._match_all(self.conn, now)        # one statement when nothing rests
-                except BaseException:
-                    await self.tx.rollback()
-                    await broker.pool.release(self.conn)
-                    raise
-                return self.conn, now
+        async def match(conn):
+            nonlocal now
+            now = self.clock.now()
+            return await self._match_all(conn, now, books)
 
-            async def __aexit__(self, exc_type, exc, tb):
-                try:
-                    if exc_type is None:
-                        await self.tx.commit()
-                        broker._matched_minute = _minute(self.now)
-                    else:
-                        await self.tx.rollback()
-                finally:
-                    await broker.pool.release(self.conn)
-                return False
-
-        return _Tx()
+        async with AccountLock(self.pool, self.account_id, match) as (conn, found):
+            yield conn, now, found
+        self._matched_minute = _minute(now)
 
     async def _order_row(self, conn, client_order_id: str):
         return await conn.fetchrow("SELECT * FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2",
@@ -279,9 +259,10 @@ class PaperBroker(BrokerClient):
             total += value + fill_fees(self.config.fees, value=value, is_sell=False)
         return total
 
-    async def _rejection(self, conn, order: OrderRequest, now: datetime) -> tuple[str | None, bool | None]:
+    async def _rejection(self, conn, order: OrderRequest, now: datetime, books=None) -> tuple[str | None, bool | None]:
         """(why the exchange / broker would refuse this order or None, whether its client_order_id is known here
-        already: asked in the same read as the cash or the holding, None when there was no read)."""
+        already: asked in the same read as the cash or the holding, None when there was no read). `books`: that read
+        made already (ledger.books_for), or None."""
         try:
             inst = self.market.instrument(order.symbol)
         except KeyError:
@@ -310,20 +291,13 @@ class PaperBroker(BrokerClient):
                                                              OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            row = await conn.fetchrow("SELECT a.cash, " + OPEN_BUYS + ", " + KNOWN + " FROM paper_accounts a "
-                                      "WHERE a.agent_id = $1", self.account_id, order.client_order_id)
+            row = books if books is not None else await read_books(conn, self.account_id, order)
             available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
                 return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "
                         f"{available:.2f} available"), row["known"]
         else:
-            row = await conn.fetchrow(
-                """SELECT (SELECT coalesce(sum(quantity), 0) FROM paper_positions WHERE agent_id = $1 AND symbol = $2)
-                              AS held,
-                          (SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1
-                            AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled'))
-                              AS pending, """ + KNOWN.replace("$2", "$3"), self.account_id, order.symbol,
-                order.client_order_id)
+            row = books if books is not None else await read_books(conn, self.account_id, order)
             held, pending = row["held"], row["pending"]
             if order.quantity > held - pending:
                 return (f"cannot sell {order.quantity} {order.symbol}: {held} held, {pending} already in open "
@@ -343,7 +317,17 @@ class PaperBroker(BrokerClient):
             order.quantity, order.limit_price, "rejected" if reason else "submitted", reason, now,
             _next_minute(now), order.stop_price)
 
-    async def _match_all(self, conn, now: datetime) -> None:
+    async def _match_all(self, conn, now: datetime, books: tuple[str, tuple] | None = None):
+        """Every resting order matched up to `now` (under the lock); the `books` row (see `_locked`) when none
+        rested, else None."""
+        items, args = books if books is not None else ("", ())
+        found = await conn.fetchrow("SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = a.agent_id AND status "
+                                    "IN ('submitted', 'partially_filled')) AS resting" + (", " + items if items else "")
+                                    + " FROM paper_accounts a WHERE a.agent_id = $1", self.account_id, *args)
+        if found is None:
+            raise InvalidRequest("paper account does not exist: call connect() first")
+        if not found["resting"]:
+            return found if books is not None else None
         rows = await conn.fetch("SELECT * FROM paper_orders WHERE agent_id = $1 AND status IN "
                                 "('submitted', 'partially_filled') ORDER BY submitted_at, broker_order_id",
                                 self.account_id)

@@ -1,12 +1,13 @@
-"""The paper account's books in SQL: a new order placed with what it took on arrival, and a later fill written into
-its order, the cash and the position, each in one statement (in the caller's transaction, under the account lock);
-the account read in one statement; an order read back with its fills in one statement."""
+"""The paper account's books in SQL: the transaction holding the account lock (AccountLock); a new order placed with
+what it took on arrival, and a later fill written into its order, the cash and the position, each in one statement
+(in that transaction); the account read in one statement; an order read back with its fills in one statement."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from core.errors import BrokerUnavailable
 from core.orders import Fill, OrderResult, OrderSide, OrderStatus, OrderType
 
 # The account's open buy orders as (symbol, quantity left, limit price) rows: the cash they hold back
@@ -25,6 +26,66 @@ ACCOUNT = ("SELECT a.cash, " + OPEN_BUYS + ", ARRAY(SELECT (symbol, quantity, av
 
 # Whether client order id $2 is known to the account $1 already (a resubmission): a select-list item.
 KNOWN = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2) AS known")
+
+
+def books_for(order) -> tuple[str, tuple]:
+    """What the venue reads of the books before accepting `order` (PaperBroker._rejection): select-list items over
+    `paper_accounts a` ($1 the account) and their arguments from $2. A buy: the cash, the open buys and whether the
+    order is known; a sell: the holding, what open sells already hold, and whether it is known."""
+    if order.side is OrderSide.BUY:
+        return "a.cash, " + OPEN_BUYS + ", " + KNOWN, (order.client_order_id,)
+    return ("""(SELECT coalesce(sum(quantity), 0) FROM paper_positions WHERE agent_id = $1 AND symbol = $2) AS held,
+               (SELECT coalesce(sum(quantity - filled_quantity), 0) FROM paper_orders WHERE agent_id = $1
+                 AND symbol = $2 AND side = 'sell' AND status IN ('submitted', 'partially_filled')) AS pending, """
+            + KNOWN.replace("$2", "$3"), (order.symbol, order.client_order_id))
+
+
+async def read_books(conn, account_id: str, order):
+    """`books_for(order)` read alone."""
+    items, args = books_for(order)
+    return await conn.fetchrow("SELECT " + items + " FROM paper_accounts a WHERE a.agent_id = $1", account_id, *args)
+
+
+def sql_literal(text: str) -> str:
+    """`text` as an SQL string literal (standard_conforming_strings, on since PostgreSQL 9.1: only ' is special)."""
+    if "\x00" in text:
+        raise ValueError("text with a NUL character has no SQL literal")
+    return "'" + text.replace("'", "''") + "'"
+
+
+class AccountLock:
+    """A transaction holding the paper account's row lock, the venue's one way to change the books: BEGIN and the
+    lock in one message (the simple protocol, the account id as a literal), then `after_lock(conn)`, the first
+    statement to start once the lock is granted (so it sees every change made under the lock before); `async with`
+    gives (connection, what after_lock returned). COMMIT on a clean exit, else ROLLBACK; the connection is released
+    either way."""
+
+    def __init__(self, pool, account_id: str, after_lock) -> None:
+        self.pool, self.after_lock = pool, after_lock
+        self.begin = "BEGIN; SELECT 1 FROM paper_accounts WHERE agent_id = " + sql_literal(account_id) + " FOR UPDATE"
+
+    async def __aenter__(self):
+        try:
+            self.conn = await self.pool.acquire()
+        except OSError as exc:
+            raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
+        try:
+            await self.conn.execute(self.begin)
+            return self.conn, await self.after_lock(self.conn)
+        except BaseException:
+            await self._end("ROLLBACK")
+            raise
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        await self._end("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+    async def _end(self, how: str) -> None:
+        try:
+            if self.conn.is_in_transaction():
+                await self.conn.execute(how)
+        finally:
+            await self.pool.release(self.conn)
 
 
 # An order's fills as arrays, joined to the order row `o`.

@@ -1,6 +1,7 @@
 """The paper broker: the conformance suite, plus what only a simulated exchange can show (fees, expiry, processes)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -9,7 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from core.errors import InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from brokers.paper.ledger import sql_literal
 from brokers.paper.fees import fill_fees
 from core.clock import SimulatedClock
 from core.calendar import MarketCalendar
@@ -203,9 +206,10 @@ async def test_an_account_read_first_matches_what_rests_and_reads_once_when_noth
 
 
 async def test_an_order_placed_is_written_with_what_it_took_on_arrival_in_one_statement(pool, agent_id):
-    """Placing is BEGIN, the account lock, the resting orders, the buying-power read, the order written with its
-    fill and the books of it (one statement: it was three, the order, the fill and the status), COMMIT; the answer
-    is what the venue reads back for that order afterwards, and the cash and holding moved by the fill."""
+    """Placing is BEGIN with the account lock (one message), the resting orders with the buying-power read (one
+    statement: they were two), the order written with its fill and the books of it (one statement: it was three,
+    the order, the fill and the status), COMMIT: four round trips, six before. The answer is what the venue reads
+    back for that order afterwards, and the cash and holding moved by the fill."""
     clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
     broker = await make_broker(pool, agent_id, clock)
     symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
@@ -220,7 +224,7 @@ async def test_an_order_placed_is_written_with_what_it_took_on_arrival_in_one_st
     placed = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-buy", symbol=symbol,
                                                    side=OrderSide.BUY, quantity=lot, order_type=OrderType.MARKET))
     assert placed.status is OrderStatus.FILLED and len(placed.fills) == 1, placed
-    assert len(counting.sent) == 6, counting.sent
+    assert len(counting.sent) == 4, counting.sent
     assert placed == await broker.get_order_by_client_id(placed.client_order_id)
     fill = placed.fills[0]
     account, positions = await broker.get_account_and_positions()
@@ -242,6 +246,66 @@ async def test_an_order_placed_is_written_with_what_it_took_on_arrival_in_one_st
     out = sold.fills[0]
     account, positions = await broker.get_account_and_positions()
     assert positions == [] and account.cash == before.cash - fill.price * lot - fill.fee + out.price * lot - out.fee
+
+
+async def test_an_order_is_checked_against_the_books_as_changed_under_the_lock_it_waited_for(pool, agent_id):
+    """The books an order is checked against are read in the statement after the account lock is granted, so what
+    another process changed under the lock while the order waited for it is seen: here a sell it placed for the
+    whole holding, so this sell of the same lot is refused (read in the lock's own statement, the books would be
+    those of before the wait: no open sell, and the lot would be sold twice)."""
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
+    broker = await make_broker(pool, agent_id, clock)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    lot = (await broker.get_instrument(symbol)).lot_size
+    bought = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-buy", symbol=symbol,
+                                                   side=OrderSide.BUY, quantity=lot, order_type=OrderType.MARKET))
+    assert bought.status is OrderStatus.FILLED
+    other = await pool.acquire()
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM paper_accounts WHERE agent_id = $1 FOR UPDATE", agent_id)
+            selling = asyncio.create_task(broker.place_order(OrderRequest(
+                client_order_id=f"{agent_id}-sell", symbol=symbol, side=OrderSide.SELL, quantity=lot,
+                order_type=OrderType.MARKET)))
+            await asyncio.sleep(0.3)
+            assert not selling.done()                    # waiting for the lock
+            await other.execute(
+                "INSERT INTO paper_orders (agent_id, client_order_id, broker_order_id, symbol, side, order_type, "
+                "quantity, limit_price, status, submitted_at, matched_until, updated_at) VALUES ($1, $2, $2, $3, "
+                "'sell', 'limit', $4, $5, 'submitted', $6, $6, $6)", agent_id, f"{agent_id}-other", symbol, lot,
+                bought.avg_fill_price * 3, clock.now())
+    finally:
+        await pool.release(other)
+    with pytest.raises(OrderRejected, match=f"cannot sell {lot} {symbol}: {lot} held, {lot} already in open sell"):
+        await selling
+
+
+async def test_a_missing_account_is_refused_and_leaves_no_transaction_open(pool, agent_id):
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
+    broker = await make_broker(pool, agent_id, clock)
+    await pool.execute("DELETE FROM paper_accounts WHERE agent_id = $1", agent_id)
+    symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
+    with pytest.raises(InvalidRequest, match="paper account does not exist"):
+        await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-x", symbol=symbol, side=OrderSide.BUY,
+                                              quantity=(await broker.get_instrument(symbol)).lot_size,
+                                              order_type=OrderType.MARKET))
+    async with pool.acquire() as conn:                   # every connection went back to the pool idle
+        assert not conn.is_in_transaction()
+    assert await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND state LIKE 'idle in transaction%'") == 0
+
+
+@pytest.mark.parametrize("text, literal", [("agent-1", "'agent-1'"), ("o'brien", "'o''brien'"),
+                                           ("back\\slash", "'back\\slash'"), ("''", "''''''")])
+async def test_an_account_id_is_locked_by_its_literal(pool, text, literal):
+    """The lock's message quotes the account id as an SQL literal: PostgreSQL reads it back as the same text."""
+    assert sql_literal(text) == literal
+    assert await pool.fetchval("SELECT " + sql_literal(text)) == text
+
+
+def test_text_with_a_nul_has_no_literal():
+    with pytest.raises(ValueError, match="NUL"):
+        sql_literal("a\x00b")
 
 
 class _CountingPool:
