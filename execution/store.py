@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -167,6 +168,9 @@ class Store:
         # applied, is what the database holds after it (and the write need not make `reads` ask again)
         self._high_water: dict[int, Decimal] = {}
         self._raises: dict[int, Decimal] = {}        # position_id -> held high-water mark to raise it to
+        self._high_water_changes = 0                 # counts changes of _high_water
+        # positions_to_monitor's last answer: (the rows read, _high_water_changes then, the rows with marks applied)
+        self._monitored: tuple | None = None
         self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
         # a sole writer's flushes are sent behind (see flush): the last one sent, and the statements of any that
         # failed, sent again by the next flush
@@ -399,13 +403,18 @@ class Store:
             self.agent_id)
         if not self._high_water:
             return rows
+        last = self._monitored            # the same rows (a read served again) and marks: the same answer
+        if (last is not None and last[1] == self._high_water_changes and len(last[0]) == len(rows)
+                and all(map(operator.is_, last[0], rows))):
+            return list(last[2])
         out = []
         for r in rows:
             known = self._high_water.get(r["position_id"])
             if known is not None and (r["high_water_mark"] is None or known > r["high_water_mark"]):
                 r = {**dict(r), "high_water_mark": known}
             out.append(r)
-        return out
+        self._monitored = (rows, self._high_water_changes, out)
+        return list(out)
 
     async def working_stops(self) -> dict[str, list]:
         """Protective stops still working, by symbol (oldest first): client_order_id, quantity, stop_price, status."""
@@ -432,6 +441,7 @@ class Store:
             known = self._high_water.get(row[0])
             if known is None or row[6] > known:
                 self._high_water[row[0]] = row[6]
+                self._high_water_changes += 1
             if still_open is not None and (row[0] not in self._raises or row[6] > self._raises[row[0]]):
                 self._raises[row[0]] = row[6]
         if not self.hold_monitor:

@@ -269,3 +269,27 @@ async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_se
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", again.cycle_id) == \
         "market_closed"
     assert closed.cycle_id != again.cycle_id
+
+
+async def test_a_mark_raised_after_the_positions_were_read_shows_in_the_next_answer(pool, agent_id):
+    """positions_to_monitor answers again from its last answer while the read is served from memory and no mark
+    has moved; a mark raised since (the same rows read) is in the next answer, and the answers never alias."""
+    s = await sole_writer(pool, agent_id)
+    symbol, row = await enter_position(s)
+    pid = row["position_id"]
+    marks = [(row["high_water_mark"] * Decimal(f)).quantize(Decimal("0.01")) for f in ("1.1", "1.2")]
+
+    async def raise_to(high):
+        await s.store.write_monitor_statuses(
+            [(pid, agent_id, symbol, high, Decimal(0), Decimal(0), high, None, None, "hold", "held", OPEN_AT)])
+
+    await raise_to(marks[0])
+    first = await s.store.positions_to_monitor()
+    again = await s.store.positions_to_monitor()
+    assert first == again and first is not again and first[0]["high_water_mark"] == marks[0]
+    again.clear()                                 # a caller's change to its answer is its own
+    assert (await s.store.positions_to_monitor())[0]["high_water_mark"] == marks[0]
+    await raise_to(marks[1])
+    assert (await s.store.positions_to_monitor())[0]["high_water_mark"] == marks[1]
+    await raise_to(marks[0])                      # lower: not a raise, the answer stands
+    assert (await s.store.positions_to_monitor())[0]["high_water_mark"] == marks[1]
