@@ -242,6 +242,8 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
                      cron_text: str | None = None) -> ReplayResult:
+    from core.logcontext import log_context
+
     t0 = _time.perf_counter()
     run_id = run_id or uuid.uuid4().hex[:8]
     rs = replay_settings(settings, run_id=run_id, engine=engine, data=data)
@@ -254,61 +256,50 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
         raise ReplayRefused(f"no trading days on {calendar.code} between {start} and {end}")
     plotter = await Plotter.start()                   # matplotlib loads in its own process meanwhile
     try:
-        return await _replay(pool, rs, calendar, (start, end), days, plotter, build=build, engine=engine,
-                             run_id=run_id, monitor_every=monitor_every, out_dir=out_dir, progress=progress,
-                             cron_text=cron_text, t0=t0)
+        with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
+            await prepare_history(build, rs, calendar, days[0], days[-1])
+            clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
+            session = await build(rs, clock)
+            daily_only, schedule = schedule_for(session, calendar, cron_text)
+            age = quote_age_for(session.universe)
+            if age is not None:
+                session.settings = widen_quote_age(session.settings, age)
+            first_day = schedule(days[0])
+            first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
+            clock.set(first - timedelta(minutes=1))
+            monitor = session.monitor()
+            opening = await session.broker.get_account()          # before the first cycle: the starting point
+            curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
+                                                    cash=opening.cash, invested=opening.equity - opening.cash)]
+            drive = Drive()
+            try:
+                for n, day in enumerate(days, 1):
+                    await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
+                                    daily_only=daily_only, drive=drive)
+                    account = await session.broker.get_account()
+                    curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
+                                             invested=account.equity - account.cash))
+                    if progress:
+                        _progress(n, len(days), day, account.equity, t0)
+            finally:
+                await session.store.settle()     # audit rows held or sent behind since the last cycle (store.py)
+        if progress and sys.stderr.isatty():
+            print(file=sys.stderr)
+        trades = await load_trades(pool, rs.agent_id)
+        fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
+        metrics = compute_metrics(curve, trades, fees_paid=fees, ai_cost_usd=ai_cost, ai_calls=ai_calls)
+        title = (f"Replay {start} .. {end} ({len(days)} days, {engine} engine"
+                 f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
+        out_dir = out_dir or rs.var_dir / "replays"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = await plotter.draw({"equity": curve}, out_dir / f"{rs.agent_id}.png", title=title)
+        sent = await pool.fetchrow("SELECT count(*) AS n, count(*) FILTER (WHERE status IN ('rejected', "
+                                   "'pending_submit')) AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
+        return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
+                            render_table(metrics, title=title), png, _time.perf_counter() - t0, sent["n"],
+                            sent["failed"])
     finally:
-        await plotter.close()
-
-
-async def _replay(pool, rs: Settings, calendar: MarketCalendar, span: tuple[date, date], days: list[date],
-                  plotter: Plotter, *, build: Build, engine: str, run_id: str, monitor_every: timedelta,
-                  out_dir: Path | None, progress: bool, cron_text: str | None, t0: float) -> ReplayResult:
-    """run_replay's days and report, once the dates are known good and the PNG's drawing process started."""
-    from core.logcontext import log_context
-
-    start, end = span
-    with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
-        await prepare_history(build, rs, calendar, days[0], days[-1])
-        clock = SimulatedClock(datetime.combine(days[0], time(0), tzinfo=timezone.utc) - timedelta(hours=12))
-        session = await build(rs, clock)
-        daily_only, schedule = schedule_for(session, calendar, cron_text)
-        age = quote_age_for(session.universe)
-        if age is not None:
-            session.settings = widen_quote_age(session.settings, age)
-        first_day = schedule(days[0])
-        first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
-        clock.set(first - timedelta(minutes=1))
-        monitor = session.monitor()
-        opening = await session.broker.get_account()          # before the first cycle: the starting point
-        curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
-                                                cash=opening.cash, invested=opening.equity - opening.cash)]
-        drive = Drive()
-        try:
-            for n, day in enumerate(days, 1):
-                await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
-                                daily_only=daily_only, drive=drive)
-                account = await session.broker.get_account()
-                curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
-                                         invested=account.equity - account.cash))
-                if progress:
-                    _progress(n, len(days), day, account.equity, t0)
-        finally:
-            await session.store.settle()         # the audit rows held or sent behind since the last cycle (execution/store.py)
-    if progress and sys.stderr.isatty():
-        print(file=sys.stderr)
-    trades = await load_trades(pool, rs.agent_id)
-    fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
-    metrics = compute_metrics(curve, trades, fees_paid=fees, ai_cost_usd=ai_cost, ai_calls=ai_calls)
-    title = (f"Replay {start} .. {end} ({len(days)} days, {engine} engine"
-             f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
-    out_dir = out_dir or rs.var_dir / "replays"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = await plotter.draw({"equity": curve}, out_dir / f"{rs.agent_id}.png", title=title)
-    sent = await pool.fetchrow("SELECT count(*) AS n, count(*) FILTER (WHERE status IN ('rejected', 'pending_submit')) "
-                               "AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
-    return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
-                        render_table(metrics, title=title), png, _time.perf_counter() - t0, sent["n"], sent["failed"])
+        await plotter.close()               # (asked to draw, it has ended already)
 
 
 def _progress(n: int, total: int, day: date, equity, t0: float) -> None:

@@ -45,8 +45,8 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import (ACCOUNT, RESULTS, SET_STATUS, AccountLock, PaperFill, books_for, place,
-                                  read_books, record_fill, to_result)
+from brokers.paper.ledger import (ACCOUNT, RESTING, RESULTS, SET_STATUS, AccountLock, PaperFill, books_for,
+                                  place, read_books, record_fill, to_result)
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
 from core.config_model import PaperConfig
@@ -207,9 +207,8 @@ class PaperBroker(BrokerClient):
         now = self.clock.now()
         if self._matched_minute != _minute(now):
             if resting is None:
-                account = await self._fetchrow(
-                    "SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND status IN ('submitted', "
-                    "'partially_filled')) AS resting FROM paper_accounts WHERE agent_id = $1", self.account_id)
+                account = await self._fetchrow("SELECT " + RESTING + " FROM paper_accounts a WHERE a.agent_id = $1",
+                                               self.account_id)
                 if account is None:
                     raise InvalidRequest("paper account does not exist: call connect() first")
                 resting = account["resting"]
@@ -286,18 +285,17 @@ class PaperBroker(BrokerClient):
             if order.stop_price >= quote.bid:        # it would trigger at once (Alpaca: below the base price)
                 return (f"a sell stop must be below the market: stop price {order.stop_price} is not below the "
                         f"bid {quote.bid} of {order.symbol}"), None
+        row = books if books is not None else await read_books(conn, self.account_id, order)
         if order.side is OrderSide.BUY:
             price = order.limit_price or fill_prices.slipped(quote.ask, self.config.slippage_bps, inst.tick_scheme,
                                                              OrderSide.BUY)
             value = price * order.quantity
             need = value + fill_fees(self.config.fees, value=value, is_sell=False)
-            row = books if books is not None else await read_books(conn, self.account_id, order)
             available = row["cash"] - self._reserve(row["buys"], now)
             if need > available:
                 return (f"insufficient buying power: order needs {need:.2f} {self.currency} including fees, "
                         f"{available:.2f} available"), row["known"]
         else:
-            row = books if books is not None else await read_books(conn, self.account_id, order)
             held, pending = row["held"], row["pending"]
             if order.quantity > held - pending:
                 return (f"cannot sell {order.quantity} {order.symbol}: {held} held, {pending} already in open "
@@ -321,9 +319,8 @@ class PaperBroker(BrokerClient):
         """Every resting order matched up to `now` (under the lock); the `books` row (see `_locked`) when none
         rested, else None."""
         items, args = books if books is not None else ("", ())
-        found = await conn.fetchrow("SELECT EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = a.agent_id AND status "
-                                    "IN ('submitted', 'partially_filled')) AS resting" + (", " + items if items else "")
-                                    + " FROM paper_accounts a WHERE a.agent_id = $1", self.account_id, *args)
+        found = await conn.fetchrow("SELECT " + RESTING + (", " + items if items else "") + " FROM paper_accounts a "
+                                    "WHERE a.agent_id = $1", self.account_id, *args)
         if found is None:
             raise InvalidRequest("paper account does not exist: call connect() first")
         if not found["resting"]:

@@ -17,10 +17,13 @@ OPEN_BUYS = """ARRAY(SELECT (symbol, quantity - filled_quantity, limit_price) FR
                         AND status IN ('submitted', 'partially_filled')) AS buys"""
 
 
+# Whether any order of the account rests (to be matched first): a select-list item over `paper_accounts a`.
+RESTING = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = a.agent_id AND status IN ('submitted', "
+           "'partially_filled')) AS resting")
+
 # Cash, open buys and holdings in one read (one snapshot), and whether any order rests (to be matched first).
 ACCOUNT = ("SELECT a.cash, " + OPEN_BUYS + ", ARRAY(SELECT (symbol, quantity, avg_price) FROM paper_positions "
-           "WHERE agent_id = a.agent_id ORDER BY symbol) AS positions, EXISTS (SELECT 1 FROM paper_orders WHERE "
-           "agent_id = a.agent_id AND status IN ('submitted', 'partially_filled')) AS resting "
+           "WHERE agent_id = a.agent_id ORDER BY symbol) AS positions, " + RESTING + " "
            "FROM paper_accounts a WHERE a.agent_id = $1")
 
 
