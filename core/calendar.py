@@ -226,6 +226,13 @@ class MarketCalendar:
         to_ns(when)
         return when.astimezone(self.tz).date()
 
+    def session_key(self, when: datetime) -> tuple[date, bool]:
+        """(local date, that day's session closed yet?) of an instant: daily bars are the same everywhere inside
+        one of these (what caches of daily analytics are keyed by)."""
+        day = self.local_date(when)
+        bounds = self.session_bounds(day)
+        return day, bool(bounds) and when >= bounds[-1][1]
+
     def _day(self, day: date) -> np.datetime64:
         if isinstance(day, datetime):
             day = self.local_date(day)

@@ -20,6 +20,15 @@ LOOKBACK = {"1d": timedelta(days=400), "1h": timedelta(days=30), "15m": timedelt
             "5m": timedelta(days=5), "1m": timedelta(days=2)}
 
 
+_MISS = object()
+
+
+class Prefetched(Protocol):
+    """Daily analytics worked out ahead (replay/prefetch.py), under MarketData's own cache keys."""
+
+    def take(self, key: tuple, default: Any) -> Any: ...
+
+
 class QuoteSource(Protocol):
     """Where live quotes and per-symbol bars come from (the broker)."""
 
@@ -40,6 +49,8 @@ class MarketData:
         self.rsi_overbought = rsi_overbought
         self.rsi_oversold = rsi_oversold
         self._cache: dict[tuple, Any] = {}     # daily technicals and patterns, until the next session close
+        # worked out ahead by another process (replay/prefetch.py): `take(key, default)` by the keys of _cache
+        self.prefetched: "Prefetched | None" = None
         self._key_at: Any = None               # daily_key's (local date, closed yet?) for this instant
         self._key_day: tuple = ()
 
@@ -61,10 +72,24 @@ class MarketData:
         """Daily bars change only when a session closes: (symbol, kind, local date, closed yet?) names them."""
         now = self.clock.now()
         if now != self._key_at:
-            day = self.calendar.local_date(now)
-            bounds = self.calendar.session_bounds(day)
-            self._key_at, self._key_day = now, (day, bool(bounds) and now >= bounds[-1][1])
+            self._key_at, self._key_day = now, self.calendar.session_key(now)
         return (symbol, kind, *self._key_day)
+
+    def _cached(self, key: tuple) -> Any:
+        """The value remembered under `key`, or one worked out ahead (then remembered), else _MISS."""
+        hit = self._cache.get(key, _MISS)
+        if hit is _MISS and self.prefetched is not None:
+            hit = self.prefetched.take(key, _MISS)
+            if hit is not _MISS:
+                self._remember(key, hit)
+        return hit
+
+    def worked_out(self) -> dict[tuple, Any]:
+        """The analytics remembered since the last call (not the bars), by key; forgotten here (what
+        replay/prefetch.py sends to the replay)."""
+        found = {k: v for k, v in self._cache.items() if k[1] != "bars"}
+        self._cache.clear()
+        return found
 
     def _remember(self, key: tuple, value: Any) -> Any:
         if len(self._cache) > 4096:
@@ -101,15 +126,15 @@ class MarketData:
         if timeframe != "1d":
             return only(self._technicals(symbol, timeframe, await self.bar_arrays(symbol, timeframe)), indicators)
         key = self.daily_key(symbol, "technicals")
-        whole = self._cache.get(key)
-        if whole is None and indicators is not None:      # these alone, unless the whole set is at hand
+        whole = self._cached(key)
+        if whole is _MISS and indicators is not None:     # these alone, unless the whole set is at hand
             asked = ",".join(sorted(set(indicators)))
             key = self.daily_key(symbol, f"technicals:{asked}")
-            whole = self._cache.get(key)
-            if whole is None:
+            whole = self._cached(key)
+            if whole is _MISS:
                 whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol),
                                                              indicators=indicators))
-        if whole is None:
+        if whole is _MISS:
             whole = self._remember(key, self._technicals(symbol, timeframe, await self.daily_bars(symbol)))
         return only(whole, indicators)
 
@@ -130,9 +155,10 @@ class MarketData:
         if timeframe != "1d":
             return self._patterns(await self.bar_arrays(symbol, timeframe))
         key = self.daily_key(symbol, "patterns")
-        if key not in self._cache:
-            self._remember(key, self._patterns(await self.daily_bars(symbol)))
-        return list(self._cache[key])
+        found = self._cached(key)
+        if found is _MISS:
+            found = self._remember(key, self._patterns(await self.daily_bars(symbol)))
+        return list(found)
 
     @staticmethod
     def _patterns(bars: "BarArrays") -> list:
@@ -144,8 +170,8 @@ class MarketData:
     async def monitor_indicators(self, symbol: str) -> tuple[float | None, tuple[dict, ...]]:
         """(RSI(14), patterns as dicts) of the daily bars, as the position monitor's signals take them."""
         key = self.daily_key(symbol, "monitor")
-        hit = self._cache.get(key)
-        if hit is None:
+        hit = self._cached(key)
+        if hit is _MISS:
             hit = self._remember(key, (await self.rsi14(symbol),
                                        tuple(p.to_dict() for p in await self.patterns(symbol))))
         return hit
@@ -153,8 +179,9 @@ class MarketData:
     async def rsi14(self, symbol: str) -> float | None:
         """RSI(14) of the last daily bar alone (the position monitor's need), without the other indicators."""
         key = self.daily_key(symbol, "rsi14")
-        if key not in self._cache:
+        found = self._cached(key)
+        if found is _MISS:
             from data.technicals import last_rsi14
             bars = await self.daily_bars(symbol)
-            self._remember(key, last_rsi14(bars.close) if len(bars) else None)
-        return self._cache[key]
+            found = self._remember(key, last_rsi14(bars.close) if len(bars) else None)
+        return found

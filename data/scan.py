@@ -127,6 +127,15 @@ def _ffill_rows(values, rows: list[int]):
     return out
 
 
+async def rank_at(store: "BarStore", cfg: "ScanConfig", max_position_value: Decimal, now) -> list[Candidate]:
+    """The scan's ranking of the store's listed symbols on the daily bars completed by `now` (rank_universe)."""
+    import pandas as pd
+    instruments = await store.instruments()
+    frames = await store.daily_frame([i.symbol for i in instruments], now, cfg.lookback_days)
+    lots = pd.Series({i.symbol: i.lot_size for i in instruments}, dtype=float)
+    return await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots, max_lot_value=float(max_position_value))
+
+
 class ScanUnavailable(Exception):
     """The bar store cannot serve a scan now; the message says what to run."""
 
@@ -154,6 +163,8 @@ class Scanner:
         self.live = live
         # today's latest scan as last read: (day start, read at (clock), read at (monotonic), candidates)
         self._latest: tuple | None = None
+        # rankings worked out ahead by another process (replay/prefetch.py), under (None, "scan", *session key)
+        self.prefetched = None
 
     async def ensure_fresh(self) -> None:
         if self.refresh is None or not await self.refresh.is_stale():
@@ -170,17 +181,13 @@ class Scanner:
                                   f"./run.sh data status")
 
     async def run(self, *, cycle_id: uuid.UUID | None) -> list[Candidate]:
-        import pandas as pd
         self._latest = None
         await self.ensure_fresh()
-        cfg = self.cfg
         now = self.clock.now()
-        instruments = await self.store.instruments()
-        symbols = [i.symbol for i in instruments]
-        frames = await self.store.daily_frame(symbols, now, cfg.lookback_days)
-        lots = pd.Series({i.symbol: i.lot_size for i in instruments}, dtype=float)
-        candidates = await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots,
-                                             max_lot_value=float(self.max_position_value))
+        key = (None, "scan", *self.calendar.session_key(now))
+        candidates = self.prefetched.take(key, None) if self.prefetched is not None else None
+        if candidates is None:
+            candidates = await rank_at(self.store, self.cfg, self.max_position_value, now)
         if self.before_write is not None:
             await self.before_write()
         if candidates:                       # one statement for the whole scan (not one per candidate)
@@ -193,8 +200,7 @@ class Scanner:
                 self.agent_id, cycle_id, now, [c.symbol for c in candidates], [c.rank for c in candidates],
                 [Decimal(str(round(c.score, 6))) for c in candidates], [Decimal(str(c.price)) for c in candidates],
                 [json.dumps(list(c.reasons)) for c in candidates], [json.dumps(c.metrics) for c in candidates])
-        log.info("scan of %d symbols: %d candidates; top %s", len(symbols), len(candidates),
-                 ", ".join(c.symbol for c in candidates[:5]))
+        log.info("scan: %d candidates; top %s", len(candidates), ", ".join(c.symbol for c in candidates[:5]))
         return candidates
 
     async def latest_or_run(self, *, cycle_id: uuid.UUID | None, limit: int | None = None) -> list[Candidate]:

@@ -76,6 +76,7 @@ class BarStore:
         self._series_cache: tuple[tuple, float, dict[str, Series]] | None = None
         self._listed_cache: tuple[float, list[Instrument]] | None = None     # (read at, monotonic), listed only
         self._block: _Block | None = None        # daily_frame's dense block (of one read of the dataset)
+        self.generation = 0                      # moves whenever this store writes (what was read before may differ)
 
     # ------------------------------------------------------------------ securities
     async def upsert_securities(self, listings: Sequence[Listing], *, source: str, now: datetime) -> int:
@@ -92,6 +93,7 @@ class BarStore:
                    tick_scheme = EXCLUDED.tick_scheme, listing_status = EXCLUDED.listing_status,
                    source = EXCLUDED.source, updated_at = EXCLUDED.updated_at""", rows)
         self._listed_cache = None
+        self.generation += 1
         return len(rows)
 
     async def instruments(self, *, listed_only: bool = True) -> list[Instrument]:
@@ -167,6 +169,7 @@ class BarStore:
             if added:
                 await self._rebuild_series(conn, timeframe, sorted({r[1] for r in rows}))
         self._series_cache = None
+        self.generation += 1
         return int(added)
 
     async def _rebuild_series(self, conn, timeframe: str, symbols: list[str]) -> None:

@@ -59,7 +59,7 @@ class SessionMemo:
 
 _CALENDARS: dict[str, MarketCalendar] = {}
 # What the entry rules read of get_technicals (close comes with any): only these are worked out.
-_ENTRY_INDICATORS = ("rsi14", "sma20", "macd_hist")
+ENTRY_INDICATORS = ("rsi14", "sma20", "macd_hist")
 
 
 def session_of(exchange: str, now: datetime) -> tuple:
@@ -67,9 +67,7 @@ def session_of(exchange: str, now: datetime) -> tuple:
     calendar = _CALENDARS.get(exchange)
     if calendar is None:
         calendar = _CALENDARS[exchange] = MarketCalendar(exchange)
-    day = calendar.local_date(now)
-    bounds = calendar.session_bounds(day)
-    return day, bool(bounds) and now >= bounds[-1][1]
+    return calendar.session_key(now)
 
 
 class RulesEngine:
@@ -278,7 +276,7 @@ class RulesEngine:
     async def _judge_entry(self, symbol: str) -> tuple[str | None, bool]:
         """(why not or None, judged on complete answers?)"""
         r = self.rules
-        tech, err = await self._call("get_technicals", {"symbol": symbol, "indicators": list(_ENTRY_INDICATORS)})
+        tech, err = await self._call("get_technicals", {"symbol": symbol, "indicators": list(ENTRY_INDICATORS)})
         if err:
             return f"no technicals: {tech['error']}", False
         rsi, close, sma20, hist = tech.get("rsi14"), tech.get("close"), tech.get("sma20"), tech.get("macd_hist")

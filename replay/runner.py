@@ -37,6 +37,7 @@ from core.clock import SimulatedClock
 from core.environment import Environment
 from core.settings import Settings
 from replay.plot import Plotter
+from replay.prefetch import Prefetch, dsn_of
 from replay.schedule import day_schedule, read_schedule
 from replay.stats import EquityPoint, Metrics, compute_metrics, load_costs, load_trades, render_table
 
@@ -124,6 +125,7 @@ class ReplayResult:
     wall_seconds: float
     orders_sent: int = 0
     orders_failed: int = 0
+    prefetched: int = 0            # daily analytics taken from the prefetch process instead of worked out here
 
     @property
     def failed(self) -> str | None:
@@ -241,7 +243,7 @@ def schedule_for(session: Session, calendar: MarketCalendar, cron_text: str | No
 async def run_replay(settings: Settings, pool, *, build: Build, start: date, end: date, engine: str = "rules",
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
-                     cron_text: str | None = None) -> ReplayResult:
+                     cron_text: str | None = None, prefetch: bool = True) -> ReplayResult:
     from core.logcontext import log_context
 
     t0 = _time.perf_counter()
@@ -255,6 +257,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     if not days:
         raise ReplayRefused(f"no trading days on {calendar.code} between {start} and {end}")
     plotter = await Plotter.start()                   # matplotlib loads in its own process meanwhile
+    ahead = await Prefetch.start() if prefetch else None      # so does the process working out daily analytics
     try:
         with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
             await prepare_history(build, rs, calendar, days[0], days[-1])
@@ -268,15 +271,20 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
             first = first_day[0][0] if first_day else calendar.session_bounds(days[0])[0][0]
             clock.set(first - timedelta(minutes=1))
             monitor = session.monitor()
-            opening = await session.broker.get_account()          # before the first cycle: the starting point
+            # before the first cycle: the starting point
+            opening, held = await session.broker.get_account_and_positions()
+            if ahead is not None:
+                _begin_prefetch(ahead, pool, session, calendar, days)
             curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
                                                     cash=opening.cash, invested=opening.equity - opening.cash)]
             drive = Drive()
             try:
                 for n, day in enumerate(days, 1):
+                    if ahead is not None:
+                        ahead.feed(n - 1, day, [p.symbol for p in held])
                     await drive_day(session, clock, calendar, day, schedule(day), monitor, monitor_every=monitor_every,
                                     daily_only=daily_only, drive=drive)
-                    account = await session.broker.get_account()
+                    account, held = await session.broker.get_account_and_positions()
                     curve.append(EquityPoint(day=day, equity=account.equity, cash=account.cash,
                                              invested=account.equity - account.cash))
                     if progress:
@@ -297,9 +305,22 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                                    "'pending_submit')) AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
         return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
                             render_table(metrics, title=title), png, _time.perf_counter() - t0, sent["n"],
-                            sent["failed"])
+                            sent["failed"], ahead.served if ahead is not None else 0)
     finally:
         await plotter.close()               # (asked to draw, it has ended already)
+        if ahead is not None:
+            await ahead.close()
+
+
+def _begin_prefetch(ahead: Prefetch, pool, session, calendar: MarketCalendar, days: list[date]) -> None:
+    """Send the prefetch process its request, when the session has the parts it serves and the pool a DSN."""
+    dsn = dsn_of(pool)
+    parts = [getattr(session, name, None) for name in ("market", "scanner", "bar_store")]
+    if dsn is None or None in parts:
+        return
+    market, scanner, store = parts
+    ahead.begin(dsn=dsn, settings=session.settings, days=days, calendar=calendar, market=market, scanner=scanner,
+                store=store)
 
 
 def _progress(n: int, total: int, day: date, equity, t0: float) -> None:

@@ -1,0 +1,250 @@
+"""A replay's daily analytics worked out a day ahead, in a process of its own (the host's other core).
+
+What the tools and the monitor read of the daily bars (get_technicals, detect_patterns, the monitor's RSI and
+patterns, the scan's ranking) is a pure function of the bars completed before the session, and a replay's bar
+store holds every one of them before the clock starts (replay/runner.py prepare_history). So while the replay
+runs day D, this process works out day D+1's: the scan's ranking and, for the symbols day D+1 can ask about, the
+indicator sets the rules engine and the monitor ask for. A symbol is asked about on day D+1 only when it is held
+then or is among that day's top candidates, and a position held at D+1's start was held at D's start or entered
+on D from D's top candidates (the rules enter nothing else): so those three lists are worked out. The replay tells
+this process, as each day starts, which symbols it holds.
+
+The answers come back under MarketData's own cache keys ((symbol, kind, local date, closed?)) and the scan's
+((None, "scan", local date, closed?)); MarketData and Scanner take an answer instead of working it out (`take`).
+The same code on the same bars gives the same numbers, bit for bit, so a replay's orders do not depend on
+whether an answer came from here. An answer is used only while the replay's bar store has written nothing since
+this process started (its `generation`), and what is not here in time (day one, a symbol no list named, an
+engine that asks for other indicator sets, a process that died) is worked out by the replay as before.
+
+Run as `python -m replay.prefetch`, this module is that process: it imports what it needs, then reads pickled
+frames on stdin (the request, then one (day index, held symbols) per day) and writes one frame of answers per
+day on stdout.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import struct
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+CLOSE_SECONDS = 5.0               # how long the process may take to end once the replay is done
+_LEN = struct.Struct(">I")
+_MISS = object()
+
+
+def _frame(obj: Any) -> bytes:
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(blob)) + blob
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    """The next frame's object; None at the end of the stream."""
+    try:
+        head = await reader.readexactly(_LEN.size)
+        return pickle.loads(await reader.readexactly(_LEN.unpack(head)[0]))
+    except asyncio.IncompleteReadError:
+        return None
+
+
+def dsn_of(pool) -> str | None:
+    """The DSN a pool (asyncpg's, or a LanePool) opens its connections with, for this process to open its own;
+    None when it was made otherwise."""
+    args = getattr(pool, "_connect_args", None)
+    return args[0] if args and isinstance(args[0], str) else None
+
+
+class Prefetch:
+    """The replay's side: starts the process, sends it the request and each day's held symbols, and serves its
+    answers (`take`, as MarketData.prefetched and Scanner.prefetched) while the bar store has not written."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._found: dict[tuple, Any] = {}
+        self._store = None
+        self._generation = None
+        self._reader: asyncio.Task | None = None
+        self.served = 0                    # answers taken instead of worked out
+        self.error: str | None = None      # why the process stopped early, when it said
+
+    @classmethod
+    async def start(cls, python: str = sys.executable) -> "Prefetch | None":
+        """The process, importing from now on (its request comes with `begin`); None when it cannot start."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                python, "-m", "replay.prefetch", cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            log.warning("daily analytics are worked out in this process: the prefetch process did not start (%s)",
+                        exc)
+            return None
+        return cls(proc)
+
+    def begin(self, *, dsn: str, settings, days: list[date], calendar, market, scanner, store) -> None:
+        """Send the request (the replay's days, the scan's and the indicators' settings, the database) and serve
+        `market` and `scanner` from now on."""
+        cfg = settings.config
+        request = {"dsn": dsn, "dataset": store.dataset, "exchange": cfg.market.exchange, "scan": cfg.scan,
+                   "max_position_value": cfg.trading.max_position_value,
+                   "rsi": (market.rsi_overbought, market.rsi_oversold),
+                   "top": max(cfg.rules.candidates_per_cycle, cfg.rules.watchlist_size),
+                   "days": [(d, calendar.session_bounds(d)[0][0]) for d in days]}
+        if not self._send(request):
+            return
+        self._store, self._generation = store, store.generation
+        self._reader = asyncio.create_task(self._collect())
+        market.prefetched = scanner.prefetched = self
+
+    def feed(self, index: int, day: date, held: Iterable[str]) -> None:
+        """Day `index` (`day`) starts holding `held`: the process works out the next day's. What is kept for
+        earlier days is dropped (the clock never goes back to them)."""
+        self._found = {k: v for k, v in self._found.items() if k[2] >= day}
+        self._send((index, sorted(held)))
+
+    def take(self, key: tuple, default: Any) -> Any:
+        if self._store is None or self._store.generation != self._generation:
+            return default                 # the bar store wrote since: the answers may be of other bars
+        value = self._found.pop(key, _MISS)
+        if value is _MISS:
+            return default
+        self.served += 1
+        return value
+
+    def _send(self, obj: Any) -> bool:
+        if self._proc.returncode is not None or self._proc.stdin.is_closing():
+            return False
+        try:
+            self._proc.stdin.write(_frame(obj))
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
+    async def _collect(self) -> None:
+        while True:
+            answer = await _read(self._proc.stdout)
+            if answer is None:
+                return
+            if isinstance(answer, str):
+                self.error = answer
+                log.warning("the prefetch process stopped: %s", answer)
+                return
+            self._found.update(answer)
+
+    async def close(self) -> None:
+        proc = self._proc
+        if proc.returncode is None:
+            try:
+                proc.stdin.close()
+                await asyncio.wait_for(proc.wait(), CLOSE_SECONDS)
+            except (asyncio.TimeoutError, BrokenPipeError, ConnectionResetError):
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+                await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        self._found = {}
+
+
+# ---------------------------------------------------------------- the process
+
+async def _serve() -> int:
+    import traceback
+
+    import asyncpg
+
+    from core.calendar import MarketCalendar
+    from core.clock import SimulatedClock
+    from data.market import MarketData
+    from data.scan import rank_at
+    from data.store import BarStore
+    from engines.rules import ENTRY_INDICATORS
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    out = sys.stdout.buffer
+    request = await _read(reader)
+    if request is None:
+        return 0                           # the replay ended (or failed) before asking
+    try:
+        pool = await asyncpg.create_pool(request["dsn"], min_size=1, max_size=1)
+    except Exception as exc:
+        out.write(_frame(f"cannot reach the database: {exc}"))
+        out.flush()
+        return 1
+    try:
+        calendar = MarketCalendar(request["exchange"])
+        store = BarStore(pool, dataset=request["dataset"], exchange=request["exchange"], calendar=calendar)
+        days = request["days"]
+        clock = SimulatedClock(days[0][1])
+        overbought, oversold = request["rsi"]
+        market = MarketData(broker=None, clock=clock, calendar=calendar, rsi_overbought=overbought,
+                            rsi_oversold=oversold, daily=store)
+        picks: dict[int, list[str]] = {}
+
+        async def work(i: int, held: list[str]) -> None:
+            day, at = days[i]
+            clock.set(at)
+            ranked = await rank_at(store, request["scan"], request["max_position_value"], at)
+            picks[i] = [c.symbol for c in ranked[:request["top"]]]
+            picks.pop(i - 2, None)
+            answers: dict[tuple, Any] = {(None, "scan", *calendar.session_key(at)): ranked}
+            for symbol in dict.fromkeys([*held, *picks.get(i - 1, ()), *picks[i]]):
+                try:
+                    await market.technicals(symbol, "1d", ENTRY_INDICATORS)
+                    await market.technicals(symbol, "1d", ["rsi14"])
+                    await market.patterns(symbol)
+                    await market.monitor_indicators(symbol)
+                except Exception:          # the replay works this one out itself (and meets the error there)
+                    continue
+            answers.update(market.worked_out())
+            out.write(_frame(answers))
+            out.flush()
+
+        # the latest (day index, held) the replay sent: a day the replay has passed already is not worked out
+        latest: list[Any] = [None]
+        told = asyncio.Event()
+
+        async def listen() -> None:
+            while (message := await _read(reader)) is not None:
+                latest[0] = message
+                told.set()
+            latest[0] = "end"
+            told.set()
+
+        listener = asyncio.create_task(listen())
+        await work(0, [])
+        done = 0
+        while True:
+            await told.wait()
+            told.clear()
+            if latest[0] == "end":
+                break
+            index, held = latest[0]
+            if index + 1 < len(days) and index + 1 > done:
+                done = index + 1
+                await work(done, held)
+        listener.cancel()
+        return 0
+    except Exception:
+        out.write(_frame(traceback.format_exc(limit=8)))
+        out.flush()
+        return 1
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    sys.exit(asyncio.run(_serve()))

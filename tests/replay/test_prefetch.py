@@ -1,0 +1,117 @@
+"""Daily analytics worked out a day ahead in another process (replay/prefetch.py): a replay places the same orders
+with them as without; each answer is the number this process works out itself; none is served once the bar store
+has written; a process that fails or cannot start changes nothing."""
+from __future__ import annotations
+
+import asyncio
+from datetime import date, timedelta
+
+import pytest
+
+from core.calendar import MarketCalendar
+from core.clock import SimulatedClock
+from core.feeds import Listing
+from engines.rules import ENTRY_INDICATORS
+from replay.prefetch import Prefetch, dsn_of
+from replay.runner import prepare_history, replay_settings, run_replay
+from runtime.wiring import builder
+from tests.agent_fixtures import agent_settings
+
+
+async def _trades(pool, agent_id):
+    return [tuple(r) for r in await pool.fetch(
+        "SELECT symbol, side, intent, quantity, status, filled_quantity, avg_fill_price, created_at FROM orders "
+        "WHERE agent_id = $1 ORDER BY created_at, symbol, side", agent_id)]
+
+
+def _outcome(result):
+    return [(p.day, p.equity, p.cash) for p in result.curve], result.metrics.__dict__
+
+
+@pytest.mark.slow
+async def test_a_replay_places_the_same_orders_with_analytics_worked_out_ahead(pool, agent_id, tmp_path):
+    settings = agent_settings(agent_id)
+    kw = dict(start=date(2026, 11, 16), end=date(2026, 11, 24), progress=False, out_dir=tmp_path,
+              monitor_every=timedelta(minutes=15))
+    ahead = await run_replay(settings, pool, build=builder(pool), run_id="ahead1", **kw)
+    alone = await run_replay(settings, pool, build=builder(pool), run_id="alone1", prefetch=False, **kw)
+    assert ahead.prefetched > 20 and alone.prefetched == 0        # most of the days' analytics came from it
+    assert _outcome(ahead) == _outcome(alone)
+    trades = await _trades(pool, ahead.agent_id)
+    assert trades == await _trades(pool, alone.agent_id) and trades, "a replay that trades nothing proves little"
+
+
+async def _wired(pool, agent_id, days):
+    settings = replay_settings(agent_settings(agent_id), run_id="pf", engine="rules", data=None)
+    build = builder(pool)
+    calendar = MarketCalendar("HKEX")
+    await prepare_history(build, settings, calendar, days[0], days[-1])
+    clock = SimulatedClock(calendar.session_bounds(days[0])[0][0] - timedelta(hours=1))
+    return await build(settings, clock), clock, calendar
+
+
+async def _answer(ahead, key, seconds=30.0):
+    """The process's answer under `key`, once it has arrived."""
+    for _ in range(int(seconds / 0.02)):
+        found = ahead.take(key, None)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no answer under {key} after {seconds} s (error: {ahead.error})")
+
+
+async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_after_a_write(pool, agent_id):
+    calendar = MarketCalendar("HKEX")
+    days = calendar.trading_days(date(2026, 11, 18), date(2026, 11, 20))
+    session, clock, calendar = await _wired(pool, agent_id, days)
+    ahead = await Prefetch.start()
+    try:
+        ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
+                    market=session.market, scanner=session.scanner, store=session.bar_store)
+        ahead.feed(0, days[0], [])                   # day 0 starts: day 1 is worked out ahead
+        session.market.prefetched = session.scanner.prefetched = None      # this test takes the answers itself
+        at = calendar.session_bounds(days[1])[0][0]
+        day = calendar.session_key(at)
+        ranked = await _answer(ahead, (None, "scan", *day))
+        clock.set(at)
+        from data.scan import rank_at
+        assert ranked == await rank_at(session.bar_store, session.settings.config.scan,
+                                       session.settings.config.trading.max_position_value, at)
+        market, asked = session.market, ",".join(sorted(ENTRY_INDICATORS))
+        for c in ranked[:3]:
+            s = c.symbol
+            assert await _answer(ahead, (s, f"technicals:{asked}", *day)) == await market.technicals(
+                s, "1d", ENTRY_INDICATORS)
+            assert await _answer(ahead, (s, "technicals:rsi14", *day)) == await market.technicals(s, "1d", ["rsi14"])
+            assert ([p.to_dict() for p in await _answer(ahead, (s, "patterns", *day))]
+                    == [p.to_dict() for p in await market.patterns(s)])
+            assert await _answer(ahead, (s, "monitor", *day)) == await market.monitor_indicators(s)
+        # the bar store writes: what the process worked out before may be of other bars, so none is served
+        ahead.feed(1, days[1], [])
+        key = (None, "scan", *calendar.session_key(calendar.session_bounds(days[2])[0][0]))
+        for _ in range(1500):
+            if key in ahead._found:
+                break
+            await asyncio.sleep(0.02)
+        assert key in ahead._found
+        listings = [Listing(i) for i in (await session.bar_store.instruments())[:1]]
+        await session.bar_store.upsert_securities(listings, source="test", now=at)
+        assert ahead.take(key, None) is None
+    finally:
+        await ahead.close()
+        await session.broker.disconnect()
+
+
+@pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python"])
+async def test_a_prefetch_process_that_fails_or_cannot_start_changes_nothing(pool, agent_id, tmp_path, monkeypatch,
+                                                                            python):
+    settings = agent_settings(agent_id)
+    kw = dict(start=date(2026, 11, 23), end=date(2026, 11, 24), progress=False, out_dir=tmp_path,
+              monitor_every=timedelta(minutes=30))
+    start = Prefetch.start.__func__
+    monkeypatch.setattr(Prefetch, "start", classmethod(lambda cls: start(cls, python=python)))
+    failed = await run_replay(settings, pool, build=builder(pool), run_id="failed1", **kw)
+    alone = await run_replay(settings, pool, build=builder(pool), run_id="alone2", prefetch=False, **kw)
+    assert failed.prefetched == 0
+    assert _outcome(failed) == _outcome(alone)
+    assert await _trades(pool, failed.agent_id) == await _trades(pool, alone.agent_id)
