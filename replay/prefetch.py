@@ -1,4 +1,5 @@
-"""A replay's daily analytics worked out a day ahead, in a process of its own (the host's other core).
+"""A replay's daily analytics (and the simulated market's minute paths) worked out a day ahead, in a process of its
+own (the host's other core).
 
 What the tools and the monitor read of the daily bars (get_technicals, detect_patterns, the monitor's RSI and
 patterns, the scan's ranking) is a pure function of the bars completed before the session, and a replay's bar
@@ -11,6 +12,8 @@ this process, as each day starts, which symbols it holds.
 
 The answers come back under MarketData's own cache keys ((symbol, kind, local date, closed?)) and the scan's
 ((None, "scan", local date, closed?)); MarketData and Scanner take an answer instead of working it out (`take`).
+On the simulated market, the same symbols' minute paths of the day (what their quotes and the paper venue's
+fills read) come too, and the market takes them the same way.
 The same code on the same bars gives the same numbers, bit for bit, so a replay's orders do not depend on
 whether an answer came from here. An answer is used only while the replay's bar store has written nothing since
 this process started (its `generation`), and what is not here in time (day one, a symbol no list named, an
@@ -85,20 +88,25 @@ class Prefetch:
             return None
         return cls(proc)
 
-    def begin(self, *, dsn: str, settings, days: list[date], calendar, market, scanner, store) -> None:
+    def begin(self, *, dsn: str, settings, days: list[date], calendar, market, scanner, store,
+              universe=None) -> None:
         """Send the request (the replay's days, the scan's and the indicators' settings, the database) and serve
-        `market` and `scanner` from now on."""
+        `market` and `scanner` from now on; and `universe`, when it is the simulated market, its minute paths."""
         cfg = settings.config
+        simulated = universe is not None and hasattr(universe, "session_minutes")
         request = {"dsn": dsn, "dataset": store.dataset, "exchange": cfg.market.exchange, "scan": cfg.scan,
                    "max_position_value": cfg.trading.max_position_value,
                    "rsi": (market.rsi_overbought, market.rsi_oversold),
                    "top": max(cfg.rules.candidates_per_cycle, cfg.rules.watchlist_size),
-                   "days": [(d, calendar.session_bounds(d)[0][0]) for d in days]}
+                   "days": [(d, calendar.session_bounds(d)[0][0]) for d in days],
+                   "simulated": (universe.seed, len(universe.instruments())) if simulated else None}
         if not self._send(request):
             return
         self._store, self._generation = store, store.generation
         self._reader = asyncio.create_task(self._collect())
-        market.prefetched = scanner.prefetched = self
+        self._served = [market, scanner] + ([universe] if simulated else [])
+        for part in self._served:
+            part.prefetched = self
 
     def feed(self, index: int, day: date, held: Iterable[str]) -> None:
         """Day `index` (`day`) starts holding `held`: the process works out the next day's. What is kept for
@@ -136,6 +144,9 @@ class Prefetch:
             self._found.update(answer)
 
     async def close(self) -> None:
+        for part in getattr(self, "_served", ()):
+            if part.prefetched is self:   # (the simulated market outlives this run: eval's next engine)
+                part.prefetched = None
         proc = self._proc
         if proc.returncode is None:
             try:
@@ -169,6 +180,7 @@ async def _serve() -> int:
     from data.scan import rank_at
     from data.store import BarStore
     from engines.rules import ENTRY_INDICATORS
+    from brokers.paper.simulated import SimulatedMarket
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -192,6 +204,10 @@ async def _serve() -> int:
         market = MarketData(broker=None, clock=clock, calendar=calendar, rsi_overbought=overbought,
                             rsi_oversold=oversold, daily=store)
         picks: dict[int, list[str]] = {}
+        sim = None
+        if request["simulated"] is not None:
+            seed, size = request["simulated"]
+            sim = SimulatedMarket(seed=seed, exchange=request["exchange"], n_symbols=size, calendar=calendar)
 
         async def work(i: int, held: list[str]) -> None:
             day, at = days[i]
@@ -206,6 +222,9 @@ async def _serve() -> int:
                     await market.technicals(symbol, "1d", ["rsi14"])
                     await market.patterns(symbol)
                     await market.monitor_indicators(symbol)
+                    if sim is not None:
+                        key, minutes = sim.session_minutes(symbol, at)
+                        answers[key] = minutes
                 except Exception:          # the replay works this one out itself (and meets the error there)
                     continue
             answers.update(market.worked_out())

@@ -320,7 +320,7 @@ def _begin_prefetch(ahead: Prefetch, pool, session, calendar: MarketCalendar, da
         return
     market, scanner, store = parts
     ahead.begin(dsn=dsn, settings=session.settings, days=days, calendar=calendar, market=market, scanner=scanner,
-                store=store)
+                store=store, universe=getattr(session, "universe", None))
 
 
 def _progress(n: int, total: int, day: date, equity, t0: float) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -96,6 +96,9 @@ class SimulatedMarket:
         self._lock = threading.RLock()
         self._minutes: OrderedDict[tuple[int, int], Minutes] = OrderedDict()
         self._minute_cache_size = minute_cache_size
+        # minute paths worked out ahead by another process (replay/prefetch.py): `take(key, default)`, keys as
+        # session_minutes gives them
+        self.prefetched = None
 
     # ------------------------------------------------------------ universe
 
@@ -178,13 +181,24 @@ class SimulatedMarket:
                 return hit
         daily = self._ensure(j)
         inst = self._instruments[row]
-        made = minute_path(self.seed, inst.symbol, inst.lot_size, self.calendar.table, self._first + j, daily, row,
-                           j, self._grid)
+        made = None if self.prefetched is None else self.prefetched.take(self._minutes_key(inst.symbol, j), None)
+        if made is None:
+            made = minute_path(self.seed, inst.symbol, inst.lot_size, self.calendar.table, self._first + j, daily,
+                               row, j, self._grid)
         with self._lock:
             self._minutes[key] = made
             if len(self._minutes) > self._minute_cache_size:
                 self._minutes.popitem(last=False)
         return made
+
+    def _minutes_key(self, symbol: str, j: int) -> tuple:
+        return symbol, "minutes", self.calendar.table.dates[self._first + j].astype(date), False
+
+    def session_minutes(self, symbol: str, at: datetime) -> tuple[tuple, Minutes]:
+        """(key, minute path) of `symbol`'s session open at `at`: what another process works out ahead for this
+        market's `prefetched` (the same numbers: a minute path is a function of the seed, the symbol and the day)."""
+        row, j = self._index(symbol), self._session_of(to_ns(at))
+        return self._minutes_key(symbol, j), self._minute_path(row, j)
 
     # ------------------------------------------------------------ MarketDataSource
 

@@ -1,11 +1,12 @@
 """Daily analytics worked out a day ahead in another process (replay/prefetch.py): a replay places the same orders
-with them as without; each answer is the number this process works out itself; none is served once the bar store
+with them as without; each answer (and each minute path of the simulated market) is what this process works out itself; none is served once the bar store
 has written; a process that fails or cannot start changes nothing."""
 from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
 
+import numpy as np
 import pytest
 
 from core.calendar import MarketCalendar
@@ -67,9 +68,11 @@ async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_afte
     ahead = await Prefetch.start()
     try:
         ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
-                    market=session.market, scanner=session.scanner, store=session.bar_store)
+                    market=session.market, scanner=session.scanner, store=session.bar_store,
+                    universe=session.universe)
         ahead.feed(0, days[0], [])                   # day 0 starts: day 1 is worked out ahead
-        session.market.prefetched = session.scanner.prefetched = None      # this test takes the answers itself
+        # this test takes the answers itself
+        session.market.prefetched = session.scanner.prefetched = session.universe.prefetched = None
         at = calendar.session_bounds(days[1])[0][0]
         day = calendar.session_key(at)
         ranked = await _answer(ahead, (None, "scan", *day))
@@ -86,6 +89,10 @@ async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_afte
             assert ([p.to_dict() for p in await _answer(ahead, (s, "patterns", *day))]
                     == [p.to_dict() for p in await market.patterns(s)])
             assert await _answer(ahead, (s, "monitor", *day)) == await market.monitor_indicators(s)
+            sent = await _answer(ahead, (s, "minutes", *day))          # the simulated market's minute path
+            key, here = session.universe.session_minutes(s, at)
+            assert key == (s, "minutes", *day)
+            assert all(np.array_equal(getattr(sent, f), getattr(here, f)) for f in here.__dataclass_fields__)
         # the bar store writes: what the process worked out before may be of other bars, so none is served
         ahead.feed(1, days[1], [])
         key = (None, "scan", *calendar.session_key(calendar.session_bounds(days[2])[0][0]))
