@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     replay.add_argument("--engine", choices=("rules", "claude"), default="rules", help="replay: who decides")
     replay.add_argument("--monitor-every", type=int, default=5, metavar="MINUTES",
                         help="replay: minutes between position monitor passes (default 5)")
+    replay.add_argument("--no-prefetch", action="store_true",
+                        help="replay: no second process working out the next day's analytics (~160 MB less memory, "
+                             "slower)")
     evaluation = parser.add_argument_group("eval (replay's --start, --end, --data too)")
     evaluation.add_argument("--engines", default="rules", help="eval: rules,claude[:MODEL] (comma-separated)")
     evaluation.add_argument("--baselines", default="buy_and_hold,cash", help="eval: buy_and_hold,cash or none")
@@ -167,7 +170,8 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
         try:
             result = await run_replay(settings, pool, build=build, start=args.start, end=args.end,
                                       engine=args.engine, data=args.data,
-                                      monitor_every=timedelta(minutes=args.monitor_every))
+                                      monitor_every=timedelta(minutes=args.monitor_every),
+                                      prefetch=not args.no_prefetch)
         except ReplayRefused as exc:
             print(f"replay: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_SECONDS = 5.0               # how long the process may take to end once the replay is done
+MINUTE_PATHS_KEPT = 8             # the process's own LRU of minute paths: each is sent once, never read again
 _LEN = struct.Struct(">I")
 _MISS = object()
 
@@ -207,7 +208,8 @@ async def _serve() -> int:
         sim = None
         if request["simulated"] is not None:
             seed, size = request["simulated"]
-            sim = SimulatedMarket(seed=seed, exchange=request["exchange"], n_symbols=size, calendar=calendar)
+            sim = SimulatedMarket(seed=seed, exchange=request["exchange"], n_symbols=size, calendar=calendar,
+                                  minute_cache_size=MINUTE_PATHS_KEPT)
 
         async def work(i: int, held: list[str]) -> None:
             day, at = days[i]
