@@ -46,7 +46,7 @@ non-positive quantity raises ValueError, a float price raises TypeError (money i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, Mapping, Sequence
@@ -190,7 +190,9 @@ def as_of(report: SignalReport, position: PositionView, now: datetime | None) ->
     `evaluate(position, thresholds, now=now)`, since no rule depends on time (only held_seconds does). What a
     monitor pass reuses when nothing about a position changed since its last pass."""
     held = _held_seconds(position.opened_at, now)
-    return report if held == report.held_seconds else replace(report, held_seconds=held)
+    if held == report.held_seconds:
+        return report
+    return SignalReport(report.action, report.signals, report.pnl_pct, report.reason, held)
 
 
 def with_indicators(report: SignalReport, position: PositionView, thresholds: SignalThresholds, *,

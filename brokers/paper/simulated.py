@@ -73,6 +73,7 @@ class SimulatedMarket:
         self.seed = seed
         self._quote_minute: int | None = None     # quote(): answers for the current minute, by symbol
         self._quotes: dict[str, Quote] = {}
+        self._quote_where: tuple = (-1, 0, None)   # quote(): where the current minute lies (_where)
         self._starts: dict[int, datetime] = {}      # session open instants, by calendar row
         self.exchange = exchange.upper()
         self._code = code
@@ -211,34 +212,41 @@ class SimulatedMarket:
         t = to_ns(at)
         minute = t // NS_MIN                    # minutes complete on minute boundaries: one answer per minute
         if minute != self._quote_minute:
-            self._quote_minute, self._quotes = minute, {}
+            self._quote_minute, self._quotes, self._quote_where = minute, {}, self._where(t)
         hit = self._quotes.get(symbol)
         if hit is None:
-            hit = self._quotes[symbol] = self._quote(symbol, at, t)
+            hit = self._quotes[symbol] = self._quote(symbol, at, self._quote_where)
         return hit
 
-    def _quote(self, symbol: str, at: datetime, t: int) -> Quote:
-        row = self._index(symbol)
+    def _where(self, t: int) -> tuple[int, int, datetime | None]:
+        """(session j, k, timestamp) of a quote at t, the same for every symbol (sessions open and close, and every
+        symbol's minutes start, on the same minute boundaries): k > 0, the close of minute k-1 of session j, which
+        ended at `timestamp`; k == 0, session j's close (j < 0: before the first session)."""
         j = self._session_of(t)
         table = self.calendar.table
-        last = None
         if j >= 0 and t < table.closes[self._first + j]:
-            mins = self._minute_path(row, j)
-            k = int(mins.starts.searchsorted(t - NS_MIN, "right"))     # minutes that ended at or before t
+            starts = table.minute_starts_ns(self._first + j)
+            k = int(starts.searchsorted(t - NS_MIN, "right"))          # minutes that ended at or before t
             if k > 0:
-                last, vol, ts = int(mins.close[k - 1]), int(mins.cum_volume[k - 1]), int(mins.starts[k - 1]) + NS_MIN
-            else:
-                j -= 1                      # opened less than a minute ago: still yesterday's close
-        if last is None:
+                return j, k, from_ns(int(starts[k - 1]) + NS_MIN)
+            j -= 1                          # opened less than a minute ago: still yesterday's close
+        return j, 0, from_ns(int(table.closes[self._first + j])) if j >= 0 else None
+
+    def _quote(self, symbol: str, at: datetime, where: tuple[int, int, datetime | None]) -> Quote:
+        row = self._index(symbol)
+        j, k, ts = where
+        if k:
+            mins = self._minute_path(row, j)
+            last, vol = int(mins.close[k - 1]), int(mins.cum_volume[k - 1])
+        else:
             if j < 0:
                 raise ValueError(f"no simulated prices before the first session on or after {EPOCH} "
                                  f"(asked for {at.isoformat()})")
             daily = self._ensure(j)
             last = int(daily.close[row, j])
             vol = int(daily.lots[row, j]) * self._instruments[row].lot_size
-            ts = int(table.closes[self._first + j])
         bid, last_price, ask = touch(last, self._scheme)
-        return Quote(symbol=symbol, bid=bid, ask=ask, last=last_price, volume=vol, timestamp=from_ns(ts))
+        return Quote(symbol=symbol, bid=bid, ask=ask, last=last_price, volume=vol, timestamp=ts)
 
     def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime) -> list[Bar]:
         """Bars starting in [start, end) that completed at or before `end`, oldest first.
