@@ -295,6 +295,11 @@ class SimulatedMarket:
 
     @staticmethod
     def _aggregate(symbol: str, mins: Minutes, size: int, t0: int, t1: int) -> list[Bar]:
+        if size == 1:                       # the minutes themselves: those starting in [t0, t1 - 1 minute]
+            lo = int(mins.starts.searchsorted(t0, "left"))
+            hi = int(mins.starts.searchsorted(t1 - NS_MIN, "right"))
+            return [Bar(symbol, from_ns(mins.starts[b]), price(mins.open[b]), price(mins.high[b]), price(mins.low[b]),
+                        price(mins.close[b]), int(mins.volume[b])) for b in range(lo, hi)]
         key = mins.interval * 100_000 + mins.offset // size
         edges = np.flatnonzero(np.diff(key)) + 1
         first = np.concatenate([[0], edges])
