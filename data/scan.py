@@ -136,6 +136,12 @@ async def rank_at(store: "BarStore", cfg: "ScanConfig", max_position_value: Deci
     return await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots, max_lot_value=float(max_position_value))
 
 
+def _read(pool, name: str, query: str, *args):
+    """A read through the pool that counts as no change (LanePool.read) where the pool has such reads."""
+    read = getattr(pool, "read", None)
+    return read(name, query, *args) if read is not None else getattr(pool, name)(query, *args)
+
+
 class ScanUnavailable(Exception):
     """The bar store cannot serve a scan now; the message says what to run."""
 
@@ -191,7 +197,8 @@ class Scanner:
         if self.before_write is not None:
             await self.before_write()
         if candidates:                       # one statement for the whole scan (not one per candidate)
-            await self.pool.execute(
+            # scan_results is read by no SoleReads query (runtime/lane_pool.py): not counted as a change
+            await getattr(self.pool, "execute_apart", self.pool.execute)(
                 """INSERT INTO scan_results (agent_id, cycle_id, scanned_at, symbol, rank, score, price, reasons,
                        metrics)
                    SELECT $1, $2, $3, u.symbol, u.rank, u.score, u.price, u.reasons::jsonb, u.metrics::jsonb
@@ -217,7 +224,7 @@ class Scanner:
         if (latest is not None and latest[0] == day and latest[1] <= now
                 and time.monotonic() - latest[2] < self.LATEST_SECONDS):
             return latest[3][:limit]
-        rows = await self.pool.fetch(
+        rows = await _read(self.pool, "fetch",
             """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
                WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
                                                       WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)

@@ -202,8 +202,11 @@ class BarStore:
         return {r["symbol"]: r["last"] for r in rows}
 
     async def last_bar_end(self, timeframe: str = "1d") -> datetime | None:
-        return await self.pool.fetchval("SELECT max(bar_end) FROM bars WHERE dataset = $1 AND timeframe = $2",
-                                        self.dataset, timeframe)
+        read = getattr(self.pool, "read", None)       # a read: not a change to what SoleReads serves again
+        query = "SELECT max(bar_end) FROM bars WHERE dataset = $1 AND timeframe = $2"
+        if read is not None:
+            return await read("fetchval", query, self.dataset, timeframe)
+        return await self.pool.fetchval(query, self.dataset, timeframe)
 
     # A whole-dataset read is kept this long (real seconds) for the reads of single symbols that follow it (the
     # tools' technicals after a scan): a sync in this process clears it; one in another process is seen after it.

@@ -272,7 +272,9 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
     health = ("degraded" if report.ambiguous else "healthy",
               redact_row(json.loads(json.dumps(report.to_dict(), default=str))))
     if health != services._last_health:    # a process running many cycles records each change, not each repeat
-        await pool.execute("INSERT INTO service_health (agent_id, service, status, details, checked_at) "
-                           "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
+        # service_health is read by no SoleReads query (runtime/lane_pool.py): not counted as a change
+        await getattr(pool, "execute_apart", pool.execute)(
+            "INSERT INTO service_health (agent_id, service, status, details, checked_at) "
+            "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
         services._last_health = health
     return report

@@ -108,3 +108,18 @@ async def test_the_scan_served_again_is_the_one_the_database_holds_and_a_new_sca
     s.clock.advance(timedelta(minutes=1))
     served = await s.scanner.latest_or_run(cycle_id=None)
     assert [(c.symbol, c.price) for c in served] == [(c.symbol, c.price + 1000) for c in read]
+
+
+async def test_a_scan_its_reads_and_its_rows_are_no_change_to_what_sole_reads_serve_again(pool, agent_id):
+    """scan_results and bars are read by no SoleReads query (runtime/lane_pool.py): recording a scan, reading the
+    day's scan back and asking for the newest bar leave the pool's count of changes where it was, so a replay's
+    account and position reads are served again across them."""
+    s = await build_services(agent_settings(agent_id, market_data={"universe_size": 60}), pool,
+                             SimulatedClock(OPEN_AT))
+    await s.scanner.latest_or_run(cycle_id=None)          # the bar store synced, the first scan recorded
+    before = pool.changes
+    await s.scanner.run(cycle_id=None)                    # another scan recorded
+    s.clock.advance(timedelta(minutes=30))
+    assert await s.scanner.latest_or_run(cycle_id=None)   # read back from the database
+    assert await s.bar_store.last_bar_end("1d") is not None
+    assert pool.changes == before
