@@ -46,9 +46,10 @@ import math
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from data.bar_arrays import BarArrays
 
 RSI_LEN = 14
@@ -56,7 +57,7 @@ MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 BB_LEN, BB_STD = 20, 2.0
 ATR_LEN = 14
 VOLUME_LEN = 20
-SESSION_GAP = pd.Timedelta(hours=4)
+SESSION_GAP_NS = 4 * 3600 * 10**9          # 4 hours (pandas is imported only where a frame is made)
 
 UNIVERSE_KEYS = ("rsi14", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr14",
                  "sma20", "sma50", "ema20", "ema50", "volume_ratio20")
@@ -68,6 +69,7 @@ def symbol_indicators(close: pd.Series, high: pd.Series, low: pd.Series,
                       volume: pd.Series) -> dict[str, pd.Series]:
     """pandas-ta (talib=False) on one symbol's bars (rows with a NaN close dropped): UNIVERSE_KEYS -> Series on
     those bars. An indicator pandas-ta refuses for a short series comes back all NaN."""
+    import pandas as pd
     import pandas_ta as ta
 
     keep = close.notna()
@@ -178,7 +180,7 @@ def _session_vwap(bars: "BarArrays") -> float | None:
     gaps = np.diff(bars.starts)                                   # nanoseconds
     if not np.median(gaps) < 86_400 * 10**9:                     # daily bars: no session VWAP
         return None
-    breaks = np.flatnonzero(gaps > SESSION_GAP.value)
+    breaks = np.flatnonzero(gaps > SESSION_GAP_NS)
     first = breaks[-1] + 1 if len(breaks) else 0
     high, low, close, volume = (a[first:] for a in (bars.high, bars.low, bars.close, bars.volume))
     hlc3 = (high + low + close) / 3
@@ -218,6 +220,7 @@ def universe_indicators(close: pd.DataFrame, high: pd.DataFrame, low: pd.DataFra
     """`keys` (UNIVERSE_KEYS or some of them) -> (dates x symbols) frames for every symbol at once, equal (1e-9)
     to `symbol_indicators` on each symbol's own bars; NaN on rows where the symbol has no bar. Only the indicators
     asked for are computed (the scan reads five of the thirteen); each is the same number either way."""
+    import pandas as pd
     index, columns = close.index, close.columns
     c = close.to_numpy(dtype=np.float64)
     h, lo, v = (_values(f, index, columns) for f in (high, low, volume))

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_SECONDS = 5.0               # how long the process may take to end once the replay is done
 MINUTE_PATHS_KEPT = 8             # the process's own LRU of minute paths: each is sent once, never read again
+FIRST_DAY_SECONDS = 10.0          # how long the replay waits for the first day's answers before working them out
 _LEN = struct.Struct(">I")
 _MISS = object()
 
@@ -73,6 +74,7 @@ class Prefetch:
         self._store = None
         self._generation = None
         self._reader: asyncio.Task | None = None
+        self._answered = asyncio.Event()   # the first day's answers arrived (or the process ended)
         self.served = 0                    # answers taken instead of worked out
         self.error: str | None = None      # why the process stopped early, when it said
 
@@ -133,16 +135,32 @@ class Prefetch:
             return False
         return True
 
+    async def first_day(self, seconds: float | None = None) -> None:
+        """Wait (at most `seconds`) for the first day's answers: working them out here instead would begin by
+        importing pandas (~0.5 s, more than the process takes to send them). Returns at once when the process has
+        ended or was never sent its request."""
+        if self._reader is None:
+            return
+        seconds = FIRST_DAY_SECONDS if seconds is None else seconds
+        try:
+            await asyncio.wait_for(self._answered.wait(), seconds)
+        except asyncio.TimeoutError:
+            log.warning("the prefetch process sent nothing in %.0f s: the first day is worked out here", seconds)
+
     async def _collect(self) -> None:
-        while True:
-            answer = await _read(self._proc.stdout)
-            if answer is None:
-                return
-            if isinstance(answer, str):
-                self.error = answer
-                log.warning("the prefetch process stopped: %s", answer)
-                return
-            self._found.update(answer)
+        try:
+            while True:
+                answer = await _read(self._proc.stdout)
+                if answer is None:
+                    return
+                if isinstance(answer, str):
+                    self.error = answer
+                    log.warning("the prefetch process stopped: %s", answer)
+                    return
+                self._found.update(answer)
+                self._answered.set()
+        finally:
+            self._answered.set()
 
     async def close(self) -> None:
         for part in getattr(self, "_served", ()):
@@ -182,6 +200,11 @@ async def _serve() -> int:
     from data.store import BarStore
     from engines.rules import ENTRY_INDICATORS
     from brokers.paper.simulated import SimulatedMarket
+
+    import pandas  # noqa: F401  (the scan's frames: imported while the replay prepares its history)
+
+    import data.patterns  # noqa: F401
+    import data.technicals  # noqa: F401
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

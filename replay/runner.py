@@ -275,6 +275,7 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
             opening, held = await session.broker.get_account_and_positions()
             if ahead is not None:
                 _begin_prefetch(ahead, pool, session, calendar, days)
+                await ahead.first_day()
             curve: list[EquityPoint] = [EquityPoint(day=days[0] - timedelta(days=1), equity=opening.equity,
                                                     cash=opening.cash, invested=opening.equity - opening.cash)]
             drive = Drive()

@@ -74,6 +74,7 @@ class SimulatedMarket:
         self._quote_minute: int | None = None     # quote(): answers for the current minute, by symbol
         self._quotes: dict[str, Quote] = {}
         self._quote_where: tuple = (-1, 0, None)   # quote(): where the current minute lies (_where)
+        self._where_starts: tuple = (None, None)   # _where(): (session, its minute starts)
         self._starts: dict[int, datetime] = {}      # session open instants, by calendar row
         self.exchange = exchange.upper()
         self._code = code
@@ -225,7 +226,9 @@ class SimulatedMarket:
         j = self._session_of(t)
         table = self.calendar.table
         if j >= 0 and t < table.closes[self._first + j]:
-            starts = table.minute_starts_ns(self._first + j)
+            if self._where_starts[0] != j:                             # the session's minute starts, kept
+                self._where_starts = (j, table.minute_starts_ns(self._first + j))
+            starts = self._where_starts[1]
             k = int(starts.searchsorted(t - NS_MIN, "right"))          # minutes that ended at or before t
             if k > 0:
                 return j, k, from_ns(int(starts[k - 1]) + NS_MIN)

@@ -109,12 +109,19 @@ async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_afte
         await session.broker.disconnect()
 
 
-@pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python"])
-async def test_a_prefetch_process_that_fails_or_cannot_start_changes_nothing(pool, agent_id, tmp_path, monkeypatch,
-                                                                            python):
+@pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python", "hangs"])
+async def test_a_prefetch_process_that_fails_hangs_or_cannot_start_changes_nothing(pool, agent_id, tmp_path,
+                                                                                  monkeypatch, python):
+    import replay.prefetch
     settings = agent_settings(agent_id)
     kw = dict(start=date(2026, 11, 23), end=date(2026, 11, 24), progress=False, out_dir=tmp_path,
               monitor_every=timedelta(minutes=30))
+    if python == "hangs":                           # never answers, never ends: waited for, then killed
+        python = tmp_path / "hangs.sh"
+        python.write_text("#!/bin/sh\nexec sleep 60\n")
+        python.chmod(0o755)
+        monkeypatch.setattr(replay.prefetch, "FIRST_DAY_SECONDS", 0.3)
+        monkeypatch.setattr(replay.prefetch, "CLOSE_SECONDS", 0.3)
     start = Prefetch.start.__func__
     monkeypatch.setattr(Prefetch, "start", classmethod(lambda cls: start(cls, python=python)))
     failed = await run_replay(settings, pool, build=builder(pool), run_id="failed1", **kw)
