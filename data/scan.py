@@ -43,8 +43,13 @@ class Candidate:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "rank": self.rank, "score": round(self.score, 3), "price": self.price,
-                "reasons": list(self.reasons), **{k: round(v, 4) for k, v in self.metrics.items()}}
+        """The candidate for a tool's answer (a new dict each time; the rounding is worked out once)."""
+        shown = self.__dict__.get("_shown")
+        if shown is None:
+            shown = {"symbol": self.symbol, "rank": self.rank, "score": round(self.score, 3), "price": self.price,
+                     "reasons": None, **{k: round(v, 4) for k, v in self.metrics.items()}}
+            object.__setattr__(self, "_shown", shown)      # (frozen: kept beside the fields, not one of them)
+        return {**shown, "reasons": list(self.reasons)}
 
 
 # The indicators the score reads (the rest of UNIVERSE_KEYS is not computed for a scan).

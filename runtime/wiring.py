@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -69,6 +69,8 @@ class Services:
     # cycles left running by a dead process are looked for once per process (a cron run is one cycle; a process
     # running many cycles holds its agents' locks throughout, and what others leave their own next run finds)
     interrupted_swept: bool = False
+    # the rules engine made for these settings (it keeps nothing of a cycle; made again when the settings change)
+    _rules: tuple | None = field(default=None, init=False, repr=False)
 
     @property
     def agent_id(self) -> str:
@@ -122,7 +124,7 @@ class Services:
         """Claude when configured and within budget; otherwise the rules engine, with the reason."""
         settings = self.settings
         if not settings.env.get("ANTHROPIC_API_KEY"):
-            return RulesEngine(settings), "no ANTHROPIC_API_KEY: the offline rules engine decides"
+            return self._rules_engine(), "no ANTHROPIC_API_KEY: the offline rules engine decides"
         from engines.claude import ClaudeEngine
         budget = self.budget("trade")
         engine = ClaudeEngine(settings, budget=budget, store=self.store,
@@ -130,9 +132,14 @@ class Services:
                               prompt_caching=settings.config.ai.prompt_caching)
         remaining = await budget.remaining()
         if remaining < engine.first_call_estimate(mode):
-            return RulesEngine(settings), (f"AI budget for today is spent ({remaining:.4f} USD left of "
+            return self._rules_engine(), (f"AI budget for today is spent ({remaining:.4f} USD left of "
                                            f"{budget.daily_limit}): the offline rules engine decides")
         return engine, f"Claude ({settings.config.ai.model}) decides"
+
+    def _rules_engine(self) -> RulesEngine:
+        if self._rules is None or self._rules[0] is not self.settings:
+            self._rules = (self.settings, RulesEngine(self.settings))
+        return self._rules[1]
 
     def cycles(self) -> CycleRunner:
         sweep, self.interrupted_swept = not self.interrupted_swept, True

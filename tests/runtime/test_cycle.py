@@ -115,3 +115,15 @@ async def test_a_process_looks_for_dead_cycles_on_its_first_cycle_only(pool, pg_
     later = await agent_services(pool, f"t_{uuid.uuid4().hex[:10]}")        # the next process
     await later.run_cycle("close")
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", cycle) == "interrupted"
+
+
+async def test_the_rules_engine_is_made_once_for_the_same_settings(services):
+    """Made per cycle it cost a repr of its whole configuration each time; it keeps nothing of a cycle, so the
+    same settings get the same engine, and settings replaced (replay widens the quote age) a new one."""
+    from dataclasses import replace
+    first, _ = await services.choose_engine("trade")
+    again, _ = await services.choose_engine("scan")
+    assert first is again and first.name == "rules"
+    services.settings = replace(services.settings)
+    other, _ = await services.choose_engine("trade")
+    assert other is not first and other.cfg is services.settings.config
