@@ -134,7 +134,30 @@ def _cycle_start_cte(n: int) -> str:
     return (f"cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
             f"VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}) ON CONFLICT (cycle_id) DO NOTHING)")
 
+
+def _cycle_ends_cte(n: int) -> str:
+    # held cycle end rows, each the whole row (its start row may never have been written): upserts
+    cols = ", ".join(f"${n + i}::{t}[]" for i, t in enumerate(_CYCLE_END_TYPES))
+    return f"""ce AS (
+               INSERT INTO trading_cycles (cycle_id, status, engine, finished_at, turns, input_tokens, output_tokens,
+                   cache_write_tokens, cache_read_tokens, cost_usd, orders_placed, summary, error, agent_id, mode,
+                   started_at)
+               SELECT c, st, e, f, t, it, ot, cw, cr, cost, o, sm::jsonb, er, a, m, sa
+               FROM unnest({cols}) AS u(c, st, e, f, t, it, ot, cw, cr, cost, o, sm, er, a, m, sa)
+               ON CONFLICT (cycle_id) DO UPDATE SET status = EXCLUDED.status, engine = EXCLUDED.engine,
+                   finished_at = EXCLUDED.finished_at, turns = EXCLUDED.turns, input_tokens = EXCLUDED.input_tokens,
+                   output_tokens = EXCLUDED.output_tokens, cache_write_tokens = EXCLUDED.cache_write_tokens,
+                   cache_read_tokens = EXCLUDED.cache_read_tokens, cost_usd = EXCLUDED.cost_usd,
+                   orders_placed = EXCLUDED.orders_placed, summary = EXCLUDED.summary, error = EXCLUDED.error)"""
+
+
+_CYCLE_END_TYPES = ("uuid", "text", "text", "timestamptz", "integer", "bigint", "bigint", "bigint", "bigint", "numeric",
+                    "integer", "text", "text", "text", "text", "timestamptz")
+
 DECISION_IDS = 64           # decision ids taken from the sequence at a time
+# A sole writer's cycle end rows held before they are written (with the audit rows held meanwhile): about two
+# sessions of the cron schedule's cycles in one statement rather than one statement a cycle.
+CYCLE_ENDS_HELD = 32
 
 
 class Store:
@@ -172,6 +195,7 @@ class Store:
         # positions_to_monitor's last answer: (the rows read, _high_water_changes then, the rows with marks applied)
         self._monitored: tuple | None = None
         self._cycle_start: tuple | None = None       # a held trading_cycles start row (hold_cycle_start)
+        self._cycle_ends: list[tuple] = []            # held whole cycle rows, ended (hold_cycle_end)
         # a sole writer's flushes are sent behind (see flush): the last one sent, and the statements of any that
         # failed, sent again by the next flush
         self.write_behind = hold_monitor
@@ -182,7 +206,7 @@ class Store:
     @property
     def pending(self) -> int:
         """Audit rows held, not yet written."""
-        return len(self._decisions) + len(self._patterns) + len(self._statuses)
+        return len(self._decisions) + len(self._patterns) + len(self._statuses) + len(self._cycle_ends)
 
     def held_high_water(self, position_id: int):
         """The high-water mark this store's status rows raise (or have raised) this position to (None: none)."""
@@ -193,6 +217,17 @@ class Store:
         or the cycle's end row, an upsert, writes the whole row (a cycle that changes nothing costs one statement).
         Only where nobody else looks for running cycles of this agent (`hold_monitor`)."""
         self._cycle_start = (cycle_id, self.agent_id, mode, started_at)
+
+    def hold_cycle_end(self, row: tuple) -> bool:
+        """Hold an ended cycle's whole row (runtime/cycle.py's _END_UPSERT columns; its summary a dict) for a later
+        flush, which writes it with the audit rows held meanwhile, in the same statement (their cycle ids refer to
+        it). Its start row, held still, goes with it. Only where nobody else reads this agent's cycles while the
+        process runs (`hold_monitor`: `settle` writes what is held). True: flush now (CYCLE_ENDS_HELD are held)."""
+        if self._cycle_start is not None and self._cycle_start[0] == row[0]:
+            self._cycle_start = None
+        summary = row[11]
+        self._cycle_ends.append((*row[:11], json.dumps(summary) if summary is not None else "{}", *row[12:]))
+        return len(self._cycle_ends) >= CYCLE_ENDS_HELD
 
     async def write_cycle_start(self) -> None:
         """The held cycle start row, now (before an order or a scan result that refers to the cycle)."""
@@ -220,14 +255,14 @@ class Store:
             await self._resend()
         parts, params = [], list(args)
         start = self._cycle_start
-        taken = (self._decisions, self._patterns, self._statuses, self._raises)
-        self._decisions, self._patterns, self._statuses, self._raises = [], [], {}, {}
+        taken = (self._decisions, self._patterns, self._statuses, self._raises, self._cycle_ends)
+        self._decisions, self._patterns, self._statuses, self._raises, self._cycle_ends = [], [], {}, {}, []
         self._cycle_start = None
         if start is not None and not ends_cycle:
             parts.append(_cycle_start_cte(len(params) + 1))
             params.extend(start)
-        decisions, patterns, statuses, raises = taken
-        for rows, make in ((decisions, _decisions_cte), (patterns, _patterns_cte),
+        decisions, patterns, statuses, raises, ends = taken
+        for rows, make in ((ends, _cycle_ends_cte), (decisions, _decisions_cte), (patterns, _patterns_cte),
                            (list(statuses.values()), _held_statuses_cte if self.hold_monitor else _statuses_cte),
                            (list(raises.items()), _raises_cte)):
             if rows:
@@ -244,7 +279,7 @@ class Store:
 
     async def _send(self, parts: list, params: list, taken: tuple, start: tuple | None, sql: str | None,
                     args: tuple, ends_cycle: bool, behind: bool = False) -> None:
-        decisions, patterns, statuses, _ = taken
+        decisions, patterns, statuses, _, ends = taken
         # audit rows change nothing a SoleReads query reads; status rows raise positions' high-water marks, which
         # the readers of those take from held_high_water as well
         run = getattr(self.pool, "execute_behind" if behind else "execute_apart", self.pool.execute)
@@ -265,6 +300,8 @@ class Store:
             if start is not None and not ends_cycle:
                 self._cycle_start = self._cycle_start or start
                 await self.write_cycle_start()
+            if ends:                       # the cycles themselves are recorded, alone
+                await run("WITH " + _cycle_ends_cte(1) + "\nSELECT 1", *(list(c) for c in zip(*ends)))
             if sql is not None:
                 await self.pool.execute(sql, *args)
         except BaseException:
@@ -312,7 +349,8 @@ class Store:
     def _put_back(self, taken: tuple, start: tuple | None) -> None:
         """Rows a failed write had taken, back in the buffer ahead of those recorded since (a status row recorded
         since is the newer one; a high-water mark keeps the higher)."""
-        decisions, patterns, statuses, raises = taken
+        decisions, patterns, statuses, raises, ends = taken
+        self._cycle_ends = ends + self._cycle_ends
         self._decisions = decisions + self._decisions
         self._patterns = patterns + self._patterns
         self._statuses = {**statuses, **self._statuses}

@@ -178,7 +178,8 @@ class CycleRunner:
                 redact_row(result.error))
         if self.store is None:
             await self.pool.execute(_END, *args)
-        elif self.store.hold_monitor:  # the start row may be held still: the whole row, in the same statement
-            await self.store.flush(_END_UPSERT, *args, self.agent_id, *self._started, ends_cycle=True)
+        elif self.store.hold_monitor:  # held, the whole row (its start may be held still), for a later flush
+            if self.store.hold_cycle_end((*args, self.agent_id, *self._started)):
+                await self.store.flush()
         else:                          # with the audit rows the cycle held
             await self.store.flush(_END, *args)

@@ -3,6 +3,7 @@ with a cycle's end row, on its error path too; at once outside a cycle; and, for
 agent's rows (replay, day), the monitor's status rows wait for the next cycle while every read sees their effect."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
@@ -195,9 +196,9 @@ async def test_a_held_high_water_mark_is_raised_even_after_its_position_closed(p
 class Behind:
     """The pool, its writes sent behind held until `release` is set (or failing once with `fail`)."""
 
-    def __init__(self, real, *, fail: BaseException | None = None) -> None:
+    def __init__(self, real, *, fail: BaseException | None = None, times: int = 1) -> None:
         import asyncio
-        self.real, self.fail = real, fail
+        self.real, self.fail, self.times = real, fail, times
         self.entered, self.release = asyncio.Event(), asyncio.Event()
 
     def __getattr__(self, name):
@@ -206,13 +207,22 @@ class Behind:
     async def execute_behind(self, *args):
         self.entered.set()
         await self.release.wait()
-        if self.fail is not None:
-            fail, self.fail = self.fail, None
-            raise fail
+        if self.fail is not None and self.times > 0:
+            self.times -= 1
+            raise self.fail
         return await self.real.execute_behind(*args)
 
 
-async def test_a_sole_writers_cycle_end_is_written_behind_and_settle_waits_for_it(pool, agent_id):
+@pytest.fixture
+def each_cycle_flushed(monkeypatch):
+    """A sole writer's cycle end rows written behind one cycle at a time (CYCLE_ENDS_HELD 1), as the tests of
+    writing behind need."""
+    import execution.store
+    monkeypatch.setattr(execution.store, "CYCLE_ENDS_HELD", 1)
+
+
+async def test_a_sole_writers_cycle_end_is_written_behind_and_settle_waits_for_it(pool, agent_id,
+                                                                                each_cycle_flushed):
     """The cycle returns while its end row and audit rows are still being written (PostgreSQL writes them while
     this process goes on); settle() waits for them."""
     import asyncio
@@ -230,7 +240,8 @@ async def test_a_sole_writers_cycle_end_is_written_behind_and_settle_waits_for_i
                                outcome.cycle_id) > 0
 
 
-async def test_a_write_sent_behind_that_fails_is_sent_again_and_loses_nothing(pool, agent_id, caplog):
+async def test_a_write_sent_behind_that_fails_is_sent_again_and_loses_nothing(pool, agent_id, caplog,
+                                                                               each_cycle_flushed):
     s = await sole_writer(pool, agent_id)
     s.store.pool = behind = Behind(s.store.pool, fail=ConnectionResetError("the connection dropped mid-write"))
     behind.release.set()
@@ -244,9 +255,10 @@ async def test_a_write_sent_behind_that_fails_is_sent_again_and_loses_nothing(po
     assert s.store.pending == 0
 
 
-async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_sent_forever(pool, agent_id, caplog):
-    """Refused rows are dropped and the end row is written alone (as a flush in line does); a refused end row is
-    dropped too (the server would refuse it again), and the flushes after it go on."""
+async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_sent_forever(pool, agent_id, caplog,
+                                                                                       each_cycle_flushed):
+    """Refused rows are dropped and the end rows are written alone (as a flush in line does); end rows refused
+    again are dropped too (the server would refuse them again), and the flushes after them go on."""
     import asyncpg
     from datetime import timedelta
     s = await sole_writer(pool, agent_id)
@@ -258,7 +270,7 @@ async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_se
     assert "audit rows of" in caplog.text and "could not be written and are dropped: CheckViolationError" in caplog.text
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", scan.cycle_id) == "completed"
     s.clock.set(OPEN_AT + timedelta(days=4))      # Saturday: a trade cycle records market_closed, its end row alone
-    s.store.pool = Behind(real, fail=asyncpg.exceptions.CheckViolationError("refused"))
+    s.store.pool = Behind(real, fail=asyncpg.exceptions.CheckViolationError("refused"), times=2)
     s.store.pool.release.set()
     closed = await s.run_cycle("trade")
     await s.store.settle()
@@ -269,6 +281,41 @@ async def test_a_statement_sent_behind_that_the_server_refuses_is_dropped_not_se
     assert await pool.fetchval("SELECT status FROM trading_cycles WHERE cycle_id = $1", again.cycle_id) == \
         "market_closed"
     assert closed.cycle_id != again.cycle_id
+    assert await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE cycle_id = $1", closed.cycle_id) == 0
+
+
+async def test_a_sole_writers_cycles_are_held_and_written_together_with_their_decisions(pool, agent_id, monkeypatch):
+    """CYCLE_ENDS_HELD ended cycles (whole rows) wait and go in one statement with the audit rows held meanwhile
+    (their cycle ids refer to them); settle writes what is still held. Nothing of a held cycle is in the database
+    before that, every cycle and decision is after it."""
+    import execution.store
+    from datetime import timedelta
+    monkeypatch.setattr(execution.store, "CYCLE_ENDS_HELD", 3)
+    s = await sole_writer(pool, agent_id)
+    s.store.pool = behind = Behind(s.store.pool)
+    behind.release.set()
+    sent = []
+    real_behind = behind.execute_behind
+
+    async def counting(query, *args):
+        sent.append(query)
+        return await real_behind(query, *args)
+    behind.execute_behind = counting
+    cycles = [await s.run_cycle("scan")]
+    for _ in range(3):
+        s.clock.advance(timedelta(minutes=30))
+        cycles.append(await s.run_cycle("trade"))
+    await asyncio.sleep(0.2)
+    ids = [c.cycle_id for c in cycles]
+    written = await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE cycle_id = ANY($1::uuid[]) "
+                                  "AND status <> 'running'", ids)
+    assert written == 3 and len([q for q in sent if "INSERT INTO trading_cycles" in q]) == 1   # one statement
+    assert await pool.fetchval("SELECT count(*) FROM trading_cycles WHERE cycle_id = $1", ids[3]) in (0, 1)
+    await s.store.settle()
+    rows = await pool.fetch("SELECT cycle_id, status, finished_at FROM trading_cycles WHERE agent_id = $1", agent_id)
+    assert {r["cycle_id"] for r in rows} == set(ids) and all(r["finished_at"] and r["status"] != "running" for r in rows)
+    assert await pool.fetchval("SELECT count(*) FROM decisions WHERE cycle_id = $1 AND action = 'watch'", ids[0]) > 0
+    assert s.store.pending == 0
 
 
 async def test_a_mark_raised_after_the_positions_were_read_shows_in_the_next_answer(pool, agent_id):
