@@ -85,9 +85,9 @@ class MarketData:
         return hit
 
     def worked_out(self) -> dict[tuple, Any]:
-        """The analytics remembered since the last call (not the bars), by key; forgotten here (what
-        replay/prefetch.py sends to the replay)."""
-        found = {k: v for k, v in self._cache.items() if k[1] != "bars"}
+        """The analytics remembered since the last call (not the bars, nor the RSI the monitor's pair holds), by
+        key; forgotten here (what replay/prefetch.py sends to the replay)."""
+        found = {k: v for k, v in self._cache.items() if k[1] not in ("bars", "rsi14")}   # (RSI alone: read in "monitor")
         self._cache.clear()
         return found
 

@@ -16,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Awaitable, Callable
+from typing import Callable
 
 import asyncpg
 
@@ -66,6 +66,12 @@ class OrderOutcome:
 # The write-ahead row; $2 the client order id, or NULL to number the next one after prefix $14 (the count of this
 # agent's ids made with it, plus one: an index probe by agent and symbol, never a read of every order ever written).
 # Returns the id written (NULL: that id exists already: see submit).
+# A held cycle start row ($15 cycle_id, $16 agent_id, $17 mode, $18 started_at), written with the write-ahead row
+# that refers to it (the foreign key is checked at the statement's end).
+_WITH_CYCLE_START = """WITH cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at)
+        VALUES ($15, $16, $17, $18) ON CONFLICT (cycle_id) DO NOTHING)
+    """
+
 _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
         quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)
     VALUES ($1, coalesce($2, $14 || ((SELECT count(*) FROM orders WHERE agent_id = $1 AND symbol = $4
@@ -154,9 +160,11 @@ def _open_position(found) -> dict | None:
 
 class OrderPath:
     def __init__(self, pool: "asyncpg.Pool", broker: BrokerClient, clock: Clock, agent_id: str, *,
-                 before_write: "Callable[[], Awaitable[None]] | None" = None) -> None:
+                 held_cycle_start: "Callable[[], tuple | None] | None" = None) -> None:
         self.pool = pool
-        self.before_write = before_write      # awaited before the write-ahead row (its cycle's start row held)
+        # the cycle's start row when it is held still (Store.take_cycle_start): written by the write-ahead
+        # statement itself, ahead of the order row that refers to it
+        self.held_cycle_start = held_cycle_start
         self.broker = broker
         self.clock = clock
         self.agent_id = agent_id
@@ -186,11 +194,13 @@ class OrderPath:
             return OrderOutcome(coid, "rejected", symbol, side.value, quantity, reason=f"invalid order: {exc}")
         # 1. write-ahead (a sell names the open position it sells, looked up in the same statement)
         kill_point("before_write_ahead")
-        if self.before_write is not None:
-            await self.before_write()
+        start = self.held_cycle_start() if self.held_cycle_start is not None else None
         args = (self.agent_id, client_order_id, cycle_id, symbol, side.value, order_type.value, intent, quantity,
                 limit_price, stop_loss, take_profit, self.clock.now(), stop_price, prefix)
-        coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
+        if start is None:
+            coid = await self.pool.fetchval(_WRITE_AHEAD, *args)
+        else:
+            coid = await self.pool.fetchval(_WITH_CYCLE_START + _WRITE_AHEAD, *args, *start)
         if coid is None and client_order_id is None:
             # the number is taken: another process of this agent numbered the same id first, or another agent whose
             # id starts alike (client ids keep 12 characters of it) has one: numbered again over every agent

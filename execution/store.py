@@ -229,6 +229,12 @@ class Store:
         self._cycle_ends.append((*row[:11], json.dumps(summary) if summary is not None else "{}", *row[12:]))
         return len(self._cycle_ends) >= CYCLE_ENDS_HELD
 
+    def take_cycle_start(self) -> tuple | None:
+        """The held cycle start row (cycle_id, agent_id, mode, started_at), no longer held: the caller writes it
+        in its own statement, ahead of the row that refers to it (the order path's write-ahead)."""
+        start, self._cycle_start = self._cycle_start, None
+        return start
+
     async def write_cycle_start(self) -> None:
         """The held cycle start row, now (before an order or a scan result that refers to the cycle)."""
         if self._cycle_start is not None:

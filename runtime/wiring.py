@@ -256,7 +256,7 @@ async def build_services(settings: Settings, pool: "asyncpg.Pool", clock: Clock,
                         rsi_overbought=float(cfg.signals.rsi_overbought),
                         rsi_oversold=float(cfg.signals.rsi_oversold), daily=bar_store)
     store = Store(pool, clock, agent_id, reads=reads, hold_monitor=sole_writer)
-    orders = OrderPath(pool, broker, clock, agent_id, before_write=store.write_cycle_start)
+    orders = OrderPath(pool, broker, clock, agent_id, held_cycle_start=store.take_cycle_start)
     sync = build_sync(settings, bar_store, broker, clock)
     return Services(
         settings=settings, pool=pool, clock=clock, calendar=calendar, broker=broker, universe=source,
