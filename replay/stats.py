@@ -98,13 +98,17 @@ def compute_metrics(curve: Sequence[EquityPoint], trades: Sequence[Trade], *, fe
 
 
 async def load_trades(pool, agent_id: str) -> list[Trade]:
+    # each position's fills summed in one pass over the agent's orders (not two lookups of the fills per position)
     rows = await pool.fetch(
-        """SELECT p.symbol, p.avg_entry_price, p.realized_pnl, p.opened_at, p.closed_at, p.exit_reason,
-                  (SELECT sum(f.quantity) FROM fills f JOIN orders o USING (order_id)
-                    WHERE o.position_id = p.position_id AND f.side = 'buy') AS bought,
-                  (SELECT sum(f.price * f.quantity) / nullif(sum(f.quantity), 0) FROM fills f JOIN orders o
-                    USING (order_id) WHERE o.position_id = p.position_id AND f.side = 'sell') AS exit_price
-           FROM positions p WHERE p.agent_id = $1 AND p.status = 'closed' ORDER BY p.closed_at, p.position_id""",
+        """WITH f AS (SELECT o.position_id, sum(f.quantity) FILTER (WHERE f.side = 'buy') AS bought,
+                             sum(f.price * f.quantity) FILTER (WHERE f.side = 'sell') AS sold_value,
+                             sum(f.quantity) FILTER (WHERE f.side = 'sell') AS sold
+                      FROM fills f JOIN orders o USING (order_id)
+                      WHERE o.agent_id = $1 AND o.position_id IS NOT NULL GROUP BY o.position_id)
+           SELECT p.symbol, p.avg_entry_price, p.realized_pnl, p.opened_at, p.closed_at, p.exit_reason, f.bought,
+                  f.sold_value / nullif(f.sold, 0) AS exit_price
+           FROM positions p LEFT JOIN f ON f.position_id = p.position_id
+           WHERE p.agent_id = $1 AND p.status = 'closed' ORDER BY p.closed_at, p.position_id""",
         agent_id)
     return [Trade(r["symbol"], int(r["bought"] or 0), r["avg_entry_price"], r["exit_price"], r["realized_pnl"],
                   r["opened_at"], r["closed_at"], r["exit_reason"]) for r in rows]
