@@ -116,6 +116,7 @@ class Reconciler:
         self._swept = False
         self._recheck_pending = False
         self._last_health: tuple | None = None      # the last service_health row this process wrote
+        self._last_seen: dict | None = None         # the report it was made from
 
     async def run(self, *, grace: timedelta = PENDING_GRACE) -> ReconcileReport:
         return await _reconcile(self, grace)
@@ -269,12 +270,15 @@ async def _reconcile(services: Reconciler, grace: timedelta) -> ReconcileReport:
             len(report.resolved), report.fills_recorded, len(report.corrections), len(report.cancelled),
             len(report.ambiguous), report.state)
     from core.redaction import redact_row
-    health = ("degraded" if report.ambiguous else "healthy",
-              redact_row(json.loads(json.dumps(report.to_dict(), default=str))))
-    if health != services._last_health:    # a process running many cycles records each change, not each repeat
-        # service_health is read by no SoleReads query (runtime/lane_pool.py): not counted as a change
-        await getattr(pool, "execute_apart", pool.execute)(
-            "INSERT INTO service_health (agent_id, service, status, details, checked_at) "
-            "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
-        services._last_health = health
+    seen = report.to_dict()
+    if seen != services._last_seen:        # the same report as last time makes the same health row
+        health = ("degraded" if report.ambiguous else "healthy",
+                  redact_row(json.loads(json.dumps(seen, default=str))))
+        if health != services._last_health:    # a process running many cycles records each change, not each repeat
+            # service_health is read by no SoleReads query (runtime/lane_pool.py): not counted as a change
+            await getattr(pool, "execute_apart", pool.execute)(
+                "INSERT INTO service_health (agent_id, service, status, details, checked_at) "
+                "VALUES ($1, 'reconcile', $2, $3, $4)", services.agent_id, *health, now)
+            services._last_health = health
+        services._last_seen = seen
     return report

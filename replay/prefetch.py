@@ -40,7 +40,6 @@ CLOSE_SECONDS = 5.0               # how long the process may take to end once th
 MINUTE_PATHS_KEPT = 8             # the process's own LRU of minute paths: each is sent once, never read again
 FIRST_DAY_SECONDS = 10.0          # how long the replay waits for the first day's answers before working them out
 _LEN = struct.Struct(">I")
-_MISS = object()
 
 
 def _frame(obj: Any) -> bytes:
@@ -120,11 +119,11 @@ class Prefetch:
     def take(self, key: tuple, default: Any) -> Any:
         if self._store is None or self._store.generation != self._generation:
             return default                 # the bar store wrote since: the answers may be of other bars
-        value = self._found.pop(key, _MISS)
-        if value is _MISS:
+        blob = self._found.pop(key, None)
+        if blob is None:
             return default
         self.served += 1
-        return value
+        return pickle.loads(blob)             # (each answer pickled apart: one never asked for is never unpickled)
 
     def _send(self, obj: Any) -> bool:
         if self._proc.returncode is not None or self._proc.stdin.is_closing():
@@ -253,7 +252,7 @@ async def _serve() -> int:
                 except Exception:          # the replay works this one out itself (and meets the error there)
                     continue
             answers.update(market.worked_out())
-            out.write(_frame(answers))
+            out.write(_frame({k: pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for k, v in answers.items()}))
             out.flush()
 
         # the latest (day index, held) the replay sent: a day the replay has passed already is not worked out
