@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from core.calendar import MarketCalendar
 from core.clock import Clock
+from data.store import read_quietly
 
 if TYPE_CHECKING:
     import asyncpg
@@ -141,12 +142,6 @@ async def rank_at(store: "BarStore", cfg: "ScanConfig", max_position_value: Deci
     return await asyncio.to_thread(rank_universe, frames, cfg, lot_sizes=lots, max_lot_value=float(max_position_value))
 
 
-def _read(pool, name: str, query: str, *args):
-    """A read through the pool that counts as no change (LanePool.read) where the pool has such reads."""
-    read = getattr(pool, "read", None)
-    return read(name, query, *args) if read is not None else getattr(pool, name)(query, *args)
-
-
 class ScanUnavailable(Exception):
     """The bar store cannot serve a scan now; the message says what to run."""
 
@@ -229,7 +224,7 @@ class Scanner:
         if (latest is not None and latest[0] == day and latest[1] <= now
                 and time.monotonic() - latest[2] < self.LATEST_SECONDS):
             return latest[3][:limit]
-        rows = await _read(self.pool, "fetch",
+        rows = await read_quietly(self.pool, "fetch",
             """SELECT symbol, rank, score, price, reasons, metrics FROM scan_results
                WHERE agent_id = $1 AND scanned_at = (SELECT max(scanned_at) FROM scan_results
                                                       WHERE agent_id = $1 AND scanned_at >= $2 AND scanned_at <= $3)

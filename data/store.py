@@ -65,6 +65,13 @@ class Coverage:
     missing_sessions: int           # sessions of the calendar between first and last with no bar
 
 
+def read_quietly(pool, name: str, query: str, *args):
+    """`name` (fetch, fetchrow, fetchval) through a pool that counts a read of rows no SoleReads query reads as no
+    change (LanePool.read, runtime/lane_pool.py); the pool's own method where it has no such reads."""
+    read = getattr(pool, "read", None)
+    return read(name, query, *args) if read is not None else getattr(pool, name)(query, *args)
+
+
 class BarStore:
     """One dataset of the bar store."""
 
@@ -202,11 +209,8 @@ class BarStore:
         return {r["symbol"]: r["last"] for r in rows}
 
     async def last_bar_end(self, timeframe: str = "1d") -> datetime | None:
-        read = getattr(self.pool, "read", None)       # a read: not a change to what SoleReads serves again
-        query = "SELECT max(bar_end) FROM bars WHERE dataset = $1 AND timeframe = $2"
-        if read is not None:
-            return await read("fetchval", query, self.dataset, timeframe)
-        return await self.pool.fetchval(query, self.dataset, timeframe)
+        return await read_quietly(self.pool, "fetchval", "SELECT max(bar_end) FROM bars WHERE dataset = $1 "
+                                  "AND timeframe = $2", self.dataset, timeframe)
 
     # A whole-dataset read is kept this long (real seconds) for the reads of single symbols that follow it (the
     # tools' technicals after a scan): a sync in this process clears it; one in another process is seen after it.

@@ -26,7 +26,7 @@ from core.orders import (OrderRequest, OrderResult, OrderSide, OrderStatus, Orde
                          make_client_order_id)
 from core.clock import Clock
 from core.faults import kill_point
-from execution.store import WORKING
+from execution.store import WORKING, cycle_start_cte
 
 log = logging.getLogger("catalyst.orders")
 
@@ -68,9 +68,7 @@ class OrderOutcome:
 # Returns the id written (NULL: that id exists already: see submit).
 # A held cycle start row ($15 cycle_id, $16 agent_id, $17 mode, $18 started_at), written with the write-ahead row
 # that refers to it (the foreign key is checked at the statement's end).
-_WITH_CYCLE_START = """WITH cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at)
-        VALUES ($15, $16, $17, $18) ON CONFLICT (cycle_id) DO NOTHING)
-    """
+_WITH_CYCLE_START = "WITH " + cycle_start_cte(15) + "\n"
 
 _WRITE_AHEAD = """INSERT INTO orders (agent_id, client_order_id, cycle_id, position_id, symbol, side, order_type, intent,
         quantity, limit_price, stop_loss, take_profit, status, created_at, updated_at, stop_price)

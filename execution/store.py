@@ -130,7 +130,7 @@ def _held_statuses_cte(n: int) -> str:
 _CYCLE_START = "INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) VALUES ($1, $2, $3, $4)"
 
 
-def _cycle_start_cte(n: int) -> str:
+def cycle_start_cte(n: int) -> str:
     return (f"cs AS (INSERT INTO trading_cycles (cycle_id, agent_id, mode, started_at) "
             f"VALUES (${n}, ${n + 1}, ${n + 2}, ${n + 3}) ON CONFLICT (cycle_id) DO NOTHING)")
 
@@ -265,7 +265,7 @@ class Store:
         self._decisions, self._patterns, self._statuses, self._raises, self._cycle_ends = [], [], {}, {}, []
         self._cycle_start = None
         if start is not None and not ends_cycle:
-            parts.append(_cycle_start_cte(len(params) + 1))
+            parts.append(cycle_start_cte(len(params) + 1))
             params.extend(start)
         decisions, patterns, statuses, raises, ends = taken
         for rows, make in ((ends, _cycle_ends_cte), (decisions, _decisions_cte), (patterns, _patterns_cte),

@@ -65,7 +65,8 @@ def dsn_of(pool) -> str | None:
 
 class Prefetch:
     """The replay's side: starts the process, sends it the request and each day's held symbols, and serves its
-    answers (`take`, as MarketData.prefetched and Scanner.prefetched) while the bar store has not written."""
+    answers (`take`, as the `prefetched` of MarketData, Scanner and the simulated market) while the bar store has
+    not written."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
@@ -73,6 +74,7 @@ class Prefetch:
         self._store = None
         self._generation = None
         self._reader: asyncio.Task | None = None
+        self._served: list = []            # the parts taking answers from this (market, scanner, simulated market)
         self._answered = asyncio.Event()   # the first day's answers arrived (or the process ended)
         self.served = 0                    # answers taken instead of worked out
         self.error: str | None = None      # why the process stopped early, when it said
@@ -162,7 +164,7 @@ class Prefetch:
             self._answered.set()
 
     async def close(self) -> None:
-        for part in getattr(self, "_served", ()):
+        for part in self._served:
             if part.prefetched is self:   # (the simulated market outlives this run: eval's next engine)
                 part.prefetched = None
         proc = self._proc
