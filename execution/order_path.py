@@ -142,6 +142,48 @@ _WITH_SET_ORDER = {change: f"WITH a AS ({_shifted(change, _SET_ORDER_ARGS)})\n"
 _SET_ORDER_ALONE = _SET_ORDER.format(attached="$10")
 
 
+# The common answer (one fill, no fee beyond it) recorded in one statement, without BEGIN and COMMIT around it: the
+# order locked (NOWAIT, as _LOCK_ORDER_RECORD_FILL), the symbol's open position locked, the change the fill makes
+# (`change`: a buy with no position opens one; a sell reduces or closes the position), the fill recorded once, the
+# position changed as _OPEN / _REDUCE / _CLOSE change it and the order's row set as _SET_ORDER sets it. `change` is
+# NULL, and nothing is written, when the answer needs the general path: a buy adding to an open position (its average
+# price is rounded in Python), a sell with no open position (_late_sell_fill), order-level fees booked before. The
+# P&L is exact either way (numeric arithmetic: (price - average) x quantity sold - fee). No row: no such order.
+# $1 client order id, $2 agent, $3-$9 the fill (id, symbol, side, quantity, price, fee, time), $10-$17 the order's
+# row (status, broker order id, filled quantity, average fill price, fees, reason, submitted at, updated at).
+_RECORD_ONE = """WITH o AS (SELECT order_id, symbol, status, stop_loss, take_profit, intent, fees_booked FROM orders
+                 WHERE client_order_id = $1 FOR UPDATE NOWAIT),
+    p AS (SELECT position_id, quantity, avg_entry_price FROM positions
+          WHERE agent_id = $2 AND symbol = (SELECT symbol FROM o) AND status = 'open' FOR UPDATE),
+    k AS (SELECT o.*, p.position_id, p.quantity, p.avg_entry_price,
+                 CASE WHEN $14::numeric <> 0 AND o.fees_booked <> 0 THEN NULL
+                      WHEN $5 = 'buy' THEN CASE WHEN p.position_id IS NULL THEN 'open' END
+                      WHEN p.position_id IS NULL THEN NULL
+                      WHEN p.quantity > $6 THEN 'reduce' ELSE 'close' END AS change
+          FROM o LEFT JOIN p ON true),
+    f AS (INSERT INTO fills (agent_id, order_id, broker_fill_id, symbol, side, quantity, price, fee, filled_at)
+          SELECT $2, k.order_id, $3, $4, $5, $6, $7, $8, $9 FROM k WHERE k.change IS NOT NULL
+          ON CONFLICT (agent_id, broker_fill_id) DO NOTHING RETURNING fill_row_id),
+    opened AS (INSERT INTO positions (agent_id, symbol, quantity, avg_entry_price, stop_loss, take_profit,
+                   high_water_mark, fees, realized_pnl, opened_at)
+               SELECT $2, k.symbol, $6, $7, k.stop_loss, k.take_profit, $7, $8, -$8::numeric, $9 FROM k
+               WHERE k.change = 'open' AND EXISTS (SELECT FROM f) RETURNING position_id),
+    changed AS (UPDATE positions SET quantity = CASE WHEN k.change = 'reduce' THEN k.quantity - $6 ELSE 0 END,
+                    realized_pnl = realized_pnl + ($7 - k.avg_entry_price) * least($6, k.quantity) - $8,
+                    fees = fees + $8,
+                    status = CASE WHEN k.change = 'close' THEN 'closed' ELSE positions.status END,
+                    closed_at = CASE WHEN k.change = 'close' THEN $9 ELSE positions.closed_at END,
+                    exit_reason = CASE WHEN k.change = 'close' THEN k.intent ELSE positions.exit_reason END
+                FROM k WHERE positions.position_id = k.position_id AND k.change IN ('reduce', 'close')
+                  AND EXISTS (SELECT FROM f) RETURNING positions.position_id),
+    s AS (UPDATE orders SET status = $10, broker_order_id = $11, filled_quantity = $12, avg_fill_price = $13,
+              fees = $14, reason = coalesce($15, reason), submitted_at = coalesce(submitted_at, $16), updated_at = $17,
+              position_id = coalesce((SELECT position_id FROM opened), (SELECT position_id FROM changed),
+                                    orders.position_id)
+          FROM k WHERE orders.order_id = k.order_id AND k.change IS NOT NULL RETURNING orders.position_id)
+    SELECT k.status, k.change, EXISTS (SELECT FROM f) AS inserted, (SELECT position_id FROM s) AS position_id FROM k"""
+
+
 def _fees_beyond_fills(order, order_fees: Decimal | None, fills) -> bool:
     """Whether the broker reports fees for the order beyond what its fills carry (booked on the position apart)."""
     return bool(order_fees) and not (order["fees_booked"] == 0 and
@@ -278,10 +320,11 @@ class OrderPath:
     async def record_result(self, result: OrderResult) -> OrderOutcome:
         """Bring our orders row and positions in line with the broker's view of one order.
 
-        In the common case (one new fill, no fee beyond what the fills carry) that is four statements: the order
-        locked with its fill recorded and the open position locked, then the position's change with the order's
-        new row, between BEGIN and COMMIT. When another process is recording the same order, this waits for it
-        and records every fill after it (_LOCK_ORDER_RECORD_FILL)."""
+        In the common case (one fill, no fee beyond what it carries, opening, reducing or closing a position) that is
+        one statement (_RECORD_ONE). Otherwise four or more between BEGIN and COMMIT: the order locked with its
+        first fill recorded and the open position locked, then the position's change with the order's new row.
+        When another process is recording the same order, this waits for it and records every fill after it
+        (_LOCK_ORDER_RECORD_FILL)."""
         try:
             return await self._record(result, wait=False)
         except asyncpg.LockNotAvailableError:
@@ -290,6 +333,10 @@ class OrderPath:
 
     async def _record(self, result: OrderResult, *, wait: bool) -> OrderOutcome:
         fills = result.fills
+        if not wait and len(fills) == 1 and result.fees <= fills[0].fee:
+            outcome = await self._record_one(result)
+            if outcome is not None:
+                return outcome
         async with self.pool.acquire() as conn, conn.transaction():
             if fills and not wait:
                 f = fills[0]
@@ -328,15 +375,37 @@ class OrderPath:
                 await self._book_order_level_fees(conn, row, result.fees, attached)
             old = OrderStatus(row["status"])
             new = result.status
-            if not can_transition(old, new):
-                log.error("order %s: broker reports %s after %s; keeping the broker's view", result.client_order_id,
-                          new.value, old.value)
             args = (row["order_id"], new.value, result.broker_order_id, result.filled_quantity, result.avg_fill_price,
                     result.fees, result.reason, result.submitted_at, self.clock.now(), attached)
             if last is None:
                 position_id = await conn.fetchval(_SET_ORDER_ALONE, *args)
             else:                             # the last fill's position change and the order's row, one statement
                 position_id = await conn.fetchval(_WITH_SET_ORDER[last[0]], *args, *last[1])
+        return self._recorded(result, old, position_id)
+
+    async def _record_one(self, result: OrderResult) -> OrderOutcome | None:
+        """The common answer in one statement (_RECORD_ONE); None, with nothing written, when it needs the general
+        path."""
+        f = result.fills[0]
+        new = result.status
+        row = await self.pool.fetchrow(_RECORD_ONE, result.client_order_id, self.agent_id, f.fill_id, f.symbol,
+                                       f.side.value, f.quantity, f.price, f.fee, f.timestamp, new.value,
+                                       result.broker_order_id, result.filled_quantity, result.avg_fill_price,
+                                       result.fees, result.reason, result.submitted_at, self.clock.now())
+        if row is None:
+            raise KeyError(f"no orders row for {result.client_order_id}")
+        if row["change"] is None:
+            return None
+        if row["inserted"]:
+            self.fills_recorded += 1
+        return self._recorded(result, OrderStatus(row["status"]), row["position_id"])
+
+    def _recorded(self, result: OrderResult, old: OrderStatus, position_id: int | None) -> OrderOutcome:
+        """The answer recorded (the order's row was `old` before it): logged, settled, as an outcome."""
+        new = result.status
+        if not can_transition(old, new):
+            log.error("order %s: broker reports %s after %s; keeping the broker's view", result.client_order_id,
+                      new.value, old.value)
         self.unsettled.discard(result.client_order_id)
         if result.fills and result.filled_quantity:
             log.info("order %s %s: %d/%d filled at %s", result.client_order_id, new.value, result.filled_quantity,

@@ -51,10 +51,19 @@ async def test_agents_whose_ids_start_alike_each_write_their_order_ahead(pool, a
 # ---------------------------------------------------------------- recording the broker's answer
 
 class _CountingPool:
-    """The pool, with every statement sent on a connection it lends counted (BEGIN and COMMIT included)."""
+    """The pool, with every statement counted: those sent on a connection it lends (BEGIN and COMMIT included) and
+    single statements sent through it."""
 
     def __init__(self, pool) -> None:
         self.pool, self.sent = pool, []
+
+    async def fetchrow(self, query, *args):
+        self.sent.append(query)
+        return await self.pool.fetchrow(query, *args)
+
+    async def fetchval(self, query, *args):
+        self.sent.append(query)
+        return await self.pool.fetchval(query, *args)
 
     def acquire(self):
         outer = self
@@ -102,14 +111,14 @@ async def _position(pool, agent_id: str):
     return rows[0]
 
 
-async def test_one_new_fill_is_recorded_in_four_statements_and_becomes_the_position(pool, agent_id):
-    """The order locked with its fill recorded, then the position's change with the order's row: BEGIN, two
-    statements, COMMIT (it was six: the lock, the fill, the position and the order each on their own)."""
+async def test_one_new_fill_is_recorded_in_one_statement_and_becomes_the_position(pool, agent_id):
+    """The order locked, its fill recorded, the position opened and the order's row set: one statement (it was four:
+    BEGIN, the lock with the fill, the position's change with the order's row, COMMIT; six before that)."""
     counting = _CountingPool(pool)
     path = OrderPath(counting, None, SimulatedClock(OPEN_AT), agent_id)
     await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 100)
     outcome = await path.record_result(_answer(f"{agent_id}-b1", OrderSide.BUY, 100, [(100, "10.00", "1.50")]))
-    assert len(counting.sent) == 4, counting.sent
+    assert len(counting.sent) == 1, counting.sent
     pos = await _position(pool, agent_id)
     assert (pos["quantity"], pos["avg_entry_price"], pos["fees"], pos["realized_pnl"], pos["status"]) == \
         (100, Decimal("10.00"), Decimal("1.50"), Decimal("-1.50"), "open")
@@ -117,6 +126,58 @@ async def test_one_new_fill_is_recorded_in_four_statements_and_becomes_the_posit
                                 f"{agent_id}-b1")
     assert (order["status"], order["filled_quantity"], order["position_id"]) == ("filled", 100, pos["position_id"])
     assert outcome.position_id == pos["position_id"] and path.fills_recorded == 1
+
+
+async def test_a_sell_fill_reduces_then_closes_the_position_each_in_one_statement(pool, agent_id):
+    """A one-fill sell of part of the position reduces it, the next closes it with the exit's intent, each in one
+    statement, the P&L net of every fee: -1 on entry, (11 - 10) x 40 - 1, then (12 - 10) x 60 - 1. Recorded again,
+    an answer changes nothing."""
+    counting = _CountingPool(pool)
+    path = OrderPath(counting, None, SimulatedClock(OPEN_AT), agent_id)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 100)
+    await path.record_result(_answer(f"{agent_id}-b1", OrderSide.BUY, 100, [(100, "10.00", "1")]))
+    await _written_ahead(pool, agent_id, f"{agent_id}-s1", OrderSide.SELL, 40, intent="exit")
+    counting.sent.clear()
+    partial = _answer(f"{agent_id}-s1", OrderSide.SELL, 40, [(40, "11.00", "1")])
+    await path.record_result(partial)
+    assert len(counting.sent) == 1, counting.sent
+    pos = await _position(pool, agent_id)
+    assert (pos["quantity"], pos["status"], pos["realized_pnl"], pos["fees"]) == (60, "open", Decimal("38"),
+                                                                                  Decimal("2"))
+    await _written_ahead(pool, agent_id, f"{agent_id}-s2", OrderSide.SELL, 60, intent="take_profit")
+    counting.sent.clear()
+    rest = _answer(f"{agent_id}-s2", OrderSide.SELL, 60, [(60, "12.00", "1")])
+    outcome = await path.record_result(rest)
+    assert len(counting.sent) == 1, counting.sent
+    for answer in (partial, rest):
+        await path.record_result(answer)
+    pos = await _position(pool, agent_id)
+    assert (pos["quantity"], pos["status"], pos["exit_reason"], pos["realized_pnl"], pos["fees"]) == \
+        (0, "closed", "take_profit", Decimal("157"), Decimal("3"))
+    assert outcome.position_id == pos["position_id"] and outcome.status == "filled" and path.fills_recorded == 3
+    orders = await pool.fetch("SELECT status, filled_quantity, position_id FROM orders WHERE agent_id = $1 "
+                              "ORDER BY order_id", agent_id)
+    assert [(o["status"], o["filled_quantity"], o["position_id"]) for o in orders] == \
+        [("filled", 100, pos["position_id"]), ("filled", 40, pos["position_id"]), ("filled", 60, pos["position_id"])]
+
+
+async def test_a_one_fill_buy_adding_to_an_open_position_takes_the_general_path(pool, agent_id):
+    """A buy whose symbol has a position open already: its average price is rounded in Python (to 6 places, half to
+    even), so the one-statement path writes nothing and the answer is recorded in a transaction."""
+    counting = _CountingPool(pool)
+    path = OrderPath(counting, None, SimulatedClock(OPEN_AT), agent_id)
+    await _written_ahead(pool, agent_id, f"{agent_id}-b1", OrderSide.BUY, 300)
+    await path.record_result(_answer(f"{agent_id}-b1", OrderSide.BUY, 300, [(300, "10.00", "1")]))
+    await _written_ahead(pool, agent_id, f"{agent_id}-b2", OrderSide.BUY, 700)
+    counting.sent.clear()
+    outcome = await path.record_result(_answer(f"{agent_id}-b2", OrderSide.BUY, 700, [(700, "10.01", "2")]))
+    assert counting.sent[1].strip().startswith("BEGIN"), counting.sent      # tried in one statement first
+    pos = await _position(pool, agent_id)
+    # (10 x 300 + 10.01 x 700) / 1000 = 10.007
+    assert (pos["quantity"], pos["avg_entry_price"], pos["fees"], pos["realized_pnl"]) == \
+        (1000, Decimal("10.007000"), Decimal("3"), Decimal("-3"))
+    assert outcome.position_id == pos["position_id"] and path.fills_recorded == 2
+    assert await pool.fetchval("SELECT count(*) FROM fills WHERE agent_id = $1", agent_id) == 2
 
 
 async def test_fills_of_one_answer_go_to_one_position_and_an_answer_recorded_again_changes_nothing(pool, agent_id):
