@@ -6,7 +6,8 @@ the statement itself (measured here: ~170 us a statement through the pool, ~95 u
 every statement this code sends is one of those single autocommit statements, so `LanePool` runs them on a
 connection of its own (the lane, outside `max_size`, connected as the pool's are: same settings, same codecs),
 and falls back to the ordinary pooled path whenever the lane is busy (another task is using it) or gone.
-Transactions (`async with pool.acquire() as conn, conn.transaction()`) are untouched.
+Transactions (`async with pool.acquire() as conn, conn.transaction()`) are untouched; a caller that opens
+transactions often may `take` the lane for one (and `give` it back) instead of a pooled connection.
 
 Each statement still commits on its own, in the order the caller awaited them, so nothing a reader or another
 process sees changes. A lane that failed in a way that may leave it unusable (cancelled mid-statement, the
@@ -123,6 +124,25 @@ class LanePool(asyncpg.pool.Pool):
             raise
         self._give_back(None)
         return out
+
+    async def take(self) -> asyncpg.Connection:
+        """A connection for a transaction: the lane when it is free (none of the pool's acquire and release around
+        it), else a pooled one. Give it back with `give` (a transaction's start and end each count as a change)."""
+        lane = self._ready_lane()
+        if lane is None:
+            return await self.acquire()
+        self.changes += 1
+        return lane
+
+    async def give(self, connection) -> None:
+        """A connection from `take` given back, its transaction ended: the lane is kept for the next statement
+        (dropped if a transaction is still open on it: the caller failed to end it), a pooled one is released."""
+        if connection is not self._lane or not self._lane_busy:
+            await self.release(connection)
+            return
+        self.changes += 1
+        self._give_back(None if not connection.is_in_transaction() else
+                        RuntimeError("the lane was given back inside a transaction"))
 
     async def release(self, connection, *, timeout=None):
         if connection in self._quiet:

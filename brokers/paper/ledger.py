@@ -68,8 +68,8 @@ class AccountLock:
         self.begin = "BEGIN; SELECT 1 FROM paper_accounts WHERE agent_id = " + sql_literal(account_id) + " FOR UPDATE"
 
     async def __aenter__(self):
-        try:
-            self.conn = await self.pool.acquire()
+        try:                               # LanePool.take: its lane when free (no acquire and release around it)
+            self.conn = await (self.pool.take() if hasattr(self.pool, "take") else self.pool.acquire())
         except OSError as exc:
             raise BrokerUnavailable(f"paper broker: database unavailable: {exc}") from exc
         try:
@@ -88,7 +88,7 @@ class AccountLock:
             if self.conn.is_in_transaction():
                 await self.conn.execute(how)
         finally:
-            await self.pool.release(self.conn)
+            await (self.pool.give(self.conn) if hasattr(self.pool, "give") else self.pool.release(self.conn))
 
 
 # An order's fills as arrays, joined to the order row `o`.

@@ -59,6 +59,42 @@ async def test_statements_commit_as_they_return(lane_pool, agent_id):
         assert await other.fetchval("SELECT count(*) FROM agent_state WHERE agent_id = $1", agent_id) == 1
 
 
+async def test_a_transaction_takes_the_free_lane_and_a_busy_lane_leaves_it_to_the_pool(lane_pool, agent_id):
+    """`take` gives the lane when it is free (its start and end each a change), a pooled connection while a statement
+    holds the lane; a lane given back inside a transaction (its caller failed to end it) is dropped, never reused."""
+    await lane_pool.fetchval("SELECT 1")
+    lane_pid = await lane_pool.fetchval(PID)
+    before = lane_pool.changes
+    conn = await lane_pool.take()
+    try:
+        async with conn.transaction():
+            assert await conn.fetchval(PID) == lane_pid
+            await conn.execute("INSERT INTO agent_state (agent_id, state, reason, set_by, set_at) "
+                               "VALUES ($1, 'HALTED', 'lane', 'test', now())", agent_id)
+            # meanwhile a single statement goes through the pool, not onto the transaction's connection
+            assert await lane_pool.fetchval(PID) != lane_pid
+    finally:
+        await lane_pool.give(conn)
+    assert lane_pool.changes >= before + 2
+    assert await lane_pool.fetchval(PID) == lane_pid          # the lane is back for single statements
+    assert await lane_pool.fetchval("SELECT count(*) FROM agent_state WHERE agent_id = $1", agent_id) == 1
+
+    busy = asyncio.create_task(lane_pool.execute("SELECT pg_sleep(0.2)"))
+    await asyncio.sleep(0.05)
+    pooled = await lane_pool.take()
+    try:
+        assert await pooled.fetchval(PID) != lane_pid
+    finally:
+        await lane_pool.give(pooled)
+    await busy
+
+    left_open = await lane_pool.take()
+    await left_open.execute("BEGIN")
+    await lane_pool.give(left_open)
+    assert left_open.is_closed()
+    assert await lane_pool.fetchval("SELECT 1") == 1           # a new lane is made; nothing runs inside that one
+
+
 async def test_close_closes_the_lane(pg_url):
     p = await database.create_pool(pg_url, max_size=1)
     await p.fetchval("SELECT 1")
