@@ -25,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import aclosing
 from datetime import date, datetime
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Sequence
 
 from core.account import Account, Position
 from core.errors import BrokerError
@@ -166,6 +166,10 @@ class BrokerClient(ABC):
     name: str = "broker"
     environment: str = "paper"           # the venue's own word: paper (paper broker, Alpaca paper), live (Alpaca),
                                          # simulate / real (moomoo); heartbeat prints it
+    # Whether the broker's reads are statements on our own database (the paper venue): asked beside one of our
+    # reads they only take a second connection, so callers ask one after the other (`both`); a remote broker's
+    # answer is awaited beside our read.
+    shares_our_database: bool = False
 
     # ------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
@@ -338,3 +342,17 @@ class BrokerClient(ABC):
 
     @abstractmethod
     async def _get_order_by_client_id(self, client_order_id: str) -> OrderResult | None: ...
+
+
+async def both(broker: BrokerClient, from_broker: Awaitable, from_us: Awaitable) -> tuple:
+    """(broker's answer, our read's answer): awaited side by side, or one after the other when the broker's reads are
+    statements on our own database (BrokerClient.shares_our_database)."""
+    if broker.shares_our_database:
+        try:
+            first = await from_broker
+        except BaseException:
+            if asyncio.iscoroutine(from_us):
+                from_us.close()                  # never started: nothing to wait for
+            raise
+        return first, await from_us
+    return tuple(await asyncio.gather(from_broker, from_us))

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import asyncio
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from brokers.base import both
 from core.account import Account, Position
 from core.calendar import MarketCalendar
 from core.clock import Clock
@@ -103,10 +103,11 @@ class Portfolio:
         self.agent_id = agent_id
 
     async def snapshot(self) -> PortfolioSnapshot:
-        """The broker's account and positions joined with our records; our one read runs alongside the broker's."""
+        """The broker's account and positions joined with our records; our one read runs alongside the broker's
+        (after it, when the broker's books are in our database: brokers.base.both)."""
         now = self.clock.now()
-        (account, broker_positions), ours = await asyncio.gather(
-            self.broker.get_account_and_positions(),
+        (account, broker_positions), ours = await both(
+            self.broker, self.broker.get_account_and_positions(),
             self.reads.fetchrow(_OURS, self.agent_id, self.calendar.day_start(now)))
         return _snapshot(account, broker_positions, ours, self.held_high_water)
 

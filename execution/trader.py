@@ -6,13 +6,13 @@ every outcome is recorded in `decisions`.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import safety
+from brokers.base import both
 from core.calendar import MarketCalendar
 from core.clock import Clock
 from core.orders import OrderSide, OrderType
@@ -138,7 +138,7 @@ class Trader:
         """Sell a position through the one order path. Used by close_position, close_all and the monitor."""
         market = self.market_status()
         # this symbol's position only (an exit's cost stays flat in the book), read with our working orders for it
-        held, working = await asyncio.gather(self.broker.get_position(symbol), self.store.working_orders(symbol))
+        held, working = await both(self.broker, self.broker.get_position(symbol), self.store.working_orders(symbol))
         instrument = await self.broker.get_instrument(symbol)
         verdict = safety.evaluate_exit(symbol, quantity, held, instrument, market)
         if not verdict.approved:

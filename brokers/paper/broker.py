@@ -68,6 +68,7 @@ OPEN_STATUSES = ("submitted", "partially_filled")
 class PaperBroker(BrokerClient):
     name = "paper"
     environment = "paper"
+    shares_our_database = True           # its books are tables of our database (base.both)
 
     def __init__(self, pool: "asyncpg.Pool", market: PriceFeed, clock: Clock,
                  calendar: "MarketCalendar", *, account_id: str, currency: str, config: PaperConfig,
