@@ -8,7 +8,10 @@ runs day D, this process works out day D+1's: the scan's ranking and, for the sy
 indicator sets the rules engine and the monitor ask for. A symbol is asked about on day D+1 only when it is held
 then or is among that day's top candidates, and a position held at D+1's start was held at D's start or entered
 on D from D's top candidates (the rules enter nothing else): so those three lists are worked out. The replay tells
-this process, as each day starts, which symbols it holds.
+this process, as each day starts, which symbols it holds; until it has, the process works up to DAYS_AHEAD days
+further ahead on the same rule (held then is within what was held when the replay last said, and the top candidates
+of the days since), so a day whose work takes longer than the replay's day before it is still ready in time, and
+tops a day up with any held symbol it did not foresee.
 
 The answers come back under MarketData's own cache keys ((symbol, kind, local date, closed?)) and the scan's
 ((None, "scan", local date, closed?)); MarketData and Scanner take an answer instead of working it out (`take`).
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_SECONDS = 5.0               # how long the process may take to end once the replay is done
 MINUTE_PATHS_KEPT = 8             # the process's own LRU of minute paths: each is sent once, never read again
+DAYS_AHEAD = 2                    # how many days beyond the next one the process may work out before it is told
 FIRST_DAY_SECONDS = 10.0          # how long the replay waits for the first day's answers before working them out
 _LEN = struct.Struct(">I")
 
@@ -189,13 +193,26 @@ class Prefetch:
 
 # ---------------------------------------------------------------- the process
 
+class _DayClock:
+    """The clock of the analytics here: the start of the day being worked out (days are worked out ahead, and a day
+    before those again when the replay says what it holds: unlike a simulated clock, this one goes back)."""
+
+    def __init__(self, at) -> None:
+        self.at = at
+
+    def now(self):
+        return self.at
+
+    def set(self, at) -> None:
+        self.at = at
+
+
 async def _serve() -> int:
     import traceback
 
     import asyncpg
 
     from core.calendar import MarketCalendar
-    from core.clock import SimulatedClock
     from data.market import MarketData
     from data.scan import rank_at
     from data.store import BarStore
@@ -224,7 +241,7 @@ async def _serve() -> int:
         calendar = MarketCalendar(request["exchange"])
         store = BarStore(pool, dataset=request["dataset"], exchange=request["exchange"], calendar=calendar)
         days = request["days"]
-        clock = SimulatedClock(days[0][1])
+        clock = _DayClock(days[0][1])
         overbought, oversold = request["rsi"]
         market = MarketData(broker=None, clock=clock, calendar=calendar, rsi_overbought=overbought,
                             rsi_oversold=oversold, daily=store)
@@ -235,14 +252,23 @@ async def _serve() -> int:
             sim = SimulatedMarket(seed=seed, exchange=request["exchange"], n_symbols=size, calendar=calendar,
                                   minute_cache_size=MINUTE_PATHS_KEPT)
 
-        async def work(i: int, held: list[str]) -> None:
+        covered: dict[int, set[str]] = {}          # day index -> the symbols whose answers were sent for it
+
+        async def work(i: int, held: Iterable[str]) -> None:
+            """Day i's answers not sent yet: its ranking, and for `held` (the symbols held as day i-1 started, or a
+            list that contains them) and days i-1's and i's top candidates, their analytics and minute paths."""
             day, at = days[i]
             clock.set(at)
-            ranked = await rank_at(store, request["scan"], request["max_position_value"], at)
-            picks[i] = [c.symbol for c in ranked[:request["top"]]]
-            picks.pop(i - 2, None)
-            answers: dict[tuple, Any] = {(None, "scan", *calendar.session_key(at)): ranked}
+            answers: dict[tuple, Any] = {}
+            if i not in picks:
+                ranked = await rank_at(store, request["scan"], request["max_position_value"], at)
+                picks[i] = [c.symbol for c in ranked[:request["top"]]]
+                answers[(None, "scan", *calendar.session_key(at))] = ranked
+            sent = covered.setdefault(i, set())
             for symbol in dict.fromkeys([*held, *picks.get(i - 1, ()), *picks[i]]):
+                if symbol in sent:
+                    continue
+                sent.add(symbol)
                 try:
                     await market.technicals(symbol, "1d", ENTRY_INDICATORS)
                     await market.technicals(symbol, "1d", ["rsi14"])
@@ -254,8 +280,9 @@ async def _serve() -> int:
                 except Exception:          # the replay works this one out itself (and meets the error there)
                     continue
             answers.update(market.worked_out())
-            out.write(_frame({k: pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for k, v in answers.items()}))
-            out.flush()
+            if answers:
+                out.write(_frame({k: pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for k, v in answers.items()}))
+                out.flush()
 
         # the latest (day index, held) the replay sent: a day the replay has passed already is not worked out
         latest: list[Any] = [None]
@@ -270,16 +297,32 @@ async def _serve() -> int:
 
         listener = asyncio.create_task(listen())
         await work(0, [])
-        done = 0
-        while True:
+        # Day i's answers are worked out once the replay says what it holds as day i-1 starts; and, before it has,
+        # up to DAYS_AHEAD days further ahead than it asks, so that days whose work takes longer than the replay's
+        # days before them are still ready in time: held as day i-1 starts is within what was held as day s started
+        # (the last the replay told) and the top candidates of days s .. i-2 (the rules enter nothing else). What
+        # the replay then says it holds is topped up (symbols not worked out for the day yet).
+        started, ahead, held_then = -1, 0, []       # the day the replay said it started, what it held then; the
+        while True:                                 # last day worked out
+            if not told.is_set() and ahead + 1 < len(days) and ahead < started + 1 + DAYS_AHEAD:
+                ahead += 1
+                guess = [*held_then, *(s for d in range(max(started, 0), ahead - 1) for s in picks.get(d, ()))]
+                await work(ahead, guess)
+                await asyncio.sleep(0)         # a message that came meanwhile is read
+                continue
             await told.wait()
             told.clear()
             if latest[0] == "end":
                 break
-            index, held = latest[0]
-            if index + 1 < len(days) and index + 1 > done:
-                done = index + 1
-                await work(done, held)
+            index, held_then = latest[0]
+            started = index
+            for old in [k for k in covered if k <= index]:
+                covered.pop(old)
+            for old in [k for k in picks if k < index]:
+                picks.pop(old)
+            if index + 1 < len(days):
+                await work(index + 1, held_then)
+                ahead = max(ahead, index + 1)
         listener.cancel()
         return 0
     except Exception:

@@ -109,6 +109,41 @@ async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_afte
         await session.broker.disconnect()
 
 
+async def test_days_are_worked_out_ahead_of_the_replay_and_topped_up_with_what_it_holds(pool, agent_id):
+    """Before the replay says anything, the process works out the first day and DAYS_AHEAD more (their rankings and
+    their candidates' analytics), no further; once the replay says it holds a symbol no candidate list named, that
+    symbol's answers for the next day come too (it was missing from the days worked out ahead), and one more day."""
+    import replay.prefetch
+    calendar = MarketCalendar("HKEX")
+    days = calendar.trading_days(date(2026, 11, 13), date(2026, 11, 20))
+    session, clock, calendar = await _wired(pool, agent_id, days)
+    ahead = await Prefetch.start()
+    try:
+        ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
+                    market=session.market, scanner=session.scanner, store=session.bar_store,
+                    universe=session.universe)
+        session.market.prefetched = session.scanner.prefetched = session.universe.prefetched = None
+
+        def key_of(n: int, kind: str = "scan", symbol=None) -> tuple:
+            return (symbol, kind, *calendar.session_key(calendar.session_bounds(days[n])[0][0]))
+
+        last = replay.prefetch.DAYS_AHEAD
+        named: set[str] = set()
+        for n in range(last + 1):                   # told nothing yet: days 0 .. DAYS_AHEAD come
+            named |= {c.symbol for c in (await _answer(ahead, key_of(n)))[:5]}
+        await asyncio.sleep(0.5)
+        assert key_of(last + 1) not in ahead._found     # and no further
+        unnamed = next(i.symbol for i in await session.bar_store.instruments() if i.symbol not in named
+                       and key_of(1, "monitor", i.symbol) not in ahead._found)
+        ahead.feed(0, days[0], [unnamed])           # day 0 starts holding it: its day-1 answers are topped up
+        assert await _answer(ahead, key_of(1, "monitor", unnamed)) is not None
+        assert await _answer(ahead, key_of(1, "minutes", unnamed)) is not None
+        assert await _answer(ahead, key_of(last + 1)) is not None       # and one more day is worked out
+    finally:
+        await ahead.close()
+        await session.broker.disconnect()
+
+
 @pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python", "hangs"])
 async def test_a_prefetch_process_that_fails_hangs_or_cannot_start_changes_nothing(pool, agent_id, tmp_path,
                                                                                   monkeypatch, python):
