@@ -109,6 +109,17 @@ class PaperBroker(BrokerClient):
         await self._get_instrument(symbol)
         return self.market.quote(symbol, self.clock.now())
 
+    async def _get_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Every known symbol's quote at one instant (the monitor's batch); unknown symbols are left out."""
+        now, market, out = self.clock.now(), self.market, {}
+        for symbol in symbols:
+            try:
+                market.instrument(symbol)
+            except KeyError:
+                continue
+            out[symbol] = market.quote(symbol, now)
+        return out
+
     async def _open_quote_stream(self) -> PaperQuoteStream:
         return PaperQuoteStream(self.market, self.clock)
 

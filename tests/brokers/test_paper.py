@@ -47,6 +47,15 @@ async def test_fees_follow_the_hkex_schedule():
     assert fill_fees(fees, value=Decimal("500"), is_sell=True) == Decimal("6.04")
 
 
+async def test_quotes_in_a_batch_are_the_quotes_asked_one_by_one_and_unknown_symbols_are_left_out(pool, agent_id):
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=7))
+    broker = await make_broker(pool, agent_id, clock)
+    symbols = liquid_symbols(shared_market(), OPEN_AT)[:4]
+    batch = await broker.get_quotes([*symbols, "NOSUCH"])
+    assert list(batch) == symbols
+    assert batch == {s: await broker.get_quote(s) for s in symbols}
+
+
 async def test_cash_moves_by_value_plus_fees(pool, agent_id):
     clock = SimulatedClock(OPEN_AT)
     broker = await make_broker(pool, agent_id, clock)
