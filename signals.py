@@ -299,17 +299,20 @@ def _trailing_stop(p: PositionView, t: SignalThresholds) -> Signal | None:
 def _take_profit(p: PositionView, t: SignalThresholds) -> Signal | None:
     change, entry = p.price - p.entry_price, p.entry_price
     target_hit = p.take_profit is not None and p.price >= p.take_profit
-    target = f"price {p.price} is at or above the take-profit {p.take_profit}"
     if change >= entry * t.take_profit_strong:
         gain = f"gain {_pct(change, entry)} is at or beyond take_profit_strong {t.take_profit_strong:.2%}"
-        return Signal("take_profit", "strong", f"{gain}; {target}" if target_hit else gain)
+        return Signal("take_profit", "strong", f"{gain}; {_target(p)}" if target_hit else gain)
     if target_hit:
-        return Signal("take_profit", "strong", target)
+        return Signal("take_profit", "strong", _target(p))
     if change >= entry * t.take_profit_moderate:
         return Signal("take_profit", "moderate", f"gain {_pct(change, entry)} is at or beyond take_profit_moderate "
                                                  f"{t.take_profit_moderate:.2%} (strong at "
                                                  f"{t.take_profit_strong:.2%})")
     return None
+
+
+def _target(p: PositionView) -> str:
+    return f"price {p.price} is at or above the take-profit {p.take_profit}"
 
 
 def indicators_matter(thresholds: SignalThresholds, *, rsi: float | Decimal | None = None,

@@ -45,7 +45,7 @@ from core.orders import OrderRequest, OrderResult, OrderSide, OrderStatus, Order
 from brokers.paper import fill_prices
 from brokers.paper.fees import fill_fees
 from brokers.paper.history import PaperHistory
-from brokers.paper.ledger import (ACCOUNT, RESTING, RESULTS, SET_STATUS, AccountLock, PaperFill, books_for,
+from brokers.paper.ledger import (ACCOUNT, POSITION, RESTING, RESULTS, SET_STATUS, AccountLock, PaperFill, books_for,
                                   place, read_books, record_fill, to_result)
 from brokers.paper.stream import PaperQuoteStream
 from core.clock import Clock
@@ -161,11 +161,18 @@ class PaperBroker(BrokerClient):
         return (await self._get_account_and_positions())[1]
 
     async def _get_position(self, symbol: str) -> Position | None:
-        """One row and one quote, however many positions the account holds."""
-        now = await self._catch_up()
-        row = await self._fetchrow("SELECT quantity, avg_price FROM paper_positions WHERE agent_id = $1 AND symbol = $2",
-                                   self.account_id, symbol)
+        """One row and one quote, however many positions the account holds; read with whether any order rests (to
+        be matched first), as the account is."""
+        now = self.clock.now()
+        row = await self._fetchrow(POSITION, self.account_id, symbol)
         if row is None:
+            raise InvalidRequest("paper account does not exist: call connect() first")
+        if row["resting"] and self._matched_minute != _minute(now):   # orders rest: matched up to now, read again
+            now = await self._catch_up(resting=True)
+            row = await self._fetchrow(POSITION, self.account_id, symbol)
+        else:
+            await self._catch_up(resting=row["resting"])     # nothing to match: no statement
+        if row["quantity"] is None:
             return None
         return Position(symbol=symbol, quantity=row["quantity"], avg_price=row["avg_price"],
                         market_price=self.market.quote(symbol, now).last)

@@ -27,6 +27,11 @@ ACCOUNT = ("SELECT a.cash, " + OPEN_BUYS + ", ARRAY(SELECT (symbol, quantity, av
            "FROM paper_accounts a WHERE a.agent_id = $1")
 
 
+# One holding ($2) with whether any order rests, in one read: quantity and avg_price NULL when none is held.
+POSITION = ("SELECT " + RESTING + ", p.quantity, p.avg_price FROM paper_accounts a LEFT JOIN paper_positions p "
+            "ON p.agent_id = a.agent_id AND p.symbol = $2 WHERE a.agent_id = $1")
+
+
 # Whether client order id $2 is known to the account $1 already (a resubmission): a select-list item.
 KNOWN = ("EXISTS (SELECT 1 FROM paper_orders WHERE agent_id = $1 AND client_order_id = $2) AS known")
 

@@ -12,6 +12,7 @@ import pytest
 
 from core.errors import InvalidRequest, OrderRejected
 from core.orders import OrderRequest, OrderSide, OrderStatus, OrderType
+from brokers.paper.broker import PaperBroker
 from brokers.paper.ledger import sql_literal
 from brokers.paper.fees import fill_fees
 from core.clock import SimulatedClock
@@ -212,6 +213,38 @@ async def test_an_account_read_first_matches_what_rests_and_reads_once_when_noth
                        placed.client_order_id)
     await broker._get_account_and_positions()
     assert len(sent) == 1                                       # nothing rests: the one read
+
+
+async def test_a_position_read_first_matches_what_rests_and_reads_once_when_nothing_does(pool, agent_id):
+    """The one-symbol read (an exit's) asks in the same statement whether anything rests, as the account read does:
+    an order left working is matched up to the clock before the holding is read; with nothing resting, that read is
+    the only statement (it was two: whether anything rests, then the holding)."""
+    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
+    broker = await make_broker(pool, agent_id, clock)
+    symbol, other = liquid_symbols(shared_market(), OPEN_AT)[:2]
+    inst = await broker.get_instrument(symbol)
+    placed = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-big", symbol=symbol,
+                                                   side=OrderSide.BUY, quantity=inst.lot_size * 10,
+                                                   order_type=OrderType.MARKET))
+    assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
+    clock.advance(timedelta(minutes=30))                        # bars complete: the rest works on them
+    held = await broker.get_position(symbol)
+    row = await pool.fetchrow("SELECT filled_quantity FROM paper_orders WHERE client_order_id = $1",
+                              placed.client_order_id)
+    assert row["filled_quantity"] > placed.filled_quantity      # matched before the read
+    assert held.quantity == row["filled_quantity"]              # and the read saw it
+    sent: list[str] = []
+    broker.reads = _Counting(broker.reads, sent)
+    clock.advance(timedelta(minutes=1))
+    await pool.execute("UPDATE paper_orders SET status = 'cancelled' WHERE client_order_id = $1",
+                       placed.client_order_id)
+    assert (await broker.get_position(symbol)).quantity == row["filled_quantity"]
+    assert await broker.get_position(other) is None           # nothing held: no position
+    assert len(sent) == 2                                       # nothing rests: one read each
+    missing = PaperBroker(pool, shared_market(), clock, MarketCalendar("HKEX"), account_id=agent_id + "-x",
+                          currency="HKD", config=paper_config())           # never connected: no account
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        await missing.get_position(symbol)
 
 
 async def test_an_order_placed_is_written_with_what_it_took_on_arrival_in_one_statement(pool, agent_id):
