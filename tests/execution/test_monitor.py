@@ -139,13 +139,13 @@ async def test_with_the_monitor_budget_spent_it_holds_without_calling(pool, agen
 async def test_a_failing_quote_does_not_stop_the_pass(pool, agent_id):
     s = await make_services(pool, agent_id)
     symbol, _ = await entered(s)
-    original = s.broker.get_quote
 
-    async def broken(sym):
+    async def broken(*_):
         raise RuntimeError("quote feed hiccup")
+    s.broker.get_quotes = broken                 # the batch fails, then each symbol asked alone
     s.broker.get_quote = broken
     result = await s.monitor().run_pass()
-    s.broker.get_quote = original
+    del s.broker.get_quotes, s.broker.get_quote
     assert result.checked == 0 and "quote feed hiccup" in result.errors[0]
 
 
