@@ -171,7 +171,7 @@ async def _dispatch(settings, args: argparse.Namespace, proc) -> int:
             result = await run_replay(settings, pool, build=build, start=args.start, end=args.end,
                                       engine=args.engine, data=args.data,
                                       monitor_every=timedelta(minutes=args.monitor_every),
-                                      prefetch=not args.no_prefetch)
+                                      prefetch=False if args.no_prefetch else None)
         except ReplayRefused as exc:
             print(f"replay: {exc}", file=sys.stderr)
             return EXIT_CONFIG

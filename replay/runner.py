@@ -24,6 +24,7 @@ always up to a session (or a long weekend) old.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 import time as _time
 import uuid
@@ -37,7 +38,7 @@ from core.clock import SimulatedClock
 from core.environment import Environment
 from core.settings import Settings
 from replay.plot import Plotter
-from replay.prefetch import Prefetch, dsn_of
+from replay.prefetch import Prefetch, dsn_of, worth_starting
 from replay.schedule import day_schedule, read_schedule
 from replay.stats import EquityPoint, Metrics, compute_metrics, load_costs, load_trades, render_table
 
@@ -243,7 +244,7 @@ def schedule_for(session: Session, calendar: MarketCalendar, cron_text: str | No
 async def run_replay(settings: Settings, pool, *, build: Build, start: date, end: date, engine: str = "rules",
                      data: Path | None = None, monitor_every: timedelta = timedelta(minutes=5),
                      out_dir: Path | None = None, progress: bool = True, run_id: str | None = None,
-                     cron_text: str | None = None, prefetch: bool = True) -> ReplayResult:
+                     cron_text: str | None = None, prefetch: bool | None = None) -> ReplayResult:
     from core.logcontext import log_context
 
     t0 = _time.perf_counter()
@@ -257,7 +258,10 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
     if not days:
         raise ReplayRefused(f"no trading days on {calendar.code} between {start} and {end}")
     plotter = await Plotter.start()                   # matplotlib loads in its own process meanwhile
+    if prefetch is None:                              # (None: when it pays for itself; True: always)
+        prefetch = worth_starting(len(days))
     ahead = await Prefetch.start() if prefetch else None      # so does the process working out daily analytics
+    drawing: asyncio.Task | None = None
     try:
         with log_context(agent_id=rs.agent_id):          # agent_logs rows go under the replay's agent id
             await prepare_history(build, rs, calendar, days[0], days[-1])
@@ -290,6 +294,13 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
                                              invested=account.equity - account.cash))
                     if progress:
                         _progress(n, len(days), day, account.equity, t0)
+                # the curve is whole: drawn by the plotting process while the rest of the report is made here
+                title = (f"Replay {start} .. {end} ({len(days)} days, {engine} engine"
+                         f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
+                out_dir = out_dir or rs.var_dir / "replays"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                drawing = asyncio.ensure_future(plotter.draw({"equity": curve}, out_dir / f"{rs.agent_id}.png",
+                                                             title=title))
             finally:
                 await session.store.settle()     # audit rows held or sent behind since the last cycle (store.py)
         if progress and sys.stderr.isatty():
@@ -297,17 +308,16 @@ async def run_replay(settings: Settings, pool, *, build: Build, start: date, end
         trades = await load_trades(pool, rs.agent_id)
         fees, ai_cost, ai_calls = await load_costs(pool, rs.agent_id)
         metrics = compute_metrics(curve, trades, fees_paid=fees, ai_cost_usd=ai_cost, ai_calls=ai_calls)
-        title = (f"Replay {start} .. {end} ({len(days)} days, {engine} engine"
-                 f"{', daily bars: cycles at open and close' if daily_only else ''}) — agent id {rs.agent_id}")
-        out_dir = out_dir or rs.var_dir / "replays"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        png = await plotter.draw({"equity": curve}, out_dir / f"{rs.agent_id}.png", title=title)
+        png = await drawing
         sent = await pool.fetchrow("SELECT count(*) AS n, count(*) FILTER (WHERE status IN ('rejected', "
                                    "'pending_submit')) AS failed FROM orders WHERE agent_id = $1", rs.agent_id)
         return ReplayResult(run_id, rs.agent_id, len(days), drive.cycles, drive.monitor_passes, curve, metrics,
                             render_table(metrics, title=title), png, _time.perf_counter() - t0, sent["n"],
                             sent["failed"], ahead.served if ahead is not None else 0)
     finally:
+        if drawing is not None and not drawing.done():     # the report failed before the PNG was taken
+            drawing.cancel()
+            await asyncio.gather(drawing, return_exceptions=True)
         await plotter.close()               # (asked to draw, it has ended already)
         if ahead is not None:
             await ahead.close()
