@@ -364,7 +364,10 @@ class _Block:
         return series is self.series and symbols == self.symbols and self.lo <= lo and hi <= self.hi
 
     def frames(self, lo: int, hi: int, index, pd) -> dict[str, "pd.DataFrame"]:
-        return {f: pd.DataFrame(self.values[f][lo - self.lo:hi - self.lo], index=index, columns=self.symbols)
+        columns = self.__dict__.get("_columns")
+        if columns is None:                      # the symbols as an Index once per block, not per frame and scan
+            columns = self._columns = pd.Index(self.symbols)
+        return {f: pd.DataFrame(self.values[f][lo - self.lo:hi - self.lo], index=index, columns=columns)
                 for f in DAILY_FIELDS}
 
 
