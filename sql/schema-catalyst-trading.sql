@@ -471,14 +471,3 @@ ALTER TABLE paper_orders ADD CONSTRAINT paper_orders_stop_price_v9 CHECK ((order
 INSERT INTO schema_version (version, description)
 VALUES (9, 'protective stop orders: order_type stop, stop_price, intent protective_stop (orders and paper_orders)')
 ON CONFLICT (version) DO NOTHING;
-
--- ================================================================== v10: the next order number by agent and symbol
--- The write-ahead statement numbers an order by counting the symbol's client order ids with its prefix
--- (execution/order_path.py _WRITE_AHEAD). With (agent_id, symbol) and (agent_id) indexes alike on a table planned
--- while nearly empty, PostgreSQL probed by agent alone and read every order of the agent to count one symbol's;
--- this index answers the count from the index alone (agent and symbol probed, the id's prefix checked in it).
-CREATE INDEX IF NOT EXISTS orders_agent_symbol_client_id ON orders (agent_id, symbol, client_order_id);
-
-INSERT INTO schema_version (version, description)
-VALUES (10, 'index numbering an order among its symbol''s client order ids')
-ON CONFLICT (version) DO NOTHING;

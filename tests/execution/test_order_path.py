@@ -27,21 +27,6 @@ async def test_the_next_order_number_is_found_by_an_index_not_by_reading_every_o
     assert re.search(r"Index Cond: \(+agent_id = ", plan), plan     # a probe by agent, not a full index read
 
 
-async def test_the_next_order_number_is_counted_among_the_symbols_orders_under_a_generic_plan(pool, agent_id):
-    """A connection runs the write-ahead statement thousands of times: after five, PostgreSQL plans it once for any
-    parameters (a generic plan), made while the table held few rows, and such a plan probed every order of the
-    agent (orders_agent_created) and read them all to count one symbol's (210 rows read for one order 60 days into
-    a replay, and growing); the count must probe by agent and symbol, generic plan or not."""
-    prefix = client_id_prefix(agent_id) + "nocycle-S0001-b"
-    args = (agent_id, None, None, "S0001", "buy", "market", "entry", 100, None, None, None, OPEN_AT, None, prefix)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + _WRITE_AHEAD, *args))
-    count = plan[plan.index("InitPlan 1"):]                      # the count of the symbol's ids (then a Result)
-    assert re.search(r"Index (Only )?Scan using \w+ on orders.*\n\s+Index Cond: \(+agent_id = [^)]+\) AND "
-                     r"\(symbol = ", count), plan
-
-
 async def test_agents_whose_ids_start_alike_each_write_their_order_ahead(pool, agent_id):
     """Client order ids start with 12 characters of the agent id: two agents sharing them number the same id;
     the second is numbered again over every agent, and its order is written ahead and recorded as usual."""
