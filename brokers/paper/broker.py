@@ -139,15 +139,7 @@ class PaperBroker(BrokerClient):
 
     async def _get_account_and_positions(self) -> tuple[Account, list[Position]]:
         """Cash, holdings and open buy orders in one statement: one consistent view, no lock."""
-        now = self.clock.now()
-        row = await self._fetchrow(ACCOUNT, self.account_id)
-        if row is None:
-            raise InvalidRequest("paper account does not exist: call connect() first")
-        if row["resting"] and self._matched_minute != _minute(now):   # orders rest: matched up to now, read again
-            now = await self._catch_up(resting=True)
-            row = await self._fetchrow(ACCOUNT, self.account_id)
-        else:
-            await self._catch_up(resting=row["resting"])     # nothing to match: no statement
+        now, row = await self._read_matched(ACCOUNT)
         positions = [Position(symbol=symbol, quantity=qty, avg_price=avg,
                               market_price=self.market.quote(symbol, now).last)
                      for symbol, qty, avg in row["positions"]]
@@ -157,21 +149,27 @@ class PaperBroker(BrokerClient):
                           equity=cash + value)
         return account, positions
 
+    async def _read_matched(self, query: str, *args) -> tuple[datetime, "asyncpg.Record"]:
+        """(now, the row of `query`) over `paper_accounts a` ($1 the account, then `args`), a query that also says
+        whether any order rests: when one does, it is matched up to now and the row read again."""
+        now = self.clock.now()
+        row = await self._fetchrow(query, self.account_id, *args)
+        if row is None:
+            raise InvalidRequest("paper account does not exist: call connect() first")
+        if row["resting"] and self._matched_minute != _minute(now):   # orders rest: matched up to now, read again
+            now = await self._catch_up(resting=True)
+            row = await self._fetchrow(query, self.account_id, *args)
+        else:
+            await self._catch_up(resting=row["resting"])     # nothing to match: no statement
+        return now, row
+
     async def _get_positions(self) -> list[Position]:
         return (await self._get_account_and_positions())[1]
 
     async def _get_position(self, symbol: str) -> Position | None:
         """One row and one quote, however many positions the account holds; read with whether any order rests (to
         be matched first), as the account is."""
-        now = self.clock.now()
-        row = await self._fetchrow(POSITION, self.account_id, symbol)
-        if row is None:
-            raise InvalidRequest("paper account does not exist: call connect() first")
-        if row["resting"] and self._matched_minute != _minute(now):   # orders rest: matched up to now, read again
-            now = await self._catch_up(resting=True)
-            row = await self._fetchrow(POSITION, self.account_id, symbol)
-        else:
-            await self._catch_up(resting=row["resting"])     # nothing to match: no statement
+        now, row = await self._read_matched(POSITION, symbol)
         if row["quantity"] is None:
             return None
         return Position(symbol=symbol, quantity=row["quantity"], avg_price=row["avg_price"],

@@ -189,9 +189,9 @@ async def test_placing_an_order_first_matches_what_another_process_left_resting(
     assert row["filled_quantity"] > placed.filled_quantity
 
 
-async def test_an_account_read_first_matches_what_rests_and_reads_once_when_nothing_does(pool, agent_id):
-    """The account read asks in the same statement whether anything rests: an order left working is matched up to
-    the clock before cash and holdings are read; with nothing resting, no other statement is sent."""
+async def _rest_of_a_big_buy_working(pool, agent_id: str):
+    """(clock, broker, symbol, the answer): a market buy of ten lots partly filled on arrival, the clock moved on
+    30 minutes so its rest works on the bars completed since (matched by the next read)."""
     clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
     broker = await make_broker(pool, agent_id, clock)
     symbol = liquid_symbols(shared_market(), OPEN_AT)[0]
@@ -201,6 +201,13 @@ async def test_an_account_read_first_matches_what_rests_and_reads_once_when_noth
                                                    order_type=OrderType.MARKET))
     assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
     clock.advance(timedelta(minutes=30))                        # bars complete: the rest works on them
+    return clock, broker, symbol, placed
+
+
+async def test_an_account_read_first_matches_what_rests_and_reads_once_when_nothing_does(pool, agent_id):
+    """The account read asks in the same statement whether anything rests: an order left working is matched up to
+    the clock before cash and holdings are read; with nothing resting, no other statement is sent."""
+    clock, broker, symbol, placed = await _rest_of_a_big_buy_working(pool, agent_id)
     account, positions = await broker._get_account_and_positions()
     row = await pool.fetchrow("SELECT filled_quantity FROM paper_orders WHERE client_order_id = $1",
                               placed.client_order_id)
@@ -219,15 +226,8 @@ async def test_a_position_read_first_matches_what_rests_and_reads_once_when_noth
     """The one-symbol read (an exit's) asks in the same statement whether anything rests, as the account read does:
     an order left working is matched up to the clock before the holding is read; with nothing resting, that read is
     the only statement (it was two: whether anything rests, then the holding)."""
-    clock = SimulatedClock(OPEN_AT + timedelta(minutes=20))
-    broker = await make_broker(pool, agent_id, clock)
-    symbol, other = liquid_symbols(shared_market(), OPEN_AT)[:2]
-    inst = await broker.get_instrument(symbol)
-    placed = await broker.place_order(OrderRequest(client_order_id=f"{agent_id}-big", symbol=symbol,
-                                                   side=OrderSide.BUY, quantity=inst.lot_size * 10,
-                                                   order_type=OrderType.MARKET))
-    assert placed.status is OrderStatus.PARTIALLY_FILLED, placed
-    clock.advance(timedelta(minutes=30))                        # bars complete: the rest works on them
+    clock, broker, symbol, placed = await _rest_of_a_big_buy_working(pool, agent_id)
+    other = liquid_symbols(shared_market(), OPEN_AT)[1]
     held = await broker.get_position(symbol)
     row = await pool.fetchrow("SELECT filled_quantity FROM paper_orders WHERE client_order_id = $1",
                               placed.client_order_id)

@@ -56,6 +56,14 @@ async def _wired(pool, agent_id, days):
     return await build(settings, clock), clock, calendar
 
 
+def _begin(ahead, pool, session, calendar, days) -> None:
+    """The process asked for `days` of this session; the test takes its answers itself (`take`), so the session's
+    parts do not."""
+    ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar, market=session.market,
+                scanner=session.scanner, store=session.bar_store, universe=session.universe)
+    session.market.prefetched = session.scanner.prefetched = session.universe.prefetched = None
+
+
 async def _answer(ahead, key, seconds=30.0):
     """The process's answer under `key`, once it has arrived."""
     for _ in range(int(seconds / 0.02)):
@@ -72,12 +80,8 @@ async def test_each_answer_is_the_number_worked_out_here_and_none_is_served_afte
     session, clock, calendar = await _wired(pool, agent_id, days)
     ahead = await Prefetch.start()
     try:
-        ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
-                    market=session.market, scanner=session.scanner, store=session.bar_store,
-                    universe=session.universe)
+        _begin(ahead, pool, session, calendar, days)
         ahead.feed(0, days[0], [])                   # day 0 starts: day 1 is worked out ahead
-        # this test takes the answers itself
-        session.market.prefetched = session.scanner.prefetched = session.universe.prefetched = None
         at = calendar.session_bounds(days[1])[0][0]
         day = calendar.session_key(at)
         ranked = await _answer(ahead, (None, "scan", *day))
@@ -124,10 +128,7 @@ async def test_days_are_worked_out_ahead_of_the_replay_and_topped_up_with_what_i
     session, clock, calendar = await _wired(pool, agent_id, days)
     ahead = await Prefetch.start()
     try:
-        ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
-                    market=session.market, scanner=session.scanner, store=session.bar_store,
-                    universe=session.universe)
-        session.market.prefetched = session.scanner.prefetched = session.universe.prefetched = None
+        _begin(ahead, pool, session, calendar, days)
 
         def key_of(n: int, kind: str = "scan", symbol=None) -> tuple:
             return (symbol, kind, *calendar.session_key(calendar.session_bounds(days[n])[0][0]))
@@ -165,9 +166,7 @@ async def test_the_first_day_is_waited_for_only_when_working_it_out_here_would_i
         monkeypatch.setattr(replay.prefetch, "FIRST_DAY_SECONDS", 0.3 if not loaded else 3600.0)
         ahead = await Prefetch.start(python=str(hangs))
         try:
-            ahead.begin(dsn=dsn_of(pool), settings=session.settings, days=days, calendar=calendar,
-                        market=session.market, scanner=session.scanner, store=session.bar_store,
-                        universe=session.universe)
+            _begin(ahead, pool, session, calendar, days)
             caplog.clear()
             await asyncio.wait_for(ahead.first_day(), 60)      # (a guard against hanging, not a timing)
             assert ("sent nothing" in caplog.text) is (not loaded), caplog.text
